@@ -1,0 +1,106 @@
+"""`callstream` command line: a thin dispatcher to each package's own sub-commands.
+
+Each group maps to a ``main(argv) -> int`` imported only when used, so `callstream --help` stays fast
+and every package owns its commands. Any CallstreamError becomes one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from callstream import __version__
+from callstream.errors import CallstreamError
+
+# group → (module:function, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "dev": ("callstream.cli:dev_main", "start, stop or check the embedded Kafka + ClickHouse stack"),
+    "tenants": ("callstream.cli:tenants_main", "validate a practice (tenant) directory file"),
+    "sandbox": ("sandbox.cli:main", "run the ModMed sandbox emulator (FHIR + EMA screens) on 127.0.0.1"),
+}
+
+
+def _load(target: str) -> Callable[[list[str]], int]:
+    module_name, _, attribute = target.partition(":")
+    return getattr(importlib.import_module(module_name), attribute)  # type: ignore[no-any-return]
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="callstream",
+        description="Integration layer between an AI phone receptionist and ModMed for pain practices.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="commands:\n" + "\n".join(f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()),
+    )
+    parser.add_argument("--version", action="version", version=f"callstream {__version__}")
+    parser.add_argument("command", nargs="?", choices=sorted(COMMANDS), metavar="COMMAND")
+    parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    parser = _top_parser()
+    parsed = parser.parse_args(arguments)
+    if parsed.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return _load(COMMANDS[parsed.command][0])(parsed.args)
+    except CallstreamError as exc:
+        print(f"callstream: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def dev_main(argv: list[str]) -> int:
+    """`callstream dev up|down|status`."""
+    from callstream import devstack
+    from callstream.settings import load_settings
+
+    parser = argparse.ArgumentParser(prog="callstream dev", description="The embedded default stack.")
+    parser.add_argument("action", choices=["up", "down", "status"])
+    parser.add_argument("--broker-port", type=int, help="Tansu port (default CALLSTREAM_BROKER_PORT or 19092)")
+    parser.add_argument("--data-dir", type=Path, help="where pid files, logs and chDB live (default ./var)")
+    options = parser.parse_args(argv)
+    overrides = {key: value for key, value in (("broker_port", options.broker_port), ("data_dir", options.data_dir)) if value}
+    settings = load_settings(**overrides)
+    if options.action == "up":
+        from schemas.topics import TOPICS
+
+        lines = devstack.dev_up(settings, [(topic.name, topic.partitions) for topic in TOPICS])
+    elif options.action == "down":
+        lines = devstack.dev_down(settings)
+    else:
+        devstack.wait_for_broker(settings.bootstrap_servers, timeout_s=3)
+        client = devstack.open_clickhouse(settings.effective_clickhouse_dsn)
+        lines = [f"kafka: {settings.bootstrap_servers} reachable",
+                 f"clickhouse: healthy (ClickHouse {client.query('SELECT version()').result_rows[0][0]})"]
+    print("\n".join(lines))
+    return 0
+
+
+def tenants_main(argv: list[str]) -> int:
+    """`callstream tenants check FILE`: validate a directory before it is deployed."""
+    from callstream.tenants import load_tenant_directory
+
+    parser = argparse.ArgumentParser(prog="callstream tenants", description="Practice (tenant) directory tools.")
+    parser.add_argument("action", choices=["check"])
+    parser.add_argument("file", type=Path)
+    parser.add_argument("--json", action="store_true", help="print the practices (no secrets) as JSON")
+    options = parser.parse_args(argv)
+    directory = load_tenant_directory(options.file)
+    if options.json:
+        print(json.dumps([directory[pid].model_dump(mode="json") for pid in directory], indent=2))
+    else:
+        print(f"{options.file}: {len(directory)} practices valid")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

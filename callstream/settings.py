@@ -1,0 +1,119 @@
+"""One frozen settings object, built once at start-up and passed explicitly to whatever needs it.
+
+Sources, strongest first: explicit keyword arguments, environment variables (``CALLSTREAM_*``, plus the
+conventional ``KAFKA_BOOTSTRAP_SERVERS``, ``CLICKHOUSE_DSN`` and ``SCHEMA_REGISTRY_URL``), then an
+optional YAML file named by ``CALLSTREAM_CONFIG``. Unset service addresses mean "use the embedded
+default stack": the Tansu broker on 127.0.0.1 and chDB under ``data_dir``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from callstream.errors import ConfigError
+
+CONFIG_FILE_ENV = "CALLSTREAM_CONFIG"
+DSN_SCHEMES = ("chdb", "http", "https")
+
+
+class Settings(BaseSettings):
+    """Process-wide configuration; immutable so no component can change it under another's feet."""
+
+    model_config = SettingsConfigDict(env_prefix="CALLSTREAM_", frozen=True, extra="forbid")
+
+    kafka_bootstrap_servers: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("kafka_bootstrap_servers", "CALLSTREAM_KAFKA_BOOTSTRAP_SERVERS", "KAFKA_BOOTSTRAP_SERVERS"),
+        description="External Kafka cluster; unset means the embedded Tansu broker.",
+    )
+    clickhouse_dsn: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("clickhouse_dsn", "CALLSTREAM_CLICKHOUSE_DSN", "CLICKHOUSE_DSN"),
+        description="chdb:///path or http(s)://user:pass@host:port/db; unset means chDB under data_dir.",
+    )
+    schema_registry_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("schema_registry_url", "CALLSTREAM_SCHEMA_REGISTRY_URL", "SCHEMA_REGISTRY_URL"),
+        description="Confluent Schema Registry; unset means self-describing Avro single-object encoding.",
+    )
+    data_dir: Path = Path("var")
+    tenants_file: Path | None = None
+    broker_host: str = "127.0.0.1"
+    broker_port: int = Field(default=19092, ge=1, le=65535)
+    sandbox_port: int = Field(default=18080, ge=1, le=65535)
+    metrics_port: int = Field(default=9464, ge=0, le=65535)
+    consumer_session_timeout_ms: int = Field(default=6000, ge=1000)
+    alert_webhook_url: str | None = None
+    log_level: str = "INFO"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get(CONFIG_FILE_ENV)
+        if config_file:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        return tuple(sources)
+
+    @field_validator("clickhouse_dsn")
+    @classmethod
+    def _dsn_scheme(cls, dsn: str | None) -> str | None:
+        if dsn is None:
+            return None
+        scheme = urlsplit(dsn).scheme
+        if scheme not in DSN_SCHEMES:
+            raise ValueError(f"must start with chdb://, http:// or https:// (got scheme {scheme or 'none'!r})")
+        return dsn
+
+    @property
+    def uses_embedded_broker(self) -> bool:
+        return self.kafka_bootstrap_servers is None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return self.kafka_bootstrap_servers or f"{self.broker_host}:{self.broker_port}"
+
+    @property
+    def effective_clickhouse_dsn(self) -> str:
+        if self.clickhouse_dsn:
+            return self.clickhouse_dsn
+        return f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings, turning validation failures into one ConfigError line per bad field."""
+    config_file = os.environ.get(CONFIG_FILE_ENV)
+    if config_file and not Path(config_file).is_file():
+        raise ConfigError(f"{CONFIG_FILE_ENV}={config_file}: no such file")
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
+        source = f" (from {config_file})" if config_file else ""
+        raise ConfigError(f"invalid settings{source}: {problems}") from None
+
+
+def redact_dsn(dsn: str) -> str:
+    """The DSN with any password removed, safe for logs and error messages."""
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))

@@ -1,0 +1,256 @@
+"""The practice (tenant) directory and tenant routing: called number → practice.
+
+Each of ModMed's ~2,400 pain practices has its own firm-specific URL, credentials and go-live phase.
+The directory is a YAML or JSON file (a list under ``practices:``); this module validates it and
+answers which practice a called number belongs to. Credentials are never in the file itself, only a
+reference (``env:VAR`` or ``file:/path``) resolved when a connector needs them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator, Mapping
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+from callstream.errors import TenantDirectoryError
+
+E164 = re.compile(r"^\+[1-9]\d{7,14}$")
+CREDENTIAL_REF = re.compile(r"^(env:[A-Za-z_][A-Za-z0-9_]*|file:.+)$")
+
+
+class ApiTrack(StrEnum):
+    PROPRIETARY = "proprietary"
+    CERTIFIED = "certified"
+
+
+class AuthMethod(StrEnum):
+    PASSWORD = "password"
+    CLIENT_CREDENTIALS = "client_credentials"
+    PRIVATE_KEY_JWT = "private_key_jwt"
+
+
+class GoLivePhase(StrEnum):
+    SANDBOX = "sandbox"
+    READ_ONLY = "read_only"
+    WRITE = "write"
+
+
+class SiemFormat(StrEnum):
+    OCSF = "ocsf"
+    SPLUNK_HEC = "splunk_hec"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Credentials(_Frozen):
+    """The secret bundle a credential reference resolves to; every value is a SecretStr."""
+
+    username: SecretStr | None = None
+    password: SecretStr | None = None
+    api_key: SecretStr | None = None
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    private_key_pem: SecretStr | None = None
+    key_id: str | None = None
+
+
+class AuthConfig(_Frozen):
+    method: AuthMethod
+    credentials_ref: str = Field(description="env:VAR or file:/path holding a JSON Credentials object")
+    token_url: str | None = Field(default=None, description="Overrides the track's default token endpoint")
+
+    @field_validator("credentials_ref")
+    @classmethod
+    def _ref_form(cls, ref: str) -> str:
+        if not CREDENTIAL_REF.match(ref):
+            raise ValueError("must be env:VARIABLE or file:/path (the secret itself never goes in this file)")
+        return ref
+
+    def resolve(self) -> Credentials:
+        """Read the secret bundle now; errors name the reference, never its content."""
+        kind, _, target = self.credentials_ref.partition(":")
+        if kind == "env":
+            raw = os.environ.get(target)
+            if raw is None:
+                raise TenantDirectoryError(f"credential reference {self.credentials_ref}: variable is not set")
+        else:
+            try:
+                raw = Path(target).read_text(encoding="utf-8")
+            except OSError as exc:
+                raise TenantDirectoryError(f"credential reference {self.credentials_ref}: {exc.strerror}") from None
+        try:
+            return Credentials.model_validate_json(raw)
+        except ValidationError:
+            raise TenantDirectoryError(
+                f"credential reference {self.credentials_ref}: not a JSON object of username/password/api_key/"
+                "client_id/client_secret/private_key_pem/key_id"
+            ) from None
+
+
+class Capabilities(_Frozen):
+    """What this practice's ModMed tenant offers, deciding FHIR vs EMA per command."""
+
+    fhir_task_create: bool = False
+    fhir_compliance_flags: bool = True
+    ema_booking_templates: tuple[str, ...] = ()
+    ema_task_queue: bool = True
+    ema_url: str | None = Field(default=None, description="EMA web root; defaults to the base URL's /ema/{firm}")
+
+
+class SiemEndpoint(_Frozen):
+    url: str
+    secret_ref: str = Field(description="env:VAR or file:/path holding the whsec_... signing secret")
+    format: SiemFormat = SiemFormat.OCSF
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        if not url.startswith(("https://", "http://")):
+            raise ValueError("must be an http(s) URL")
+        return url
+
+    @field_validator("secret_ref")
+    @classmethod
+    def _ref_form(cls, ref: str) -> str:
+        if not CREDENTIAL_REF.match(ref):
+            raise ValueError("must be env:VARIABLE or file:/path")
+        return ref
+
+
+class Practice(_Frozen):
+    """One pain practice: where its ModMed tenant lives, how to authenticate and how far it is live."""
+
+    practice_id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")
+    name: str = Field(min_length=1, max_length=200)
+    called_numbers: tuple[str, ...] = Field(min_length=1)
+    timezone: str = "America/New_York"
+    track: ApiTrack = ApiTrack.PROPRIETARY
+    base_url: str = Field(description="Environment root, e.g. https://mmi.example or http://127.0.0.1:18080")
+    firm_url_prefix: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]+$")
+    fhir_base_url: str | None = None
+    auth: AuthConfig
+    rate_limit_per_min: int = Field(default=1000, ge=1, le=100_000)
+    capabilities: Capabilities = Capabilities()
+    phase: GoLivePhase = GoLivePhase.SANDBOX
+    siem: SiemEndpoint | None = None
+
+    @field_validator("called_numbers")
+    @classmethod
+    def _e164(cls, numbers: tuple[str, ...]) -> tuple[str, ...]:
+        for number in numbers:
+            if not E164.match(number):
+                raise ValueError(f"{number!r} is not an E.164 number (+ and 8-15 digits)")
+        return numbers
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, url: str) -> str:
+        if not url.startswith(("https://", "http://")):
+            raise ValueError("must be an http(s) URL")
+        return url.rstrip("/")
+
+    @model_validator(mode="after")
+    def _track_fields(self) -> Practice:
+        if self.track is ApiTrack.PROPRIETARY and not self.firm_url_prefix:
+            raise ValueError("firm_url_prefix is required on the proprietary track")
+        if self.track is ApiTrack.CERTIFIED and not self.fhir_base_url:
+            raise ValueError("fhir_base_url is required on the certified track")
+        if self.track is ApiTrack.CERTIFIED and self.auth.method is AuthMethod.PASSWORD:
+            raise ValueError("the certified track has no password grant (use private_key_jwt or client_credentials)")
+        return self
+
+    @property
+    def fhir_base(self) -> str:
+        """Root of this practice's FHIR resources, whichever track it is on."""
+        if self.track is ApiTrack.CERTIFIED:
+            assert self.fhir_base_url is not None
+            return self.fhir_base_url.rstrip("/")
+        return f"{self.base_url}/firm/{self.firm_url_prefix}/ema/fhir/v2"
+
+    @property
+    def token_url(self) -> str:
+        if self.auth.token_url:
+            return self.auth.token_url
+        return f"{self.base_url}/firm/{self.firm_url_prefix}/ema/ws/oauth2/grant"
+
+    @property
+    def ema_url(self) -> str:
+        return (self.capabilities.ema_url or f"{self.base_url}/ema/{self.firm_url_prefix}").rstrip("/")
+
+    def chart_deep_link(self, patient_id: str) -> str:
+        """The EMA link that opens this patient's chart in the practice's tenant (audit reconciliation)."""
+        return f"{self.ema_url}/chart/{patient_id}"
+
+
+class TenantDirectory(Mapping[str, Practice]):
+    """Practices by id, with the called-number routing table built once."""
+
+    def __init__(self, practices: list[Practice], source: str = "<memory>") -> None:
+        self.source = source
+        self._by_id: dict[str, Practice] = {}
+        self._by_number: dict[str, Practice] = {}
+        for practice in practices:
+            if practice.practice_id in self._by_id:
+                raise TenantDirectoryError(f"{source}: practice {practice.practice_id}: duplicate practice_id")
+            self._by_id[practice.practice_id] = practice
+            for number in practice.called_numbers:
+                owner = self._by_number.setdefault(number, practice)
+                if owner is not practice:
+                    raise TenantDirectoryError(
+                        f"{source}: practice {practice.practice_id}: called_numbers: number already belongs to "
+                        f"practice {owner.practice_id}"
+                    )
+
+    def __getitem__(self, practice_id: str) -> Practice:
+        return self._by_id[practice_id]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._by_id)
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def resolve_called_number(self, called_number: str) -> Practice | None:
+        """Tenant routing: the practice a caller dialled, or None for an unknown number."""
+        return self._by_number.get(called_number)
+
+
+def parse_tenant_directory(data: Any, source: str) -> TenantDirectory:
+    """Validate a decoded directory document; errors name the source, the practice and the field."""
+    if not isinstance(data, dict) or not isinstance(data.get("practices"), list):
+        raise TenantDirectoryError(f"{source}: expected a mapping with a 'practices' list")
+    practices: list[Practice] = []
+    for index, entry in enumerate(data["practices"]):
+        label = entry.get("practice_id", f"#{index}") if isinstance(entry, dict) else f"#{index}"
+        try:
+            practices.append(Practice.model_validate(entry))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(part) for part in first["loc"]) or "(entry)"
+            more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+            raise TenantDirectoryError(f"{source}: practice {label}: {field}: {first['msg']}{more}") from None
+    return TenantDirectory(practices, source)
+
+
+def load_tenant_directory(path: Path) -> TenantDirectory:
+    """Load the directory from a .yaml/.yml or .json file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise TenantDirectoryError(f"{path}: cannot read tenant directory: {exc.strerror}") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        where = getattr(exc, "problem_mark", None) or getattr(exc, "lineno", None)
+        line = f" at line {where.line + 1}" if hasattr(where, "line") else (f" at line {where}" if where else "")
+        raise TenantDirectoryError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}{line}") from None
+    return parse_tenant_directory(data, str(path))

@@ -1,0 +1,131 @@
+"""The embedded stack for real: Tansu broker, chDB ClickHouse, and the one-line failures."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, Producer
+
+from callstream.devstack import ensure_topics, free_port, open_clickhouse, wait_for_broker
+from callstream.errors import ConfigError, PortInUseError, ServiceUnavailableError
+from callstream.settings import load_settings
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "callstream.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def assert_one_error_line(result: subprocess.CompletedProcess[str], expected: str) -> None:
+    assert result.returncode == 2, result
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("callstream: error: ") and expected in lines[0], lines[0]
+
+
+def test_broker_round_trip_with_consumer_group(kafka_bootstrap: str, topic_name: str) -> None:
+    ensure_topics(kafka_bootstrap, [(topic_name, 3)])
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    for index in range(30):
+        producer.produce(topic_name, key=f"call-{index % 5}".encode(), value=str(index).encode())
+    assert producer.flush(10) == 0
+    consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": f"g-{uuid.uuid4().hex}",
+                         "auto.offset.reset": "earliest", "session.timeout.ms": 6000, "enable.auto.commit": False})
+    consumer.subscribe([topic_name])
+    seen: dict[str, list[int]] = {}
+    try:
+        for _ in range(200):
+            message = consumer.poll(0.5)
+            if message is None or message.error():
+                if sum(map(len, seen.values())) == 30:
+                    break
+                continue
+            seen.setdefault(message.key().decode(), []).append(int(message.value()))
+    finally:
+        consumer.close()
+    assert sum(map(len, seen.values())) == 30
+    for values in seen.values():  # keyed records stay in order per call
+        assert values == sorted(values)
+
+
+def test_embedded_clickhouse_round_trip(clickhouse_client, clickhouse_database: str) -> None:  # type: ignore[no-untyped-def]
+    clickhouse_client.command(f"CREATE TABLE {clickhouse_database}.t (id UInt32, v String) ENGINE = MergeTree ORDER BY id")
+    clickhouse_client.insert(f"{clickhouse_database}.t", [[1, "a"], [2, "b"]], column_names=["id", "v"])
+    assert clickhouse_client.query(f"SELECT count() FROM {clickhouse_database}.t").result_rows == [(2,)]
+
+
+def test_bad_dsn_and_unreachable_clickhouse_are_clear() -> None:
+    with pytest.raises(ConfigError, match="must start with chdb://"):
+        open_clickhouse("mysql://u:pw@host/db")
+    port = free_port()
+    with pytest.raises(ServiceUnavailableError) as caught:
+        open_clickhouse(f"http://user:topsecret@127.0.0.1:{port}/default")
+    assert "topsecret" not in str(caught.value) and f"127.0.0.1:{port}" in str(caught.value)
+
+
+def test_unreachable_broker_is_one_clear_error() -> None:
+    with pytest.raises(ServiceUnavailableError, match="is unreachable"):
+        wait_for_broker(f"127.0.0.1:{free_port()}", timeout_s=1.5)
+
+
+def test_settings_prefer_external_services(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "kafka-0:9092")
+    monkeypatch.setenv("CLICKHOUSE_DSN", "https://u:p@ch.example:8443/callstream")
+    settings = load_settings()
+    assert not settings.uses_embedded_broker
+    assert settings.bootstrap_servers == "kafka-0:9092"
+    assert settings.effective_clickhouse_dsn == "https://u:p@ch.example:8443/callstream"
+
+
+def test_cli_bad_dsn_is_one_line(tmp_path: Path) -> None:
+    result = run_cli("dev", "status", "--data-dir", str(tmp_path), env={"CLICKHOUSE_DSN": "clickhouse-server:9000"})
+    assert_one_error_line(result, "clickhouse_dsn")
+
+
+def test_cli_taken_port_is_one_line(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = run_cli("dev", "up", "--data-dir", str(tmp_path), "--broker-port", str(port))
+    assert_one_error_line(result, f"127.0.0.1:{port} is already in use")
+
+
+def test_cli_unreachable_external_broker_is_one_line(tmp_path: Path) -> None:
+    result = run_cli("dev", "status", "--data-dir", str(tmp_path),
+                     env={"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}"})
+    assert_one_error_line(result, "is unreachable")
+
+
+def test_cli_dev_up_and_down(tmp_path: Path) -> None:
+    port = str(free_port())
+    env = {"CALLSTREAM_CLICKHOUSE_DSN": f"chdb://{tmp_path / 'ch'}"}
+    up = run_cli("dev", "up", "--data-dir", str(tmp_path), "--broker-port", port, env=env)
+    try:
+        assert up.returncode == 0, up.stderr
+        assert f"started Tansu" in up.stdout and "topics ready" in up.stdout and "healthy" in up.stdout
+        wait_for_broker(f"127.0.0.1:{port}", timeout_s=5)
+        again = run_cli("dev", "up", "--data-dir", str(tmp_path), "--broker-port", port, env=env)
+        assert "already running" in again.stdout, again.stderr
+    finally:
+        down = run_cli("dev", "down", "--data-dir", str(tmp_path), "--broker-port", port)
+    assert down.returncode == 0 and "stopped Tansu" in down.stdout
+    with pytest.raises(ServiceUnavailableError):
+        wait_for_broker(f"127.0.0.1:{port}", timeout_s=1)
+
+
+def test_port_check_names_the_port() -> None:
+    from callstream.devstack import ensure_port_free
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        port = holder.getsockname()[1]
+        with pytest.raises(PortInUseError, match=f"127.0.0.1:{port}"):
+            ensure_port_free("127.0.0.1", port, "test")

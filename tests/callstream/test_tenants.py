@@ -1,0 +1,127 @@
+"""Tenant directory validation and called-number routing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from callstream.errors import TenantDirectoryError
+from callstream.tenants import ApiTrack, AuthMethod, GoLivePhase, load_tenant_directory, parse_tenant_directory
+
+
+def practice(practice_id: str = "desert-spine", **changes: object) -> dict[str, object]:
+    entry: dict[str, object] = {
+        "practice_id": practice_id,
+        "name": "Desert Spine & Pain",
+        "called_numbers": ["+16025550100"],
+        "base_url": "http://127.0.0.1:18080/",
+        "firm_url_prefix": "desertspine",
+        "auth": {"method": "password", "credentials_ref": "env:CRED_DESERT"},
+        "phase": "write",
+    }
+    entry.update(changes)
+    return entry
+
+
+def write_yaml(tmp_path: Path, practices: list[dict[str, object]]) -> Path:
+    path = tmp_path / "tenants.yaml"
+    path.write_text(yaml.safe_dump({"practices": practices}))
+    return path
+
+
+def test_valid_directory_routes_called_numbers(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path, [practice(), practice("valley-pain", called_numbers=["+14805550111", "+14805550112"],
+                                                       firm_url_prefix="valleypain")])
+    directory = load_tenant_directory(path)
+    assert len(directory) == 2
+    routed = directory.resolve_called_number("+14805550112")
+    assert routed is not None and routed.practice_id == "valley-pain"
+    assert directory.resolve_called_number("+19999999999") is None
+    desert = directory["desert-spine"]
+    assert desert.fhir_base == "http://127.0.0.1:18080/firm/desertspine/ema/fhir/v2"
+    assert desert.token_url == "http://127.0.0.1:18080/firm/desertspine/ema/ws/oauth2/grant"
+    assert desert.chart_deep_link("pat-1") == "http://127.0.0.1:18080/ema/desertspine/chart/pat-1"
+    assert desert.phase is GoLivePhase.WRITE and desert.track is ApiTrack.PROPRIETARY
+    assert desert.rate_limit_per_min == 1000
+
+
+def test_json_directory_and_certified_track(tmp_path: Path) -> None:
+    path = tmp_path / "tenants.json"
+    path.write_text(json.dumps({"practices": [practice(
+        track="certified", firm_url_prefix=None, fhir_base_url="http://127.0.0.1:1/certified/x/fhir/r4",
+        auth={"method": "private_key_jwt", "credentials_ref": "file:/run/secrets/x"})]}))
+    entry = load_tenant_directory(path)["desert-spine"]
+    assert entry.auth.method is AuthMethod.PRIVATE_KEY_JWT
+    assert entry.fhir_base == "http://127.0.0.1:1/certified/x/fhir/r4"
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "message"),
+    [
+        ({"called_numbers": ["602-555-0100"]}, "called_numbers", "E.164"),
+        ({"phase": "live"}, "phase", "sandbox"),
+        ({"auth": {"method": "password", "credentials_ref": "hunter2"}}, "auth.credentials_ref", "env:VARIABLE"),
+        ({"firm_url_prefix": None}, "(entry)", "firm_url_prefix is required"),
+        ({"rate_limit_per_min": 0}, "rate_limit_per_min", "greater than or equal"),
+        ({"base_url": "ftp://x"}, "base_url", "http(s) URL"),
+        ({"surprise": 1}, "surprise", "Extra inputs"),
+    ],
+)
+def test_bad_entry_names_file_practice_and_field(tmp_path: Path, changes: dict[str, object], field: str, message: str) -> None:
+    broken = practice("broken-clinic", firm_url_prefix="broken", called_numbers=["+15555550123"])
+    broken.update(changes)
+    path = write_yaml(tmp_path, [practice(), broken])
+    with pytest.raises(TenantDirectoryError) as caught:
+        load_tenant_directory(path)
+    text = str(caught.value)
+    assert text.startswith(f"{path}: practice broken-clinic: {field}:"), text
+    assert message in text
+    assert "\n" not in text
+
+
+def test_duplicate_numbers_and_ids_are_rejected() -> None:
+    with pytest.raises(TenantDirectoryError, match="already belongs to practice desert-spine"):
+        parse_tenant_directory({"practices": [practice(), practice("other", firm_url_prefix="o")]}, "t.yaml")
+    with pytest.raises(TenantDirectoryError, match="duplicate practice_id"):
+        parse_tenant_directory({"practices": [practice(), practice(called_numbers=["+15555550199"])]}, "t.yaml")
+
+
+def test_unparseable_and_wrongly_shaped_files(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("practices: [\n  - {practice_id: x\n")
+    with pytest.raises(TenantDirectoryError, match=r"broken.yaml: not valid YAML at line"):
+        load_tenant_directory(broken)
+    shaped = tmp_path / "shaped.json"
+    shaped.write_text("[1, 2]")
+    with pytest.raises(TenantDirectoryError, match="expected a mapping with a 'practices' list"):
+        load_tenant_directory(shaped)
+
+
+def test_credentials_resolve_from_env_and_file_without_leaking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CRED_DESERT", json.dumps({"username": "svc", "password": "s3cret-pw", "api_key": "k-123"}))
+    entry = parse_tenant_directory({"practices": [practice()]}, "t.yaml")["desert-spine"]
+    credentials = entry.auth.resolve()
+    assert credentials.password is not None and credentials.password.get_secret_value() == "s3cret-pw"
+    assert "s3cret-pw" not in repr(credentials) and "k-123" not in str(credentials)
+    monkeypatch.setenv("CRED_DESERT", "not json s3cret-pw")
+    with pytest.raises(TenantDirectoryError) as caught:
+        entry.auth.resolve()
+    assert "s3cret-pw" not in str(caught.value)
+    monkeypatch.delenv("CRED_DESERT")
+    with pytest.raises(TenantDirectoryError, match="variable is not set"):
+        entry.auth.resolve()
+
+
+def test_cli_reports_a_bad_tenant_file_in_one_line(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path, [practice(called_numbers=["bogus"])])
+    result = subprocess.run([sys.executable, "-m", "callstream.cli", "tenants", "check", str(path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert result.stderr.startswith(f"callstream: error: {path}: practice desert-spine: called_numbers:")
+    assert "Traceback" not in result.stderr

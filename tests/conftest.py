@@ -1,0 +1,5 @@
+"""Fixtures shared by the whole suite live in tests/fixtures/; this file only registers them."""
+
+pytest_plugins = [
+    "tests.fixtures.services",
+]
