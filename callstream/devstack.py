@@ -94,12 +94,16 @@ def ensure_topics(bootstrap: str, topics: Iterable[tuple[str, int]]) -> None:
 
 @dataclass
 class TansuBroker:
-    """A Tansu broker subprocess bound to loopback, with in-memory (or S3) storage."""
+    """A Tansu broker subprocess bound to loopback, with in-memory (or S3) storage.
+
+    ``env`` adds variables for the child, e.g. ``AWS_ENDPOINT`` for an ``s3://`` storage engine.
+    """
 
     host: str = "127.0.0.1"
     port: int = 19092
     storage_engine: str = "memory://tansu/"
     log_path: Path | None = None
+    env: dict[str, str] | None = None
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -114,7 +118,8 @@ class TansuBroker:
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115 - handed to the child
         try:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            start_new_session=detach)
+                                            start_new_session=detach,
+                                            env={**os.environ, **self.env} if self.env else None)
         finally:
             if log is not subprocess.DEVNULL:
                 log.close()
