@@ -48,7 +48,11 @@ class Settings(BaseSettings):
         description="Confluent Schema Registry; unset means self-describing Avro single-object encoding.",
     )
     data_dir: Path = Path("var")
-    tenants_file: Path | None = None
+    tenants_file: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("tenants_file", "CALLSTREAM_TENANTS_FILE", "CALLSTREAM_TENANT_DIRECTORY"),
+        description="The practice (tenant) directory, YAML or JSON.",
+    )
     broker_host: str = "127.0.0.1"
     broker_port: int = Field(default=19092, ge=1, le=65535)
     sandbox_port: int = Field(default=18080, ge=1, le=65535)
