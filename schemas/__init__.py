@@ -1,0 +1,1 @@
+"""callstream event contract: Avro schemas, topic catalogue, serializers and pydantic event models."""
