@@ -1,0 +1,580 @@
+"""Every guard and routing rule: one small function per GuardName, run in the order of RULES.
+
+A rule reads the turn's Facts and can only make the Draft stricter: forbid commands, add a read
+(SEARCH_PATIENT, READ_COMPLIANCE_FLAGS), add a task, raise the outcome, propose a reply. Writes
+come only from the intent's own commands (INTENT_COMMANDS) and no rule can add one or lower an
+outcome, so a rule that fires — a bypass marker included — can never weaken a decision.
+The rule table in guards/README.md follows this file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import date
+from typing import Literal
+
+from guards.bypass import SnippetFindings, bypass_signals, scan_snippet
+from guards.decision import Decision
+from guards.model import (
+    OUTCOME_STRICTNESS,
+    TASK_AUDIENCE,
+    WRITE_COMMANDS,
+    AgreementStatus,
+    BypassSignal,
+    CallContext,
+    ChartFlags,
+    Command,
+    GoLivePhase,
+    GuardName,
+    Intent,
+    IntentRequest,
+    Outcome,
+    PhoneRestriction,
+    TaskAudience,
+    TaskKind,
+    TaskReason,
+    TaskSpec,
+    VisitReason,
+)
+from guards.replies import ReplyTemplate, adapt_reply
+
+INTENT_COMMANDS: dict[Intent, tuple[Command, ...]] = {
+    Intent.BOOK_APPOINTMENT: (Command.SEARCH_SLOTS, Command.BOOK_APPOINTMENT),
+    Intent.RESCHEDULE_APPOINTMENT: (Command.SEARCH_SLOTS, Command.RESCHEDULE_APPOINTMENT),
+    Intent.CANCEL_APPOINTMENT: (Command.CANCEL_APPOINTMENT,),
+    Intent.REFILL_REQUEST: (),
+    Intent.OPIOID_AGREEMENT_RENEWAL: (Command.SEARCH_SLOTS, Command.BOOK_APPOINTMENT),
+    Intent.UDS_QUESTION: (),
+    Intent.RESULTS_REQUEST: (),
+    Intent.INTAKE: (Command.CREATE_DOCUMENT_REFERENCE,),
+    Intent.PRIOR_AUTH_FOLLOWUP: (),
+    Intent.PREOP_CLEARANCE: (),
+    Intent.GENERAL_QUESTION: (),
+    Intent.UNKNOWN: (),
+}
+"""The only source of writes: what each intent asks for before any rule has looked at it."""
+
+INTENT_REPLY: dict[Intent, ReplyTemplate] = {
+    Intent.BOOK_APPOINTMENT: ReplyTemplate.OFFER_SLOTS,
+    Intent.RESCHEDULE_APPOINTMENT: ReplyTemplate.OFFER_SLOTS,
+    Intent.CANCEL_APPOINTMENT: ReplyTemplate.CANCELLATION_CONFIRMED,
+    Intent.REFILL_REQUEST: ReplyTemplate.MEDICATION_REQUEST_FORWARDED,
+    Intent.OPIOID_AGREEMENT_RENEWAL: ReplyTemplate.OFFER_SLOTS,
+    Intent.UDS_QUESTION: ReplyTemplate.MESSAGE_FORWARDED,
+    Intent.RESULTS_REQUEST: ReplyTemplate.RESULTS_NOT_SHARED_BY_PHONE,
+    Intent.INTAKE: ReplyTemplate.INTAKE_LINK_SENT,
+    Intent.PRIOR_AUTH_FOLLOWUP: ReplyTemplate.MESSAGE_FORWARDED,
+    Intent.PREOP_CLEARANCE: ReplyTemplate.MESSAGE_FORWARDED,
+    Intent.GENERAL_QUESTION: ReplyTemplate.MESSAGE_FORWARDED,
+    Intent.UNKNOWN: ReplyTemplate.CLARIFY,
+}
+"""The reply when no rule proposes a more important one."""
+
+REPLY_PRECEDENCE: tuple[ReplyTemplate, ...] = (
+    ReplyTemplate.MEDICATION_REQUEST_FORWARDED_NEED_IDENTITY,
+    ReplyTemplate.MEDICATION_REQUEST_FORWARDED,
+    ReplyTemplate.RESULTS_NOT_SHARED_BY_PHONE,
+    ReplyTemplate.ROUTED_TO_CARE_TEAM,
+    ReplyTemplate.ROUTED_OFFER_AGREEMENT_REVIEW,
+    ReplyTemplate.ASK_IDENTITY,
+    ReplyTemplate.PLEASE_HOLD,
+    ReplyTemplate.ASK_VISIT_REASON,
+    ReplyTemplate.MESSAGE_FORWARDED,
+    ReplyTemplate.NEW_PATIENT_CONSULT_OFFER,
+    ReplyTemplate.OFFER_SLOTS,
+    ReplyTemplate.CANCELLATION_CONFIRMED,
+    ReplyTemplate.INTAKE_LINK_SENT,
+    ReplyTemplate.CLARIFY,
+)
+"""When several replies are proposed the earliest here is spoken: a medication request is always
+acknowledged as sent to the provider's team, and a refusal outranks any offer."""
+
+NO_IDENTITY_INTENTS = frozenset({Intent.GENERAL_QUESTION, Intent.UNKNOWN, Intent.RESULTS_REQUEST})
+"""Intents handled without knowing who calls (a results request is refused and routed either way)."""
+CHART_INTENTS = frozenset(
+    {
+        Intent.BOOK_APPOINTMENT, Intent.RESCHEDULE_APPOINTMENT, Intent.CANCEL_APPOINTMENT,
+        Intent.OPIOID_AGREEMENT_RENEWAL, Intent.INTAKE, Intent.PRIOR_AUTH_FOLLOWUP,
+        Intent.PREOP_CLEARANCE, Intent.UDS_QUESTION,
+    }
+)
+"""Intents acted on only once the chart's flags are known (restrictions and agreement apply to them).
+Refill and controlled-substance requests are not here: they escalate at once, whatever is known."""
+SCHEDULING_INTENTS = frozenset(
+    {Intent.BOOK_APPOINTMENT, Intent.RESCHEDULE_APPOINTMENT, Intent.CANCEL_APPOINTMENT, Intent.OPIOID_AGREEMENT_RENEWAL}
+)
+BOOKING_INTENTS = frozenset({Intent.BOOK_APPOINTMENT, Intent.RESCHEDULE_APPOINTMENT, Intent.OPIOID_AGREEMENT_RENEWAL})
+MESSAGE_ROUTES: dict[Intent, tuple[TaskKind, TaskReason]] = {
+    Intent.PRIOR_AUTH_FOLLOWUP: (TaskKind.PRIOR_AUTH_FOLLOWUP, TaskReason.PRIOR_AUTH_QUESTION),
+    Intent.PREOP_CLEARANCE: (TaskKind.PREOP_CLEARANCE, TaskReason.PREOP_CLEARANCE_QUESTION),
+    Intent.GENERAL_QUESTION: (TaskKind.FRONT_DESK_MESSAGE, TaskReason.GENERAL_MESSAGE),
+}
+"""Messages the receptionist takes for the team that handles them."""
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """Everything the rules may look at for one turn, derived once by gather_facts."""
+
+    ctx: CallContext
+    request: IntentRequest
+    chart: ChartFlags | None
+    """None while an existing patient's flags are unread; empty flags for a new patient (no chart yet)."""
+    phase: GoLivePhase
+    text: SnippetFindings
+    visit_reason: VisitReason | None
+    agreement: AgreementStatus
+    """The agreement as the rules treat it: an active one past its renewal date counts as expired."""
+    agreement_overdue: bool
+    signals: tuple[BypassSignal, ...]
+
+    @property
+    def intent(self) -> Intent:
+        """The recognised intent (what INTENT_COMMANDS and INTENT_REPLY are keyed by)."""
+        return self.request.intent
+
+    @property
+    def ready(self) -> bool:
+        """The caller is identified and the flags are known, as far as this intent needs them."""
+        identified = self.intent in NO_IDENTITY_INTENTS or self.ctx.caller_identified
+        return identified and (self.intent not in CHART_INTENTS or self.chart is not None)
+
+    @property
+    def refill_request(self) -> bool:
+        """A refill or a prescription change is asked for, by intent or in words."""
+        return self.intent is Intent.REFILL_REQUEST or self.text.refill or self.text.medication_write
+
+    @property
+    def controlled_request(self) -> bool:
+        """A controlled-substance request: it escalates to a provider, 100% of the time."""
+        return self.refill_request or self.request.controlled_substance_mentioned or self.text.controlled_substance
+
+    @property
+    def controlled_visit(self) -> bool:
+        """Booking the in-office controlled-substance visit (medication management, docs/CONTRACTS.md)."""
+        return self.intent in BOOKING_INTENTS and self.ready and self.visit_reason is VisitReason.MEDICATION_MANAGEMENT
+
+    @property
+    def restriction(self) -> PhoneRestriction | None:
+        """The provider-set phone restriction that covers this request, if any."""
+        if self.chart is None or self.intent is Intent.UNKNOWN:
+            return None
+        restrictions = self.chart.phone_restrictions
+        if PhoneRestriction.NO_PHONE_REQUESTS in restrictions:
+            return PhoneRestriction.NO_PHONE_REQUESTS
+        if PhoneRestriction.NO_REFILL_REQUESTS in restrictions and self.refill_request:
+            return PhoneRestriction.NO_REFILL_REQUESTS
+        if PhoneRestriction.NO_SCHEDULING in restrictions and self.intent in SCHEDULING_INTENTS:
+            return PhoneRestriction.NO_SCHEDULING
+        return None
+
+    @property
+    def plain_request(self) -> bool:
+        """Ready, and no stronger rule (escalation, results, restriction) claims the turn."""
+        return (
+            self.ready
+            and not self.controlled_request
+            and not self.text.protected_content
+            and self.restriction is None
+        )
+
+
+def effective_visit_reason(ctx: CallContext, request: IntentRequest) -> VisitReason | None:
+    """The visit the turn is really about (rule VISIT_TYPE_MATCHES_PATIENT).
+
+    New patients start with a consultation, whatever they asked for; an established patient cannot
+    be booked into a new-patient consultation (new-patient visit codes are billable for new
+    patients only), so they get a follow-up; an agreement renewal is an agreement-review visit.
+    """
+    if request.intent is Intent.OPIOID_AGREEMENT_RENEWAL:
+        return VisitReason.AGREEMENT_REVIEW
+    if request.intent in (Intent.BOOK_APPOINTMENT, Intent.RESCHEDULE_APPOINTMENT):
+        if ctx.is_new_patient:
+            return VisitReason.NEW_PATIENT_CONSULT
+        if ctx.patient_id is not None and request.visit_reason is VisitReason.NEW_PATIENT_CONSULT:
+            return VisitReason.FOLLOW_UP
+    return request.visit_reason
+
+
+def gather_facts(
+    ctx: CallContext, request: IntentRequest, chart: ChartFlags | None, phase: GoLivePhase, today: date
+) -> Facts:
+    """Derive the facts of one turn; the snippet is scanned here and never kept."""
+    known_chart = chart if chart is not None else (ChartFlags() if ctx.is_new_patient else None)
+    agreement = known_chart.agreement_status if known_chart is not None else AgreementStatus.NONE
+    renewal_due = known_chart.agreement_renewal_due if known_chart is not None else None
+    overdue = agreement is AgreementStatus.ACTIVE and renewal_due is not None and renewal_due < today
+    text = scan_snippet(request.transcript_snippet)
+    facts = Facts(
+        ctx=ctx,
+        request=request,
+        chart=known_chart,
+        phase=phase,
+        text=text,
+        visit_reason=effective_visit_reason(ctx, request),
+        agreement=AgreementStatus.EXPIRED if overdue else agreement,
+        agreement_overdue=overdue,
+        signals=(),
+    )
+    signals = bypass_signals(
+        text, controlled_request=facts.controlled_request, earlier_controlled_requests=ctx.refill_requests_earlier_in_call
+    )
+    return replace(facts, signals=signals)
+
+
+@dataclass(slots=True)
+class Draft:
+    """The decision being built. Every operation is monotone: it can only make the decision stricter."""
+
+    facts: Facts
+    outcome: Outcome = Outcome.ALLOW
+    forbidden: set[Command] = field(default_factory=set)
+    reads: list[Command] = field(default_factory=list)
+    tasks: list[TaskSpec] = field(default_factory=list)
+    proposed_replies: list[ReplyTemplate] = field(default_factory=list)
+    fired: list[GuardName] = field(default_factory=list)
+    after_hours_wording: bool = False
+    writes_queued: bool = False
+
+    def fire(self, guard: GuardName) -> None:
+        """Record that a rule applied (once per turn)."""
+        if guard not in self.fired:
+            self.fired.append(guard)
+
+    def raise_outcome(self, outcome: Outcome) -> None:
+        """Keep the stricter of the current and the given outcome."""
+        if OUTCOME_STRICTNESS[outcome] > OUTCOME_STRICTNESS[self.outcome]:
+            self.outcome = outcome
+
+    def forbid_intent_commands(self) -> None:
+        """Nothing the intent asked for runs in this turn."""
+        self.forbidden.update(INTENT_COMMANDS[self.facts.intent])
+
+    def read(self, command: Literal[Command.SEARCH_PATIENT, Command.READ_COMPLIANCE_FLAGS]) -> None:
+        """Ask for a read the decision needs before it can act."""
+        if command not in self.reads:
+            self.reads.append(command)
+
+    def propose(self, reply: ReplyTemplate) -> None:
+        """Offer a reply; the one earliest in REPLY_PRECEDENCE is spoken."""
+        self.proposed_replies.append(reply)
+
+    def add_task(self, kind: TaskKind, reason: TaskReason) -> None:
+        """A task with the call context; provider tasks also get the PDMP check time, and nothing else from PDMP."""
+        ctx, chart = self.facts.ctx, self.facts.chart
+        audience = TASK_AUDIENCE[kind]
+        pdmp_checked = chart.pdmp_last_checked if chart is not None and audience is TaskAudience.PROVIDER else None
+        task = TaskSpec(
+            kind=kind,
+            audience=audience,
+            reason=reason,
+            call_id=ctx.call_id,
+            practice_id=ctx.practice_id,
+            patient_id=ctx.patient_id,
+            transcript_ref=ctx.transcript_ref,
+            after_hours=ctx.after_hours,
+            pdmp_last_checked=pdmp_checked,
+        )
+        if all((t.kind, t.reason) != (kind, reason) for t in self.tasks):
+            self.tasks.append(task)
+
+    def escalate_to_provider(self, kind: TaskKind, reason: TaskReason) -> None:
+        """ESCALATE with a provider task: the only way a controlled-substance request is answered."""
+        self.add_task(kind, reason)
+        self.raise_outcome(Outcome.ESCALATE)
+
+    def route_to_clinical_team(self, reason: TaskReason, reply: ReplyTemplate) -> None:
+        """Do not act on the request; a clinical-team review task takes it instead."""
+        self.forbid_intent_commands()
+        self.add_task(TaskKind.CLINICAL_TEAM_REVIEW, reason)
+        self.raise_outcome(Outcome.BLOCK_AND_ROUTE)
+        self.propose(reply)
+
+    def dispatchable(self) -> tuple[Command, ...]:
+        """Reads first, then what the intent asked for minus everything forbidden, then CREATE_TASK."""
+        allowed = [c for c in INTENT_COMMANDS[self.facts.intent] if c not in self.forbidden]
+        ordered = [*self.reads, *allowed, *([Command.CREATE_TASK] if self.tasks else [])]
+        return tuple(dict.fromkeys(ordered))
+
+    def to_decision(self) -> Decision:
+        """Freeze the draft; in the read-only phase the writes move to the review queue."""
+        commands = self.dispatchable()
+        queued: tuple[Command, ...] = ()
+        if self.writes_queued:
+            queued = tuple(c for c in commands if c in WRITE_COMMANDS)
+            commands = tuple(c for c in commands if c not in WRITE_COMMANDS)
+        proposals = [*self.proposed_replies, INTENT_REPLY[self.facts.intent]]
+        spoken = min(proposals, key=REPLY_PRECEDENCE.index)
+        provider_first = sorted(self.tasks, key=lambda t: list(TaskAudience).index(t.audience))
+        return Decision(
+            outcome=self.outcome,
+            commands=commands,
+            queued_commands=queued,
+            tasks=tuple(provider_first),
+            visit_reason=self.facts.visit_reason,
+            reply=adapt_reply(spoken, after_hours=self.after_hours_wording, writes_queued=self.writes_queued),
+            guards_fired=tuple(self.fired),
+            bypass_signals=self.facts.signals,
+        )
+
+
+# --- Gates: who is calling and what the chart says must be known before acting. ---
+
+
+def caller_identification_required(f: Facts, d: Draft) -> None:
+    """Nothing is done for an unidentified caller but ask for name and date of birth."""
+    if f.intent not in NO_IDENTITY_INTENTS and not f.ctx.caller_identified:
+        d.fire(GuardName.CALLER_IDENTIFICATION_REQUIRED)
+        d.forbid_intent_commands()
+        d.raise_outcome(Outcome.NEEDS_INFORMATION)
+        d.propose(ReplyTemplate.ASK_IDENTITY)
+
+
+def patient_lookup_required(f: Facts, d: Draft) -> None:
+    """An identified caller whose chart has not been searched yet: search before acting."""
+    if f.intent in CHART_INTENTS and f.ctx.caller_identified and f.ctx.patient_id is None and not f.ctx.is_new_patient:
+        d.fire(GuardName.PATIENT_LOOKUP_REQUIRED)
+        d.forbid_intent_commands()
+        d.read(Command.SEARCH_PATIENT)
+        d.raise_outcome(Outcome.NEEDS_INFORMATION)
+        d.propose(ReplyTemplate.PLEASE_HOLD)
+
+
+def compliance_flags_required(f: Facts, d: Draft) -> None:
+    """A known patient whose flags are unread: read them first, so restrictions and agreement apply."""
+    if f.intent in CHART_INTENTS and f.ctx.patient_id is not None and f.chart is None:
+        d.fire(GuardName.COMPLIANCE_FLAGS_REQUIRED)
+        d.forbid_intent_commands()
+        d.read(Command.READ_COMPLIANCE_FLAGS)
+        d.raise_outcome(Outcome.NEEDS_INFORMATION)
+        d.propose(ReplyTemplate.PLEASE_HOLD)
+
+
+def visit_type_matches_patient(f: Facts, d: Draft) -> None:
+    """New patients are offered a consultation, established ones a follow-up (see effective_visit_reason)."""
+    booking = f.intent in (Intent.BOOK_APPOINTMENT, Intent.RESCHEDULE_APPOINTMENT)
+    if booking and f.ready and f.visit_reason is not f.request.visit_reason:
+        d.fire(GuardName.VISIT_TYPE_MATCHES_PATIENT)
+        if f.visit_reason is VisitReason.NEW_PATIENT_CONSULT:
+            d.propose(ReplyTemplate.NEW_PATIENT_CONSULT_OFFER)
+
+
+def visit_reason_required(f: Facts, d: Draft) -> None:
+    """Slots depend on the procedure: without a visit reason, ask instead of guessing."""
+    if f.intent in BOOKING_INTENTS and f.ready and f.visit_reason is None:
+        d.fire(GuardName.VISIT_REASON_REQUIRED)
+        d.forbid_intent_commands()
+        d.raise_outcome(Outcome.NEEDS_INFORMATION)
+        d.propose(ReplyTemplate.ASK_VISIT_REASON)
+
+
+# --- Controlled substances: 100% escalate to a provider; nothing is ever promised. ---
+
+
+def refill_escalates_to_provider(f: Facts, d: Draft) -> None:
+    """Every refill request becomes a provider task with the call context, whoever calls and whatever the chart says."""
+    if f.intent is Intent.REFILL_REQUEST:
+        d.fire(GuardName.REFILL_ESCALATES_TO_PROVIDER)
+        d.escalate_to_provider(TaskKind.PROVIDER_REFILL_REVIEW, TaskReason.REFILL_REQUESTED)
+        d.propose(_medication_acknowledgement(f))
+
+
+def controlled_substance_escalates(f: Facts, d: Draft) -> None:
+    """A controlled substance or refill raised under any other intent escalates too.
+
+    A controlled substance merely named while booking, moving or cancelling a visit escalates and
+    the scheduling goes on (the visit is where the provider decides); a refill or prescription
+    change asked for in words takes the whole turn, so the caller hears where the request went.
+    """
+    if f.intent is Intent.REFILL_REQUEST or not f.controlled_request:
+        return
+    d.fire(GuardName.CONTROLLED_SUBSTANCE_ESCALATES)
+    if f.text.medication_write:
+        d.escalate_to_provider(TaskKind.PROVIDER_CONTROLLED_SUBSTANCE_REVIEW, TaskReason.MEDICATION_CHANGE_REQUESTED)
+    elif f.text.refill:
+        d.escalate_to_provider(TaskKind.PROVIDER_REFILL_REVIEW, TaskReason.REFILL_REQUESTED)
+    else:
+        d.escalate_to_provider(TaskKind.PROVIDER_CONTROLLED_SUBSTANCE_REVIEW, TaskReason.CONTROLLED_SUBSTANCE_MENTIONED)
+    if f.refill_request or f.intent not in SCHEDULING_INTENTS:
+        d.forbid_intent_commands()
+        d.propose(_medication_acknowledgement(f))
+
+
+def medication_write_refused(f: Facts, d: Draft) -> None:
+    """Asked to "call it in" or "change my dose": no command can do it, and nothing else runs in that turn."""
+    if f.text.medication_write:
+        d.fire(GuardName.MEDICATION_WRITE_REFUSED)
+        d.forbid_intent_commands()
+
+
+def controlled_visit_escalates(f: Facts, d: Draft) -> None:
+    """Booking a chronic-opioid patient's medication-management visit tells the provider (with the PDMP check time)."""
+    if f.controlled_visit and f.chart is not None and f.chart.chronic_opioid:
+        d.fire(GuardName.CONTROLLED_VISIT_ESCALATES)
+        d.escalate_to_provider(TaskKind.PROVIDER_CONTROLLED_SUBSTANCE_REVIEW, TaskReason.CONTROLLED_SUBSTANCE_VISIT)
+
+
+def _medication_acknowledgement(f: Facts) -> ReplyTemplate:
+    """The medication reply; an unidentified caller is also asked who they are so the team finds the chart."""
+    if f.ctx.caller_identified:
+        return ReplyTemplate.MEDICATION_REQUEST_FORWARDED
+    return ReplyTemplate.MEDICATION_REQUEST_FORWARDED_NEED_IDENTITY
+
+
+# --- Chart flags route; they never make a clinical decision and are never read aloud. ---
+
+
+def agreement_blocks_controlled_visit(f: Facts, d: Draft) -> None:
+    """Expired or violated agreement: the controlled-substance visit is hard-blocked and routed to the clinical team.
+
+    An expired agreement may still book an agreement-review visit, so the reply offers one (unless
+    a scheduling restriction forbids booking by phone); after a violation the clinical team decides.
+    Other visits (procedures, follow-ups) are not blocked: that would let a flag make a clinical decision.
+    """
+    if not f.controlled_visit or f.agreement not in (AgreementStatus.EXPIRED, AgreementStatus.VIOLATED):
+        return
+    d.fire(GuardName.AGREEMENT_BLOCKS_CONTROLLED_VISIT)
+    if f.agreement_overdue:
+        d.fire(GuardName.AGREEMENT_RENEWAL_OVERDUE)
+    if f.agreement is AgreementStatus.VIOLATED:
+        d.route_to_clinical_team(TaskReason.AGREEMENT_VIOLATED, ReplyTemplate.ROUTED_TO_CARE_TEAM)
+    elif f.restriction is None:
+        d.route_to_clinical_team(TaskReason.AGREEMENT_EXPIRED, ReplyTemplate.ROUTED_OFFER_AGREEMENT_REVIEW)
+    else:
+        d.route_to_clinical_team(TaskReason.AGREEMENT_EXPIRED, ReplyTemplate.ROUTED_TO_CARE_TEAM)
+
+
+def agreement_review_gated(f: Facts, d: Draft) -> None:
+    """An agreement-review visit is booked for an active or expired agreement; after a violation, or with
+    no agreement on file, the clinical team decides."""
+    if not (f.intent in BOOKING_INTENTS and f.ready and f.visit_reason is VisitReason.AGREEMENT_REVIEW):
+        return
+    if f.agreement is AgreementStatus.VIOLATED:
+        d.fire(GuardName.AGREEMENT_REVIEW_GATED)
+        d.route_to_clinical_team(TaskReason.AGREEMENT_VIOLATED, ReplyTemplate.ROUTED_TO_CARE_TEAM)
+    elif f.agreement is AgreementStatus.NONE:
+        d.fire(GuardName.AGREEMENT_REVIEW_GATED)
+        d.route_to_clinical_team(TaskReason.AGREEMENT_NOT_ON_FILE, ReplyTemplate.ROUTED_TO_CARE_TEAM)
+
+
+def aberrant_uds_routes(f: Facts, d: Draft) -> None:
+    """Aberrant UDS (the flag only, never the result): controlled-substance requests and visits also go to
+    clinical-team review, and the controlled-substance visit is not booked by phone."""
+    if f.chart is None or not f.chart.aberrant_uds or not (f.controlled_request or f.controlled_visit):
+        return
+    d.fire(GuardName.ABERRANT_UDS_ROUTES)
+    if f.controlled_visit:
+        d.route_to_clinical_team(TaskReason.ABERRANT_UDS, ReplyTemplate.ROUTED_TO_CARE_TEAM)
+    else:
+        d.add_task(TaskKind.CLINICAL_TEAM_REVIEW, TaskReason.ABERRANT_UDS)
+
+
+def phone_restriction_honoured(f: Facts, d: Draft) -> None:
+    """A provider-set phone restriction: the request is not acted on but routed to the clinical team
+    (a controlled-substance request still escalates to the provider as well)."""
+    if f.restriction is not None:
+        d.fire(GuardName.PHONE_RESTRICTION_HONOURED)
+        d.route_to_clinical_team(TaskReason.PHONE_REQUEST_RESTRICTED, ReplyTemplate.ROUTED_TO_CARE_TEAM)
+
+
+def protected_results_withheld(f: Facts, d: Draft) -> None:
+    """Results, PDMP content and UDS results are never given by phone; the clinical team follows up."""
+    if f.intent is Intent.RESULTS_REQUEST or f.text.protected_content:
+        d.fire(GuardName.PROTECTED_RESULTS_WITHHELD)
+        d.route_to_clinical_team(TaskReason.RESULTS_REQUESTED, ReplyTemplate.RESULTS_NOT_SHARED_BY_PHONE)
+
+
+def pdmp_timestamp_only(f: Facts, d: Draft) -> None:
+    """Record that a provider task carries the PDMP check time (TaskSpec has no field for PDMP content)."""
+    if any(task.pdmp_last_checked is not None for task in d.tasks):
+        d.fire(GuardName.PDMP_TIMESTAMP_ONLY)
+
+
+# --- Routing of messages and coordinator work. ---
+
+
+def uds_question_to_coordinator(f: Facts, d: Draft) -> None:
+    """UDS questions go to the controlled-substance coordinator; the system never schedules a UDS."""
+    if f.intent is Intent.UDS_QUESTION and f.plain_request:
+        d.fire(GuardName.UDS_QUESTION_TO_COORDINATOR)
+        d.add_task(TaskKind.CS_COORDINATOR_UDS, TaskReason.UDS_QUESTION)
+
+
+def uds_due_to_coordinator(f: Facts, d: Draft) -> None:
+    """A UDS due on the chart becomes a coordinator task, on any call of that patient; the caller is not told."""
+    if f.chart is not None and f.chart.uds_due and f.ctx.patient_id is not None:
+        d.fire(GuardName.UDS_DUE_TO_COORDINATOR)
+        d.add_task(TaskKind.CS_COORDINATOR_UDS, TaskReason.UDS_DUE)
+
+
+def message_routed_to_team(f: Facts, d: Draft) -> None:
+    """Prior-auth, pre-op clearance and general questions become a task for the team that handles them;
+    a question about a (non-controlled) medication goes to the clinical team, not the front desk."""
+    if f.intent not in MESSAGE_ROUTES or not f.plain_request:
+        return
+    d.fire(GuardName.MESSAGE_ROUTED_TO_TEAM)
+    if f.intent is Intent.GENERAL_QUESTION and f.request.medication_mentioned:
+        d.add_task(TaskKind.CLINICAL_TEAM_REVIEW, TaskReason.MEDICATION_QUESTION)
+    else:
+        d.add_task(*MESSAGE_ROUTES[f.intent])
+
+
+def unrecognised_intent_clarified(f: Facts, d: Draft) -> None:
+    """An unknown intent does nothing but ask again (unless the words themselves escalate or route)."""
+    if f.intent is Intent.UNKNOWN and f.plain_request:
+        d.fire(GuardName.UNRECOGNISED_INTENT_CLARIFIED)
+
+
+# --- Time of day, go-live phase and bypass attempts: applied to the draft the rules above built. ---
+
+
+def after_hours_policy(f: Facts, d: Draft) -> None:
+    """After hours, intake and booking still run (the schedule is live); escalations and messages are still
+    tasks, and their reply says the office is closed and points emergencies to 911."""
+    if f.ctx.after_hours:
+        d.fire(GuardName.AFTER_HOURS_POLICY)
+        d.after_hours_wording = True
+
+
+def read_only_writes_queued(f: Facts, d: Draft) -> None:
+    """Read-only phase: reads run live, every write waits for a human, and the reply says staff will confirm."""
+    if f.phase is GoLivePhase.READ_ONLY and any(c in WRITE_COMMANDS for c in d.dispatchable()):
+        d.fire(GuardName.READ_ONLY_WRITES_QUEUED)
+        d.writes_queued = True
+        d.raise_outcome(Outcome.REVIEW_QUEUE)
+
+
+def bypass_attempt_recorded(f: Facts, d: Draft) -> None:
+    """A bypass attempt is recorded for the audit and the alarm; it changes nothing else."""
+    if f.signals:
+        d.fire(GuardName.BYPASS_ATTEMPT_RECORDED)
+
+
+Rule = Callable[[Facts, Draft], None]
+
+RULES: tuple[Rule, ...] = (
+    caller_identification_required,
+    patient_lookup_required,
+    compliance_flags_required,
+    visit_type_matches_patient,
+    visit_reason_required,
+    refill_escalates_to_provider,
+    controlled_substance_escalates,
+    medication_write_refused,
+    controlled_visit_escalates,
+    agreement_blocks_controlled_visit,
+    agreement_review_gated,
+    aberrant_uds_routes,
+    phone_restriction_honoured,
+    protected_results_withheld,
+    pdmp_timestamp_only,
+    uds_question_to_coordinator,
+    uds_due_to_coordinator,
+    message_routed_to_team,
+    unrecognised_intent_clarified,
+    after_hours_policy,
+    read_only_writes_queued,
+    bypass_attempt_recorded,
+)
+"""Run in this order; the last three look at what the others built."""
