@@ -21,6 +21,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dev": ("callstream.cli:dev_main", "start, stop or check the embedded Kafka + ClickHouse stack"),
     "tenants": ("callstream.cli:tenants_main", "validate a practice (tenant) directory file"),
     "sandbox": ("sandbox.cli:main", "run the ModMed sandbox emulator (FHIR + EMA screens) on 127.0.0.1"),
+    "export": ("connectors.bulk:main", "bulk-export a certified-track practice's data as ndjson"),
+    "bench": ("callstream.cli:bench_main", "benchmarks: fhir-rate (connector rate limiter), pipeline"),
+}
+
+# benchmark name → module:function; each prints its figures as one JSON object on its last line
+BENCHMARKS: dict[str, str] = {
+    "fhir-rate": "connectors.bench:main",
 }
 
 
@@ -86,6 +93,15 @@ def dev_main(argv: list[str]) -> int:
                  f"clickhouse: healthy (ClickHouse {client.query('SELECT version()').result_rows[0][0]})"]
     print("\n".join(lines))
     return 0
+
+
+def bench_main(argv: list[str]) -> int:
+    """`callstream bench NAME ...`: hands the whole argument list to the named benchmark."""
+    if not argv or argv[0] not in BENCHMARKS:
+        names = ", ".join(sorted(BENCHMARKS))
+        print(f"usage: callstream bench {{{names}}} [options]", file=sys.stderr)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    return _load(BENCHMARKS[argv[0]])(argv)
 
 
 def tenants_main(argv: list[str]) -> int:

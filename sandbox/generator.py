@@ -67,14 +67,14 @@ PRACTICE_VARIANTS: tuple[tuple[str, bool, bool, tuple[str, ...], int], ...] = (
 TEMPLATE_PLAN: tuple[tuple[str, str, int, str, tuple[str, ...], tuple[str, ...], int, int | None], ...] = (
     ("new-patient-consult", "New patient pain consult", 45, "clinic", ("exam-room",), (), 0, 3),
     ("follow-up", "Follow-up visit", 20, "clinic", ("exam-room",), (), 0, None),
-    ("medication-management", "Medication management (controlled substance)", 20, "clinic", ("exam-room",), (), 0, None),
+    ("medication-management", "Medication management (controlled substance)", 30, "clinic", ("exam-room",), (), 0, None),
     ("agreement-review", "Opioid agreement review", 30, "clinic", ("exam-room",), (), 0, None),
     ("trigger-point", "Trigger-point injection", 20, "clinic", ("exam-room", "procedure-room"), (), 0, None),
     ("esi", "Lumbar epidural steroid injection (fluoro-guided)", 30, "procedure", ("procedure-room",), ("fluoroscopy",), 0, None),
     ("facet-injection", "Facet joint injection / medial branch block", 30, "procedure", ("procedure-room",), ("fluoroscopy",), 0, None),
     ("rfa", "Radiofrequency ablation", 45, "procedure", ("procedure-room",), ("fluoroscopy", "rf-generator"), 0, None),
     ("scs-trial", "Spinal cord stimulator trial", 90, "procedure", ("procedure-room",), ("fluoroscopy",), 14, 1),
-    ("kyphoplasty", "Kyphoplasty", 60, "procedure", ("procedure-room",), ("fluoroscopy",), 3, 2),
+    ("kyphoplasty", "Kyphoplasty", 60, "procedure", ("procedure-room",), ("fluoroscopy",), 7, 2),
 )
 
 # key, name, kind, equipment

@@ -1,0 +1,318 @@
+"""FHIR Bulk Data export for certified-track practices, and ``callstream export``.
+
+Kick-off (``$export`` with ``Prefer: respond-async``) answers 202 and a status URL; the status URL
+answers 202 (with X-Progress / Retry-After) until the manifest is ready; each manifest file is ndjson
+(at most 1,000 resources in ModMed's case) and is streamed line by line, every line validated as the
+declared FHIR R4B resource type before it is written; DELETE on the status URL cancels. Files land
+under a temporary name and are renamed only when complete, so a broken download never looks whole.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import re
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from fhir.resources.R4B import get_fhir_model_class
+from pydantic import ValidationError
+
+from callstream.errors import ConfigError
+from callstream.tenants import ApiTrack, Practice
+from connectors.errors import CapabilityMissing, InvalidRequestError, InvalidResponseError, RetryableError
+from connectors.fhir import ModMedClient, relative_path
+
+NDJSON = "application/fhir+ndjson"
+RESOURCE_TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
+GROUP_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+
+
+@dataclass(frozen=True, slots=True)
+class ExportFile:
+    """One manifest entry."""
+
+    resource_type: str
+    url: str
+    count: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ExportManifest:
+    transaction_time: str
+    requires_access_token: bool
+    output: tuple[ExportFile, ...]
+    error: tuple[ExportFile, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadedFile:
+    resource_type: str
+    path: Path
+    resources: int
+
+
+ProgressCallback = Callable[[str], None]
+
+
+class BulkExport:
+    """One certified-track practice's bulk exports, over the shared ModMedClient."""
+
+    def __init__(
+        self,
+        client: ModMedClient,
+        practice: Practice,
+        *,
+        poll_initial_s: float = 1.0,
+        poll_max_s: float = 60.0,
+        timeout_s: float = 6 * 3600,
+    ) -> None:
+        if practice.track is not ApiTrack.CERTIFIED:
+            raise CapabilityMissing(
+                "bulk export exists on the certified track only", practice_id=practice.practice_id, resource_type="$export"
+            )
+        self._client = client
+        self._practice = practice
+        self._poll_initial_s = poll_initial_s
+        self._poll_max_s = poll_max_s
+        self._timeout_s = timeout_s
+
+    async def kick_off(
+        self,
+        *,
+        group_id: str | None = None,
+        patients: bool = False,
+        since: dt.datetime | None = None,
+        types: Sequence[str] = (),
+    ) -> str:
+        """Start an export (system, Patient or Group level); returns the status URL."""
+        base = self._practice.fhir_base
+        if group_id is not None:
+            if not GROUP_ID.match(group_id):
+                raise InvalidRequestError("group id is not a FHIR id", practice_id=self._practice.practice_id)
+            url = f"{base}/Group/{group_id}/$export"
+        else:
+            url = f"{base}/Patient/$export" if patients else f"{base}/$export"
+        params = {"_outputFormat": NDJSON}
+        if since is not None:
+            if since.tzinfo is None:
+                raise InvalidRequestError("since must be timezone-aware", practice_id=self._practice.practice_id)
+            params["_since"] = since.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+        if types:
+            bad = [t for t in types if not RESOURCE_TYPE.match(t)]
+            if bad:
+                raise InvalidRequestError("resource types must look like 'Patient'", practice_id=self._practice.practice_id)
+            params["_type"] = ",".join(types)
+        response = await self._client.bulk_request(self._practice, "GET", url, params=params, prefer_async=True)
+        status_url = response.headers.get("content-location")
+        if response.status != 202 or not status_url or relative_path(status_url, base) is None:
+            raise InvalidResponseError(
+                "export kick-off answered without a status URL of this practice",
+                practice_id=self._practice.practice_id, resource_type="$export", status=response.status,
+            )
+        return status_url
+
+    async def wait_for_manifest(self, status_url: str, *, on_progress: ProgressCallback | None = None) -> ExportManifest:
+        """Poll the status URL with backoff (Retry-After wins) until the manifest is ready."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout_s
+        delay = self._poll_initial_s
+        while True:
+            response = await self._client.bulk_request(self._practice, "GET", status_url)
+            if response.status == 200:
+                return _parse_manifest(response.body, self._practice.practice_id)
+            progress = response.headers.get("x-progress", "in progress")
+            if on_progress is not None:
+                on_progress(progress[:100])
+            retry_after = response.headers.get("retry-after", "")
+            wait = min(float(retry_after), self._poll_max_s) if retry_after.isdigit() else delay
+            if loop.time() + wait > deadline:
+                raise RetryableError(
+                    "export did not finish within the time budget", practice_id=self._practice.practice_id,
+                    resource_type="$export-status",
+                )
+            await asyncio.sleep(wait)
+            delay = min(delay * 2, self._poll_max_s)
+
+    async def download(
+        self,
+        manifest: ExportManifest,
+        directory: Path,
+        *,
+        on_file: Callable[[int, int, int], None] | None = None,
+    ) -> list[DownloadedFile]:
+        """Stream every output file into ``directory``, validating each line; ``on_file(done, total, resources)``."""
+        directory.mkdir(parents=True, exist_ok=True)
+        downloaded: list[DownloadedFile] = []
+        total_resources = 0
+        for index, entry in enumerate(manifest.output, start=1):
+            target = directory / f"{index:04d}-{entry.resource_type}.ndjson"
+            partial = target.with_suffix(".ndjson.part")
+            count = 0
+            model = get_fhir_model_class(entry.resource_type)
+            try:
+                with partial.open("w", encoding="utf-8") as sink:
+                    async with self._client.stream_file(
+                        self._practice, entry.url, with_token=manifest.requires_access_token
+                    ) as stream:
+                        async for line in stream.lines():
+                            count += 1
+                            _validate_line(line, entry.resource_type, model, self._practice.practice_id, count)
+                            sink.write(line.strip() + "\n")
+                if entry.count is not None and entry.count != count:
+                    raise InvalidResponseError(
+                        f"export file {index} has {count} resources, the manifest says {entry.count}",
+                        practice_id=self._practice.practice_id, resource_type=entry.resource_type,
+                    )
+            except BaseException:
+                partial.unlink(missing_ok=True)  # never leave half a file that could pass for a whole one
+                raise
+            partial.replace(target)
+            downloaded.append(DownloadedFile(entry.resource_type, target, count))
+            total_resources += count
+            if on_file is not None:
+                on_file(index, len(manifest.output), total_resources)
+        return downloaded
+
+    async def cancel(self, status_url: str) -> None:
+        """Delete the export job (ModMed answers 202)."""
+        await self._client.bulk_request(self._practice, "DELETE", status_url)
+
+
+def _validate_line(line: str, resource_type: str, model: type[Any], practice_id: str, number: int) -> None:
+    """One ndjson line must be one resource of the declared type; the message names the line, not its content."""
+    try:
+        resource = json.loads(line)
+    except json.JSONDecodeError:
+        raise InvalidResponseError(
+            f"export line {number} is not JSON", practice_id=practice_id, resource_type=resource_type
+        ) from None
+    if not isinstance(resource, dict) or resource.get("resourceType") != resource_type:
+        raise InvalidResponseError(
+            f"export line {number} is not a {resource_type}", practice_id=practice_id, resource_type=resource_type
+        )
+    try:
+        model.model_validate(resource)
+    except ValidationError:
+        raise InvalidResponseError(
+            f"export line {number} is not a valid {resource_type}", practice_id=practice_id,
+            resource_type=resource_type,
+        ) from None
+
+
+def _parse_manifest(body: Any, practice_id: str) -> ExportManifest:
+    if not isinstance(body, Mapping) or not isinstance(body.get("output"), list):
+        raise InvalidResponseError("export manifest lacks an output list", practice_id=practice_id)
+
+    def files(entries: Any) -> tuple[ExportFile, ...]:
+        parsed = []
+        for entry in entries if isinstance(entries, list) else ():
+            if not isinstance(entry, Mapping):
+                raise InvalidResponseError("export manifest entry is not an object", practice_id=practice_id)
+            resource_type, url, count = entry.get("type"), entry.get("url"), entry.get("count")
+            if not isinstance(resource_type, str) or not RESOURCE_TYPE.match(resource_type):
+                raise InvalidResponseError("export manifest entry has no resource type", practice_id=practice_id)
+            try:
+                get_fhir_model_class(resource_type)
+            except ValueError:
+                raise InvalidResponseError("export manifest names an unknown resource type", practice_id=practice_id) from None
+            if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+                raise InvalidResponseError("export manifest entry has no http(s) url", practice_id=practice_id)
+            if count is not None and (not isinstance(count, int) or isinstance(count, bool) or count < 0):
+                raise InvalidResponseError("export manifest entry has an invalid count", practice_id=practice_id)
+            parsed.append(ExportFile(resource_type, url, count))
+        return tuple(parsed)
+
+    return ExportManifest(
+        transaction_time=str(body.get("transactionTime", "")),
+        requires_access_token=body.get("requiresAccessToken") is True,
+        output=files(body.get("output")),
+        error=files(body.get("error", [])),
+    )
+
+
+class ProgressBar:
+    """A one-line text progress bar on stderr (no dependency), redrawn in place."""
+
+    def __init__(self, stream: TextIO, width: int = 30) -> None:
+        self._stream = stream
+        self._width = width
+
+    def status(self, text: str) -> None:
+        self._stream.write(f"\r{text:<60}")
+        self._stream.flush()
+
+    def files(self, done: int, total: int, resources: int) -> None:
+        filled = self._width * done // max(total, 1)
+        bar = "#" * filled + "." * (self._width - filled)
+        self.status(f"[{bar}] {done}/{total} files, {resources} resources")
+
+    def finish(self) -> None:
+        self._stream.write("\n")
+        self._stream.flush()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="callstream export", description="Bulk FHIR export of a certified-track practice into ndjson files."
+    )
+    parser.add_argument("practice_id", help="practice id from the tenant directory")
+    parser.add_argument("--tenants", type=Path, help="tenant directory file (default: CALLSTREAM_TENANTS_FILE)")
+    parser.add_argument("--out", type=Path, required=True, help="directory for the ndjson files")
+    level = parser.add_mutually_exclusive_group()
+    level.add_argument("--group", help="export one Group's patients")
+    level.add_argument("--patients", action="store_true", help="Patient-level export instead of system-level")
+    parser.add_argument("--since", type=dt.datetime.fromisoformat, help="only resources changed since (ISO-8601 with zone)")
+    parser.add_argument("--type", dest="types", default="", help="comma-separated resource types")
+    parser.add_argument("--cancel", metavar="STATUS_URL", help="cancel an export job instead of starting one")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    """`callstream export PRACTICE --out DIR [...]`: kick-off, poll, download with a progress bar."""
+    from callstream.settings import load_settings
+    from callstream.tenants import load_tenant_directory
+
+    options = _parser().parse_args(argv)
+    tenants_file = options.tenants or load_settings().tenants_file
+    if tenants_file is None:
+        raise ConfigError("no tenant directory: pass --tenants FILE or set CALLSTREAM_TENANTS_FILE")
+    directory = load_tenant_directory(tenants_file)
+    practice = directory.get(options.practice_id)
+    if practice is None:
+        raise ConfigError(f"{tenants_file}: no practice {options.practice_id!r}")
+    if options.since is not None and options.since.tzinfo is None:
+        raise ConfigError("--since needs a time zone, e.g. 2026-01-01T00:00:00+00:00")
+    types = [t.strip() for t in options.types.split(",") if t.strip()]
+    return asyncio.run(_export(practice, options, types, sys.stderr))
+
+
+async def _export(practice: Practice, options: argparse.Namespace, types: list[str], stderr: TextIO) -> int:
+    bar = ProgressBar(stderr)
+    async with ModMedClient() as client:
+        export = BulkExport(client, practice)
+        if options.cancel:
+            await export.cancel(options.cancel)
+            print(f"cancelled {options.cancel}")
+            return 0
+        status_url = await export.kick_off(
+            group_id=options.group, patients=options.patients, since=options.since, types=types
+        )
+        bar.status("export started")
+        try:
+            manifest = await export.wait_for_manifest(status_url, on_progress=lambda p: bar.status(f"waiting: {p}"))
+            bar.files(0, len(manifest.output), 0)
+            files = await export.download(manifest, options.out, on_file=bar.files)
+        except asyncio.CancelledError:
+            await export.cancel(status_url)
+            raise
+        bar.finish()
+    for file in files:
+        print(f"{file.path}\t{file.resource_type}\t{file.resources}")
+    print(f"exported {sum(f.resources for f in files)} resources in {len(files)} files to {options.out}")
+    return 0

@@ -1,0 +1,789 @@
+"""The multi-practice ModMed FHIR client: one HTTP pool, one guarded chokepoint, per-practice state.
+
+Every request of the connector (token grants included) leaves through ``ModMedClient._call``, which
+  * checks the real URL and method against closed allow-lists (no path can write MedicationRequest or
+    MedicationStatement: they are in no list, and the URL, not a label, decides what is sent);
+  * waits for the practice's API-key rate limiter and in-flight cap, and its circuit breaker;
+  * authenticates (token cache per practice; on 401 one re-authentication, then AuthError);
+  * retries reads with exponential backoff and full jitter inside a time budget, and writes only when the
+    failure proves the request never reached ModMed (connection refused, 429);
+  * maps ModMed's status codes onto connectors.errors and reports latency to an optional observer.
+Resources go in and out as fhir.resources R4B models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import re
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any, Generic, Literal, Protocol, TypeVar
+from urllib.parse import urlsplit
+
+import httpx
+from fhir.resources.R4B.appointment import Appointment
+from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.documentreference import DocumentReference
+from fhir.resources.R4B.resource import Resource
+from fhir.resources.R4B.task import Task
+from pydantic import ValidationError
+
+from callstream.errors import ConfigError, TenantDirectoryError
+from callstream.tenants import ApiTrack, Credentials, Practice
+from connectors.auth import AccessToken, TokenCache, grant_for, parse_token_response
+from connectors.breaker import CircuitBreaker
+from connectors.errors import (
+    AuthError,
+    CircuitOpenError,
+    ConflictError,
+    InvalidResponseError,
+    ModMedError,
+    RateLimitedError,
+    RequestNotSentError,
+    ResourceNotAllowed,
+    RetryableError,
+    TerminalError,
+    WriteNotAllowed,
+    error_for_status,
+)
+from connectors.ratelimit import RateLimiter, RateLimiterRegistry
+
+log = logging.getLogger(__name__)
+
+FHIR_JSON = "application/fhir+json"
+FHIR_ID = re.compile(r"^(?!\.+$)[A-Za-z0-9\-.]{1,64}$")
+
+READABLE_RESOURCE_TYPES: frozenset[str] = frozenset(
+    {
+        "Appointment",
+        "DocumentReference",
+        "Flag",
+        "Location",
+        "Observation",
+        "Patient",
+        "Practitioner",
+        "Schedule",
+        "Slot",
+        "Task",
+    }
+)
+"""Resource types the connector reads; Medication* is deliberately absent."""
+
+WRITE_ALLOW_LIST: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("Appointment", "POST"),
+        ("Appointment", "PUT"),
+        ("Task", "POST"),
+        ("DocumentReference", "POST"),
+    }
+)
+"""The only (resource type, method) pairs that may change data in ModMed."""
+
+FORBIDDEN_WRITE_TYPES: frozenset[str] = frozenset({"MedicationRequest", "MedicationStatement"})
+"""Never written by callstream (controlled-substance guard); listed so tests can prove the lists exclude them."""
+
+WritableResource = Appointment | Task | DocumentReference
+R = TypeVar("R", bound=Resource)
+
+
+class RequestObserver(Protocol):
+    """Metrics hook (the pipeline wires prometheus); called once per HTTP attempt, never with PHI."""
+
+    def on_request(self, practice_id: str, resource: str, method: str, status: int | None, seconds: float) -> None:
+        """``status`` is None when no HTTP response arrived (timeout, connection failure)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConfig:
+    """Timeouts and budgets; defaults fit a caller waiting on the phone."""
+
+    connect_timeout_s: float = 2.0
+    read_timeout_s: float = 5.0
+    attempts: int = 3
+    request_budget_s: float = 8.0
+    backoff_base_s: float = 0.1
+    backoff_cap_s: float = 2.0
+    breaker_failure_threshold: int = 5
+    breaker_reset_s: float = 15.0
+    max_in_flight_per_practice: int = 16
+    max_connections: int = 256
+    max_response_bytes: int = 8 * 1024 * 1024
+    token_refresh_margin_s: float = 60.0
+    max_search_pages: int = 10
+
+    def __post_init__(self) -> None:
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise ConfigError(f"connector setting {name} must be a positive number")
+
+
+@dataclass(frozen=True, slots=True)
+class FhirResponse:
+    """A successful answer: status, the headers callers need, the parsed JSON body (None when empty)."""
+
+    status: int
+    headers: httpx.Headers
+    body: Any
+
+
+@dataclass(frozen=True, slots=True)
+class SearchResult(Generic[R]):
+    """Matches of a search (all pages read) and whether the page budget left pages unread."""
+
+    matches: list[R]
+    truncated: bool = False
+
+
+class PracticeSession:
+    """Everything per practice: credentials-derived token cache, limiter, breaker, in-flight cap."""
+
+    def __init__(
+        self, practice: Practice, credentials: Credentials, client: ModMedClient, limiter: RateLimiter
+    ) -> None:
+        self.practice = practice
+        self.limiter = limiter
+        config = client.config
+        self.breaker = CircuitBreaker(
+            failure_threshold=config.breaker_failure_threshold, reset_after_s=config.breaker_reset_s
+        )
+        self.in_flight = asyncio.Semaphore(config.max_in_flight_per_practice)
+        self._client = client
+        self.known_token_url: str | None = practice.auth.token_url or (
+            practice.token_url if practice.track is ApiTrack.PROPRIETARY else None
+        )
+        self.tokens = TokenCache(grant_for(practice, credentials), self.token_url, self._fetch_token)
+
+    @property
+    def practice_id(self) -> str:
+        return self.practice.practice_id
+
+    async def token_url(self) -> str:
+        """The token endpoint: configured, the proprietary grant URL, or SMART discovery (certified)."""
+        if self.known_token_url is None:
+            response = await self._client._call(
+                self, "GET", f"{self.practice.fhir_base}/.well-known/smart-configuration", authenticated=False
+            )
+            endpoint = response.body.get("token_endpoint") if isinstance(response.body, Mapping) else None
+            if not isinstance(endpoint, str) or not _acceptable_token_endpoint(endpoint, self.practice.fhir_base):
+                raise InvalidResponseError(
+                    "SMART configuration lacks a usable token_endpoint", practice_id=self.practice_id
+                )
+            self.known_token_url = endpoint
+        return self.known_token_url
+
+    async def _fetch_token(self, form: dict[str, str]) -> AccessToken:
+        response = await self._client._call(self, "POST", await self.token_url(), form=form, authenticated=False)
+        return parse_token_response(
+            response.body,
+            practice_id=self.practice_id,
+            now=time.monotonic(),
+            refresh_margin_s=self._client.config.token_refresh_margin_s,
+        )
+
+
+class ModMedClient:
+    """The async client the pipeline shares across all practices (one keep-alive pool)."""
+
+    def __init__(
+        self,
+        *,
+        config: ClientConfig | None = None,
+        observer: RequestObserver | None = None,
+        limiters: RateLimiterRegistry | None = None,
+    ) -> None:
+        self.config = config or ClientConfig()
+        self._observer = observer
+        self._limiters = limiters or RateLimiterRegistry()
+        self._sessions: dict[str, PracticeSession] = {}
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(self.config.read_timeout_s, connect=self.config.connect_timeout_s),
+            limits=httpx.Limits(
+                max_connections=self.config.max_connections,
+                max_keepalive_connections=self.config.max_connections,
+            ),
+            follow_redirects=False,
+            trust_env=False,
+        )
+        _install_query_redaction()
+
+    async def __aenter__(self) -> ModMedClient:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        for session in self._sessions.values():
+            await session.tokens.close()
+        await self._http.aclose()
+
+    def session(self, practice: Practice) -> PracticeSession:
+        """The practice's session, rebuilt when its directory entry changed (e.g. rotated credentials)."""
+        session = self._sessions.get(practice.practice_id)
+        if session is None or session.practice != practice:
+            try:
+                credentials = practice.auth.resolve()
+            except TenantDirectoryError as exc:
+                raise AuthError(f"credentials unavailable: {exc}", practice_id=practice.practice_id) from None
+            api_key = credentials.api_key.get_secret_value() if credentials.api_key else None
+            limiter = self._limiters.limiter(practice.practice_id, api_key, practice.rate_limit_per_min)
+            session = self._sessions[practice.practice_id] = PracticeSession(practice, credentials, self, limiter)
+        return session
+
+    def limiter(self, practice: Practice) -> RateLimiter:
+        return self.session(practice).limiter
+
+    # ----------------------------------------------------------------------------------- reads
+
+    async def read(self, practice: Practice, model: type[R], resource_id: str) -> R:
+        """GET {Type}/{id} as the model; NotFoundError when absent."""
+        resource_type = model.get_resource_type()
+        url = resource_url(practice, resource_type, resource_id)
+        response = await self._call(self.session(practice), "GET", url)
+        resource = _parse_resource(response.body, model, practice.practice_id)
+        if resource.id != resource_id:
+            raise InvalidResponseError(
+                "ModMed answered with a different resource id", practice_id=practice.practice_id,
+                resource_type=resource_type, method="GET",
+            )
+        return resource
+
+    async def search(
+        self,
+        practice: Practice,
+        model: type[R],
+        params: Mapping[str, str | Sequence[str]],
+        *,
+        max_pages: int | None = None,
+    ) -> SearchResult[R]:
+        """GET {Type}?params as models, following ``next`` links (same practice only) up to the page budget."""
+        resource_type = model.get_resource_type()
+        matches: list[R] = []
+        more = False
+        async for bundle, more in self._pages(practice, resource_type, params, max_pages or self.config.max_search_pages):
+            try:
+                page = Bundle.model_validate(bundle)
+            except ValidationError:  # pydantic's message echoes values (PHI): say which type, not what
+                raise InvalidResponseError(
+                    "search answered with an invalid Bundle", practice_id=practice.practice_id,
+                    resource_type=resource_type, method="GET",
+                ) from None
+            matches.extend(
+                entry.resource for entry in page.entry or ()
+                if isinstance(entry.resource, model) and not (entry.search and entry.search.mode == "include")
+            )
+        return SearchResult(matches, truncated=more)
+
+    async def search_json(
+        self, practice: Practice, resource_type: str, params: Mapping[str, str | Sequence[str]]
+    ) -> list[Mapping[str, Any]]:
+        """Raw entry resources of every page, for callers that must not even build a full model.
+
+        The compliance reader uses this so PDMP notes are dropped field by field instead of being
+        parsed into an object that could end up in a repr or a log. Partial answers fail closed.
+        """
+        found: list[Mapping[str, Any]] = []
+        more = False
+        async for bundle, more in self._pages(practice, resource_type, params, self.config.max_search_pages):
+            entries = bundle.get("entry") or []
+            if not isinstance(entries, list):
+                raise InvalidResponseError(
+                    "search Bundle has a malformed entry list", practice_id=practice.practice_id,
+                    resource_type=resource_type, method="GET",
+                )
+            resources = [entry.get("resource") for entry in entries if isinstance(entry, Mapping)]
+            found.extend(r for r in resources if isinstance(r, Mapping) and r.get("resourceType") == resource_type)
+        if more:
+            raise InvalidResponseError(
+                "search has more pages than the page budget", practice_id=practice.practice_id,
+                resource_type=resource_type, method="GET",
+            )
+        return found
+
+    async def _pages(
+        self, practice: Practice, resource_type: str, params: Mapping[str, str | Sequence[str]], max_pages: int
+    ) -> AsyncIterator[tuple[Mapping[str, Any], bool]]:
+        """Each searchset Bundle body, and whether a ``next`` page follows (unread once the budget is spent).
+
+        ``next`` links pass the same URL checks as any request, so they cannot lead off the practice.
+        """
+        session = self.session(practice)
+        url = resource_url(practice, resource_type)
+        query: Mapping[str, str | Sequence[str]] | None = params
+        for _ in range(max_pages):
+            body = (await self._call(session, "GET", url, params=query)).body
+            if not isinstance(body, Mapping) or body.get("resourceType") != "Bundle":
+                raise InvalidResponseError(
+                    "search answered without a Bundle", practice_id=practice.practice_id,
+                    resource_type=resource_type, method="GET",
+                )
+            links = body.get("link")
+            next_url = next(
+                (link.get("url") for link in links if isinstance(link, Mapping) and link.get("relation") == "next"),
+                None,
+            ) if isinstance(links, list) else None
+            yield body, isinstance(next_url, str)
+            if not isinstance(next_url, str):
+                return
+            url, query = next_url, None
+
+    # ---------------------------------------------------------------------------------- writes
+
+    async def write(self, practice: Practice, method: Literal["POST", "PUT"], resource: WritableResource) -> WritableResource:
+        """The only write entry: POST (create) or PUT (update) of an allow-listed resource type.
+
+        Not idempotent by itself: use ModMedConnector, which wraps every write in the ledger and the
+        practice check. POST is retried only when the failure proves ModMed never received it.
+        """
+        resource_type = resource.get_resource_type() if isinstance(resource, Resource) else type(resource).__name__
+        if (resource_type, method) not in WRITE_ALLOW_LIST or not isinstance(resource, Appointment | Task | DocumentReference):
+            raise WriteNotAllowed(
+                "write is outside the connector's allow-list", practice_id=practice.practice_id,
+                resource_type=resource_type, method=method,
+            )
+        if method == "POST":
+            url = resource_url(practice, resource_type)
+            payload = resource.model_dump(mode="json", exclude_none=True, exclude={"id", "meta"})
+        else:
+            if resource.id is None:
+                raise WriteNotAllowed(
+                    "update needs the resource id", practice_id=practice.practice_id,
+                    resource_type=resource_type, method=method,
+                )
+            url = resource_url(practice, resource_type, resource.id)
+            payload = resource.model_dump(mode="json", exclude_none=True)
+        payload["resourceType"] = resource_type
+        version = resource.meta.versionId if method == "PUT" and resource.meta else None
+        if_match = {"If-Match": f'W/"{version}"'} if version else None
+        try:
+            response = await self._call(self.session(practice), method, url, json_body=payload, if_match=if_match)
+        except TerminalError as exc:
+            if exc.status == 412 and if_match:  # the resource changed since it was read
+                raise ConflictError(
+                    "resource changed since it was read", practice_id=practice.practice_id,
+                    resource_type=resource_type, method=method, status=412, issue_codes=exc.issue_codes,
+                ) from None
+            raise
+        if isinstance(response.body, Mapping) and response.body.get("resourceType") == resource_type:
+            return _parse_resource(response.body, type(resource), practice.practice_id)
+        location = response.headers.get("location") or response.headers.get("content-location")
+        created_id = _id_from_location(location, resource_type)
+        if created_id is None:
+            raise InvalidResponseError(
+                "write answered with neither the resource nor its Location", practice_id=practice.practice_id,
+                resource_type=resource_type, method=method, status=response.status,
+            )
+        return await self.read(practice, type(resource), created_id)
+
+    # ----------------------------------------------------------------------- bulk (certified)
+
+    async def bulk_request(
+        self,
+        practice: Practice,
+        method: Literal["GET", "DELETE"],
+        url: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        prefer_async: bool = False,
+    ) -> FhirResponse:
+        """Bulk-export control: kick-off, status polling, cancel (connectors.bulk builds the URLs)."""
+        headers = {"Prefer": "respond-async"} if prefer_async else None
+        return await self._call(self.session(practice), method, url, params=params, extra_headers=headers)
+
+    def stream_file(self, practice: Practice, url: str, *, with_token: bool) -> _FileStream:
+        """Stream one bulk output file; the token goes only to the practice's own origin."""
+        return _FileStream(self, self.session(practice), url, with_token=with_token)
+
+    # --------------------------------------------------------------------------- chokepoint
+
+    async def _call(
+        self,
+        session: PracticeSession,
+        method: str,
+        url: str,
+        *,
+        params: Mapping[str, str | Sequence[str]] | None = None,
+        json_body: Mapping[str, Any] | None = None,
+        form: Mapping[str, str] | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+        if_match: Mapping[str, str] | None = None,
+        authenticated: bool = True,
+    ) -> FhirResponse:
+        """Send one logical request with the retry, auth, breaker and rate-limit rules above."""
+        label = self._authorize(session, method, url)
+        practice_id = session.practice_id
+        idempotent = method in ("GET", "PUT", "DELETE") or form is not None
+        deadline = time.monotonic() + self.config.request_budget_s
+        reauthenticated = False
+        attempt = 0
+        while True:
+            attempt += 1
+            headers = {"Accept": FHIR_JSON, **(extra_headers or {}), **(if_match or {})}
+            api_key = session.tokens.api_key
+            if api_key:
+                headers["x-api-key"] = api_key
+            bearer = None
+            if authenticated:  # token requests are calls of their own: own retries, own breaker check
+                bearer = await session.tokens.bearer()
+                headers["Authorization"] = f"Bearer {bearer}"
+            if not session.breaker.allow():
+                raise CircuitOpenError(
+                    "circuit open after repeated failures", practice_id=practice_id, resource_type=label, method=method
+                )
+            try:
+                response = await self._attempt(session, method, url, label, params, json_body, form, headers)
+            except RetryableError as exc:
+                session.breaker.on_failure()
+                if not (idempotent or isinstance(exc, RequestNotSentError)):
+                    raise
+                await self._back_off_or_raise(exc, attempt, deadline)
+                continue
+            except asyncio.CancelledError:
+                session.breaker.on_abandon()
+                raise
+            except ModMedError:  # ModMed answered, only not usably (e.g. oversize): it is alive
+                session.breaker.on_success()
+                raise
+            status = response.status_code
+            if status >= 500 and status != 501:
+                session.breaker.on_failure()
+            else:
+                session.breaker.on_success()
+            if status == 429:
+                retry_after = _retry_after_seconds(response.headers.get("retry-after"))
+                pause = session.limiter.record_429(retry_after)
+                log.warning("practice %s: ModMed answered 429; pausing the API key %.1fs", practice_id, pause)
+                if attempt < self.config.attempts and time.monotonic() + pause < deadline:
+                    continue  # a 429 means ModMed processed nothing: safe to resend, even a write
+                raise RateLimitedError(
+                    "ModMed rate limit hit", retry_after=retry_after, practice_id=practice_id,
+                    resource_type=label, method=method, status=429,
+                )
+            session.limiter.record_accepted()
+            body = _decode_json(response.content)
+            if 200 <= status < 300:
+                if body is _UNPARSEABLE:
+                    raise InvalidResponseError(
+                        "ModMed answered with a body that is not JSON", practice_id=practice_id,
+                        resource_type=label, method=method, status=status,
+                    )
+                return FhirResponse(status, response.headers, body)
+            if status == 401 and authenticated and bearer is not None and not reauthenticated:
+                reauthenticated = True
+                log.info("practice %s: ModMed answered 401; re-authenticating once", practice_id)
+                await session.tokens.reauthenticate(bearer)
+                continue
+            error = error_for_status(
+                status, practice_id=practice_id, resource_type=label, method=method,
+                body=None if body is _UNPARSEABLE else body,
+            )
+            if isinstance(error, RetryableError) and idempotent:
+                await self._back_off_or_raise(error, attempt, deadline)
+                continue
+            raise error
+
+    @staticmethod
+    def _authorize(session: PracticeSession, method: str, url: str) -> str:
+        """The label of an allowed (method, URL); anything else raises before a byte is sent.
+
+        The decision is taken on the URL that will really be sent, so no caller-supplied label, path
+        trick or future helper can reach a resource type outside the lists.
+        """
+        practice = session.practice
+        if method == "POST" and session.known_token_url is not None and url == session.known_token_url:
+            return "token"
+        relative = relative_path(url, practice.fhir_base)
+        if relative is None:
+            raise ResourceNotAllowed(
+                "URL is outside the practice's FHIR base", practice_id=practice.practice_id, method=method
+            )
+        segments = relative.split("/")
+        head = segments[0]
+        if head in FORBIDDEN_WRITE_TYPES and method != "GET":
+            raise WriteNotAllowed(
+                "callstream never writes medication resources", practice_id=practice.practice_id,
+                resource_type=head, method=method,
+            )
+        if method == "GET":
+            if head in READABLE_RESOURCE_TYPES or relative in (".well-known/smart-configuration", "$export") or (
+                head == "$export-status" and len(segments) == 2
+            ) or relative.startswith(("Patient/$export", "Group/")):
+                return head
+            raise ResourceNotAllowed(
+                "read is outside the connector's allow-list", practice_id=practice.practice_id,
+                resource_type=head, method=method,
+            )
+        if method == "DELETE" and head == "$export-status" and len(segments) == 2:
+            return head
+        shape_ok = (method == "POST" and len(segments) == 1) or (
+            method == "PUT" and len(segments) == 2 and FHIR_ID.match(segments[1]) is not None
+        )
+        if not shape_ok or (head, method) not in WRITE_ALLOW_LIST:
+            raise WriteNotAllowed(
+                "write is outside the connector's allow-list", practice_id=practice.practice_id,
+                resource_type=head, method=method,
+            )
+        return head
+
+    async def _attempt(
+        self,
+        session: PracticeSession,
+        method: str,
+        url: str,
+        label: str,
+        params: Mapping[str, str | Sequence[str]] | None,
+        json_body: Mapping[str, Any] | None,
+        form: Mapping[str, str] | None,
+        headers: dict[str, str],
+    ) -> _Received:
+        """One HTTP exchange under the practice's in-flight cap and rate limiter; body size is capped."""
+        practice_id = session.practice_id
+        content: bytes | None = None
+        if json_body is not None:
+            content = json.dumps(json_body, separators=(",", ":")).encode("utf-8")
+            headers["Content-Type"] = FHIR_JSON
+        request = self._http.build_request(method, url, params=params, content=content, data=form, headers=headers)
+        status: int | None = None
+        async with session.in_flight, session.limiter.slot():
+            started = time.monotonic()
+            try:
+                response = await self._http.send(request, stream=True)
+                try:
+                    status = response.status_code
+                    body = await _read_capped(response, self.config.max_response_bytes, practice_id, label, method)
+                finally:
+                    await response.aclose()
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout):
+                raise RequestNotSentError(
+                    "could not connect to ModMed", practice_id=practice_id, resource_type=label, method=method
+                ) from None
+            except httpx.TimeoutException:
+                raise RetryableError(
+                    "ModMed did not answer in time", practice_id=practice_id, resource_type=label, method=method
+                ) from None
+            except httpx.TransportError:
+                raise RetryableError(
+                    "connection to ModMed failed mid-request", practice_id=practice_id, resource_type=label,
+                    method=method,
+                ) from None
+            finally:
+                self._observe(practice_id, label, method, status, time.monotonic() - started)
+        return _Received(response.status_code, response.headers, body)
+
+    async def _back_off_or_raise(self, error: ModMedError, attempt: int, deadline: float) -> None:
+        """Exponential backoff with full jitter, or re-raise when attempts or the budget are spent."""
+        if attempt >= self.config.attempts:
+            raise error
+        delay = random.uniform(0, min(self.config.backoff_cap_s, self.config.backoff_base_s * 2 ** (attempt - 1)))
+        if time.monotonic() + delay >= deadline:
+            raise error
+        await asyncio.sleep(delay)
+
+    def _observe(self, practice_id: str, label: str, method: str, status: int | None, seconds: float) -> None:
+        if self._observer is None:
+            return
+        try:
+            self._observer.on_request(practice_id, label, method, status, seconds)
+        except Exception as exc:  # a broken metrics hook must never fail a booking
+            log.warning("request observer failed: %s", type(exc).__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class _Received:
+    status_code: int
+    headers: httpx.Headers
+    content: bytes
+
+
+class _FileStream:
+    """Async context manager yielding the lines of one bulk file (see ModMedClient.stream_file)."""
+
+    def __init__(self, client: ModMedClient, session: PracticeSession, url: str, *, with_token: bool) -> None:
+        self._client = client
+        self._session = session
+        self._url = url
+        self._with_token = with_token and relative_path(url, _origin(session.practice.fhir_base)) is not None
+        self._response: httpx.Response | None = None
+
+    async def __aenter__(self) -> _FileStream:
+        session = self._session
+        headers = {"Accept": "application/fhir+ndjson"}
+        if self._with_token:
+            headers["Authorization"] = f"Bearer {await session.tokens.bearer()}"
+        if not session.breaker.allow():
+            raise CircuitOpenError("circuit open after repeated failures", practice_id=session.practice_id,
+                                   resource_type="bulk-file", method="GET")
+        request = self._client._http.build_request("GET", self._url, headers=headers)
+        async with session.limiter.slot():
+            try:
+                self._response = await self._client._http.send(request, stream=True)
+            except httpx.TransportError:
+                session.breaker.on_failure()
+                raise RetryableError("bulk file download failed", practice_id=session.practice_id,
+                                     resource_type="bulk-file", method="GET") from None
+        status = self._response.status_code
+        if status != 200:
+            await self._response.aclose()
+            (session.breaker.on_failure if status >= 500 else session.breaker.on_success)()
+            raise error_for_status(status, practice_id=session.practice_id, resource_type="bulk-file", method="GET")
+        session.breaker.on_success()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        if self._response is not None:
+            await self._response.aclose()
+
+    async def lines(self) -> AsyncIterator[str]:
+        """Each non-empty line of the file, decoded, as it arrives."""
+        assert self._response is not None, "use inside 'async with'"
+        try:
+            async for line in self._response.aiter_lines():
+                if line.strip():
+                    yield line
+        except httpx.TransportError:
+            raise RetryableError("bulk file download broke off", practice_id=self._session.practice_id,
+                                 resource_type="bulk-file", method="GET") from None
+
+
+_UNPARSEABLE = object()
+
+
+def resource_url(practice: Practice, resource_type: str, resource_id: str | None = None) -> str:
+    """The URL of a resource type (or one resource) of the practice; refuses types outside the lists."""
+    if resource_type in FORBIDDEN_WRITE_TYPES:
+        raise WriteNotAllowed(
+            "callstream never addresses medication resources", practice_id=practice.practice_id,
+            resource_type=resource_type,
+        )
+    if resource_type not in READABLE_RESOURCE_TYPES:
+        raise ResourceNotAllowed(
+            "resource type is outside the connector's allow-list", practice_id=practice.practice_id,
+            resource_type=resource_type,
+        )
+    if resource_id is None:
+        return f"{practice.fhir_base}/{resource_type}"
+    if not isinstance(resource_id, str) or FHIR_ID.match(resource_id) is None:
+        raise ResourceNotAllowed(
+            "resource id is not a FHIR id", practice_id=practice.practice_id, resource_type=resource_type
+        )
+    return f"{practice.fhir_base}/{resource_type}/{resource_id}"
+
+
+def relative_path(url: str, base: str) -> str | None:
+    """The path of ``url`` below ``base`` when it is under it (same origin) and free of tricks, else None."""
+    try:
+        target, root = urlsplit(url), urlsplit(base)
+    except ValueError:
+        return None
+    if (target.scheme, target.netloc) != (root.scheme, root.netloc) or target.fragment:
+        return None
+    prefix = root.path.rstrip("/") + "/"
+    if not target.path.startswith(prefix):
+        return None
+    relative = target.path[len(prefix):]
+    segments = relative.split("/")
+    if not relative or any(s in ("", ".", "..") or "%" in s or ";" in s or "\\" in s for s in segments):
+        return None
+    return relative
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _acceptable_token_endpoint(endpoint: str, fhir_base: str) -> bool:
+    """SMART discovery may point elsewhere, but never to plain http on another host (assertion leak)."""
+    parts = urlsplit(endpoint)
+    return parts.scheme == "https" or (parts.scheme == "http" and _origin(endpoint) == _origin(fhir_base))
+
+
+async def _read_capped(response: httpx.Response, limit: int, practice_id: str, label: str, method: str) -> bytes:
+    declared = response.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise InvalidResponseError(
+            f"ModMed response exceeds {limit} bytes", practice_id=practice_id, resource_type=label, method=method,
+            status=response.status_code,
+        )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise InvalidResponseError(
+                f"ModMed response exceeds {limit} bytes", practice_id=practice_id, resource_type=label,
+                method=method, status=response.status_code,
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _decode_json(content: bytes) -> Any:
+    if not content.strip():
+        return None
+    try:
+        return json.loads(content)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return _UNPARSEABLE
+
+
+def _parse_resource(body: Any, model: type[R], practice_id: str) -> R:
+    resource_type = model.get_resource_type()
+    if not isinstance(body, Mapping) or body.get("resourceType") != resource_type:
+        raise InvalidResponseError(
+            f"expected a {resource_type} resource", practice_id=practice_id, resource_type=resource_type
+        )
+    try:
+        return model.model_validate(body)
+    except ValidationError:  # pydantic's message echoes values (PHI): say which type, not what
+        raise InvalidResponseError(
+            f"ModMed returned an invalid {resource_type}", practice_id=practice_id, resource_type=resource_type
+        ) from None
+
+
+def _id_from_location(location: str | None, resource_type: str) -> str | None:
+    """The id in a Location header like .../Appointment/123/_history/1."""
+    if not location:
+        return None
+    parts = urlsplit(location).path.split("/")
+    for index, part in enumerate(parts[:-1]):
+        if part == resource_type and FHIR_ID.match(parts[index + 1]):
+            return parts[index + 1]
+    return None
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    """Retry-After as seconds: delta-seconds or an HTTP date; None when absent or unparseable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, moment.timestamp() - time.time())
+
+
+class _QueryRedaction(logging.Filter):
+    """httpx logs every request URL at INFO; search queries carry names and birth dates (PHI)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and len(record.args) >= 2 and isinstance(record.args[1], httpx.URL):
+            url = record.args[1]
+            if url.query:
+                record.args = (record.args[0], str(url.copy_with(query=None)) + "?<redacted>", *record.args[2:])
+        return True
+
+
+def _install_query_redaction() -> None:
+    httpx_logger = logging.getLogger("httpx")
+    if not any(isinstance(existing, _QueryRedaction) for existing in httpx_logger.filters):
+        httpx_logger.addFilter(_QueryRedaction())

@@ -1,0 +1,185 @@
+"""Per-API-key rate limiting: never more than N calls in any rolling window, across all coroutines.
+
+ModMed allows 1,000 calls/min per API key (configurable per key) and answers excess with 429, its only
+signal. The limiter is a sliding-window log whose slots are held from the moment a request is sent
+until one window after its response arrived: ModMed counted the call somewhere in between, so the
+next call that reuses the slot reaches ModMed at least one full window later, whatever the latency.
+A GCRA pacer in front spreads the calls evenly (with a small burst for a practice's quiet moments)
+instead of sending the whole minute's budget in the first second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+DEFAULT_WINDOW_S = 60.0
+DEFAULT_BURST_FRACTION = 0.05
+"""Share of the window's budget that may go out back to back (50 of 1,000/min) before pacing applies."""
+MAX_PENALTY_S = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class LimiterStats:
+    """Counters for benchmarks, metrics and tests."""
+
+    limit: int
+    window_s: float
+    sent: int
+    in_flight: int
+    http_429: int
+    paused_until: float
+
+
+class RateLimiter:
+    """One API key's budget: at most ``limit`` calls in any ``window_s`` seconds, shared by every coroutine."""
+
+    def __init__(
+        self,
+        limit: int,
+        *,
+        window_s: float = DEFAULT_WINDOW_S,
+        burst_fraction: float = DEFAULT_BURST_FRACTION,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if limit < 1:
+            raise ValueError("rate limit must be at least 1 call per window")
+        if window_s <= 0:
+            raise ValueError("rate-limit window must be positive")
+        if not 0 < burst_fraction <= 1:
+            raise ValueError("burst_fraction must be in (0, 1]")
+        self._limit = limit
+        self._window_s = window_s
+        self._burst_fraction = burst_fraction
+        self._clock = clock
+        self._theoretical_arrival = 0.0
+        self._in_flight = 0
+        self._released: deque[float] = deque()
+        self._lock = asyncio.Lock()
+        self._slot_freed = asyncio.Event()
+        self._paused_until = 0.0
+        self._consecutive_429 = 0
+        self._sent = 0
+        self._http_429 = 0
+
+    @property
+    def limit(self) -> int:
+        return self._limit
+
+    def tighten(self, limit: int) -> None:
+        """Lower the budget when another practice shares this key with a smaller configured limit."""
+        if 1 <= limit < self._limit:
+            self._limit = limit
+
+    @property
+    def _interval(self) -> float:
+        return self._window_s / self._limit
+
+    @property
+    def _burst(self) -> int:
+        return max(1, round(self._limit * self._burst_fraction))
+
+    def stats(self) -> LimiterStats:
+        return LimiterStats(
+            limit=self._limit,
+            window_s=self._window_s,
+            sent=self._sent,
+            in_flight=self._in_flight,
+            http_429=self._http_429,
+            paused_until=self._paused_until,
+        )
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one call's slot while the request is in flight; the window starts when it completes."""
+        await self._acquire()
+        try:
+            yield
+        finally:
+            self._release()
+
+    def record_429(self, retry_after: float | None) -> float:
+        """ModMed said 429: pause every coroutine of this key and return the pause in seconds.
+
+        Retry-After is honoured when present (capped at MAX_PENALTY_S so a hostile header cannot park
+        the practice for hours); otherwise the pause doubles from one second per consecutive 429.
+        """
+        self._http_429 += 1
+        self._consecutive_429 += 1
+        if retry_after is not None and retry_after >= 0:
+            pause = min(retry_after, MAX_PENALTY_S)
+        else:
+            pause = min(2.0 ** (self._consecutive_429 - 1), MAX_PENALTY_S)
+        self._paused_until = max(self._paused_until, self._clock() + pause)
+        return pause
+
+    def record_accepted(self) -> None:
+        """A response other than 429 arrived: the key is in good standing again."""
+        self._consecutive_429 = 0
+
+    async def _acquire(self) -> None:
+        async with self._lock:  # FIFO: waiters are served in arrival order
+            while True:
+                now = self._clock()
+                delay = self._delay(now)
+                if delay is None:
+                    self._slot_freed.clear()
+                    await self._slot_freed.wait()
+                elif delay > 0:
+                    await asyncio.sleep(delay)
+                else:
+                    break
+            self._theoretical_arrival = max(self._theoretical_arrival, now) + self._interval
+            self._in_flight += 1
+            self._sent += 1
+
+    def _delay(self, now: float) -> float | None:
+        """Seconds until a call may start, 0 for now, None for "when an in-flight call completes"."""
+        if now < self._paused_until:
+            return self._paused_until - now
+        horizon = now - self._window_s
+        while self._released and self._released[0] <= horizon:
+            self._released.popleft()
+        if self._in_flight + len(self._released) >= self._limit:
+            if not self._released:
+                return None
+            return self._released[0] - horizon
+        tolerance = (self._burst - 1) * self._interval
+        return max(0.0, self._theoretical_arrival - tolerance - now)
+
+    def _release(self) -> None:
+        self._in_flight -= 1
+        self._released.append(self._clock())
+        self._slot_freed.set()
+
+
+def limiter_key(practice_id: str, api_key: str | None) -> str:
+    """Limiters are per API key; a digest keeps the key itself out of every dict, repr and log."""
+    if api_key:
+        return "key:" + hashlib.sha256(api_key.encode("utf-8")).hexdigest()[:32]
+    return "practice:" + practice_id
+
+
+class RateLimiterRegistry:
+    """The process-wide set of limiters, one per API key, created on first use."""
+
+    def __init__(self, *, window_s: float = DEFAULT_WINDOW_S, burst_fraction: float = DEFAULT_BURST_FRACTION) -> None:
+        self._window_s = window_s
+        self._burst_fraction = burst_fraction
+        self._limiters: dict[str, RateLimiter] = {}
+
+    def limiter(self, practice_id: str, api_key: str | None, limit_per_window: int) -> RateLimiter:
+        key = limiter_key(practice_id, api_key)
+        existing = self._limiters.get(key)
+        if existing is None:
+            existing = self._limiters[key] = RateLimiter(
+                limit_per_window, window_s=self._window_s, burst_fraction=self._burst_fraction
+            )
+        else:
+            existing.tighten(limit_per_window)
+        return existing

@@ -1,0 +1,110 @@
+"""Plain helpers of the connector tests: sandbox listings → Practice entries, a request recorder."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from callstream.tenants import Practice
+from tests.fixtures.sandbox import SandboxServer, free_port
+
+
+def practice_entry(listing: dict[str, Any], secrets_dir: Path, **changes: Any) -> Practice:
+    """The tenant-directory entry for one sandbox practice; credentials go to a 0600 file (file: ref)."""
+    practice_id = listing["practice_id"]
+    if listing["track"] == "certified":
+        certified = listing["certified"]
+        credentials = {k: certified[k] for k in ("client_id", "private_key_pem", "key_id")}
+        location: dict[str, Any] = {"track": "certified", "fhir_base_url": certified["fhir_base"]}
+        method = "private_key_jwt"
+    else:
+        credentials = {k: listing[k] for k in ("username", "password", "api_key", "client_id", "client_secret")}
+        location = {"track": "proprietary", "firm_url_prefix": listing["firm_url_prefix"]}
+        method = "password"
+    secret_file = secrets_dir / f"{practice_id}-{len(list(secrets_dir.iterdir()))}.json"
+    secret_file.touch(mode=0o600)
+    secret_file.write_text(json.dumps(credentials))
+    base_url = listing["fhir_base"].split("/firm/")[0].split("/certified/")[0]
+    entry: dict[str, Any] = {
+        "practice_id": practice_id,
+        "name": listing["name"],
+        "called_numbers": listing["called_numbers"],
+        "timezone": listing["timezone"],
+        "base_url": base_url,
+        **location,
+        "auth": {"method": method, "credentials_ref": f"file:{secret_file}"},
+        "rate_limit_per_min": listing["rate_limit_per_minute"],
+        "capabilities": {k: v for k, v in listing["capabilities"].items() if k != "track"},
+        "phase": "sandbox",
+    }
+    for key, value in changes.items():
+        if key in ("auth", "capabilities") and isinstance(value, dict):
+            entry[key] = {**entry[key], **value}
+        else:
+            entry[key] = value
+    return Practice.model_validate(entry)
+
+
+@dataclass
+class PracticeSet:
+    """A sandbox's practices, addressable by track and capabilities like SandboxServer.practice()."""
+
+    server: SandboxServer
+    secrets_dir: Path
+
+    def listing(self, *, track: str | None = None, **capabilities: object) -> dict[str, Any]:
+        return self.server.practice(track=track, **capabilities)
+
+    def proprietary(self, **capabilities: object) -> Practice:
+        return practice_entry(self.listing(track="proprietary", **capabilities), self.secrets_dir)
+
+    def certified(self) -> Practice:
+        return practice_entry(self.listing(track="certified"), self.secrets_dir)
+
+    def entry(self, listing: dict[str, Any], **changes: Any) -> Practice:
+        return practice_entry(listing, self.secrets_dir, **changes)
+
+
+@dataclass
+class Recorder:
+    """RequestObserver that keeps every attempt: (practice, resource, method, status)."""
+
+    calls: list[tuple[str, str, str, int | None]] = field(default_factory=list)
+
+    def on_request(self, practice_id: str, resource: str, method: str, status: int | None, seconds: float) -> None:
+        assert seconds >= 0
+        self.calls.append((practice_id, resource, method, status))
+
+    def count(self, *, resource: str | None = None, method: str | None = None, status: int | None = -1) -> int:
+        return sum(
+            1 for _, r, m, s in self.calls
+            if (resource is None or r == resource) and (method is None or m == method) and (status == -1 or s == status)
+        )
+
+
+@contextlib.contextmanager
+def serve(app: Any) -> Iterator[str]:
+    """Serve an ASGI app with uvicorn on a free 127.0.0.1 port in a background thread; yields the base URL."""
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, access_log=False, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name=f"test-server-{port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline:
+            raise RuntimeError("test server did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -1,0 +1,193 @@
+"""A hostile or broken ModMed: malformed bodies, foreign links, oversize answers, endless 401s.
+
+The server is a real HTTP server on 127.0.0.1 whose answers each test chooses; the connector must turn
+every one of them into a typed error without crashing, leaking or following it somewhere else.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from fhir.resources.R4B.appointment import Appointment
+from fhir.resources.R4B.patient import Patient
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from callstream.tenants import Practice
+from connectors.errors import (
+    AuthError,
+    InvalidResponseError,
+    NotFoundError,
+    RateLimitedError,
+    ResourceNotAllowed,
+    TerminalError,
+)
+from connectors.fhir import ClientConfig, ModMedClient
+from connectors.ratelimit import RateLimiterRegistry
+from tests.connectors.helpers import Recorder, serve
+
+GOOD_TOKEN = {"access_token": "tok-abc123", "token_type": "Bearer", "expires_in": 3600, "refresh_token": "ref-xyz789"}
+Handler = Callable[[Request], Response]
+
+
+@dataclass
+class Hostile:
+    """The routes' current behaviour; tests replace the handlers."""
+
+    token: Handler = field(default=lambda _: JSONResponse(GOOD_TOKEN))
+    fhir: Handler = field(default=lambda _: JSONResponse({"resourceType": "Bundle", "type": "searchset"}))
+    foreign_hits: int = 0
+
+
+@pytest.fixture(scope="module")
+def hostile() -> Iterator[tuple[Hostile, str]]:
+    state = Hostile()
+
+    async def token(request: Request) -> Response:
+        await request.body()
+        return state.token(request)
+
+    async def fhir(request: Request) -> Response:
+        await request.body()
+        return state.fhir(request)
+
+    async def foreign(_: Request) -> Response:
+        state.foreign_hits += 1
+        return JSONResponse({"resourceType": "Bundle", "type": "searchset"})
+
+    app = Starlette(routes=[
+        Route("/firm/evil/ema/ws/oauth2/grant", token, methods=["POST"]),
+        Route("/firm/evil/ema/fhir/v2/{rest:path}", fhir, methods=["GET", "POST", "PUT"]),
+        Route("/elsewhere/{rest:path}", foreign),
+    ])
+    with serve(app) as base_url:
+        yield state, base_url
+
+
+@pytest.fixture
+def evil(hostile: tuple[Hostile, str], tmp_path: Path) -> Iterator[tuple[Hostile, Practice]]:
+    state, base_url = hostile
+    secret = tmp_path / "evil.json"
+    secret.write_text(json.dumps({"username": "u", "password": "p4ss-w0rd-XYZ", "api_key": "key-QWERTY-123"}))
+    practice = Practice.model_validate({
+        "practice_id": "evil-practice", "name": "Evil", "called_numbers": ["+15555550100"], "base_url": base_url,
+        "firm_url_prefix": "evil", "auth": {"method": "password", "credentials_ref": f"file:{secret}"},
+    })
+    yield state, practice
+    state.token = Hostile.token
+    state.fhir = Hostile.fhir
+    state.foreign_hits = 0
+
+
+def make_client(recorder: Recorder | None = None, **config: object) -> ModMedClient:
+    return ModMedClient(limiters=RateLimiterRegistry(), observer=recorder,
+                        config=ClientConfig(backoff_base_s=0.001, **config))  # type: ignore[arg-type]
+
+
+async def test_non_json_and_wrong_shapes_are_invalid_responses(evil: tuple[Hostile, Practice]) -> None:
+    state, practice = evil
+    async with make_client() as client:
+        state.fhir = lambda _: Response("<html>oops</html>", media_type="text/html")
+        with pytest.raises(InvalidResponseError, match="not JSON"):
+            await client.search(practice, Patient, {"family": "x"})
+        state.fhir = lambda _: JSONResponse({"resourceType": "Patient", "id": "1"})
+        with pytest.raises(InvalidResponseError, match="Bundle"):
+            await client.search(practice, Patient, {"family": "x"})
+        state.fhir = lambda _: JSONResponse({"resourceType": "Bundle", "type": "searchset", "entry": "nope"})
+        with pytest.raises(InvalidResponseError, match="invalid Bundle"):
+            await client.search(practice, Patient, {"family": "x"})
+        state.fhir = lambda _: JSONResponse({"resourceType": "Patient", "id": "other", "birthDate": "1970-01-01"})
+        with pytest.raises(InvalidResponseError, match="different resource id"):
+            await client.read(practice, Patient, "1")
+        state.fhir = lambda _: JSONResponse({"resourceType": "Patient", "id": "1", "birthDate": "Jane Doe 1970"})
+        with pytest.raises(InvalidResponseError) as invalid:
+            await client.read(practice, Patient, "1")
+        assert "Jane" not in str(invalid.value)  # pydantic's message (with the value) is not passed on
+
+
+async def test_next_links_to_another_origin_are_not_followed(evil: tuple[Hostile, Practice]) -> None:
+    state, practice = evil
+    foreign = practice.base_url.replace("127.0.0.1", "localhost") + "/elsewhere/Patient"
+    state.fhir = lambda _: JSONResponse({"resourceType": "Bundle", "type": "searchset",
+                                         "link": [{"relation": "next", "url": foreign}]})
+    async with make_client() as client:
+        with pytest.raises(ResourceNotAllowed, match="outside"):
+            await client.search(practice, Patient, {"family": "x"})
+    state.fhir = lambda _: JSONResponse({"resourceType": "Bundle", "type": "searchset",
+                                         "link": [{"relation": "next", "url": practice.base_url + "/elsewhere/x"}]})
+    async with make_client() as client:
+        with pytest.raises(ResourceNotAllowed):
+            await client.search(practice, Patient, {"family": "x"})
+    assert state.foreign_hits == 0
+
+
+async def test_oversize_answers_are_refused(evil: tuple[Hostile, Practice]) -> None:
+    state, practice = evil
+    state.fhir = lambda _: JSONResponse({"resourceType": "Bundle", "type": "searchset", "padding": "x" * 5000})
+    async with make_client(max_response_bytes=1024) as client:
+        with pytest.raises(InvalidResponseError, match="exceeds"):
+            await client.search(practice, Patient, {"family": "x"})
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{}, {"access_token": ""}, {"access_token": "t", "token_type": "mac"}, {"access_token": "t", "expires_in": "soon"},
+     {"access_token": "t", "expires_in": -5}, ["not", "an", "object"]],
+)
+async def test_malformed_token_answers_are_typed_errors(evil: tuple[Hostile, Practice], body: object) -> None:
+    state, practice = evil
+    state.token = lambda _: JSONResponse(body)
+    async with make_client() as client:
+        with pytest.raises(InvalidResponseError):
+            await client.search(practice, Patient, {"family": "x"})
+
+
+async def test_endless_401_means_one_reauthentication_then_auth_error(evil: tuple[Hostile, Practice]) -> None:
+    state, practice = evil
+    state.fhir = lambda _: JSONResponse({"resourceType": "OperationOutcome", "issue": [{"code": "login"}]}, 401)
+    recorder = Recorder()
+    async with make_client(recorder) as client:
+        with pytest.raises(AuthError) as failure:
+            await client.search(practice, Patient, {"family": "x"})
+    assert failure.value.status == 401 and failure.value.issue_codes == ("login",)
+    assert [(r, s) for _, r, _, s in recorder.calls] == [("token", 200), ("Patient", 401), ("token", 200), ("Patient", 401)]
+
+
+async def test_status_mapping_and_phi_free_messages(evil: tuple[Hostile, Practice]) -> None:
+    state, practice = evil
+    outcome = {"resourceType": "OperationOutcome", "issue": [{"code": "not-found", "diagnostics": "Patient Jane Roe not found"}]}
+    state.fhir = lambda _: JSONResponse(outcome, 404)
+    async with make_client() as client:
+        with pytest.raises(NotFoundError) as missing:
+            await client.read(practice, Patient, "pt-1")
+        assert missing.value.diagnostics == ("Patient Jane Roe not found",) and "Jane" not in str(missing.value)
+        state.fhir = lambda _: JSONResponse({}, 422)
+        with pytest.raises(TerminalError):
+            await client.read(practice, Patient, "pt-1")
+        state.fhir = lambda _: Response(status_code=429, headers={"Retry-After": "Wed, 21 Oct 2099 07:28:00 GMT"})
+        with pytest.raises(RateLimitedError) as limited:
+            await client.read(practice, Patient, "pt-1")
+        assert limited.value.retry_after is not None and limited.value.retry_after > 10_000
+
+
+async def test_write_answered_by_location_only_is_read_back(evil: tuple[Hostile, Practice]) -> None:
+    state, practice = evil
+    stored = {"resourceType": "Appointment", "id": "appt-77", "status": "booked",
+              "participant": [{"actor": {"reference": "Patient/p1"}, "status": "accepted"}]}
+
+    def answer(request: Request) -> Response:
+        if request.method == "POST":
+            return Response(status_code=201, headers={"Location": f"{practice.fhir_base}/Appointment/appt-77/_history/1"})
+        return JSONResponse(stored)
+
+    state.fhir = answer
+    new = Appointment.model_validate({k: v for k, v in stored.items() if k != "id"})
+    async with make_client() as client:
+        written = await client.write(practice, "POST", new)
+    assert written.id == "appt-77"

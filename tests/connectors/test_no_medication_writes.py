@@ -1,0 +1,159 @@
+"""Structural guarantee: no path of the connector can write MedicationRequest or MedicationStatement.
+
+Proved twice: over the code (AST of every connectors/ module outside ema/) and at runtime (every
+public write entry refuses before a byte is sent: the sandbox counts zero calls).
+"""
+
+from __future__ import annotations
+
+import ast
+import typing
+from pathlib import Path
+
+import pytest
+from fhir.resources.R4B.appointment import Appointment
+from fhir.resources.R4B.medicationrequest import MedicationRequest
+from fhir.resources.R4B.medicationstatement import MedicationStatement
+
+import connectors
+from connectors import fhir
+from connectors.errors import InvalidRequestError, ResourceNotAllowed, WriteNotAllowed
+from connectors.fhir import FORBIDDEN_WRITE_TYPES, READABLE_RESOURCE_TYPES, WRITE_ALLOW_LIST, ModMedClient, resource_url
+from connectors.ledger import InMemoryLedger
+from connectors.operations import ModMedConnector
+from connectors.ratelimit import RateLimiterRegistry
+from tests.connectors.helpers import PracticeSet, Recorder
+from tests.fixtures.sandbox import SandboxServer
+
+PACKAGE = Path(connectors.__file__).parent
+MEDICATION_WORDS = ("MedicationRequest", "MedicationStatement")
+SENDING_ATTRIBUTES = {"post", "put", "patch", "delete", "request", "send", "stream", "build_request"}
+SENDING_FUNCTIONS = {("fhir.py", "_attempt"), ("fhir.py", "__aenter__")}
+"""Where httpx requests are built and sent: the chokepoint and the bulk-file stream (GET only)."""
+
+
+def connector_modules() -> list[Path]:
+    return sorted(p for p in PACKAGE.rglob("*.py") if "ema" not in p.relative_to(PACKAGE).parts)
+
+
+def _is_statement_string(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:
+    """Docstrings and bare string statements do nothing at runtime."""
+    return isinstance(parents.get(node), ast.Expr)
+
+
+def test_allow_lists_are_closed_and_exclude_medications() -> None:
+    assert WRITE_ALLOW_LIST == {
+        ("Appointment", "POST"), ("Appointment", "PUT"), ("Task", "POST"), ("DocumentReference", "POST")
+    }
+    assert FORBIDDEN_WRITE_TYPES == set(MEDICATION_WORDS)
+    assert not {resource for resource, _ in WRITE_ALLOW_LIST} & FORBIDDEN_WRITE_TYPES
+    assert not READABLE_RESOURCE_TYPES & FORBIDDEN_WRITE_TYPES
+    assert not any("Medication" in resource for resource in READABLE_RESOURCE_TYPES)
+
+
+def test_no_code_names_a_medication_resource_outside_the_forbidden_list() -> None:
+    offenders = []
+    for path in connector_modules():
+        tree = ast.parse(path.read_text(), filename=str(path))
+        parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and not _is_statement_string(node, parents):
+                names.append(node.value)
+            if isinstance(node, ast.Name | ast.alias | ast.Attribute):
+                names.append(getattr(node, "id", None) or getattr(node, "name", None) or getattr(node, "attr", ""))
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names.append(node.module)
+            for name in names:
+                if any(word.lower() in name.lower() for word in MEDICATION_WORDS):
+                    offenders.append((path.name, node.lineno, name))
+    # The only mention is the forbidden list itself, in connectors/fhir.py.
+    assert {(file, name) for file, _, name in offenders} == {("fhir.py", "MedicationRequest"), ("fhir.py", "MedicationStatement")}
+    source = (PACKAGE / "fhir.py").read_text()
+    assert source.count('"MedicationRequest"') == 1 and 'FORBIDDEN_WRITE_TYPES: frozenset[str] = frozenset({"MedicationRequest"' in source
+
+
+def test_requests_are_sent_only_from_the_chokepoint() -> None:
+    senders = set()
+    for path in connector_modules():
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for function in ast.walk(tree):
+            if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for node in ast.walk(function):
+                if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                        and node.func.attr in SENDING_ATTRIBUTES):
+                    senders.add((path.name, function.name, ast.unparse(node.func)))
+    # The webhook receiver reads its *incoming* Starlette request body; it sends nothing.
+    senders.discard(("changes.py", "_handle", "request.stream"))
+    assert {(file, function) for file, function, _ in senders} == SENDING_FUNCTIONS
+    assert {call.rsplit(".", 1)[1] for _, _, call in senders} == {"build_request", "send"}
+    assert all(call.startswith(("self._http.", "self._client._http.")) for _, _, call in senders)
+
+
+def test_public_write_entries_accept_only_allow_listed_methods() -> None:
+    hints = typing.get_type_hints(ModMedClient.write)
+    assert set(typing.get_args(hints["method"])) == {"POST", "PUT"}
+    assert set(typing.get_args(typing.get_type_hints(ModMedClient.bulk_request)["method"])) == {"GET", "DELETE"}
+    public = {name for name in dir(ModMedClient) if not name.startswith("_")}
+    assert public == {"aclose", "bulk_request", "limiter", "read", "search", "search_json", "session", "stream_file", "write"}
+
+
+async def test_every_medication_write_attempt_is_refused_before_sending(
+    private_sandbox: SandboxServer, private_practices: PracticeSet, recorder: Recorder
+) -> None:
+    practice = private_practices.proprietary(fhir_task_create=True)
+    order = MedicationRequest.model_validate({
+        "resourceType": "MedicationRequest", "status": "active", "intent": "order",
+        "medicationCodeableConcept": {"text": "oxycodone 10 mg"}, "subject": {"reference": "Patient/pt-1"},
+    })
+    statement = MedicationStatement.model_validate({
+        "resourceType": "MedicationStatement", "status": "active",
+        "medicationCodeableConcept": {"text": "oxycodone 10 mg"}, "subject": {"reference": "Patient/pt-1"},
+    })
+
+    class DisguisedOrder(Appointment):
+        @classmethod
+        def get_resource_type(cls) -> str:
+            return "MedicationRequest"
+
+    disguised = DisguisedOrder.model_validate({"resourceType": "Appointment", "status": "booked", "participant": [
+        {"actor": {"reference": "Patient/pt-1"}, "status": "accepted"}]})
+    before = private_sandbox.stats(practice.practice_id)["calls"]
+    async with ModMedClient(limiters=RateLimiterRegistry(), observer=recorder) as client:
+        session = client.session(practice)
+        base = practice.fhir_base
+        attempts = [
+            client.write(practice, "POST", order),  # type: ignore[arg-type]
+            client.write(practice, "PUT", statement),  # type: ignore[arg-type]
+            client.write(practice, "POST", disguised),
+            client.write(practice, "DELETE", order),  # type: ignore[arg-type]
+            client.bulk_request(practice, "DELETE", f"{base}/MedicationRequest/rx-1"),
+            client.bulk_request(practice, "GET", f"{base}/MedicationRequest"),
+            client.read(practice, MedicationRequest, "rx-1"),
+            client._call(session, "POST", f"{base}/MedicationRequest", json_body=order.model_dump(mode="json")),
+            client._call(session, "PUT", f"{base}/MedicationStatement/ms-1", json_body={}),
+            client._call(session, "PUT", f"{base}/Appointment/../MedicationRequest", json_body={}),
+            client._call(session, "POST", f"{base}/Appointment%2F..%2FMedicationRequest", json_body={}),
+            client._call(session, "POST", f"{base}/Patient", json_body={}),
+            client._call(session, "PATCH", f"{base}/Appointment/a-1", json_body={}),
+        ]
+        for attempt in attempts:
+            with pytest.raises(ResourceNotAllowed):
+                await attempt
+        with pytest.raises(WriteNotAllowed):
+            resource_url(practice, "MedicationStatement")
+        connector = ModMedConnector(client, InMemoryLedger())
+        with pytest.raises(InvalidRequestError):
+            await connector.cancel_appointment(practice, call_id="c", appointment_id="../MedicationRequest/rx-1")
+    assert recorder.calls == []
+    assert private_sandbox.stats(practice.practice_id)["calls"] == before
+
+
+def test_the_chokepoint_checks_the_url_it_sends() -> None:
+    # Belt and braces: the decision function is the one _call runs before every request.
+    source = ast.parse((PACKAGE / "fhir.py").read_text())
+    call = next(n for n in ast.walk(source) if isinstance(n, ast.AsyncFunctionDef) and n.name == "_call")
+    first = call.body[1]  # after the docstring
+    assert isinstance(first, ast.Assign) and ast.unparse(first.value) == "self._authorize(session, method, url)"
+    assert fhir.ModMedClient._authorize.__doc__ and "before a byte is sent" in fhir.ModMedClient._authorize.__doc__
