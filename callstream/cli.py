@@ -23,11 +23,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sandbox": ("sandbox.cli:main", "run the ModMed sandbox emulator (FHIR + EMA screens) on 127.0.0.1"),
     "export": ("connectors.bulk:main", "bulk-export a certified-track practice's data as ndjson"),
     "bench": ("callstream.cli:bench_main", "benchmarks: fhir-rate (connector rate limiter), pipeline"),
+    "worker": ("streams.cli:worker_main", "run the stream pipeline (call events → guards → ModMed → replies, audit)"),
+    "replay": ("streams.cli:replay_main", "publish scripted calls (JSONL) as the telephony side would"),
+    "ema": ("connectors.ema.cli:main", "EMA automation: lockout status and operator unlock"),
+    "demo": ("streams.cli:demo_main", "run a morning of calls end to end on the embedded stack (what `make demo` runs)"),
 }
 
 # benchmark name → module:function; each prints its figures as one JSON object on its last line
 BENCHMARKS: dict[str, str] = {
     "fhir-rate": "connectors.bench:main",
+    "pipeline": "streams.bench:main",
 }
 
 
