@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("callstream.cli:bench_main", "benchmarks: fhir-rate (connector rate limiter), pipeline"),
     "worker": ("streams.cli:worker_main", "run the stream pipeline (call events → guards → ModMed → replies, audit)"),
     "replay": ("streams.cli:replay_main", "publish scripted calls (JSONL) as the telephony side would"),
+    "audit": ("sinks.cli:audit_main", "the per-call audit record from ClickHouse (`audit call CALL_ID`)"),
+    "sinks": ("sinks.cli:sinks_main", "run the audit sinks: ClickHouse store and per-practice SIEM firehose"),
     "ema": ("connectors.ema.cli:main", "EMA automation: lockout status and operator unlock"),
     "demo": ("streams.cli:demo_main", "run a morning of calls end to end on the embedded stack (what `make demo` runs)"),
 }
@@ -58,6 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     parser = _top_parser()
     parsed = parser.parse_args(arguments)
+    # httpx logs every request URL at INFO; FHIR search URLs carry names and birth dates (PHI).
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     if parsed.command is None:
         parser.print_help()
         return 0

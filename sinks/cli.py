@@ -1,0 +1,151 @@
+"""`callstream audit call CALL_ID` and `callstream sinks run`.
+
+`audit_main` prints the per-call audit record a practice reconciles against the chart (human
+readable or ``--json``). `sinks_main` runs the ClickHouse sink and the SIEM firehose until SIGINT or
+SIGTERM; `run_sinks` is the same without argument parsing, for a caller that brings its own
+metrics (streams.metrics.Metrics satisfies `SiemMetrics`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from callstream.devstack import ensure_topics, wait_for_broker
+from callstream.errors import CallstreamError, ConfigError
+from callstream.settings import Settings, load_settings
+from callstream.tenants import TenantDirectory, load_tenant_directory
+from schemas.registry import SchemaRegistryClient
+from schemas.topics import AUDIT, DEAD_LETTER, SIEM_DEAD_LETTER, topic_named
+from sinks.clickhouse_store import AuditRowProcessor, AuditStore
+from sinks.consumer import ClickHouseAuditSink
+from sinks.kafka_io import AuditDecoder
+from sinks.siem import DeliveryTally, SiemFirehose, SiemMetrics
+
+logger = logging.getLogger(__name__)
+
+CALL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$")
+SINK_NAMES = ("clickhouse", "siem")
+SUMMARY_INTERVAL_S = 60.0
+
+
+def audit_main(argv: list[str]) -> int:
+    """`callstream audit call CALL_ID [--practice ID] [--json] [--database NAME]`."""
+    parser = argparse.ArgumentParser(prog="callstream audit", description="Read the audit trail in ClickHouse.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    call = commands.add_parser("call", help="the per-call audit record: transitions, resources, chart link, tasks, guards")
+    call.add_argument("call_id", help="the call id (as in the call events)")
+    call.add_argument("--practice", help="practice id, when a call id is known to more than one practice")
+    call.add_argument("--json", action="store_true", help="print the record as JSON")
+    call.add_argument("--database", help="ClickHouse database (default: the DSN's, else 'callstream')")
+    options = parser.parse_args(argv)
+    if not CALL_ID.match(options.call_id):
+        raise ConfigError("call id must be 1-128 letters, digits or . _ : - characters")
+    settings = load_settings()
+    store = AuditStore.open(settings.effective_clickhouse_dsn, options.database)
+    if not store.is_initialised():
+        raise ConfigError(f"no audit store in ClickHouse database {store.database} (has `callstream sinks run` run?)")
+    record = store.call_record(options.call_id, options.practice)
+    if record is None:
+        print(f"callstream: no audit events for call {options.call_id}", file=sys.stderr)
+        return 1
+    print(json.dumps(record.to_json_dict(), indent=2) if options.json else record.render_text())
+    return 0
+
+
+def sinks_main(argv: list[str]) -> int:
+    """`callstream sinks run [--only clickhouse|siem] [--tenants FILE] [--database NAME]`."""
+    parser = argparse.ArgumentParser(prog="callstream sinks", description="Run the audit consumers.")
+    parser.add_argument("action", choices=["run"])
+    parser.add_argument("--only", choices=SINK_NAMES, help="run one sink instead of both")
+    parser.add_argument("--tenants", type=Path, help="tenant directory (default CALLSTREAM_TENANTS_FILE)")
+    parser.add_argument("--database", help="ClickHouse database (default: the DSN's, else 'callstream')")
+    options = parser.parse_args(argv)
+    settings = load_settings()
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # its INFO lines carry endpoint URLs, which may hold tokens
+    wanted = (options.only,) if options.only else SINK_NAMES
+    tenants_file = options.tenants or settings.tenants_file
+    tenants = None
+    if "siem" in wanted:
+        if tenants_file is None:
+            raise ConfigError("the SIEM firehose needs a tenant directory: --tenants FILE or CALLSTREAM_TENANTS_FILE")
+        tenants = load_tenant_directory(tenants_file)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    run_sinks(settings, stop, tenants=tenants, database=options.database, only=options.only)
+    return 0
+
+
+def run_sinks(
+    settings: Settings,
+    stop: threading.Event,
+    *,
+    tenants: TenantDirectory | None = None,
+    database: str | None = None,
+    only: str | None = None,
+    metrics: SiemMetrics | None = None,
+) -> None:
+    """Run the sinks in threads until `stop` is set; a sink that dies stops the others and re-raises.
+
+    Raises:
+        ConfigError: SIEM wanted without a tenant directory, or an unknown sink name.
+        ServiceUnavailableError: the broker or ClickHouse is unreachable at start-up.
+    """
+    wanted = (only,) if only else SINK_NAMES
+    if any(name not in SINK_NAMES for name in wanted):
+        raise ConfigError(f"unknown sink {only!r}; choose from {', '.join(SINK_NAMES)}")
+    if "siem" in wanted and tenants is None:
+        raise ConfigError("the SIEM firehose needs a tenant directory")
+    bootstrap = settings.bootstrap_servers
+    wait_for_broker(bootstrap)
+    ensure_topics(bootstrap, [(name, topic_named(name).partitions) for name in (AUDIT, DEAD_LETTER, SIEM_DEAD_LETTER)])
+    registry = SchemaRegistryClient(settings.schema_registry_url) if settings.schema_registry_url else None
+    runners: dict[str, Callable[[threading.Event], None]] = {}
+    tally = DeliveryTally()
+    if "clickhouse" in wanted:
+        store = AuditStore.open(settings.effective_clickhouse_dsn, database)
+        applied = store.migrate()
+        logger.info("audit store %s ready (migrations applied now: %s)", store.database, applied or "none")
+        sink = ClickHouseAuditSink(store, bootstrap=bootstrap, processor=AuditRowProcessor(AuditDecoder(registry)),
+                                   session_timeout_ms=settings.consumer_session_timeout_ms)
+        runners["clickhouse"] = sink.run
+    if "siem" in wanted:
+        assert tenants is not None
+        firehose = SiemFirehose(tenants, bootstrap=bootstrap, metrics=metrics or tally, decoder=AuditDecoder(registry),
+                                session_timeout_ms=settings.consumer_session_timeout_ms)
+        runners["siem"] = firehose.run
+    failures: list[BaseException] = []
+
+    def guarded(name: str, runner: Callable[[threading.Event], None]) -> None:
+        try:
+            runner(stop)
+        except BaseException as exc:  # noqa: BLE001 - reported once by the main thread
+            failures.append(exc)
+            logger.error("%s sink stopped on %s", name, type(exc).__name__)
+            stop.set()
+
+    threads = [threading.Thread(target=guarded, args=(name, runner), name=f"sink-{name}") for name, runner in runners.items()]
+    for thread in threads:
+        thread.start()
+    while not stop.wait(SUMMARY_INTERVAL_S):
+        if "siem" in runners and metrics is None:
+            logger.info("SIEM deliveries so far: %s", tally.summary())
+    for thread in threads:
+        thread.join()
+    if registry is not None:
+        registry.close()
+    if failures:
+        failure = failures[0]
+        if isinstance(failure, CallstreamError):
+            raise failure
+        raise CallstreamError(f"a sink stopped unexpectedly ({type(failure).__name__})") from failure

@@ -1,0 +1,464 @@
+"""The ClickHouse audit store: versioned DDL, a pure row processor, batched inserts, per-call reads.
+
+Design choices, and why:
+
+- ``audit_events`` is a ReplacingMergeTree ordered by ``(practice_id, call_id, event_id)``.
+  ReplacingMergeTree collapses rows with equal sorting keys, so the key must be a function of the
+  event id alone: practice and call are attributes of the event, never of its delivery, so a
+  redelivered event always lands on the same key. ``occurred_at`` is deliberately not in the key
+  (a producer that re-stamps an event on retry would otherwise create a second row); per-call
+  ordering by time is done at read time, cheap for the tens of rows of one call.
+- Partitioned by month of ``occurred_at`` (retention drops whole partitions; a redelivered event
+  has the same timestamp, so duplicates always share a partition and do collapse).
+- A bloom-filter skip index on ``call_id`` answers ``callstream audit call CALL_ID`` without the
+  practice id; per-practice queries use the primary key prefix.
+- De-duplication happens at merge time, so every read uses FINAL: duplicates never show.
+- Migrations are an ordered list in code recorded in ``schema_migrations``; a database whose
+  schema is newer than this build is refused rather than written with an old row shape.
+
+`AuditRowProcessor` (bytes → row or typed rejection) has no I/O so it can be tested on bytes; the
+Kafka loop in sinks/consumer.py is thin wiring around it and `AuditStore.insert`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from callstream.devstack import open_clickhouse
+from callstream.errors import CallstreamError, ConfigError
+from callstream.settings import redact_dsn
+from schemas.errors import SchemaError
+from sinks.kafka_io import AuditDecoder
+from sinks.payload import AuditRecord, audit_record
+
+if TYPE_CHECKING:
+    from clickhouse_connect.driver.client import Client
+
+# The driver logs encoding and streaming failures with tracebacks that quote the offending value (a row
+# field: possibly PHI). The store raises those failures itself, described by error class or code only.
+for _driver_logger in ("transform", "rustcodec", "streaming"):
+    logging.getLogger(f"clickhouse_connect.driver.{_driver_logger}").setLevel(logging.CRITICAL)
+
+DEFAULT_DATABASE = "callstream"
+AUDIT_TABLE = "audit_events"
+MIGRATIONS_TABLE = "schema_migrations"
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+INSERT_COLUMNS: tuple[str, ...] = (
+    "event_id", "occurred_at", "practice_id", "call_id", "caller_number", "action", "outcome", "state_from",
+    "state_to", "resource_type", "resource_ids", "ema_deep_link", "task_refs", "transcript_ref", "guards_fired",
+    "command", "error_class", "latency_ms", "detail", "redactions",
+)
+AuditRow = tuple[Any, ...]
+"""One row in INSERT_COLUMNS order."""
+
+
+class StoreUnavailableError(CallstreamError):
+    """ClickHouse refused or could not take a write or read; the caller keeps the data and retries."""
+
+
+class AmbiguousCallError(CallstreamError):
+    """A call id matched records of more than one practice; the caller must say which practice."""
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One schema version: statements run in order, each idempotent (IF NOT EXISTS) so a crash
+    between a statement and its bookkeeping row is safe to re-run."""
+
+    version: int
+    description: str
+    statements: tuple[str, ...]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        version=1,
+        description="audit_events: ReplacingMergeTree de-duplicated on event id, monthly partitions",
+        statements=(
+            """
+            CREATE TABLE IF NOT EXISTS {database}.audit_events
+            (
+                event_id UUID,
+                occurred_at DateTime64(3, 'UTC'),
+                practice_id LowCardinality(String),
+                call_id String COMMENT 'empty for steps outside a call: sorting keys cannot be Nullable',
+                caller_number Nullable(String) COMMENT 'PHI (E.164), kept for reconciliation as the seeds list',
+                action LowCardinality(String),
+                outcome LowCardinality(String),
+                state_from LowCardinality(Nullable(String)),
+                state_to LowCardinality(Nullable(String)),
+                resource_type LowCardinality(Nullable(String)),
+                resource_ids Array(String),
+                ema_deep_link Nullable(String),
+                task_refs Array(String),
+                transcript_ref Nullable(String),
+                guards_fired Array(LowCardinality(String)),
+                command LowCardinality(Nullable(String)),
+                error_class LowCardinality(Nullable(String)),
+                latency_ms Nullable(Float64),
+                detail Map(LowCardinality(String), String),
+                redactions Array(LowCardinality(String)),
+                ingested_at DateTime64(3, 'UTC') DEFAULT now64(3),
+                INDEX call_id_bloom call_id TYPE bloom_filter(0.01) GRANULARITY 4
+            )
+            ENGINE = ReplacingMergeTree
+            PARTITION BY toYYYYMM(occurred_at)
+            ORDER BY (practice_id, call_id, event_id)
+            """,
+        ),
+    ),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why a message cannot become a row; the consumer dead-letters it (retrying cannot help)."""
+
+    reason: str
+    error_class: str
+
+
+def row_from_record(record: AuditRecord) -> AuditRow:
+    """The insert row of a scrubbed audit record, in INSERT_COLUMNS order."""
+    return (
+        record.event_id,
+        record.occurred_at,
+        record.practice_id,
+        record.call_id or "",
+        record.caller_number,
+        record.action,
+        record.outcome,
+        record.state_from,
+        record.state_to,
+        record.resource_type,
+        list(record.resource_ids),
+        record.ema_deep_link,
+        list(record.task_refs),
+        record.transcript_ref,
+        list(record.guards_fired),
+        record.command,
+        record.error_class,
+        record.latency_ms,
+        dict(record.detail),
+        list(record.redactions),
+    )
+
+
+class AuditRowProcessor:
+    """Message value → insert row, or a Rejection naming the problem without any field value."""
+
+    def __init__(self, decoder: AuditDecoder | None = None) -> None:
+        self._decoder = decoder or AuditDecoder()
+
+    def process(self, value: bytes | None) -> AuditRow | Rejection:
+        """SchemaRegistryError propagates: the registry being down is not the message's fault."""
+        try:
+            event = self._decoder.decode(value)
+        except SchemaError as exc:
+            return Rejection(reason=f"not a valid audit event: {exc}", error_class=type(exc).__name__)
+        return row_from_record(audit_record(event))
+
+
+@dataclass(frozen=True, slots=True)
+class StateTransition:
+    """A call state change with its timestamp (the seeds: "timestamps for every state transition")."""
+
+    at: datetime
+    state_from: str | None
+    state_to: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskReference:
+    """A provider task with the transcript reference the provider needs for context."""
+
+    at: datetime
+    task_ref: str
+    transcript_ref: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class GuardHit:
+    """Which guardrail fired on which step, so the blocked dialogue path can be reconstructed."""
+
+    at: datetime
+    guard: str
+    action: str
+    outcome: str
+    command: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class CallAuditRecord:
+    """What a practice reconciles against the chart for one call (the seeds' audit record)."""
+
+    call_id: str
+    practice_id: str
+    caller_number: str | None
+    first_event_at: datetime
+    last_event_at: datetime
+    event_count: int
+    state_transitions: tuple[StateTransition, ...]
+    fhir_resources: Mapping[str, tuple[str, ...]]
+    ema_deep_links: tuple[str, ...]
+    tasks: tuple[TaskReference, ...]
+    transcript_ref: str | None
+    guards_fired: tuple[GuardHit, ...]
+    outcomes: Mapping[str, int] = field(default_factory=dict)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The record for `callstream audit call --json`."""
+        return {
+            "call_id": self.call_id,
+            "practice_id": self.practice_id,
+            "caller_number": self.caller_number,
+            "first_event_at": _iso(self.first_event_at),
+            "last_event_at": _iso(self.last_event_at),
+            "event_count": self.event_count,
+            "state_transitions": [
+                {"at": _iso(step.at), "from": step.state_from, "to": step.state_to} for step in self.state_transitions
+            ],
+            "fhir_resources": {kind: list(ids) for kind, ids in self.fhir_resources.items()},
+            "ema_deep_links": list(self.ema_deep_links),
+            "tasks": [
+                {"at": _iso(task.at), "task_ref": task.task_ref, "transcript_ref": task.transcript_ref} for task in self.tasks
+            ],
+            "transcript_ref": self.transcript_ref,
+            "guards_fired": [
+                {"at": _iso(hit.at), "guard": hit.guard, "action": hit.action, "outcome": hit.outcome, "command": hit.command}
+                for hit in self.guards_fired
+            ],
+            "outcomes": dict(self.outcomes),
+        }
+
+    def render_text(self) -> str:
+        """The human-readable form, one section per item the seeds list."""
+        lines = [
+            f"call {self.call_id}  (practice {self.practice_id})",
+            f"caller number: {self.caller_number or '-'}",
+            f"events: {self.event_count}, {_iso(self.first_event_at)} .. {_iso(self.last_event_at)}",
+            "state transitions:",
+            *(f"  {_iso(step.at)}  {step.state_from or '-'} -> {step.state_to or '-'}" for step in self.state_transitions),
+            "FHIR resources touched:",
+            *(f"  {kind}: {', '.join(ids)}" for kind, ids in self.fhir_resources.items()),
+            "EMA chart links:",
+            *(f"  {link}" for link in self.ema_deep_links),
+            "provider tasks:",
+            *(f"  {_iso(task.at)}  {task.task_ref}  transcript {task.transcript_ref or '-'}" for task in self.tasks),
+            f"transcript: {self.transcript_ref or '-'}",
+            "guards fired:",
+            *(
+                f"  {_iso(hit.at)}  {hit.guard}  ({hit.action} {hit.outcome}{f', {hit.command}' if hit.command else ''})"
+                for hit in self.guards_fired
+            ),
+        ]
+        return "\n".join(_with_none_marker(lines))
+
+
+def _with_none_marker(lines: list[str]) -> list[str]:
+    """Print "  (none)" under a section heading that has no entries."""
+    marked: list[str] = []
+    for index, line in enumerate(lines):
+        marked.append(line)
+        if line.endswith(":") and (index + 1 == len(lines) or not lines[index + 1].startswith("  ")):
+            marked.append("  (none)")
+    return marked
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _utc(moment: datetime) -> datetime:
+    """chDB returns DateTime64('UTC') values without a zone; they are UTC."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def database_for_dsn(dsn: str, explicit: str | None = None) -> str:
+    """The audit database: explicit, else the http(s) DSN's path, else "callstream"."""
+    parts = urlsplit(dsn)
+    from_path = parts.path.strip("/") if parts.scheme in ("http", "https") else ""
+    return validate_identifier(explicit or from_path or DEFAULT_DATABASE)
+
+
+def validate_identifier(name: str) -> str:
+    """Database names are spliced into DDL, so only plain identifiers are accepted."""
+    if not _IDENTIFIER.match(name):
+        raise ConfigError(f"ClickHouse database name {name[:70]!r} must be letters, digits and underscores")
+    return name
+
+
+class AuditStore:
+    """Migrations, inserts and reads of the audit tables in one database."""
+
+    def __init__(self, client: Client, database: str = DEFAULT_DATABASE, description: str = "ClickHouse") -> None:
+        self.client = client
+        self.database = validate_identifier(database)
+        self.description = description
+
+    @classmethod
+    def open(cls, dsn: str, database: str | None = None) -> AuditStore:
+        """Connect by DSN (chdb:// embedded, http(s):// server or cluster endpoint)."""
+        return cls(open_clickhouse(dsn), database_for_dsn(dsn, database), redact_dsn(dsn))
+
+    def migrate(self, migrations: Sequence[Migration] = MIGRATIONS) -> list[int]:
+        """Apply the migrations this database lacks, in order; returns the versions applied now.
+
+        Raises:
+            ConfigError: the database already has a schema version this build does not know.
+            StoreUnavailableError: ClickHouse failed a statement.
+        """
+        versions = [migration.version for migration in migrations]
+        if versions != sorted(set(versions)):
+            raise ConfigError("migration versions must be unique and ascending")
+        self._run(f"CREATE DATABASE IF NOT EXISTS {self.database}")
+        self._run(
+            f"CREATE TABLE IF NOT EXISTS {self.database}.{MIGRATIONS_TABLE} "
+            "(version UInt32, description String, applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) "
+            "ENGINE = ReplacingMergeTree ORDER BY version"
+        )
+        applied = set(self.applied_versions())
+        newest_known = versions[-1] if versions else 0
+        if applied and max(applied) > newest_known:
+            raise ConfigError(
+                f"{self.description} database {self.database} has audit schema version {max(applied)}, newer than this "
+                f"build's {newest_known}; upgrade callstream before running the sink"
+            )
+        done: list[int] = []
+        for migration in migrations:
+            if migration.version in applied:
+                continue
+            for statement in migration.statements:
+                self._run(statement.format(database=self.database))
+            self._insert(MIGRATIONS_TABLE, [(migration.version, migration.description)], ("version", "description"))
+            done.append(migration.version)
+        return done
+
+    def is_initialised(self) -> bool:
+        """Whether the audit table exists (reads need no migration rights)."""
+        rows = self._query(f"EXISTS TABLE {self.database}.{AUDIT_TABLE}")
+        return bool(rows and rows[0][0])
+
+    def applied_versions(self) -> list[int]:
+        """Schema versions recorded in this database, ascending."""
+        rows = self._query(f"SELECT version FROM {self.database}.{MIGRATIONS_TABLE} FINAL ORDER BY version")
+        return [int(row[0]) for row in rows]
+
+    def insert(self, rows: Sequence[AuditRow]) -> None:
+        """One batched insert; all or nothing from the caller's point of view (retry the whole batch,
+        duplicates collapse on the event id)."""
+        if rows:
+            self._insert(AUDIT_TABLE, rows, INSERT_COLUMNS)
+
+    def count_events(self, practice_id: str | None = None) -> int:
+        """Distinct audit events stored (FINAL: duplicates never count)."""
+        where = "WHERE practice_id = {practice_id:String}" if practice_id else ""
+        rows = self._query(f"SELECT count() FROM {self.database}.{AUDIT_TABLE} FINAL {where}",
+                           {"practice_id": practice_id} if practice_id else {})
+        return int(rows[0][0])
+
+    def call_record(self, call_id: str, practice_id: str | None = None) -> CallAuditRecord | None:
+        """The per-call audit record, or None when no event of that call is stored.
+
+        Raises:
+            AmbiguousCallError: events of the call id belong to several practices and none was named.
+        """
+        if not call_id or len(call_id) > 128:
+            raise ConfigError("call id must be 1-128 characters")
+        practice_filter = " AND practice_id = {practice_id:String}" if practice_id else ""
+        rows = self._query(
+            "SELECT occurred_at, practice_id, caller_number, action, outcome, state_from, state_to, resource_type, "
+            "resource_ids, ema_deep_link, task_refs, transcript_ref, guards_fired, command "
+            f"FROM {self.database}.{AUDIT_TABLE} FINAL WHERE call_id = {{call_id:String}}{practice_filter} "
+            "ORDER BY occurred_at, event_id",
+            {"call_id": call_id, "practice_id": practice_id or ""},
+        )
+        if not rows:
+            return None
+        practices = sorted({row[1] for row in rows})
+        if len(practices) > 1:
+            raise AmbiguousCallError(
+                f"call {call_id} has audit events of practices {', '.join(practices)}; name one with --practice"
+            )
+        return _assemble_call_record(call_id, practices[0], rows)
+
+    def _run(self, statement: str) -> None:
+        try:
+            self.client.command(statement)
+        except Exception as exc:  # noqa: BLE001 - the driver raises many types; all mean "not applied"
+            raise StoreUnavailableError(f"{self.description}: {_describe_failure(exc)}") from None
+
+    def _query(self, sql: str, parameters: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        try:
+            return [tuple(row) for row in self.client.query(sql, parameters=dict(parameters or {})).result_rows]
+        except Exception as exc:  # noqa: BLE001 - the driver raises many types; all mean "no answer"
+            raise StoreUnavailableError(f"{self.description}: {_describe_failure(exc)}") from None
+
+    def _insert(self, table: str, rows: Sequence[tuple[Any, ...]], columns: Sequence[str]) -> None:
+        try:
+            self.client.insert(f"{self.database}.{table}", list(rows), column_names=list(columns))
+        except Exception as exc:  # noqa: BLE001 - the driver raises many types; all mean "not stored"
+            raise StoreUnavailableError(f"{self.description}: insert into {table} failed: {_describe_failure(exc)}") from None
+
+
+_CLICKHOUSE_ERROR = re.compile(r"Code: (\d+)\..*\(([A-Z_]+)\)", re.DOTALL)
+
+
+def _describe_failure(exc: BaseException) -> str:
+    """ClickHouse's error code and name, else the driver's exception class.
+
+    Never the message itself: a conversion error can quote a row value, and rows hold PHI.
+    """
+    match = _CLICKHOUSE_ERROR.search(str(exc))
+    if match:
+        return f"ClickHouse error {match.group(1)} {match.group(2)}"
+    return type(exc).__name__
+
+
+def _assemble_call_record(call_id: str, practice_id: str, rows: list[tuple[Any, ...]]) -> CallAuditRecord:
+    """Fold one call's rows (in time order) into the reconciliation record."""
+    caller_number: str | None = None
+    transitions: list[StateTransition] = []
+    resources: dict[str, list[str]] = {}
+    links: list[str] = []
+    tasks: list[TaskReference] = []
+    transcript_ref: str | None = None
+    guards: list[GuardHit] = []
+    outcomes: dict[str, int] = {}
+    for (occurred_at, _practice, number, action, outcome, state_from, state_to, resource_type, resource_ids, link,
+         task_refs, row_transcript_ref, guards_fired, command) in rows:
+        at = _utc(occurred_at)
+        caller_number = caller_number or number
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        if action == "CALL_STATE_TRANSITION":
+            transitions.append(StateTransition(at, state_from, state_to))
+        if resource_ids:
+            known = resources.setdefault(resource_type or "Resource", [])
+            known.extend(rid for rid in resource_ids if rid not in known)
+        if link and link not in links:
+            links.append(link)
+        transcript_ref = row_transcript_ref or transcript_ref
+        tasks.extend(TaskReference(at, ref, row_transcript_ref) for ref in task_refs)
+        guards.extend(GuardHit(at, guard, action, outcome, command) for guard in guards_fired)
+    return CallAuditRecord(
+        call_id=call_id,
+        practice_id=practice_id,
+        caller_number=caller_number,
+        first_event_at=_utc(rows[0][0]),
+        last_event_at=_utc(rows[-1][0]),
+        event_count=len(rows),
+        state_transitions=tuple(transitions),
+        fhir_resources={kind: tuple(ids) for kind, ids in resources.items()},
+        ema_deep_links=tuple(links),
+        tasks=tuple(TaskReference(task.at, task.task_ref, task.transcript_ref or transcript_ref) for task in tasks),
+        transcript_ref=transcript_ref,
+        guards_fired=tuple(guards),
+        outcomes=outcomes,
+    )
