@@ -13,7 +13,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -166,12 +166,16 @@ def open_clickhouse(dsn: str) -> Client:
     if scheme not in DSN_SCHEMES:
         raise ConfigError(f"ClickHouse DSN {redact_dsn(dsn)!r} must start with chdb://, http:// or https://")
     if scheme == "chdb":
-        Path(dsn.removeprefix("chdb://")).mkdir(parents=True, exist_ok=True)
+        path = Path(dsn.removeprefix("chdb://").partition("?")[0])
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"ClickHouse DSN {redact_dsn(dsn)!r}: cannot create {path}: {exc.strerror}") from None
     try:
         client = clickhouse_connect.get_client(dsn=dsn, connect_timeout=5, send_receive_timeout=30)
         client.query("SELECT 1")
     except Exception as exc:
-        reason = str(exc).splitlines()[0][:160]
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
         raise ServiceUnavailableError(f"ClickHouse at {redact_dsn(dsn)} is unavailable: {reason}") from None
     return client
 
@@ -183,15 +187,13 @@ def _pid_file(settings: Settings) -> Path:
 
 
 def _running_pid(settings: Settings) -> int | None:
+    """The broker's pid from our pid file, if that process is still a Tansu broker (pids get reused)."""
     try:
         pid = int(_pid_file(settings).read_text())
+        command_line = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (OSError, ValueError):
         return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    return pid
+    return pid if b"tansu" in command_line else None
 
 
 def dev_up(settings: Settings, topics: Iterable[tuple[str, int]]) -> list[str]:
@@ -240,13 +242,3 @@ def dev_down(settings: Settings) -> list[str]:
     _pid_file(settings).unlink(missing_ok=True)
     return [f"kafka: stopped Tansu (pid {pid})"]
 
-
-@contextlib.contextmanager
-def embedded_broker(settings: Settings) -> Iterator[str]:
-    """A broker for the lifetime of a block: the external one if configured, else a private Tansu."""
-    if not settings.uses_embedded_broker:
-        wait_for_broker(settings.bootstrap_servers)
-        yield settings.bootstrap_servers
-        return
-    with TansuBroker(settings.broker_host, settings.broker_port) as broker:
-        yield broker.bootstrap

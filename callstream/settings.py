@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import yaml
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
@@ -41,11 +42,13 @@ class Settings(BaseSettings):
         default=None,
         validation_alias=AliasChoices("clickhouse_dsn", "CALLSTREAM_CLICKHOUSE_DSN", "CLICKHOUSE_DSN"),
         description="chdb:///path or http(s)://user:pass@host:port/db; unset means chDB under data_dir.",
+        repr=False,  # may carry a password
     )
     schema_registry_url: str | None = Field(
         default=None,
         validation_alias=AliasChoices("schema_registry_url", "CALLSTREAM_SCHEMA_REGISTRY_URL", "SCHEMA_REGISTRY_URL"),
         description="Confluent Schema Registry; unset means self-describing Avro single-object encoding.",
+        repr=False,  # may carry credentials
     )
     data_dir: Path = Path("var")
     tenants_file: Path | None = Field(
@@ -58,7 +61,7 @@ class Settings(BaseSettings):
     sandbox_port: int = Field(default=18080, ge=1, le=65535)
     metrics_port: int = Field(default=9464, ge=0, le=65535)
     consumer_session_timeout_ms: int = Field(default=6000, ge=1000)
-    alert_webhook_url: str | None = None
+    alert_webhook_url: str | None = Field(default=None, repr=False, description="Slack-compatible; its path is a secret")
     log_level: str = "INFO"
 
     @classmethod
@@ -108,16 +111,23 @@ def load_settings(**overrides: Any) -> Settings:
         raise ConfigError(f"{CONFIG_FILE_ENV}={config_file}: no such file")
     try:
         return Settings(**overrides)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{CONFIG_FILE_ENV}={config_file}: not valid YAML{where}") from None
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
         source = f" (from {config_file})" if config_file else ""
         raise ConfigError(f"invalid settings{source}: {problems}") from None
+    except (TypeError, ValueError):  # a YAML document that is not a mapping
+        raise ConfigError(f"{CONFIG_FILE_ENV}={config_file}: expected a mapping of setting names to values") from None
 
 
 def redact_dsn(dsn: str) -> str:
-    """The DSN with any password removed, safe for logs and error messages."""
+    """The DSN without password or query (which may hold ``?password=``), safe for logs and errors."""
     parts = urlsplit(dsn)
-    if parts.password is None:
-        return dsn
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    if not parts.netloc:  # chdb:///path
+        return dsn.partition("?")[0]
+    host = parts.netloc.rpartition("@")[2]
+    netloc = f"{parts.username}:***@{host}" if parts.password is not None else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))

@@ -15,13 +15,27 @@ from collections.abc import Iterator, Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from callstream.errors import TenantDirectoryError
+from guards.model import VisitReason
 
 E164 = re.compile(r"^\+[1-9]\d{7,14}$")
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def require_transport_security(url: str) -> str:
+    """PHI and credentials travel only over https; plain http is accepted for loopback (dev, sandbox) alone."""
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return url
+    if parts.scheme == "http" and parts.hostname in LOOPBACK_HOSTS:
+        return url
+    raise ValueError("must be an https URL (plain http only on 127.0.0.1/localhost)")
 CREDENTIAL_REF = re.compile(r"^(env:[A-Za-z_][A-Za-z0-9_]*|file:.+)$")
 
 
@@ -105,18 +119,38 @@ class Capabilities(_Frozen):
     ema_task_queue: bool = True
     ema_url: str | None = Field(default=None, description="EMA web root; defaults to the base URL's /ema/{firm}")
 
+    @field_validator("ema_booking_templates")
+    @classmethod
+    def _known_visit_reasons(cls, codes: tuple[str, ...]) -> tuple[str, ...]:
+        """A typo here would silently route an EMA-only template to FHIR, where it cannot be booked."""
+        known = {reason.value for reason in VisitReason}
+        unknown = [code for code in codes if code not in known]
+        if unknown:
+            raise ValueError(f"unknown visit-reason code(s) {unknown}; expected some of {sorted(known)}")
+        return codes
+
+    @field_validator("ema_url")
+    @classmethod
+    def _secure_ema_url(cls, url: str | None) -> str | None:
+        return None if url is None else require_transport_security(url)
+
+    @model_validator(mode="after")
+    def _a_task_path_exists(self) -> Capabilities:
+        """Every refill escalation becomes a task: a practice with no way to create one cannot go live."""
+        if not (self.fhir_task_create or self.ema_task_queue):
+            raise ValueError("either fhir_task_create or ema_task_queue must be true: escalations become tasks")
+        return self
+
 
 class SiemEndpoint(_Frozen):
-    url: str
+    url: str = Field(repr=False, description="Receivers often put a token in the URL")
     secret_ref: str = Field(description="env:VAR or file:/path holding the whsec_... signing secret")
     format: SiemFormat = SiemFormat.OCSF
 
     @field_validator("url")
     @classmethod
-    def _http_url(cls, url: str) -> str:
-        if not url.startswith(("https://", "http://")):
-            raise ValueError("must be an http(s) URL")
-        return url
+    def _secure_url(cls, url: str) -> str:
+        return require_transport_security(url)
 
     @field_validator("secret_ref")
     @classmethod
@@ -154,9 +188,22 @@ class Practice(_Frozen):
     @field_validator("base_url")
     @classmethod
     def _base_url(cls, url: str) -> str:
-        if not url.startswith(("https://", "http://")):
-            raise ValueError("must be an http(s) URL")
-        return url.rstrip("/")
+        return require_transport_security(url).rstrip("/")
+
+    @field_validator("fhir_base_url")
+    @classmethod
+    def _fhir_base_url(cls, url: str | None) -> str | None:
+        return None if url is None else require_transport_security(url)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, zone: str) -> str:
+        """Office hours and booking dates are computed in this zone; an unknown one must fail at load."""
+        try:
+            ZoneInfo(zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{zone!r} is not an IANA time zone (e.g. America/Chicago)") from None
+        return zone
 
     @model_validator(mode="after")
     def _track_fields(self) -> Practice:

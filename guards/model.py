@@ -293,7 +293,7 @@ class IntentRequest(FrozenModel):
     visit_reason: VisitReason | None = None
     medication_mentioned: StrictBool = False
     controlled_substance_mentioned: StrictBool = False
-    transcript_snippet: TranscriptSnippet | None = None
+    transcript_snippet: TranscriptSnippet | None = Field(default=None, repr=False)
     requested_dates: DateRange | None = None
     """Not a guard input: the dispatcher passes it to scheduling.filter_and_rank."""
 

@@ -129,3 +129,29 @@ def test_port_check_names_the_port() -> None:
         port = holder.getsockname()[1]
         with pytest.raises(PortInUseError, match=f"127.0.0.1:{port}"):
             ensure_port_free("127.0.0.1", port, "test")
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("broker_port: [1\n", "not valid YAML at line"),
+        ("- 1\n- 2\n", "expected a mapping"),
+        ("broker_port: 0\n", "broker_port: Input should be greater than or equal to 1"),
+        ("surprise: 1\n", "surprise: Extra inputs are not permitted"),
+    ],
+)
+def test_cli_bad_config_file_is_one_line(tmp_path: Path, content: str, expected: str) -> None:
+    config = tmp_path / "callstream.yaml"
+    config.write_text(content)
+    result = run_cli("dev", "status", "--data-dir", str(tmp_path), env={"CALLSTREAM_CONFIG": str(config)})
+    assert_one_error_line(result, expected)
+
+
+def test_settings_repr_and_dsn_redaction_hide_secrets() -> None:
+    from callstream.settings import Settings, redact_dsn
+
+    settings = Settings(clickhouse_dsn="https://u:pw-123@ch.example:8443/db", alert_webhook_url="https://hooks.example/T0/B0/tok-456")
+    assert "pw-123" not in repr(settings) and "tok-456" not in repr(settings)
+    assert redact_dsn("https://u:pw-123@ch.example:8443/db?password=pw-789") == "https://u:***@ch.example:8443/db"
+    assert redact_dsn("chdb:///var/lib/ch?x=1") == "chdb:///var/lib/ch"
+    assert redact_dsn("http://host:notaport/db") == "http://host:notaport/db"

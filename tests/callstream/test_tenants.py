@@ -68,7 +68,12 @@ def test_json_directory_and_certified_track(tmp_path: Path) -> None:
         ({"auth": {"method": "password", "credentials_ref": "hunter2"}}, "auth.credentials_ref", "env:VARIABLE"),
         ({"firm_url_prefix": None}, "(entry)", "firm_url_prefix is required"),
         ({"rate_limit_per_min": 0}, "rate_limit_per_min", "greater than or equal"),
-        ({"base_url": "ftp://x"}, "base_url", "http(s) URL"),
+        ({"base_url": "ftp://x"}, "base_url", "https URL"),
+        ({"base_url": "http://mmi.example.com"}, "base_url", "plain http only on 127.0.0.1"),
+        ({"timezone": "Mars/Olympus"}, "timezone", "IANA time zone"),
+        ({"capabilities": {"ema_booking_templates": ["kyphoplsty"]}}, "capabilities.ema_booking_templates", "unknown visit-reason"),
+        ({"capabilities": {"fhir_task_create": False, "ema_task_queue": False}}, "capabilities", "escalations become tasks"),
+        ({"siem": {"url": "http://siem.example.com/hook", "secret_ref": "env:S"}}, "siem.url", "https URL"),
         ({"surprise": 1}, "surprise", "Extra inputs"),
     ],
 )
@@ -125,3 +130,10 @@ def test_cli_reports_a_bad_tenant_file_in_one_line(tmp_path: Path) -> None:
     assert result.stderr.strip().count("\n") == 0
     assert result.stderr.startswith(f"callstream: error: {path}: practice desert-spine: called_numbers:")
     assert "Traceback" not in result.stderr
+
+
+def test_siem_url_and_credentials_stay_out_of_reprs() -> None:
+    entry = parse_tenant_directory({"practices": [practice(
+        siem={"url": "https://siem.example.com/hook?token=abc123", "secret_ref": "env:SIEM"})]}, "t.yaml")["desert-spine"]
+    assert entry.siem is not None and entry.siem.url.endswith("abc123")
+    assert "abc123" not in repr(entry) and "abc123" not in str(entry)
