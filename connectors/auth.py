@@ -10,6 +10,7 @@ and never appear in a repr, an exception message or a log line.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import uuid
@@ -170,6 +171,14 @@ def parse_token_response(body: Any, *, practice_id: str, now: float, refresh_mar
     )
 
 
+def _refresh_refused(error: ModMedError) -> bool:
+    """The token endpoint turned the refresh token down (any 4xx but 429, e.g. RFC 6749 ``400 invalid_grant``).
+
+    429 says nothing about the token (the key is rate limited), so the refresh token is kept.
+    """
+    return isinstance(error, AuthError) or (error.status is not None and 400 <= error.status < 500 and error.status != 429)
+
+
 TokenFetcher = Callable[[dict[str, str]], Awaitable[AccessToken]]
 """Sends one token-request form and returns the parsed token (the client's transport)."""
 
@@ -225,14 +234,25 @@ class TokenCache:
             return self._token
 
     async def _obtain(self, previous: AccessToken | None) -> AccessToken:
-        """Refresh with the refresh token when there is one; fall back to a full grant if it is refused."""
+        """Refresh with the refresh token when there is one; a refused refresh falls back to one fresh grant.
+
+        A refused refresh token is dropped before the fresh grant is tried, so even when that grant
+        fails too (a transient 5xx), later calls go straight to a fresh grant instead of presenting
+        the dead refresh token for ever.
+        """
         if previous is not None and previous.refresh_token is not None:
             form = self._grant.refresh_form(previous.refresh_token)
             if form is not None:
                 try:
                     return await self._fetch(form)
-                except AuthError:
-                    log.info("practice %s: refresh token refused, using a fresh grant", self._grant.practice_id)
+                except ModMedError as exc:
+                    if not _refresh_refused(exc):
+                        raise
+                    self._token = dataclasses.replace(previous, refresh_token=None)
+                    log.info(
+                        "practice %s: refresh token refused (%s); using a fresh grant",
+                        self._grant.practice_id, exc.status,
+                    )
         return await self._fetch(self._grant.grant_form(await self._token_url()))
 
     async def _refresh_in_background(self, seen: AccessToken) -> None:

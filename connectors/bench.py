@@ -18,7 +18,6 @@ import bisect
 import contextlib
 import json
 import os
-import socket
 import sys
 import tempfile
 import threading
@@ -30,6 +29,7 @@ from typing import Any
 import httpx
 from fhir.resources.R4B.patient import Patient
 
+from callstream.devstack import free_port
 from callstream.errors import ConfigError, ServiceUnavailableError
 from callstream.tenants import Practice
 from connectors.fhir import ModMedClient
@@ -49,12 +49,6 @@ class _Recorder:
         self.statuses[status] = self.statuses.get(status, 0) + 1
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @contextlib.contextmanager
 def _in_process_sandbox(patients: int) -> Iterator[str]:
     """A fresh sandbox world served by uvicorn in a background thread; yields its base URL."""
@@ -63,7 +57,7 @@ def _in_process_sandbox(patients: int) -> Iterator[str]:
     from sandbox.app import create_app
     from sandbox.generator import build_world
 
-    port = _free_port()
+    port = free_port()
     world = build_world(seed=7, patients_per_practice=patients)
     config = uvicorn.Config(create_app(world), host="127.0.0.1", port=port, access_log=False, log_level="warning",
                             lifespan="off")
@@ -98,6 +92,7 @@ def sandbox_practice(base_url: str, practice_id: str | None, secrets_dir: Path) 
     entry = candidates[0]
     secret_file = secrets_dir / f"{entry['practice_id']}.json"
     secret_file.touch(mode=0o600)
+    secret_file.chmod(0o600)  # touch's mode applies only to a new file (and through the umask)
     secret_file.write_text(json.dumps({k: entry[k] for k in ("username", "password", "api_key", "client_id", "client_secret")}))
     return Practice.model_validate(
         {

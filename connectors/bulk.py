@@ -5,17 +5,25 @@ answers 202 (with X-Progress / Retry-After) until the manifest is ready; each ma
 (at most 1,000 resources in ModMed's case) and is streamed line by line, every line validated as the
 declared FHIR R4B resource type before it is written; DELETE on the status URL cancels. Files land
 under a temporary name and are renamed only when complete, so a broken download never looks whole.
+
+What reaches local disk is filtered line by line, because PDMP content and UDS results must never
+leave ModMed: laboratory Observations (every UDS result, whatever its code) and ``uds`` Observations are
+dropped entirely; a ``pdmp-check`` Observation keeps only what says *that* and *when* the PDMP was
+checked (id, status, code, subject, ``effectiveDateTime``), never its note, value or state of record.
+Files are written 0600 in a directory set to 0700: an export holds PHI.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
+import os
 import re
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -27,10 +35,16 @@ from callstream.errors import ConfigError
 from callstream.tenants import ApiTrack, Practice
 from connectors.errors import CapabilityMissing, InvalidRequestError, InvalidResponseError, RetryableError
 from connectors.fhir import ModMedClient, relative_path
+from connectors.vocabulary import COMPLIANCE_SYSTEM, PDMP_CHECK_CODE, UDS_CODE
 
 NDJSON = "application/fhir+ndjson"
 RESOURCE_TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
 GROUP_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+DIRECTORY_MODE = 0o700
+FILE_MODE = 0o600
+OBSERVATION_CATEGORY_SYSTEM = "http://terminology.hl7.org/CodeSystem/observation-category"
+PDMP_CHECK_FIELDS = ("resourceType", "id", "meta", "status", "category", "code", "subject", "effectiveDateTime")
+"""All of a PDMP check that may leave ModMed: that it happened, for whom, and when."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,9 +66,12 @@ class ExportManifest:
 
 @dataclass(frozen=True, slots=True)
 class DownloadedFile:
+    """One written file; ``withheld`` counts the resources the PDMP/UDS filter kept off the disk."""
+
     resource_type: str
     path: Path
     resources: int
+    withheld: int = 0
 
 
 ProgressCallback = Callable[[str], None]
@@ -146,24 +163,29 @@ class BulkExport:
         *,
         on_file: Callable[[int, int, int], None] | None = None,
     ) -> list[DownloadedFile]:
-        """Stream every output file into ``directory``, validating each line; ``on_file(done, total, resources)``."""
-        directory.mkdir(parents=True, exist_ok=True)
+        """Stream every output file into ``directory`` (made 0700), validating and filtering each line
+        (see the module docstring); files are 0600. ``on_file(done, total, resources written)``."""
+        directory.mkdir(mode=DIRECTORY_MODE, parents=True, exist_ok=True)
+        os.chmod(directory, DIRECTORY_MODE)  # mkdir honours the umask and leaves an existing directory as it was
         downloaded: list[DownloadedFile] = []
         total_resources = 0
         for index, entry in enumerate(manifest.output, start=1):
             target = directory / f"{index:04d}-{entry.resource_type}.ndjson"
             partial = target.with_suffix(".ndjson.part")
-            count = 0
+            count = written = 0
             model = get_fhir_model_class(entry.resource_type)
             try:
-                with partial.open("w", encoding="utf-8") as sink:
+                with _private_file(partial) as sink:
                     async with self._client.stream_file(
                         self._practice, entry.url, with_token=manifest.requires_access_token
                     ) as stream:
                         async for line in stream.lines():
                             count += 1
-                            _validate_line(line, entry.resource_type, model, self._practice.practice_id, count)
-                            sink.write(line.strip() + "\n")
+                            resource = _validate_line(line, entry.resource_type, model, self._practice.practice_id, count)
+                            kept = exportable(resource)
+                            if kept is not None:
+                                sink.write(json.dumps(kept, separators=(",", ":"), ensure_ascii=False) + "\n")
+                                written += 1
                 if entry.count is not None and entry.count != count:
                     raise InvalidResponseError(
                         f"export file {index} has {count} resources, the manifest says {entry.count}",
@@ -173,8 +195,8 @@ class BulkExport:
                 partial.unlink(missing_ok=True)  # never leave half a file that could pass for a whole one
                 raise
             partial.replace(target)
-            downloaded.append(DownloadedFile(entry.resource_type, target, count))
-            total_resources += count
+            downloaded.append(DownloadedFile(entry.resource_type, target, written, count - written))
+            total_resources += written
             if on_file is not None:
                 on_file(index, len(manifest.output), total_resources)
         return downloaded
@@ -184,7 +206,45 @@ class BulkExport:
         await self._client.bulk_request(self._practice, "DELETE", status_url)
 
 
-def _validate_line(line: str, resource_type: str, model: type[Any], practice_id: str, number: int) -> None:
+def exportable(resource: dict[str, Any]) -> dict[str, Any] | None:
+    """What of one exported resource may be written to local disk: None drops it.
+
+    A UDS result is a laboratory Observation under any code a practice uses, so every laboratory
+    Observation goes (callstream has no use for lab values); a PDMP check keeps its timestamp only.
+    """
+    if resource.get("resourceType") != "Observation":
+        return resource
+    compliance_codes = {
+        coding.get("code") for coding in _codings(resource.get("code")) if coding.get("system") == COMPLIANCE_SYSTEM
+    }
+    categories = resource.get("category")
+    laboratory = any(
+        coding.get("system") == OBSERVATION_CATEGORY_SYSTEM and coding.get("code") == "laboratory"
+        for category in (categories if isinstance(categories, list) else ())
+        for coding in _codings(category)
+    )
+    if UDS_CODE in compliance_codes or laboratory:
+        return None
+    if PDMP_CHECK_CODE in compliance_codes:
+        return {field: resource[field] for field in PDMP_CHECK_FIELDS if field in resource}
+    return resource
+
+
+def _codings(concept: Any) -> list[dict[str, Any]]:
+    codings = concept.get("coding") if isinstance(concept, dict) else None
+    return [c for c in codings if isinstance(c, dict)] if isinstance(codings, list) else []
+
+
+@contextlib.contextmanager
+def _private_file(path: Path) -> Iterator[TextIO]:
+    """A text file opened for writing with mode 0600 from its first byte (also when it already existed)."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), FILE_MODE)
+    os.fchmod(descriptor, FILE_MODE)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        yield handle
+
+
+def _validate_line(line: str, resource_type: str, model: type[Any], practice_id: str, number: int) -> dict[str, Any]:
     """One ndjson line must be one resource of the declared type; the message names the line, not its content."""
     try:
         resource = json.loads(line)
@@ -203,6 +263,7 @@ def _validate_line(line: str, resource_type: str, model: type[Any], practice_id:
             f"export line {number} is not a valid {resource_type}", practice_id=practice_id,
             resource_type=resource_type,
         ) from None
+    return resource
 
 
 def _parse_manifest(body: Any, practice_id: str) -> ExportManifest:
@@ -314,5 +375,7 @@ async def _export(practice: Practice, options: argparse.Namespace, types: list[s
         bar.finish()
     for file in files:
         print(f"{file.path}\t{file.resource_type}\t{file.resources}")
-    print(f"exported {sum(f.resources for f in files)} resources in {len(files)} files to {options.out}")
+    withheld = sum(f.withheld for f in files)
+    print(f"exported {sum(f.resources for f in files)} resources in {len(files)} files to {options.out}"
+          + (f" ({withheld} UDS/laboratory Observations withheld)" if withheld else ""))
     return 0

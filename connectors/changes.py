@@ -4,20 +4,17 @@ ModMed has no webhooks and filters ``_lastUpdated`` by whole days, so every poll
 changed since the start of the previous poll's day: windows overlap by design and the poller drops
 what it already published, keyed by (appointment id, versionId or lastUpdated) in a bounded seen-set.
 Practices that do push changes reach the Starlette receiver, which verifies the Standard Webhooks
-signature before it reads a byte of the body as JSON. Both publish ``schemas.models.AppointmentChange``
-records to ``callstream.appointment-changes.v1`` keyed by practice id; consumers de-duplicate too,
-so a republished change is harmless, a lost one is not: the watermark advances only after Kafka
-confirmed delivery.
+signature (sinks.webhooks: the one implementation, secrets of 24-64 bytes) before it reads a byte of
+the body as JSON. Both publish ``schemas.models.AppointmentChange`` records to
+``callstream.appointment-changes.v1`` keyed by practice id; consumers de-duplicate too, so a
+republished change is harmless, a lost one is not: the watermark advances only after Kafka confirmed
+delivery.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import datetime as dt
-import hashlib
-import hmac
 import json
 import logging
 import time
@@ -40,6 +37,7 @@ from schemas.errors import SchemaError
 from schemas.models import AppointmentChange, ChangeSource
 from schemas.serde import AvroSerde
 from schemas.topics import APPOINTMENT_CHANGES
+from sinks.webhooks import WebhookHeaderError, WebhookSecret, WebhookSecretError, WebhookVerificationError, verify
 
 log = logging.getLogger(__name__)
 
@@ -209,45 +207,6 @@ class WebhookError(Exception):
         self.status = status
 
 
-def _secret_key(secret: SecretStr) -> bytes:
-    raw = secret.get_secret_value()
-    encoded = raw.removeprefix("whsec_")
-    try:
-        return base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError("webhook secret must be whsec_ followed by base64") from None
-
-
-def sign_webhook(secret: SecretStr, webhook_id: str, timestamp: int, body: bytes) -> str:
-    """The Standard Webhooks ``webhook-signature`` value (v1, HMAC-SHA256 of id.timestamp.body)."""
-    signed = f"{webhook_id}.{timestamp}.".encode() + body
-    digest = hmac.new(_secret_key(secret), signed, hashlib.sha256).digest()
-    return "v1," + base64.b64encode(digest).decode("ascii")
-
-
-def verify_webhook(
-    secret: SecretStr, headers: Mapping[str, str], body: bytes, *, now: float, tolerance_s: int = WEBHOOK_TOLERANCE_S
-) -> str:
-    """Check the Standard Webhooks headers; returns the webhook id or raises WebhookError."""
-    webhook_id = headers.get("webhook-id")
-    timestamp_text = headers.get("webhook-timestamp")
-    signatures = headers.get("webhook-signature")
-    if not webhook_id or not timestamp_text or not signatures:
-        raise WebhookError(400, "missing webhook-id, webhook-timestamp or webhook-signature header")
-    if len(webhook_id) > 256 or not webhook_id.isprintable():
-        raise WebhookError(400, "webhook-id is malformed")
-    if not timestamp_text.isdigit() or len(timestamp_text) > 12:
-        raise WebhookError(400, "webhook-timestamp must be integer seconds")
-    timestamp = int(timestamp_text)
-    if abs(now - timestamp) > tolerance_s:
-        raise WebhookError(401, "webhook-timestamp is outside the tolerance window")
-    expected = sign_webhook(secret, webhook_id, timestamp, body).encode("ascii")
-    for candidate in signatures.split(" ")[:16]:
-        if candidate.startswith("v1,") and hmac.compare_digest(candidate.encode("ascii", "replace"), expected):
-            return webhook_id
-    raise WebhookError(401, "no valid v1 signature")
-
-
 def appointments_in(document: Any) -> list[Appointment]:
     """The Appointments of a pushed body: one Appointment, or a Bundle whose entries hold them."""
     if not isinstance(document, Mapping):
@@ -284,12 +243,18 @@ class WebhookReceiver:
         seen_capacity: int = 100_000,
         tolerance_s: int = WEBHOOK_TOLERANCE_S,
     ) -> None:
+        """``secrets`` are the practices' ``whsec_`` signing secrets.
+
+        Raises:
+            WebhookSecretError: a secret is not ``whsec_`` + base64 of 24-64 bytes (an empty or short key
+                would let anybody forge deliveries); the message names the practice, never the secret.
+        """
+        self._secrets: dict[str, WebhookSecret] = {}
         for practice_id, secret in secrets.items():
             try:
-                _secret_key(secret)
-            except ValueError:
-                raise ValueError(f"webhook secret of practice {practice_id} must be whsec_ followed by base64") from None
-        self._secrets = dict(secrets)
+                self._secrets[practice_id] = WebhookSecret.parse(secret.get_secret_value())
+            except WebhookSecretError as exc:
+                raise WebhookSecretError(f"webhook secret of practice {practice_id}: {exc}") from None
         self._sink = sink
         self._seen = _BoundedSet(seen_capacity)
         self._tolerance_s = tolerance_s
@@ -318,7 +283,12 @@ class WebhookReceiver:
             body.extend(chunk)
             if len(body) > MAX_WEBHOOK_BYTES:
                 raise WebhookError(413, "body too large")
-        webhook_id = verify_webhook(secret, request.headers, bytes(body), now=time.time(), tolerance_s=self._tolerance_s)
+        try:
+            webhook_id = verify(secret, request.headers, bytes(body), now=time.time(), tolerance_s=self._tolerance_s)
+        except WebhookHeaderError as exc:
+            raise WebhookError(400, str(exc)) from None
+        except WebhookVerificationError as exc:
+            raise WebhookError(401, str(exc)) from None
         if (practice_id, webhook_id) in self._seen:
             return 0
         try:

@@ -2,8 +2,8 @@
 
 Callers (the dispatcher, the pipeline) branch on the class, never on status numbers: retryable
 failures may be retried or routed to EMA, terminal ones go to the review queue, conflicts mean
-"somebody else took it". Messages name the practice, resource, method and status only: server
-diagnostics may echo PHI, so they live on ``diagnostics`` and never in ``str()``/``repr()``.
+"somebody else took it". Messages name the practice, resource, method, status and issue codes only:
+server diagnostics may echo PHI, so they are never read, let alone kept.
 """
 
 from __future__ import annotations
@@ -29,14 +29,12 @@ class ModMedError(CallstreamError):
         method: str | None = None,
         status: int | None = None,
         issue_codes: tuple[str, ...] = (),
-        diagnostics: tuple[str, ...] = (),
     ) -> None:
         self.practice_id = practice_id
         self.resource_type = resource_type
         self.method = method
         self.status = status
         self.issue_codes = issue_codes
-        self.diagnostics = diagnostics
         where = " ".join(part for part in (method, resource_type) if part)
         parts = [f"practice {practice_id}"]
         if where:
@@ -71,16 +69,21 @@ class InvalidRequestError(TerminalError):
     """The caller's input (an id, a name, a date range) is not something ModMed could accept; nothing was sent."""
 
 
+class VisitReasonMismatch(InvalidRequestError):
+    """The slot is for another visit reason than the guard decided; nothing was booked (defense in depth)."""
+
+
 class InvalidResponseError(TerminalError):
     """ModMed answered, but with a body that is not the FHIR JSON the operation expects."""
 
 
 class AuthError(ModMedError):
-    """Credentials rejected (401 after one refresh, 403) or unusable; needs an operator, not a retry."""
+    """Credentials rejected (401 after one refresh, 403, the token endpoint refusing a grant) or unusable;
+    needs an operator, not a retry."""
 
 
 class NotFoundError(ModMedError):
-    """404. ModMed also labels some unclassified server failures 404, so read the diagnostics too."""
+    """404. ModMed also labels some unclassified server failures 404 (UnclassifiedServerFailureException)."""
 
 
 class ConflictError(ModMedError):
@@ -113,25 +116,32 @@ class WriteNotAllowed(ResourceNotAllowed):
 TERMINAL_STATUSES = frozenset({304, 400, 405, 410, 412, 422, 501})
 
 
-def operation_outcome_details(body: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Issue codes and diagnostics of an OperationOutcome body; empty when the body is anything else."""
-    if not isinstance(body, Mapping) or body.get("resourceType") != "OperationOutcome":
-        return (), ()
+OAUTH_ERROR_CODES = frozenset({
+    "invalid_request", "invalid_client", "invalid_grant", "unauthorized_client", "unsupported_grant_type",
+    "invalid_scope",
+})
+"""RFC 6749 §5.2 token-endpoint error codes: a closed vocabulary, safe to keep (descriptions are not)."""
+
+
+def issue_codes(body: Any) -> tuple[str, ...]:
+    """The machine codes of an error body: OperationOutcome issue codes, or an RFC 6749 ``error``.
+
+    Free text (``diagnostics``, ``error_description``) is never read: servers echo names into it.
+    """
+    if not isinstance(body, Mapping):
+        return ()
+    if body.get("resourceType") != "OperationOutcome":
+        error = body.get("error")
+        return (error,) if isinstance(error, str) and error in OAUTH_ERROR_CODES else ()
     issues = body.get("issue")
     if not isinstance(issues, list):
-        return (), ()
+        return ()
     codes: list[str] = []
-    diagnostics: list[str] = []
     for issue in issues[:10]:
-        if not isinstance(issue, Mapping):
-            continue
-        code = issue.get("code")
+        code = issue.get("code") if isinstance(issue, Mapping) else None
         if isinstance(code, str) and code.replace("-", "").isalnum() and len(code) <= 40:
             codes.append(code)
-        text = issue.get("diagnostics")
-        if isinstance(text, str):
-            diagnostics.append(text[:500])
-    return tuple(codes), tuple(diagnostics)
+    return tuple(codes)
 
 
 def error_for_status(
@@ -144,14 +154,12 @@ def error_for_status(
     retry_after: float | None = None,
 ) -> ModMedError:
     """The typed error for a non-success ModMed response (the caller raises it)."""
-    issue_codes, diagnostics = operation_outcome_details(body)
     context: dict[str, Any] = {
         "practice_id": practice_id,
         "resource_type": resource_type,
         "method": method,
         "status": status,
-        "issue_codes": issue_codes,
-        "diagnostics": diagnostics,
+        "issue_codes": issue_codes(body),
     }
     if status == 429:
         return RateLimitedError("ModMed rate limit hit", retry_after=retry_after, **context)

@@ -2,7 +2,9 @@
 
 Every request of the connector (token grants included) leaves through ``ModMedClient._call``, which
   * checks the real URL and method against closed allow-lists (no path can write MedicationRequest or
-    MedicationStatement: they are in no list, and the URL, not a label, decides what is sent);
+    MedicationStatement: they are in no list, and the URL, not a label, decides what is sent); an
+    Observation is only ever searched for the PDMP check (``code=…|pdmp-check``), so UDS results and
+    every other Observation stay in ModMed;
   * waits for the practice's API-key rate limiter and in-flight cap, and its circuit breaker;
   * authenticates (token cache per practice; on 401 one re-authentication, then AuthError);
   * retries reads with exponential backoff and full jitter inside a time budget, and writes only when the
@@ -19,11 +21,10 @@ import logging
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Any, Generic, Literal, Protocol, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 from fhir.resources.R4B.appointment import Appointment
@@ -43,6 +44,7 @@ from connectors.errors import (
     ConflictError,
     InvalidResponseError,
     ModMedError,
+    NotFoundError,
     RateLimitedError,
     RequestNotSentError,
     ResourceNotAllowed,
@@ -52,6 +54,8 @@ from connectors.errors import (
     error_for_status,
 )
 from connectors.ratelimit import RateLimiter, RateLimiterRegistry
+from connectors.vocabulary import COMPLIANCE_SYSTEM, PDMP_CHECK_CODE
+from sinks.webhooks import retry_after_seconds
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +90,13 @@ WRITE_ALLOW_LIST: frozenset[tuple[str, str]] = frozenset(
 
 FORBIDDEN_WRITE_TYPES: frozenset[str] = frozenset({"MedicationRequest", "MedicationStatement"})
 """Never written by callstream (controlled-substance guard); listed so tests can prove the lists exclude them."""
+
+PDMP_CHECK_SEARCH = f"{COMPLIANCE_SYSTEM}|{PDMP_CHECK_CODE}"
+OBSERVATION_SEARCH_PARAMS: frozenset[str] = frozenset(
+    {"patient", "subject", "code", "date", "_count", "_offset", "_lastUpdated", "_sort"}
+)
+"""What an Observation search may carry besides its one ``code``: no ``_include``, ``_has`` or chaining that
+could pull a UDS result (or anything else) in next to the PDMP check."""
 
 WritableResource = Appointment | Task | DocumentReference
 R = TypeVar("R", bound=Resource)
@@ -150,14 +161,15 @@ class PracticeSession:
         self.limiter = limiter
         config = client.config
         self.breaker = CircuitBreaker(
-            failure_threshold=config.breaker_failure_threshold, reset_after_s=config.breaker_reset_s
+            failure_threshold=config.breaker_failure_threshold, reset_after_s=config.breaker_reset_s,
+            clock=client.clock,
         )
         self.in_flight = asyncio.Semaphore(config.max_in_flight_per_practice)
         self._client = client
         self.known_token_url: str | None = practice.auth.token_url or (
             practice.token_url if practice.track is ApiTrack.PROPRIETARY else None
         )
-        self.tokens = TokenCache(grant_for(practice, credentials), self.token_url, self._fetch_token)
+        self.tokens = TokenCache(grant_for(practice, credentials), self.token_url, self._fetch_token, clock=client.clock)
 
     @property
     def practice_id(self) -> str:
@@ -178,11 +190,21 @@ class PracticeSession:
         return self.known_token_url
 
     async def _fetch_token(self, form: dict[str, str]) -> AccessToken:
-        response = await self._client._call(self, "POST", await self.token_url(), form=form, authenticated=False)
+        """One token request; a 4xx refusal (RFC 6749 answers ``400 invalid_grant`` for a bad password or
+        refresh token) is an AuthError: the credentials need an operator, retrying cannot help."""
+        try:
+            response = await self._client._call(self, "POST", await self.token_url(), form=form, authenticated=False)
+        except (TerminalError, NotFoundError, ConflictError) as exc:
+            if exc.status is None or not 400 <= exc.status < 500:
+                raise
+            raise AuthError(
+                "the token endpoint refused the grant", practice_id=self.practice_id, resource_type="token",
+                method="POST", status=exc.status, issue_codes=exc.issue_codes,
+            ) from None
         return parse_token_response(
             response.body,
             practice_id=self.practice_id,
-            now=time.monotonic(),
+            now=self._client.clock(),
             refresh_margin_s=self._client.config.token_refresh_margin_s,
         )
 
@@ -196,8 +218,11 @@ class ModMedClient:
         config: ClientConfig | None = None,
         observer: RequestObserver | None = None,
         limiters: RateLimiterRegistry | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``clock`` (monotonic seconds) drives token lifetimes and circuit breakers, so tests can move time."""
         self.config = config or ClientConfig()
+        self.clock = clock
         self._observer = observer
         self._limiters = limiters or RateLimiterRegistry()
         self._sessions: dict[str, PracticeSession] = {}
@@ -416,7 +441,7 @@ class ModMedClient:
         authenticated: bool = True,
     ) -> FhirResponse:
         """Send one logical request with the retry, auth, breaker and rate-limit rules above."""
-        label = self._authorize(session, method, url)
+        label = self._authorize(session, method, url, params)
         practice_id = session.practice_id
         idempotent = method in ("GET", "PUT", "DELETE") or form is not None
         deadline = time.monotonic() + self.config.request_budget_s
@@ -456,7 +481,7 @@ class ModMedClient:
             else:
                 session.breaker.on_success()
             if status == 429:
-                retry_after = _retry_after_seconds(response.headers.get("retry-after"))
+                retry_after = retry_after_seconds(response.headers.get("retry-after"))
                 pause = session.limiter.record_429(retry_after)
                 log.warning("practice %s: ModMed answered 429; pausing the API key %.1fs", practice_id, pause)
                 if attempt < self.config.attempts and time.monotonic() + pause < deadline:
@@ -489,11 +514,14 @@ class ModMedClient:
             raise error
 
     @staticmethod
-    def _authorize(session: PracticeSession, method: str, url: str) -> str:
-        """The label of an allowed (method, URL); anything else raises before a byte is sent.
+    def _authorize(
+        session: PracticeSession, method: str, url: str, params: Mapping[str, str | Sequence[str]] | None = None
+    ) -> str:
+        """The label of an allowed (method, URL, query); anything else raises before a byte is sent.
 
-        The decision is taken on the URL that will really be sent, so no caller-supplied label, path
-        trick or future helper can reach a resource type outside the lists.
+        The decision is taken on the URL and query that will really be sent, so no caller-supplied
+        label, path trick or future helper can reach a resource type outside the lists, or an
+        Observation other than the PDMP check.
         """
         practice = session.practice
         if method == "POST" and session.known_token_url is not None and url == session.known_token_url:
@@ -511,6 +539,9 @@ class ModMedClient:
                 resource_type=head, method=method,
             )
         if method == "GET":
+            if head == "Observation":
+                _require_pdmp_check_search(practice.practice_id, relative, url, params)
+                return head
             if head in READABLE_RESOURCE_TYPES or relative in (".well-known/smart-configuration", "$export") or (
                 head == "$export-status" and len(segments) == 2
             ) or relative.startswith(("Patient/$export", "Group/")):
@@ -758,18 +789,22 @@ def _id_from_location(location: str | None, resource_type: str) -> str | None:
     return None
 
 
-def _retry_after_seconds(value: str | None) -> float | None:
-    """Retry-After as seconds: delta-seconds or an HTTP date; None when absent or unparseable."""
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        moment = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, moment.timestamp() - time.time())
+def _require_pdmp_check_search(
+    practice_id: str, relative: str, url: str, params: Mapping[str, str | Sequence[str]] | None
+) -> None:
+    """Observations are searched for the PDMP check only: callstream never reads a UDS result (or any other
+    Observation), so a read by id, a second code or an unknown parameter is refused."""
+    query = parse_qsl(urlsplit(url).query, keep_blank_values=True)
+    for name, value in (params or {}).items():
+        query.extend((name, item) for item in ([value] if isinstance(value, str) else value))
+    codes = [value for name, value in query if name == "code"]
+    if relative != "Observation" or codes != [PDMP_CHECK_SEARCH] or any(
+        name not in OBSERVATION_SEARCH_PARAMS for name, _ in query
+    ):
+        raise ResourceNotAllowed(
+            "Observations are read by a PDMP-check search only", practice_id=practice_id,
+            resource_type="Observation", method="GET",
+        )
 
 
 class _QueryRedaction(logging.Filter):

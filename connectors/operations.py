@@ -38,6 +38,7 @@ from connectors.errors import (
     InvalidRequestError,
     RequestNotSentError,
     RetryableError,
+    VisitReasonMismatch,
     WriteNotAllowed,
 )
 from connectors.fhir import FHIR_ID, ModMedClient
@@ -61,6 +62,7 @@ log = logging.getLogger(__name__)
 
 DIRECTORY_TTL_S = 600.0
 WRITE_PHASES = frozenset({GoLivePhase.SANDBOX, GoLivePhase.WRITE})
+"""Go-live phases in which callstream writes to ModMed, over FHIR and on the EMA screens alike."""
 TASK_CODE = re.compile(r"^[a-z][a-z0-9-]{1,63}$")
 W = TypeVar("W", Appointment, Task, DocumentReference)
 BLOCK_KIND_OF_REASON: dict[VisitReason, BlockKind] = {
@@ -272,17 +274,33 @@ class ModMedConnector:
 
     # ------------------------------------------------------------------------------ writes
 
-    async def book_appointment(self, practice: Practice, *, call_id: str, patient_id: str, slot_id: str) -> Appointment:
-        """Book the patient into a free slot: visit reason, duration, provider and room come from the slot."""
+    async def book_appointment(
+        self,
+        practice: Practice,
+        *,
+        call_id: str,
+        patient_id: str,
+        slot_id: str,
+        expected_visit_reason: VisitReason | None = None,
+    ) -> Appointment:
+        """Book the patient into a free slot: visit reason, duration, provider and room come from the slot.
+
+        ``expected_visit_reason`` is the guard's decision; a slot of another reason is refused with
+        VisitReasonMismatch before anything is written (defense in depth behind the dispatcher).
+        """
         self._require_writes(practice, "Appointment")
         _check_id(practice, "Patient", patient_id)
         _check_id(practice, "Slot", slot_id)
+        expected_visit_reason = expected_reason(practice, expected_visit_reason)
         key = idempotency_key(call_id, Command.BOOK_APPOINTMENT, f"Patient/{patient_id}|Slot/{slot_id}")
         done = await self._already_done(practice, key, Appointment)
         if done is not None:
+            _require_visit_reason(practice, _visit_reason_of(practice, done.appointmentType), expected_visit_reason)
             return done
         slot = await self.client.read(practice, Slot, slot_id)
-        offer = await self._offer(practice, slot, _visit_reason_of(practice, slot.appointmentType))
+        reason = _visit_reason_of(practice, slot.appointmentType)
+        _require_visit_reason(practice, reason, expected_visit_reason)
+        offer = await self._offer(practice, slot, reason)
         appointment = Appointment.model_validate(
             {
                 "resourceType": "Appointment",
@@ -311,17 +329,30 @@ class ModMedConnector:
         return await self._idempotent_write(practice, key, Command.BOOK_APPOINTMENT, "POST", appointment, landed)
 
     async def reschedule_appointment(
-        self, practice: Practice, *, call_id: str, appointment_id: str, new_slot_id: str
+        self,
+        practice: Practice,
+        *,
+        call_id: str,
+        appointment_id: str,
+        new_slot_id: str,
+        expected_visit_reason: VisitReason | None = None,
     ) -> Appointment:
-        """Move a booked appointment to another free slot of the same visit reason (PUT)."""
+        """Move a booked appointment to another free slot of the same visit reason (PUT).
+
+        ``expected_visit_reason`` is the guard's decision: an appointment (and so a new slot) of another
+        reason is refused with VisitReasonMismatch before anything is written.
+        """
         self._require_writes(practice, "Appointment")
         _check_id(practice, "Appointment", appointment_id)
         _check_id(practice, "Slot", new_slot_id)
+        expected_visit_reason = expected_reason(practice, expected_visit_reason)
         key = idempotency_key(call_id, Command.RESCHEDULE_APPOINTMENT, f"Appointment/{appointment_id}|Slot/{new_slot_id}")
         done = await self._already_done(practice, key, Appointment)
         if done is not None:
+            _require_visit_reason(practice, _visit_reason_of(practice, done.appointmentType), expected_visit_reason)
             return done
         current = await self.client.read(practice, Appointment, appointment_id)
+        _require_visit_reason(practice, _visit_reason_of(practice, current.appointmentType), expected_visit_reason)
         if _holds_slot(current, new_slot_id):
             self._ledger.complete(key, "Appointment", appointment_id)
             return current
@@ -491,13 +522,10 @@ class ModMedConnector:
 
     # ------------------------------------------------------------------------- internals
 
-    def _require_writes(self, practice: Practice, resource_type: str) -> None:
-        """Writes only in the sandbox and write phases, and never on the read-only certified track."""
-        if practice.phase not in WRITE_PHASES:
-            raise WriteNotAllowed(
-                f"practice is in the {practice.phase.value} phase: writes go to the review queue",
-                practice_id=practice.practice_id, resource_type=resource_type,
-            )
+    @staticmethod
+    def _require_writes(practice: Practice, resource_type: str) -> None:
+        """Writes only in the write phases, and never on the read-only certified track."""
+        require_write_phase(practice, resource_type)
         if practice.track is ApiTrack.CERTIFIED:
             raise CapabilityMissing(
                 "the certified FHIR track is read-only", practice_id=practice.practice_id, resource_type=resource_type
@@ -630,6 +658,35 @@ class ModMedConnector:
         info = await self._directory.get((practice.practice_id, "Location", location_id), load)
         assert isinstance(info, _RoomInfo)
         return info
+
+
+def require_write_phase(practice: Practice, resource_type: str) -> None:
+    """Writes, over FHIR or on EMA screens, only in the sandbox and write phases (read-only: review queue)."""
+    if practice.phase not in WRITE_PHASES:
+        raise WriteNotAllowed(
+            f"practice is in the {practice.phase.value} phase: writes go to the review queue",
+            practice_id=practice.practice_id, resource_type=resource_type,
+        )
+
+
+def expected_reason(practice: Practice, value: object) -> VisitReason | None:
+    """The guard's visit reason as passed by the dispatcher, checked before anything is read or written."""
+    if value is None:
+        return None
+    try:
+        return VisitReason(value)
+    except ValueError:
+        raise InvalidRequestError(
+            "expected_visit_reason is not a visit reason", practice_id=practice.practice_id, resource_type="Slot"
+        ) from None
+
+
+def _require_visit_reason(practice: Practice, actual: VisitReason, expected: VisitReason | None) -> None:
+    if expected is not None and actual is not expected:
+        raise VisitReasonMismatch(
+            f"the slot is for {actual.value}, the guard decided {expected.value}",
+            practice_id=practice.practice_id, resource_type="Slot",
+        )
 
 
 def _check_id(practice: Practice, resource_type: str, resource_id: str) -> str:

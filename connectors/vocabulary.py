@@ -24,6 +24,7 @@ EXT_RESTRICTION: Final = f"{STRUCTURE_DEFINITION}/restriction"
 EXT_ROOM_EQUIPMENT: Final = f"{STRUCTURE_DEFINITION}/room-equipment"
 
 PDMP_CHECK_CODE: Final = "pdmp-check"
+UDS_CODE: Final = "uds"
 
 OCCUPYING_APPOINTMENT_STATUSES: Final = frozenset({"pending", "booked", "arrived", "fulfilled", "checked-in"})
 """Appointment statuses that hold their slot; a booking is "already there" only in one of these."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import socket
 import statistics
 import subprocess
 import sys
@@ -18,13 +17,8 @@ import time
 
 import httpx
 
+from callstream.devstack import free_port
 from sandbox.generator import build_tenant, generate_profile
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _percentiles(samples: list[float]) -> str:
@@ -49,7 +43,7 @@ def main(argv: list[str]) -> int:
         print(f"generate {profile.practice_id} ({profile.track:11}): {elapsed:5.2f} s  "
               f"{resources} resources, {len(tenant.slots.slots)} slots  (target < 2 s)")
 
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     started = time.perf_counter()
     server = subprocess.Popen([sys.executable, "-m", "sandbox", "--port", str(port),

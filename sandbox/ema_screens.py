@@ -159,12 +159,42 @@ def _ext(resource: dict, url: str, kind: str) -> str | None:
     return None
 
 
-def _flag(flags: list[dict], code: str) -> dict | None:
-    return next(
-        (f for f in flags if any(c.get("system") == COMPLIANCE_SYSTEM and c.get("code") == code
-                                 for c in (f.get("code") or {}).get("coding") or []) and f.get("status") == "active"),
-        None,
-    )
+AGREEMENT_SEVERITY: dict[str, int] = {"active": 1, "expired": 2, "violated": 3}
+"""A chart with several agreement flags shows the most severe status, as FHIR readers reduce them."""
+
+
+def _flags(flags: list[dict], code: str) -> list[dict]:
+    """The chart's active Flags of one compliance code (a chart may carry several of one code)."""
+    return [
+        f for f in flags
+        if f.get("status") == "active" and any(
+            c.get("system") == COMPLIANCE_SYSTEM and c.get("code") == code for c in (f.get("code") or {}).get("coding") or []
+        )
+    ]
+
+
+def _latest(values: list[str | None]) -> str | None:
+    """The latest of ISO dates (same-length strings order like dates); None when there is none."""
+    present = [v for v in values if v]
+    return max(present) if present else None
+
+
+def _agreement_summary(flags: list[dict]) -> tuple[str, str | None, str | None]:
+    """(status, signed, renewal due) over every active agreement flag: the most severe status, the latest
+    renewal date and the signing date of the flag that shows it, the same reduction a FHIR reader makes."""
+    agreements = _flags(flags, "opioid-agreement")
+    if not agreements:
+        return "none", None, None
+    worst = max(agreements, key=lambda f: AGREEMENT_SEVERITY.get(_ext(f, EXT_AGREEMENT_STATUS, "valueCode") or "", 0))
+    renewal = _latest([(f.get("period") or {}).get("end") for f in agreements])
+    signed = next(((f.get("period") or {}).get("start") for f in agreements if (f.get("period") or {}).get("end") == renewal), None)
+    return _ext(worst, EXT_AGREEMENT_STATUS, "valueCode") or "none", signed, renewal
+
+
+def _restrictions(flags: list[dict]) -> str:
+    """Every active phone restriction, comma-separated in a fixed order, or "none"."""
+    codes = sorted({code for f in _flags(flags, "phone-request-restriction") if (code := _ext(f, EXT_RESTRICTION, "valueCode"))})
+    return ", ".join(codes) or "none"
 
 
 def _latest_pdmp(tenant: Tenant, patient_id: str) -> dict | None:
@@ -340,8 +370,9 @@ class EmaScreens:
             patient = self._patient(tenant, req.path_params["patient_id"])
             pid = patient["id"]
             flags = tenant.store.for_patient("Flag", pid)
-            chronic, agreement = _flag(flags, "chronic-opioid"), _flag(flags, "opioid-agreement")
-            restriction = _flag(flags, "phone-request-restriction")
+            chronic = _flags(flags, "chronic-opioid")
+            last_refill = _latest([_ext(f, EXT_LAST_REFILL_DATE, "valueDate") for f in chronic])
+            agreement_status, _, _ = _agreement_summary(flags)
             base = f"/ema/{tenant.profile.firm_url_prefix}/chart/{escape(pid)}"
             appointments = sorted(tenant.store.for_patient("Appointment", pid), key=lambda a: a.get("start", ""))
             rows = "".join(
@@ -355,11 +386,11 @@ class EmaScreens:
                 f'<p data-testid="patient-id">{escape(pid)}</p></section>'
                 '<section data-testid="compliance-panel"><h2>Controlled-substance status</h2>'
                 f'<p>Chronic opioid therapy: <span data-testid="chart-chronic-opioid">{"yes" if chronic else "no"}</span></p>'
-                f'<p>Last refill: <span data-testid="chart-last-refill">{escape((chronic and _ext(chronic, EXT_LAST_REFILL_DATE, "valueDate")) or "-")}</span></p>'
-                f'<p>Opioid agreement: <span data-testid="chart-agreement-status">{escape((agreement and _ext(agreement, EXT_AGREEMENT_STATUS, "valueCode")) or "none")}</span></p>'
-                f'<p>Phone restriction: <span data-testid="chart-phone-restriction">{escape((restriction and _ext(restriction, EXT_RESTRICTION, "valueCode")) or "none")}</span></p>'
-                f'<p>Aberrant UDS flag: <span data-testid="chart-aberrant-uds">{"yes" if _flag(flags, "aberrant-uds") else "no"}</span></p>'
-                f'<p>UDS due: <span data-testid="chart-uds-due">{"yes" if _flag(flags, "uds-due") else "no"}</span></p>'
+                f'<p>Last refill: <span data-testid="chart-last-refill">{escape(last_refill or "-")}</span></p>'
+                f'<p>Opioid agreement: <span data-testid="chart-agreement-status">{escape(agreement_status)}</span></p>'
+                f'<p>Phone restrictions: <span data-testid="chart-phone-restriction">{escape(_restrictions(flags))}</span></p>'
+                f'<p>Aberrant UDS flag: <span data-testid="chart-aberrant-uds">{"yes" if _flags(flags, "aberrant-uds") else "no"}</span></p>'
+                f'<p>UDS due: <span data-testid="chart-uds-due">{"yes" if _flags(flags, "uds-due") else "no"}</span></p>'
                 f'<p><a data-testid="chart-link-opioid-agreement" href="{base}/opioid-agreement">Opioid agreement</a> '
                 f'<a data-testid="chart-link-pdmp" href="{base}/pdmp">PDMP</a> '
                 f'<a data-testid="chart-link-book" href="/ema/{tenant.profile.firm_url_prefix}/scheduling/book?patient_id={escape(pid)}">Book</a></p></section>'
@@ -372,21 +403,20 @@ class EmaScreens:
     async def agreement(self, request: Request) -> Response:
         async def _agreement(req: Request, tenant: Tenant, session: EmaSession, _: dict[str, str]) -> Response:
             patient = self._patient(tenant, req.path_params["patient_id"])
-            agreement = _flag(tenant.store.for_patient("Flag", patient["id"]), "opioid-agreement")
+            status, signed, renewal = _agreement_summary(tenant.store.for_patient("Flag", patient["id"]))
             documents = [
                 d for d in tenant.store.for_patient("DocumentReference", patient["id"])
                 if any(c.get("text") == "agreement" for c in d.get("category") or [])
             ]
-            period = (agreement or {}).get("period") or {}
             docs = "".join(
                 f'<li data-testid="agreement-document-{escape(d["id"])}">{escape(d["content"][0]["attachment"].get("title", "document"))}</li>'
                 for d in documents
             )
             body = (
                 f'<p data-testid="patient-name">{escape(_patient_name(patient))}</p>'
-                f'<p>Status: <span data-testid="agreement-status">{escape((agreement and _ext(agreement, EXT_AGREEMENT_STATUS, "valueCode")) or "none")}</span></p>'
-                f'<p>Signed: <span data-testid="agreement-signed-date">{escape(period.get("start", "-"))}</span></p>'
-                f'<p>Renewal due: <span data-testid="agreement-renewal-date">{escape(period.get("end", "-"))}</span></p>'
+                f'<p>Status: <span data-testid="agreement-status">{escape(status)}</span></p>'
+                f'<p>Signed: <span data-testid="agreement-signed-date">{escape(signed or "-")}</span></p>'
+                f'<p>Renewal due: <span data-testid="agreement-renewal-date">{escape(renewal or "-")}</span></p>'
                 f'<ul data-testid="agreement-documents">{docs}</ul>'
             )
             return _page(tenant, "Opioid agreement", body, csrf=session.csrf_token)
@@ -547,7 +577,7 @@ class EmaScreens:
             '<option value="routine">Routine</option><option value="urgent">Urgent</option></select>'
             '<label for="note">Note</label><textarea id="note" name="note" maxlength="2000" data-testid="task-note-input"></textarea>'
             '<p><button type="submit" data-testid="task-submit">Create task</button></p></form>'
-            '<table data-testid="task-table"><tr><th>Id</th><th>Kind</th><th>Assignee</th><th>Patient</th><th>Call reference</th><th>Status</th></tr>'
+            '<table data-testid="task-table"><tr><th>Id</th><th>Kind</th><th>Assignee</th><th>Patient</th><th>Call reference</th><th>Status</th><th>Note</th></tr>'
             f"{rows}</table>"
         )
         return _page(tenant, "PM task queue", body, csrf=session.csrf_token)
@@ -557,11 +587,13 @@ class EmaScreens:
         owner = (task.get("owner") or {}).get("reference", "").split("/")[-1]
         patient = (task.get("for") or {}).get("reference", "").split("/")[-1]
         call = next((i.get("value", "") for i in task.get("identifier") or [] if i.get("system") == CALL_REFERENCE_SYSTEM), "")
+        note = ((task.get("note") or [{}])[0]).get("text", "")
         tid = escape(task["id"])
         return (
             f'<tr data-testid="task-row-{tid}"><td>{tid}</td><td data-testid="task-kind">{escape(kind)}</td>'
             f'<td data-testid="task-assignee">{escape(owner)}</td><td data-testid="task-patient">{escape(patient)}</td>'
-            f'<td data-testid="task-call-ref">{escape(call)}</td><td data-testid="task-status">{escape(task.get("status", ""))}</td></tr>'
+            f'<td data-testid="task-call-ref">{escape(call)}</td><td data-testid="task-status">{escape(task.get("status", ""))}</td>'
+            f'<td data-testid="task-note" style="white-space:pre-line">{escape(note)}</td></tr>'
         )
 
     def _create_task(self, tenant: Tenant, form: dict[str, str]) -> str:

@@ -25,6 +25,8 @@ log = logging.getLogger("sandbox.access")
 class PracticeStats:
     api_calls: int = 0
     screen_requests: int = 0
+    injected_latency_ms: int = 0
+    """Latency the faults added and the sandbox waited out: shows a latency fault was applied, no stopwatch needed."""
     by_status: Counter[int] = field(default_factory=Counter)
 
 
@@ -40,6 +42,8 @@ class Gateway:
         latency = self.faults.get(tenant.practice_id).latency_ms
         if latency:
             await asyncio.sleep(latency / 1000)
+            with self._lock:
+                self._stats.setdefault(tenant.practice_id, PracticeStats()).injected_latency_ms += latency
 
     def admit(self, tenant: Tenant, limiter_key: str) -> None:
         """Rate limit, then injected 429 bursts and 5xx; raises the refusal as a FhirError."""
@@ -77,6 +81,7 @@ class Gateway:
                 "practice_id": tenant.practice_id,
                 "calls": stats.api_calls,
                 "screen_requests": stats.screen_requests,
+                "injected_latency_ms": stats.injected_latency_ms,
                 "status_429": by_status.get(429, 0),
                 "status_5xx": sum(n for code, n in by_status.items() if code >= 500),
                 "by_status": {str(code): n for code, n in sorted(by_status.items())},

@@ -134,16 +134,16 @@ class ProprietaryApi:
         if grant_type == "password":
             username, password = require(form, "username", "password")
             if not (_constant_time_equal(username, profile.username) and _constant_time_equal(password, profile.password)):
-                raise OAuthError(401, "invalid_grant", "the username or password is incorrect")
+                raise OAuthError(400, "invalid_grant", "the username or password is incorrect")
             subject = username
         elif grant_type == "refresh_token":
             (refresh,) = require(form, "refresh_token")
             pending = self.tokens.peek_refresh(refresh)
             if pending is None or pending.practice_id != tenant.practice_id:
-                raise OAuthError(401, "invalid_grant", "the refresh token is unknown, expired or revoked")
+                raise OAuthError(400, "invalid_grant", "the refresh token is unknown, expired or revoked")
             redeemed = self.tokens.redeem_refresh(refresh, now)
             if redeemed is None:
-                raise OAuthError(401, "invalid_grant", "the refresh token is unknown, expired or revoked")
+                raise OAuthError(400, "invalid_grant", "the refresh token is unknown, expired or revoked")
             subject = redeemed.subject
         elif grant_type == "client_credentials":
             client_id, client_secret = self._client_credentials(request, form)

@@ -73,6 +73,7 @@ UDS_CODE: Final = "uds"
 
 TASK_KINDS: Final[dict[str, str]] = {
     "refill-request": "Refill request for provider review",
+    "provider-review": "Controlled-substance request for provider review",
     "uds-scheduling": "UDS due: schedule collection",
     "agreement-renewal": "Opioid agreement renewal",
     "prior-auth-followup": "Prior authorization follow-up",

@@ -21,6 +21,8 @@ from typing import Any, Protocol
 
 import httpx
 
+from sinks.webhooks import retry_after_seconds
+
 logger = logging.getLogger(__name__)
 
 _PRACTICE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
@@ -286,7 +288,7 @@ class AlertWebhook:
                         attempts=attempt,
                         status_code=last_status,
                     )
-                retry_after = _retry_after_seconds(response.headers.get("Retry-After"))
+                retry_after = retry_after_seconds(response.headers.get("Retry-After"))
             if attempt < self._max_attempts:
                 delay = self._backoff(attempt, retry_after)
                 logger.warning(
@@ -303,14 +305,3 @@ class AlertWebhook:
             attempts=self._max_attempts,
             status_code=last_status,
         )
-
-
-def _retry_after_seconds(header: str | None) -> float | None:
-    """Seconds from a numeric Retry-After header; dates and junk are ignored."""
-    if header is None:
-        return None
-    try:
-        seconds = float(header)
-    except ValueError:
-        return None
-    return seconds if math.isfinite(seconds) and seconds >= 0 else None

@@ -110,6 +110,24 @@ def run_sinks(
     wait_for_broker(bootstrap)
     ensure_topics(bootstrap, [(name, topic_named(name).partitions) for name in (AUDIT, DEAD_LETTER, SIEM_DEAD_LETTER)])
     registry = SchemaRegistryClient(settings.schema_registry_url) if settings.schema_registry_url else None
+    try:
+        _run_until_stopped(settings, stop, wanted, tenants, database, metrics, registry)
+    finally:
+        if registry is not None:  # also when the store cannot open or migrate: no leaked pool
+            registry.close()
+
+
+def _run_until_stopped(
+    settings: Settings,
+    stop: threading.Event,
+    wanted: tuple[str, ...],
+    tenants: TenantDirectory | None,
+    database: str | None,
+    metrics: SiemMetrics | None,
+    registry: SchemaRegistryClient | None,
+) -> None:
+    """Build the wanted sinks, run each in its own thread and re-raise the first failure."""
+    bootstrap = settings.bootstrap_servers
     runners: dict[str, Callable[[threading.Event], None]] = {}
     tally = DeliveryTally()
     if "clickhouse" in wanted:
@@ -142,8 +160,6 @@ def run_sinks(
             logger.info("SIEM deliveries so far: %s", tally.summary())
     for thread in threads:
         thread.join()
-    if registry is not None:
-        registry.close()
     if failures:
         failure = failures[0]
         if isinstance(failure, CallstreamError):

@@ -26,14 +26,12 @@ or record contents.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
 import random
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Protocol
 
@@ -57,7 +55,7 @@ from sinks.kafka_io import (
     producer_config,
 )
 from sinks.payload import AuditRecord, audit_record
-from sinks.webhooks import WebhookSecret, WebhookSecretError, resolve_secret, signature_headers
+from sinks.webhooks import WebhookSecret, WebhookSecretError, resolve_secret, retry_after_seconds, signature_headers
 
 logger = logging.getLogger(__name__)
 
@@ -283,7 +281,8 @@ class SiemFirehose:
         self._chains: dict[str, _Chain] = {}
         self._degraded: set[str] = set()
         self._paused = False
-        self._http: httpx.AsyncClient | None = None
+        self._transport: httpx.AsyncHTTPTransport | None = None
+        self._timeout = httpx.Timeout(policy.request_timeout_s, pool=None).as_dict()
         self._orphans: set[asyncio.Task[None]] = set()
         """Dead-letter writes of messages that never reached a chain (undecodable, key mismatch)."""
         self._metrics_failed = False
@@ -294,9 +293,10 @@ class SiemFirehose:
 
     async def _run(self, stop: threading.Event) -> None:
         limits = httpx.Limits(max_connections=self.policy.max_connections, max_keepalive_connections=self.policy.max_connections)
-        timeout = httpx.Timeout(self.policy.request_timeout_s, pool=None)
-        async with httpx.AsyncClient(limits=limits, timeout=timeout, follow_redirects=False) as http:
-            self._http = http
+        # The transport, not an AsyncClient: the client logs every request URL at INFO, and SIEM URLs
+        # carry tokens. A transport never logs a URL and never follows a redirect.
+        async with httpx.AsyncHTTPTransport(limits=limits) as transport:
+            self._transport = transport
             self._consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
                                      on_lost=self._on_lost)
             logger.info("SIEM firehose consuming %s for %d practices with an endpoint", self.topic, self.endpoints.configured)
@@ -429,7 +429,7 @@ class SiemFirehose:
 
     async def _post(self, endpoint: Endpoint, event_id: str, body: bytes) -> tuple[int | None, float | None, float, str]:
         """One signed attempt: (status or None, Retry-After seconds, request seconds, failure label)."""
-        assert self._http is not None
+        assert self._transport is not None
         headers = {
             **signature_headers(endpoint.secret, event_id, body),
             "content-type": "application/json",
@@ -437,17 +437,21 @@ class SiemFirehose:
         }
         started = time.monotonic()
         try:
-            async with self._http.stream("POST", endpoint.url, content=body, headers=headers) as response:
+            request = httpx.Request("POST", endpoint.url, content=body, headers=headers,
+                                    extensions={"timeout": self._timeout})
+            response = await self._transport.handle_async_request(request)
+            try:
                 received = 0
                 async for chunk in response.aiter_raw():
                     received += len(chunk)
                     if received > MAX_RESPONSE_BYTES:
                         break
-                status = response.status_code
-                retry_after = _retry_after_seconds(response.headers.get("retry-after"))
-        except httpx.HTTPError as exc:
+            finally:
+                await response.aclose()
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             return None, None, time.monotonic() - started, type(exc).__name__
-        return status, retry_after, time.monotonic() - started, f"HTTP {status}"
+        status = response.status_code
+        return status, retry_after_seconds(response.headers.get("retry-after")), time.monotonic() - started, f"HTTP {status}"
 
     async def _write_dead_letter(self, message: Message, practice_id: str | None, reason: str, error_class: str,
                                  attempts: int) -> None:
@@ -574,19 +578,3 @@ class SiemFirehose:
         if isinstance(self.metrics, DeliveryTally):
             return self.metrics.summary()
         return f"{len(self.endpoints.disabled)} endpoints disabled"
-
-
-def _retry_after_seconds(value: str | None) -> float | None:
-    """Retry-After as seconds (delta or HTTP date); None when absent or unparseable."""
-    if not value:
-        return None
-    if value.strip().isdigit():
-        return float(value.strip())
-    try:
-        moment = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return max(0.0, (moment - datetime.now(UTC)).total_seconds())
-

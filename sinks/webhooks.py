@@ -4,19 +4,25 @@ Every SIEM delivery carries ``webhook-id`` (the audit event id, stable across re
 receiver can de-duplicate), ``webhook-timestamp`` (seconds, per attempt, so a captured request
 cannot be replayed after the tolerance) and ``webhook-signature`` (``v1,`` + base64 HMAC-SHA256
 over ``{id}.{timestamp}.{body}``). Secrets have the ``whsec_<base64>`` form; the HMAC key is the
-decoded bytes. `verify` is what a practice's receiver (and our tests) runs.
+decoded bytes. `verify` is what a receiver runs: a practice's (and our tests'), and callstream's own
+appointment-change receiver (connectors/changes.py), so there is one implementation of the scheme.
+`retry_after_seconds` reads the Retry-After header every outgoing webhook (SIEM, alerts) and the
+ModMed client honour.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
 import hashlib
 import hmac
+import math
 import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 from callstream.errors import ConfigError
@@ -29,6 +35,10 @@ DEFAULT_TOLERANCE_S = 300
 HEADER_ID = "webhook-id"
 HEADER_TIMESTAMP = "webhook-timestamp"
 HEADER_SIGNATURE = "webhook-signature"
+MAX_ID_CHARS = 256
+MAX_TIMESTAMP_DIGITS = 12
+MAX_SIGNATURES = 16
+"""A signature header holds one signature per active secret (rotation); more is an attack, not a rotation."""
 
 
 class WebhookSecretError(ConfigError):
@@ -36,7 +46,11 @@ class WebhookSecretError(ConfigError):
 
 
 class WebhookVerificationError(ValueError):
-    """A delivery's headers or signature do not verify: the receiver must reject it."""
+    """A delivery's signature or timestamp does not verify: the receiver must reject it (HTTP 401)."""
+
+
+class WebhookHeaderError(WebhookVerificationError):
+    """A Standard Webhooks header is missing or malformed: a broken sender, not a forgery (HTTP 400)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,23 +138,50 @@ def verify(
     """Check a delivery and return its webhook-id (the receiver's de-duplication key).
 
     Raises:
-        WebhookVerificationError: a header is missing or malformed, the timestamp is outside the
-            tolerance, or no ``v1`` signature matches.
+        WebhookHeaderError: a header is missing or malformed (over-long id, non-numeric timestamp).
+        WebhookVerificationError: the timestamp is outside the tolerance, or no ``v1`` signature matches.
     """
     lowered = {name.lower(): value for name, value in headers.items()}
     message_id = lowered.get(HEADER_ID, "")
     timestamp_text = lowered.get(HEADER_TIMESTAMP, "")
     signatures = lowered.get(HEADER_SIGNATURE, "")
     if not message_id or not timestamp_text or not signatures:
-        raise WebhookVerificationError("missing webhook-id, webhook-timestamp or webhook-signature header")
-    if not timestamp_text.isascii() or not timestamp_text.isdigit():
-        raise WebhookVerificationError("webhook-timestamp is not a whole number of seconds")
+        raise WebhookHeaderError("missing webhook-id, webhook-timestamp or webhook-signature header")
+    if len(message_id) > MAX_ID_CHARS or not message_id.isprintable():
+        raise WebhookHeaderError("webhook-id is malformed")
+    if not timestamp_text.isascii() or not timestamp_text.isdigit() or len(timestamp_text) > MAX_TIMESTAMP_DIGITS:
+        raise WebhookHeaderError("webhook-timestamp is not a whole number of seconds")
     timestamp = int(timestamp_text)
     current = time.time() if now is None else now
     if abs(current - timestamp) > tolerance_s:
         raise WebhookVerificationError("webhook-timestamp is outside the tolerance window")
     expected = sign(secret, message_id, timestamp, body).encode()
-    for candidate in signatures.split(" "):
+    for candidate in signatures.split(" ")[:MAX_SIGNATURES]:
         if candidate.startswith(f"{SIGNATURE_VERSION},") and hmac.compare_digest(candidate.encode(), expected):
             return message_id
     raise WebhookVerificationError("no webhook-signature matches")
+
+
+def retry_after_seconds(value: str | None, *, now: float | None = None) -> float | None:
+    """A Retry-After header as seconds: delta-seconds (fractions tolerated) or an HTTP date.
+
+    None when absent or unreadable; a date in the past is 0. Callers cap the result, so a hostile
+    header cannot park a sender for hours.
+    """
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        return seconds if math.isfinite(seconds) and seconds >= 0 else None
+    try:
+        moment = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if moment.tzinfo is None:  # RFC 9110 dates are GMT
+        moment = moment.replace(tzinfo=dt.UTC)
+    current = time.time() if now is None else now
+    return max(0.0, moment.timestamp() - current)

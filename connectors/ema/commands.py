@@ -8,10 +8,12 @@ or medication operation, and the screens it may open are the closed set of ``scr
 
 It only runs what the guard decided: a task must be the guard's ``TaskSpec`` for this practice and
 call, and a booking must name a slot this layer offered (the guard ranks the offers; an unknown slot id
-is refused). Writes are idempotent without EMA's help: before writing, and whenever the outcome of a
-submission is unknown, the screens are asked whether the write is already there (the patient's
-appointment at that start, the queued task with this call reference), so a redelivered event never
-books or queues twice. Results carry the id ModMed shows over FHIR and the chart deep link.
+is refused) for the visit reason the guard decided. Writes are idempotent without EMA's help: before
+writing, and whenever the outcome of a submission is unknown, the screens are asked whether the write
+is already there (the patient's appointment at that start; the queued task whose note carries the
+TaskSpec's idempotency key), so a redelivered event never books or queues twice, while two different
+tasks of one call (a nurse task, then a provider escalation) never collapse into one. Results carry the
+id ModMed shows over FHIR and the chart deep link.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fhir.resources.R4B.slot import Slot
 
-from callstream.tenants import GoLivePhase, Practice
+from callstream.tenants import Practice
 from connectors.compliance import ComplianceFlags
 from connectors.ema.directory import EmaDirectory, EmaRoom
 from connectors.ema.errors import (
@@ -35,6 +37,7 @@ from connectors.ema.errors import (
     EmaInvalidCommand,
     EmaScreenError,
     EmaUnavailableError,
+    EmaVisitReasonMismatch,
 )
 from connectors.ema.results import EmaWriteResult
 from connectors.ema.screens import (
@@ -45,18 +48,17 @@ from connectors.ema.screens import (
     read_id,
     read_optional_date,
     read_optional_instant,
-    read_phone_restriction,
+    read_phone_restrictions,
     read_yes_no,
 )
 from connectors.ema.session import EmaPage, EmaSessionKeeper, EmaSessions, SessionEnded
-from connectors.errors import WriteNotAllowed
-from connectors.operations import SlotOffer
+from connectors.errors import InvalidRequestError
+from connectors.operations import SlotOffer, expected_reason, require_write_phase
 from connectors.vocabulary import OCCUPYING_APPOINTMENT_STATUSES, VISIT_REASON_SYSTEM
 from guards.model import AgreementStatus, TaskAudience, TaskKind, TaskReason, TaskSpec, VisitReason
 
 R = TypeVar("R")
 
-WRITE_PHASES = frozenset({GoLivePhase.SANDBOX, GoLivePhase.WRITE})
 MAX_SEARCH_DAYS = 31
 MAX_NOTE_CHARS = 2000
 OFFER_TTL_S = 3600.0
@@ -64,6 +66,8 @@ MAX_CACHED_OFFERS = 10_000
 CALL_REFERENCE = re.compile(r"^[A-Za-z0-9._:\-]{1,100}$")
 """What the PM task queue accepts as a call reference (the FHIR Task identifier of system call-id)."""
 NOTE_TEXT = re.compile(r"^[^\x00-\x08\x0b-\x1f\x7f]*$")
+TASK_KEY_LINE = "Callstream task key: "
+"""The note's last line: the TaskSpec's idempotency key, the only thing that tells two tasks of one call apart."""
 SLOT_LABEL = re.compile(r"^(\d{2}):(\d{2})-(\d{2}):(\d{2}) (.+)$")
 EMA_SCHEDULE_SYSTEM = "https://callstream.dev/fhir/NamingSystem/ema-schedule"
 """EMA's slot list names a provider and a room, not a FHIR Schedule: offers identify the schedule by
@@ -71,7 +75,7 @@ this logical key (``{practitioner_id}:{location_id}``) instead of a FHIR referen
 
 TASK_KIND_CODES: dict[TaskKind, str] = {
     TaskKind.PROVIDER_REFILL_REVIEW: "refill-request",
-    TaskKind.PROVIDER_CONTROLLED_SUBSTANCE_REVIEW: "clinical-review",
+    TaskKind.PROVIDER_CONTROLLED_SUBSTANCE_REVIEW: "provider-review",
     TaskKind.CLINICAL_TEAM_REVIEW: "clinical-review",
     TaskKind.CS_COORDINATOR_UDS: "uds-scheduling",
     TaskKind.PRIOR_AUTH_FOLLOWUP: "prior-auth-followup",
@@ -96,7 +100,7 @@ _ROWS = (
 )
 _TASK_ROWS = (
     "elements => elements.map(e => [e.getAttribute('data-testid') || '',"
-    " ...['task-kind', 'task-assignee', 'task-patient', 'task-call-ref'].map("
+    " ...['task-kind', 'task-assignee', 'task-patient', 'task-call-ref', 'task-note'].map("
     "id => (e.querySelector(`[data-testid=\"${id}\"]`) || {}).textContent || '')])"
 )
 
@@ -163,13 +167,34 @@ class EmaCommands:
             self._remember(practice, offer)
         return offers
 
-    async def book_template(self, practice: Practice, *, call_id: str, patient_id: str, slot_id: str) -> EmaWriteResult:
-        """Book a slot this layer offered (and the guard ranked) on the procedure-template booking screen."""
-        _require_writes(practice, "Appointment")
+    async def book_template(
+        self,
+        practice: Practice,
+        *,
+        call_id: str,
+        patient_id: str,
+        slot_id: str,
+        expected_visit_reason: VisitReason | None = None,
+    ) -> EmaWriteResult:
+        """Book a slot this layer offered (and the guard ranked) on the procedure-template booking screen.
+
+        ``expected_visit_reason`` is the guard's decision: an offer of another template is refused with
+        EmaVisitReasonMismatch before any screen is opened.
+        """
+        require_write_phase(practice, "Appointment")
         _call_reference(practice, call_id)
         _screen_id(practice, patient_id, "Patient")
         _screen_id(practice, slot_id, "Slot")
+        try:
+            expected = expected_reason(practice, expected_visit_reason)
+        except InvalidRequestError as exc:
+            raise EmaInvalidCommand(str(exc.args[0]), practice_id=practice.practice_id, resource_type="Slot") from None
         offer = self._offered(practice, slot_id)
+        if expected is not None and offer.visit_reason is not expected:
+            raise EmaVisitReasonMismatch(
+                f"the slot is for {offer.visit_reason.value}, the guard decided {expected.value}",
+                practice_id=practice.practice_id, resource_type="Slot",
+            )
         day = offer.start.astimezone(_zone(practice)).date()
 
         async def book(keeper: EmaSessionKeeper, page: EmaPage) -> EmaWriteResult:
@@ -198,7 +223,7 @@ class EmaCommands:
     async def create_staff_task(self, practice: Practice, *, call_id: str, task: TaskSpec, note: str) -> EmaWriteResult:
         """Queue the guard's task in the PM task queue for the audience's staff (refill → provider,
         UDS due → controlled-substance coordinator, PA follow-up, pre-op clearance, ...)."""
-        _require_writes(practice, "Task")
+        require_write_phase(practice, "Task")
         if not isinstance(task, TaskSpec):
             raise EmaInvalidCommand("a staff task must be the guard's TaskSpec", practice_id=practice.practice_id)
         if task.practice_id != practice.practice_id or task.call_id != call_id:
@@ -214,11 +239,12 @@ class EmaCommands:
         patient_id = _screen_id(practice, task.patient_id, "Patient")
         body = _task_note(practice, note, task)
         kind = task_kind_code(task)
+        key = task.idempotency_key
 
         async def create(keeper: EmaSessionKeeper, page: EmaPage) -> EmaWriteResult:
             async with keeper.step("open_task_queue", page):
                 await page.open(Screen.TASK_QUEUE)
-                existing = await self._queued_task(page, call_id, kind, patient_id)
+                existing = await self._queued_task(page, call_id, key, patient_id)
                 if existing is not None:
                     return EmaWriteResult("Task", existing, practice.chart_deep_link(patient_id))
                 if not await page.has(f"task-kind-option-{kind}"):
@@ -240,7 +266,7 @@ class EmaCommands:
             except EmaUnavailableError as failure:
                 async with keeper.step("verify_task", page):
                     await page.open(Screen.TASK_QUEUE)
-                    landed = await self._queued_task(page, call_id, kind, patient_id)
+                    landed = await self._queued_task(page, call_id, key, patient_id)
                 if landed is None:
                     raise failure
                 task_id = landed
@@ -265,7 +291,7 @@ class EmaCommands:
                     raise EmaScreenError("EMA opened another chart", practice_id=practice.practice_id)
                 chronic = await page.read("chart-chronic-opioid", read_yes_no)
                 last_refill = await page.read("chart-last-refill", read_optional_date)
-                restrictions = await page.read("chart-phone-restriction", read_phone_restriction)
+                restrictions = await page.read("chart-phone-restriction", read_phone_restrictions)
                 aberrant_uds = await page.read("chart-aberrant-uds", read_yes_no)
                 uds_due = await page.read("chart-uds-due", read_yes_no)
             async with keeper.step("read_agreement", page):
@@ -402,13 +428,20 @@ class EmaCommands:
         )
 
     @staticmethod
-    async def _queued_task(page: EmaPage, call_id: str, kind: str, patient_id: str) -> str | None:
-        """The task this call already queued for this patient and kind (a redelivered event), if any."""
+    async def _queued_task(page: EmaPage, call_id: str, key: str, patient_id: str) -> str | None:
+        """The task already queued for this TaskSpec (same idempotency key: a redelivered event), if any.
+
+        Call and kind alone do not identify a task: one call may queue a nurse task and later a provider
+        escalation, or two clinical-team tasks for different reasons.
+        """
         practice = page.practice
-        for testid, row_kind, _assignee, row_patient, row_call in _rows(
-            practice, await page.elements("task-row-", _TASK_ROWS), 4
+        key_line = f"{TASK_KEY_LINE}{key}"
+        for testid, _kind, _assignee, row_patient, row_call, row_note in _rows(
+            practice, await page.elements("task-row-", _TASK_ROWS), 5, max_cell_chars=MAX_NOTE_CHARS
         ):
-            if (row_call.strip(), row_kind.strip(), row_patient.strip()) == (call_id, kind, patient_id):
+            if (row_call.strip(), row_patient.strip()) == (call_id, patient_id) and key_line in (
+                line.strip() for line in row_note.splitlines()
+            ):
                 return _screen_value(practice, testid.removeprefix("task-row-"), read_id, "task row")
         return None
 
@@ -447,15 +480,6 @@ class EmaCommands:
                 practice_id=practice.practice_id, resource_type="Slot",
             )
         return entry[1]
-
-
-def _require_writes(practice: Practice, resource_type: str) -> None:
-    """Screens write only in the sandbox and write phases, like FHIR writes (read-only: review queue)."""
-    if practice.phase not in WRITE_PHASES:
-        raise WriteNotAllowed(
-            f"practice is in the {practice.phase.value} phase: writes go to the review queue",
-            practice_id=practice.practice_id, resource_type=resource_type,
-        )
 
 
 def _visit_reason(practice: Practice, visit_reason: object) -> VisitReason:
@@ -501,7 +525,8 @@ def _call_reference(practice: Practice, call_id: object) -> str:
 
 
 def _task_note(practice: Practice, note: object, task: TaskSpec) -> str:
-    """The dispatcher's note plus the call context the PM screen has no field for; PDMP: the time only."""
+    """The dispatcher's note plus what the PM screen has no field for: the call context (PDMP: the time
+    only) and, last, the TaskSpec's idempotency key that identifies the task on redelivery."""
     if not isinstance(note, str) or not NOTE_TEXT.match(note):
         raise EmaInvalidCommand(
             "the task note must be text without control characters", practice_id=practice.practice_id
@@ -511,6 +536,7 @@ def _task_note(practice: Practice, note: object, task: TaskSpec) -> str:
         lines.append(f"Transcript reference: {task.transcript_ref}")
     if task.pdmp_last_checked is not None:
         lines.append(f"PDMP last checked: {task.pdmp_last_checked.isoformat()}")
+    lines.append(f"{TASK_KEY_LINE}{task.idempotency_key}")
     body = "\n".join(line for line in lines if line)
     if len(body) > MAX_NOTE_CHARS:
         raise EmaInvalidCommand(
@@ -547,13 +573,15 @@ def _pairs(practice: Practice, raw: list[object], what: str) -> list[tuple[str, 
     return [(first, second) for first, second, *_ in _rows(practice, raw, 1, what)]
 
 
-def _rows(practice: Practice, raw: list[object], cells: int, what: str = "table") -> list[tuple[str, ...]]:
-    """Rows read by a page script, checked for shape: a test id plus at least ``cells`` strings."""
+def _rows(
+    practice: Practice, raw: list[object], cells: int, what: str = "table", *, max_cell_chars: int = 1000
+) -> list[tuple[str, ...]]:
+    """Rows read by a page script, checked for shape: a test id plus at least ``cells`` bounded strings."""
     rows: list[tuple[str, ...]] = []
     for row in raw:
         if (
             not isinstance(row, list) or len(row) < cells + 1
-            or not all(isinstance(cell, str) and len(cell) <= 1000 for cell in row)
+            or not all(isinstance(cell, str) and len(cell) <= max_cell_chars for cell in row)
         ):
             raise EmaScreenError(f"the {what} is malformed", practice_id=practice.practice_id)
         rows.append(tuple(row[: cells + 1]))

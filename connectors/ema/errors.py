@@ -17,6 +17,7 @@ from connectors.errors import (
     ModMedError,
     NotFoundError,
     RetryableError,
+    VisitReasonMismatch,
 )
 
 
@@ -85,3 +86,7 @@ class EmaConflictError(EmaError, ConflictError):
 class EmaInvalidCommand(EmaError, InvalidRequestError):
     """The command is not one the EMA layer may run: not a guard product, wrong practice, malformed input,
     or a form EMA rejected as invalid (422)."""
+
+
+class EmaVisitReasonMismatch(EmaInvalidCommand, VisitReasonMismatch):
+    """The offered slot is for another procedure template than the guard decided; nothing was booked."""

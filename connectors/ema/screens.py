@@ -108,12 +108,13 @@ def read_agreement_status(testid: str, raw: str) -> AgreementStatus:
         raise ScreenValueError(testid) from None
 
 
-def read_phone_restriction(testid: str, raw: str) -> frozenset[PhoneRestriction]:
+def read_phone_restrictions(testid: str, raw: str) -> frozenset[PhoneRestriction]:
+    """Every restriction the chart shows, comma-separated, or "none": a chart may carry several."""
     text = _bounded(testid, raw)
     if text == "none":
         return frozenset()
     try:
-        return frozenset({PhoneRestriction(text)})
+        return frozenset(PhoneRestriction(part.strip()) for part in text.split(","))
     except ValueError:
         raise ScreenValueError(testid) from None
 

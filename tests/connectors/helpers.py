@@ -1,20 +1,24 @@
-"""Plain helpers of the connector tests: sandbox listings → Practice entries, a request recorder."""
+"""Plain helpers of the connector tests: sandbox listings → Practice entries, a request recorder, a real
+ASGI server on 127.0.0.1 and an event loop whose clock moves only when every task waits for it."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import selectors
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import uvicorn
 
+from callstream.devstack import free_port
 from callstream.tenants import Practice
-from tests.fixtures.sandbox import SandboxServer, free_port
+from tests.fixtures.sandbox import SandboxServer
 
 
 def practice_entry(listing: dict[str, Any], secrets_dir: Path, **changes: Any) -> Practice:
@@ -73,15 +77,22 @@ class PracticeSet:
         return practice_entry(listing, self.secrets_dir, **changes)
 
 
+T = TypeVar("T")
+
+
 @dataclass
 class Recorder:
-    """RequestObserver that keeps every attempt: (practice, resource, method, status)."""
+    """RequestObserver that keeps every attempt: (practice, resource, method, status), and in ``moments`` when
+    it was sent and when its outcome was reported (time.monotonic), for causal-order checks."""
 
     calls: list[tuple[str, str, str, int | None]] = field(default_factory=list)
+    moments: list[tuple[float, float]] = field(default_factory=list)
 
     def on_request(self, practice_id: str, resource: str, method: str, status: int | None, seconds: float) -> None:
         assert seconds >= 0
+        reported = time.monotonic()
         self.calls.append((practice_id, resource, method, status))
+        self.moments.append((reported - seconds, reported))
 
     def count(self, *, resource: str | None = None, method: str | None = None, status: int | None = -1) -> int:
         return sum(
@@ -108,3 +119,44 @@ def serve(app: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+        if thread.is_alive():
+            raise RuntimeError(f"test server thread on port {port} did not stop within 10 s")
+
+
+class VirtualTimeLoop(asyncio.SelectorEventLoop):
+    """A real asyncio loop whose clock jumps to the next timer whenever every task waits for one.
+
+    ``asyncio.sleep(60)`` returns at once and in the right order relative to every other timer, so code that
+    paces itself with sleeps (the rate limiter) is tested on exact, machine-independent times. Like a real
+    clock, time moves on by at least one tick whenever the loop would wait, so a sleep too short to change
+    a float timestamp cannot spin for ever.
+    """
+
+    TICK_S = 1e-6
+
+    def __init__(self) -> None:
+        super().__init__(selectors.SelectSelector())
+        self._now = 0.0
+        selector = self._selector  # type: ignore[attr-defined]
+        wait = selector.select
+
+        def select(timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+            if timeout is None:
+                raise RuntimeError("every task waits and no timer is due: the code under test is deadlocked")
+            if not self._ready:  # type: ignore[attr-defined]  # nothing runnable: the loop would wait
+                self._now += max(timeout, self.TICK_S)
+            return wait(0)
+
+        selector.select = select
+
+    def time(self) -> float:
+        return self._now
+
+
+def run_in_virtual_time(main: Callable[[VirtualTimeLoop], Coroutine[Any, Any, T]]) -> T:
+    """Run ``main(loop)`` to completion on a fresh VirtualTimeLoop (from a synchronous test)."""
+    loop = VirtualTimeLoop()
+    try:
+        return loop.run_until_complete(main(loop))
+    finally:
+        loop.close()

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
+
+import httpx
 
 import jwt
 import pytest
@@ -19,8 +22,21 @@ from connectors.fhir import ModMedClient
 from connectors.ledger import InMemoryLedger
 from connectors.operations import ModMedConnector
 from connectors.ratelimit import RateLimiterRegistry
-from tests.connectors.helpers import PracticeSet, Recorder
-from tests.fixtures.sandbox import SandboxServer
+from sandbox.generator import build_world
+from tests.connectors.helpers import PracticeSet, Recorder, practice_entry
+from tests.fixtures.sandbox import MovableTime, SandboxServer, running_sandbox
+
+TOKEN_TTL_S = 60
+
+
+@pytest.fixture
+def timed() -> Iterator[tuple[MovableTime, SandboxServer]]:
+    """A one-practice sandbox with one-minute access tokens whose clock the test moves (with the client's)."""
+    world = build_world(seed=41, practices=1, patients_per_practice=2, access_token_ttl_seconds=TOKEN_TTL_S)
+    clock = MovableTime()
+    world.clock = clock.now
+    with running_sandbox(world) as server:
+        yield clock, server
 
 
 def secrets_of(practice: Practice) -> list[str]:
@@ -52,28 +68,47 @@ def test_private_key_jwt_assertion_is_smart_backend_services_shaped(sandbox_prac
 
 
 async def test_token_is_refreshed_before_expiry_without_making_callers_wait(
-    private_sandbox: SandboxServer, private_practices: PracticeSet, recorder: Recorder
+    timed: tuple[MovableTime, SandboxServer], tmp_path: Path, recorder: Recorder
 ) -> None:
-    listing = private_practices.listing(track="proprietary", fhir_task_create=True)
-    practice = private_practices.entry(listing)
-    private_sandbox.update_settings(practice.practice_id, access_token_ttl_seconds=2)
-    try:
-        async with ModMedClient(limiters=RateLimiterRegistry(), observer=recorder) as client:
-            await client.search(practice, Location, {}, max_pages=1)
-            first = await client.session(practice).tokens.bearer()
-            await asyncio.sleep(1.7)  # past the refresh point (80% of 2 s), before expiry
-            await client.search(practice, Location, {}, max_pages=1)
-            for _ in range(50):
-                if recorder.count(resource="token") == 2:
-                    break
-                await asyncio.sleep(0.02)
-            second = await client.session(practice).tokens.bearer()
-            await asyncio.sleep(0.5)  # the first token has now expired at ModMed
-            await client.search(practice, Location, {}, max_pages=1)
-    finally:
-        private_sandbox.update_settings(practice.practice_id, access_token_ttl_seconds=3600)
-    assert second != first
+    clock, server = timed
+    listing = server.practices[0]
+    practice = practice_entry(listing, tmp_path)
+    async with ModMedClient(limiters=RateLimiterRegistry(), observer=recorder, clock=clock.monotonic) as client:
+        await client.search(practice, Location, {}, max_pages=1)
+        tokens = client.session(practice).tokens
+        first = await tokens.bearer()
+        clock.advance(0.85 * TOKEN_TTL_S)  # past the refresh point (80% of the lifetime), before expiry
+        await client.search(practice, Location, {}, max_pages=1)  # served at once with the first token...
+        assert recorder.calls[-1][1:] == ("Location", "GET", 200) and recorder.count(resource="token") == 1
+        for _ in range(250):  # ...while one background refresh runs
+            if recorder.count(resource="token") == 2:
+                break
+            await asyncio.sleep(0.02)
+        second = await tokens.bearer()
+        clock.advance(0.25 * TOKEN_TTL_S)  # the first token has now expired at ModMed
+        await client.search(practice, Location, {}, max_pages=1)
+    with httpx.Client() as http:
+        stale = http.get(f"{listing['fhir_base']}/Location", headers={"x-api-key": listing["api_key"],
+                                                                       "Authorization": f"Bearer {first}"})
+    assert stale.status_code == 401 and second != first
     assert recorder.count(resource="token", status=200) == 2 and recorder.count(status=401) == 0
+
+
+async def test_an_expired_token_whose_refresh_is_refused_gets_one_fresh_grant(
+    timed: tuple[MovableTime, SandboxServer], tmp_path: Path, recorder: Recorder
+) -> None:
+    clock, server = timed
+    practice = practice_entry(server.practices[0], tmp_path)
+    async with ModMedClient(limiters=RateLimiterRegistry(), observer=recorder, clock=clock.monotonic) as client:
+        await client.search(practice, Location, {}, max_pages=1)
+        server.set_faults(practice.practice_id, revoke_tokens=True)  # the refresh token dies with the access token
+        clock.advance(TOKEN_TTL_S)
+        assert (await client.search(practice, Location, {}, max_pages=1)).matches
+        assert (await client.search(practice, Location, {}, max_pages=1)).matches
+    statuses = [(resource, status) for _, resource, _, status in recorder.calls]
+    # RFC 6749: the dead refresh token is answered 400 invalid_grant; one fresh password grant follows.
+    assert statuses == [("token", 200), ("Location", 200), ("token", 400), ("token", 200), ("Location", 200),
+                        ("Location", 200)]
 
 
 async def test_revoked_token_is_replaced_once_transparently(
@@ -88,8 +123,8 @@ async def test_revoked_token_is_replaced_once_transparently(
         finally:
             private_sandbox.clear_faults(practice.practice_id)
     statuses = [(resource, status) for _, resource, _, status in recorder.calls]
-    # 401, the refresh token (revoked too) refused, a fresh password grant, then success.
-    assert statuses[2:] == [("Location", 401), ("token", 401), ("token", 200), ("Location", 200)]
+    # 401, the refresh token (revoked too) refused with RFC 6749's 400 invalid_grant, a fresh grant, success.
+    assert statuses[2:] == [("Location", 401), ("token", 400), ("token", 200), ("Location", 200)]
 
 
 async def test_wrong_credentials_are_a_clear_auth_error_that_leaks_nothing(
@@ -105,7 +140,8 @@ async def test_wrong_credentials_are_a_clear_auth_error_that_leaks_nothing(
         with pytest.raises(AuthError) as failure:
             await client.search(practice, Location, {}, max_pages=1)
         rendered = [str(failure.value), repr(failure.value), repr(client.session(practice).tokens._grant)]
-    assert failure.value.status == 401 and failure.value.practice_id == practice.practice_id
+    assert (failure.value.status, failure.value.issue_codes) == (400, ("invalid_grant",))
+    assert failure.value.practice_id == practice.practice_id
     for secret in [*secrets_of(practice), listing["password"]]:
         assert secret not in caplog.text and all(secret not in text for text in rendered)
 

@@ -129,11 +129,71 @@ def test_unreadable_known_flags_fail_closed(bad: dict) -> None:
         compliance_flags("pr", "p1", [bad], [])
 
 
-@given(st.lists(st.recursive(st.none() | st.booleans() | st.text(max_size=12) | st.integers(),
-                             lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-                             max_leaves=12), max_size=4))
-def test_hostile_flag_lists_give_flags_or_a_typed_error(resources: list) -> None:
-    try:
-        compliance_flags("pr", "p1", resources, resources)
-    except InvalidResponseError:
-        pass
+FLAG_CODES = ("chronic-opioid", "opioid-agreement", "phone-request-restriction", "aberrant-uds", "uds-due", "future-code")
+SEVERITY = {"active": 1, "expired": 2, "violated": 3}
+charted_flags = st.fixed_dictionaries({
+    "code": st.sampled_from(FLAG_CODES),
+    "patient": st.sampled_from(["p1", "p1", "p2"]),
+    "status": st.sampled_from(["active", "active", "inactive", "entered-in-error"]),
+    "refill": st.sampled_from(["2026-01-05", "2025-12-31", "2026-03-01", "last week"]),
+    "agreement": st.sampled_from(["active", "expired", "violated", "maybe"]),
+    "end": st.sampled_from([None, "2026-06-01", "2027-01-01", "soon"]),
+    "restriction": st.sampled_from([r.value for r in PhoneRestriction] + ["anything-goes"]),
+})
+pdmp_checks = st.fixed_dictionaries({
+    "patient": st.sampled_from(["p1", "p2"]),
+    "status": st.sampled_from(["final", "amended", "preliminary"]),
+    "when": st.sampled_from(["2026-02-01T10:00:00Z", "2026-04-01T08:30:00-07:00", "2026-03-01T00:00:00+00:00"]),
+})
+
+
+def as_flag(spec: dict) -> dict:
+    extension = {
+        "chronic-opioid": [{"url": vocabulary.EXT_LAST_REFILL_DATE, "valueDate": spec["refill"]}],
+        "opioid-agreement": [{"url": vocabulary.EXT_AGREEMENT_STATUS, "valueCode": spec["agreement"]}],
+        "phone-request-restriction": [{"url": vocabulary.EXT_RESTRICTION, "valueCode": spec["restriction"]}],
+    }.get(spec["code"], [])
+    period = {"period": {"end": spec["end"]}} if spec["code"] == "opioid-agreement" and spec["end"] else {}
+    return flag(spec["code"], spec["patient"], spec["status"], extension=extension, **period)
+
+
+def expected_flags(specs: list[dict], checks: list[dict]) -> ComplianceFlags | None:
+    """An independent reading of the chart (None: a flag the connector must refuse to guess about)."""
+    mine = [s for s in specs if s["patient"] == "p1" and s["status"] == "active"]
+    of = {code: [s for s in mine if s["code"] == code] for code in FLAG_CODES}
+    if (any(s["refill"] == "last week" for s in of["chronic-opioid"])
+            or any(s["agreement"] == "maybe" or s["end"] == "soon" for s in of["opioid-agreement"])
+            or any(s["restriction"] == "anything-goes" for s in of["phone-request-restriction"])):
+        return None
+    agreements = of["opioid-agreement"]
+    ends = [dt.date.fromisoformat(s["end"]) for s in agreements if s["end"]]
+    refills = [dt.date.fromisoformat(s["refill"]) for s in of["chronic-opioid"]]
+    times = [dt.datetime.fromisoformat(c["when"].replace("Z", "+00:00")) for c in checks
+             if c["patient"] == "p1" and c["status"] in ("final", "amended")]
+    return ComplianceFlags(
+        patient_id="p1",
+        agreement_status=AgreementStatus(max((s["agreement"] for s in agreements), key=SEVERITY.__getitem__))
+        if agreements else AgreementStatus.NONE,
+        agreement_renewal_due=max(ends, default=None),
+        chronic_opioid=bool(of["chronic-opioid"]),
+        last_refill_date=max(refills, default=None),
+        aberrant_uds=bool(of["aberrant-uds"]),
+        uds_due=bool(of["uds-due"]),
+        pdmp_last_checked=max(times, default=None),
+        phone_restrictions=frozenset(PhoneRestriction(s["restriction"]) for s in of["phone-request-restriction"]),
+    )
+
+
+@given(st.lists(charted_flags, max_size=8), st.lists(pdmp_checks, max_size=3),
+       st.lists(st.none() | st.integers() | st.text(max_size=5), max_size=2))
+def test_any_chart_maps_to_exactly_its_routing_flags_or_a_typed_error(specs: list[dict], checks: list[dict],
+                                                                      junk: list) -> None:
+    observations = [{"status": c["status"], "subject": {"reference": f"Patient/{c['patient']}"},
+                     "effectiveDateTime": c["when"], "note": [{"text": "SYNTHETIC PDMP REPORT"}]} for c in checks]
+    expected = expected_flags(specs, checks)
+    resources = [as_flag(spec) for spec in specs] + junk  # non-resources in a Bundle are skipped, never guessed
+    if expected is None:
+        with pytest.raises(InvalidResponseError):
+            compliance_flags("pr", "p1", resources, observations + junk)
+    else:
+        assert compliance_flags("pr", "p1", resources, observations + junk) == expected

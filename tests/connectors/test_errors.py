@@ -17,7 +17,7 @@ from connectors.errors import (
     RetryableError,
     TerminalError,
     error_for_status,
-    operation_outcome_details,
+    issue_codes,
 )
 
 
@@ -39,7 +39,7 @@ def test_modmed_codes_map_to_the_tree(status: int, expected: type[ModMedError]) 
         assert error.retry_after == 3
 
 
-def test_diagnostics_are_kept_but_never_rendered() -> None:
+def test_diagnostics_are_never_kept_only_issue_codes() -> None:
     outcome = {
         "resourceType": "OperationOutcome",
         "issue": [
@@ -50,17 +50,24 @@ def test_diagnostics_are_kept_but_never_rendered() -> None:
     }
     error = error_for_status(409, practice_id="pain-1", resource_type="Appointment", method="POST", body=outcome)
     assert error.issue_codes == ("conflict",)
-    assert error.diagnostics == ("Slot taken for patient Jane Doe 1970-01-02",)
-    for rendered in (str(error), repr(error)):
+    for rendered in (str(error), repr(error), repr(vars(error))):
         assert "Jane" not in rendered and "1970" not in rendered
-        assert "pain-1" in rendered and "409" in rendered and "conflict" in rendered
+    assert "pain-1" in str(error) and "409" in str(error) and "conflict" in str(error)
+
+
+def test_oauth_error_codes_are_kept_from_a_closed_vocabulary_only() -> None:
+    refused = error_for_status(400, practice_id="pain-1", resource_type="token", method="POST",
+                               body={"error": "invalid_grant", "error_description": "password of Jane Roe is wrong"})
+    assert refused.issue_codes == ("invalid_grant",) and "Jane" not in repr(vars(refused))
+    assert issue_codes({"error": "Jane Roe is locked out"}) == ()
+    assert issue_codes({"error": ["invalid_grant"]}) == ()
 
 
 @given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
                     max_leaves=20))
 def test_hostile_error_bodies_never_crash_the_mapping(body: object) -> None:
-    codes, diagnostics = operation_outcome_details(body)
-    assert all(isinstance(code, str) for code in codes) and all(isinstance(d, str) for d in diagnostics)
+    codes = issue_codes(body)
+    assert all(isinstance(code, str) and len(code) <= 40 for code in codes)
     error = error_for_status(500, practice_id="p", resource_type=None, method="GET", body=body)
-    assert isinstance(error, RetryableError)
+    assert isinstance(error, RetryableError) and error.issue_codes == codes

@@ -6,8 +6,11 @@ every one of them into a typed error without crashing, leaking or following it s
 
 from __future__ import annotations
 
+import inspect
 import json
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from urllib.parse import parse_qs
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,14 +29,16 @@ from connectors.errors import (
     NotFoundError,
     RateLimitedError,
     ResourceNotAllowed,
+    RetryableError,
     TerminalError,
 )
 from connectors.fhir import ClientConfig, ModMedClient
 from connectors.ratelimit import RateLimiterRegistry
 from tests.connectors.helpers import Recorder, serve
+from tests.fixtures.sandbox import MovableTime
 
 GOOD_TOKEN = {"access_token": "tok-abc123", "token_type": "Bearer", "expires_in": 3600, "refresh_token": "ref-xyz789"}
-Handler = Callable[[Request], Response]
+Handler = Callable[[Request], Response | Awaitable[Response]]
 
 
 @dataclass
@@ -51,7 +56,8 @@ def hostile() -> Iterator[tuple[Hostile, str]]:
 
     async def token(request: Request) -> Response:
         await request.body()
-        return state.token(request)
+        answer = state.token(request)
+        return await answer if inspect.isawaitable(answer) else answer
 
     async def fhir(request: Request) -> Response:
         await request.body()
@@ -85,9 +91,10 @@ def evil(hostile: tuple[Hostile, str], tmp_path: Path) -> Iterator[tuple[Hostile
     state.foreign_hits = 0
 
 
-def make_client(recorder: Recorder | None = None, **config: object) -> ModMedClient:
+def make_client(recorder: Recorder | None = None, clock: MovableTime | None = None, **config: object) -> ModMedClient:
     return ModMedClient(limiters=RateLimiterRegistry(), observer=recorder,
-                        config=ClientConfig(backoff_base_s=0.001, **config))  # type: ignore[arg-type]
+                        config=ClientConfig(backoff_base_s=0.001, **config),  # type: ignore[arg-type]
+                        clock=clock.monotonic if clock is not None else time.monotonic)
 
 
 async def test_non_json_and_wrong_shapes_are_invalid_responses(evil: tuple[Hostile, Practice]) -> None:
@@ -148,6 +155,36 @@ async def test_malformed_token_answers_are_typed_errors(evil: tuple[Hostile, Pra
             await client.search(practice, Patient, {"family": "x"})
 
 
+async def test_a_refused_refresh_token_never_wedges_the_practice(evil: tuple[Hostile, Practice]) -> None:
+    """ModMed refuses the refresh token (RFC 6749: 400 invalid_grant) and the fresh grant then fails on a 503:
+    the next call must go straight to a fresh grant, not present the dead refresh token again (and again)."""
+    state, practice = evil
+    grants: list[str] = []
+    outage = {"password grants left to fail": 0}
+
+    async def token(request: Request) -> Response:
+        grant_type = parse_qs((await request.body()).decode())["grant_type"][0]
+        grants.append(grant_type)
+        if grant_type == "refresh_token":
+            return JSONResponse({"error": "invalid_grant", "error_description": "refresh token revoked"}, 400)
+        if outage["password grants left to fail"]:
+            outage["password grants left to fail"] -= 1
+            return JSONResponse({"resourceType": "OperationOutcome"}, 503)
+        return JSONResponse(GOOD_TOKEN)
+
+    state.token = token
+    clock = MovableTime()
+    async with make_client(clock=clock) as client:
+        await client.search(practice, Patient, {"family": "x"})
+        clock.advance(3600)  # GOOD_TOKEN's lifetime: the access token is expired, the refresh token is dead
+        outage["password grants left to fail"] = 3  # every attempt of the next fresh grant
+        with pytest.raises(RetryableError):
+            await client.search(practice, Patient, {"family": "x"})
+        recovered = await client.search(practice, Patient, {"family": "x"})
+    assert recovered.matches == [] and not recovered.truncated  # the empty searchset of the healthy FHIR route
+    assert grants == ["password", "refresh_token", "password", "password", "password", "password"]
+
+
 async def test_endless_401_means_one_reauthentication_then_auth_error(evil: tuple[Hostile, Practice]) -> None:
     state, practice = evil
     state.fhir = lambda _: JSONResponse({"resourceType": "OperationOutcome", "issue": [{"code": "login"}]}, 401)
@@ -166,7 +203,8 @@ async def test_status_mapping_and_phi_free_messages(evil: tuple[Hostile, Practic
     async with make_client() as client:
         with pytest.raises(NotFoundError) as missing:
             await client.read(practice, Patient, "pt-1")
-        assert missing.value.diagnostics == ("Patient Jane Roe not found",) and "Jane" not in str(missing.value)
+        assert missing.value.issue_codes == ("not-found",)
+        assert all("Jane" not in text for text in (str(missing.value), repr(missing.value), repr(vars(missing.value))))
         state.fhir = lambda _: JSONResponse({}, 422)
         with pytest.raises(TerminalError):
             await client.read(practice, Patient, "pt-1")

@@ -1,7 +1,8 @@
 """Structural guarantee: no path of the connector can write MedicationRequest or MedicationStatement.
 
-Proved twice: over the code (AST of every connectors/ module outside ema/) and at runtime (every
-public write entry refuses before a byte is sent: the sandbox counts zero calls).
+Proved twice: over the code (AST of every connectors/ module, the EMA automation included) and at
+runtime (every public write entry, and every disallowed read, refuses before a byte is sent: no token is
+fetched and the sandbox counts zero calls).
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from fhir.resources.R4B.medicationrequest import MedicationRequest
 from fhir.resources.R4B.medicationstatement import MedicationStatement
 
 import connectors
-from connectors import fhir
+from connectors.ema.screens import Screen
 from connectors.errors import InvalidRequestError, ResourceNotAllowed, WriteNotAllowed
 from connectors.fhir import FORBIDDEN_WRITE_TYPES, READABLE_RESOURCE_TYPES, WRITE_ALLOW_LIST, ModMedClient, resource_url
 from connectors.ledger import InMemoryLedger
 from connectors.operations import ModMedConnector
 from connectors.ratelimit import RateLimiterRegistry
+from connectors.vocabulary import COMPLIANCE_SYSTEM
 from tests.connectors.helpers import PracticeSet, Recorder
 from tests.fixtures.sandbox import SandboxServer
 
@@ -30,10 +32,16 @@ MEDICATION_WORDS = ("MedicationRequest", "MedicationStatement")
 SENDING_ATTRIBUTES = {"post", "put", "patch", "delete", "request", "send", "stream", "build_request"}
 SENDING_FUNCTIONS = {("fhir.py", "_attempt"), ("fhir.py", "__aenter__")}
 """Where httpx requests are built and sent: the chokepoint and the bulk-file stream (GET only)."""
+NOT_MODMED_TRAFFIC = {
+    ("changes.py", "_handle", "request.stream"),  # the webhook receiver reads its *incoming* request body
+    ("session.py", "_alert", "self._alerts.send"),  # the EMA lockout alert goes to the operators' chat webhook
+}
+MEDICATION_SCREEN_WORDS = ("medic", "prescri", "rx", "refill", "pharm", "erx")
 
 
 def connector_modules() -> list[Path]:
-    return sorted(p for p in PACKAGE.rglob("*.py") if "ema" not in p.relative_to(PACKAGE).parts)
+    """Every module of the connectors package, the EMA web automation included."""
+    return sorted(PACKAGE.rglob("*.py"))
 
 
 def _is_statement_string(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:
@@ -67,10 +75,10 @@ def test_no_code_names_a_medication_resource_outside_the_forbidden_list() -> Non
             for name in names:
                 if any(word.lower() in name.lower() for word in MEDICATION_WORDS):
                     offenders.append((path.name, node.lineno, name))
-    # The only mention is the forbidden list itself, in connectors/fhir.py.
-    assert {(file, name) for file, _, name in offenders} == {("fhir.py", "MedicationRequest"), ("fhir.py", "MedicationStatement")}
-    source = (PACKAGE / "fhir.py").read_text()
-    assert source.count('"MedicationRequest"') == 1 and 'FORBIDDEN_WRITE_TYPES: frozenset[str] = frozenset({"MedicationRequest"' in source
+    # The only mention is the forbidden list itself, in connectors/fhir.py: one literal of each name.
+    assert sorted((file, name) for file, _, name in offenders) == [
+        ("fhir.py", "MedicationRequest"), ("fhir.py", "MedicationStatement")]
+    assert any(path.parts[-2:] == ("ema", "commands.py") for path in connector_modules())  # EMA was scanned
 
 
 def test_requests_are_sent_only_from_the_chokepoint() -> None:
@@ -84,8 +92,8 @@ def test_requests_are_sent_only_from_the_chokepoint() -> None:
                 if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
                         and node.func.attr in SENDING_ATTRIBUTES):
                     senders.add((path.name, function.name, ast.unparse(node.func)))
-    # The webhook receiver reads its *incoming* Starlette request body; it sends nothing.
-    senders.discard(("changes.py", "_handle", "request.stream"))
+    assert NOT_MODMED_TRAFFIC <= senders
+    senders -= NOT_MODMED_TRAFFIC
     assert {(file, function) for file, function, _ in senders} == SENDING_FUNCTIONS
     assert {call.rsplit(".", 1)[1] for _, _, call in senders} == {"build_request", "send"}
     assert all(call.startswith(("self._http.", "self._client._http.")) for _, _, call in senders)
@@ -150,10 +158,49 @@ async def test_every_medication_write_attempt_is_refused_before_sending(
     assert private_sandbox.stats(practice.practice_id)["calls"] == before
 
 
-def test_the_chokepoint_checks_the_url_it_sends() -> None:
-    # Belt and braces: the decision function is the one _call runs before every request.
-    source = ast.parse((PACKAGE / "fhir.py").read_text())
-    call = next(n for n in ast.walk(source) if isinstance(n, ast.AsyncFunctionDef) and n.name == "_call")
-    first = call.body[1]  # after the docstring
-    assert isinstance(first, ast.Assign) and ast.unparse(first.value) == "self._authorize(session, method, url)"
-    assert fhir.ModMedClient._authorize.__doc__ and "before a byte is sent" in fhir.ModMedClient._authorize.__doc__
+def test_the_browser_only_ever_goes_to_the_closed_set_of_screens() -> None:
+    """EMA's structural twin of the chokepoint: the page navigates in one place, to a URL built from a Screen."""
+    navigations = set()
+    for path in connector_modules():
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for function in ast.walk(tree):
+            if isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+                for node in ast.walk(function):
+                    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in (
+                        "goto", "_goto"
+                    ):
+                        navigations.add((path.name, function.name, ast.unparse(node)))
+    assert navigations == {
+        ("session.py", "_goto", "self._page.goto(url, wait_until='load')"),
+        ("session.py", "open", "self._goto(url)"),
+        ("session.py", "_checkin", "page.goto('about:blank')"),
+    }
+    assert not [screen for screen in Screen if any(word in screen.value for word in MEDICATION_SCREEN_WORDS)]
+
+
+async def test_disallowed_reads_are_refused_before_authentication(
+    private_sandbox: SandboxServer, private_practices: PracticeSet, recorder: Recorder
+) -> None:
+    """The chokepoint decides on the URL and query it would send, before a token is even fetched."""
+    practice = private_practices.proprietary(fhir_task_create=True)
+    before = private_sandbox.stats(practice.practice_id)["calls"]
+    base = practice.fhir_base
+    uds = f"{COMPLIANCE_SYSTEM}|uds"
+    pdmp = f"{COMPLIANCE_SYSTEM}|pdmp-check"
+    async with ModMedClient(limiters=RateLimiterRegistry(), observer=recorder) as client:
+        session = client.session(practice)
+        refused = [
+            client._call(session, "GET", f"{base}/Observation/obs-1001-000001"),  # by id: could be a UDS result
+            client._call(session, "GET", f"{base}/Observation", params={"patient": "pt-1", "code": uds}),
+            client._call(session, "GET", f"{base}/Observation", params={"patient": "pt-1"}),
+            client._call(session, "GET", f"{base}/Observation", params={"patient": "pt-1", "code": [pdmp, uds]}),
+            client._call(session, "GET", f"{base}/Observation?patient=pt-1&code={uds}", params={"code": pdmp}),
+            client._call(session, "GET", f"{base}/Observation", params={"code": pdmp, "_include": "Observation:has-member"}),
+            client._call(session, "GET", f"{base}/Observation", params={"code": "pdmp-check"}),  # no system: ambiguous
+            client._call(session, "GET", f"{base}/MedicationRequest", params={"patient": "pt-1"}),
+        ]
+        for attempt in refused:
+            with pytest.raises(ResourceNotAllowed):
+                await attempt
+    assert recorder.calls == []  # not even a token request went out
+    assert private_sandbox.stats(practice.practice_id)["calls"] == before

@@ -12,7 +12,7 @@ from fhir.resources.R4B.task import Task
 
 from callstream.errors import ConfigError
 from callstream.tenants import GoLivePhase, Practice
-from connectors.errors import CapabilityMissing, ConflictError, InvalidRequestError, WriteNotAllowed
+from connectors.errors import CapabilityMissing, ConflictError, InvalidRequestError, VisitReasonMismatch, WriteNotAllowed
 from connectors.fhir import ClientConfig, ModMedClient
 from connectors.ledger import InMemoryLedger, LedgerState, idempotency_key
 from connectors.operations import MatchKind, ModMedConnector, SlotOffer
@@ -126,6 +126,35 @@ async def test_booking_twice_for_the_same_call_books_once(
     assert recorder.count(resource="Appointment", method="POST") == posts  # the practice check found it
     mine = await client.search(main_practice, Appointment, {"patient": patient.id, "date": offer.start.isoformat()})
     assert [a.id for a in mine.matches if a.status == "booked"] == [booked.id]
+
+
+async def test_a_slot_of_another_visit_reason_than_the_guard_decided_is_never_booked(
+    client: ModMedClient, main_practice: Practice, recorder: Recorder
+) -> None:
+    connector = ModMedConnector(client, InMemoryLedger())
+    patient = (await some_patients(client, main_practice))[9]
+    injection = (await free_offers(connector, main_practice, VisitReason.ESI))[1]
+    with pytest.raises(VisitReasonMismatch, match="the slot is for esi, the guard decided medication-management"):
+        await connector.book_appointment(main_practice, call_id="call-reason", patient_id=patient.id,
+                                         slot_id=injection.slot_id, expected_visit_reason=VisitReason.MEDICATION_MANAGEMENT)
+    with pytest.raises(InvalidRequestError, match="not a visit reason"):
+        await connector.book_appointment(main_practice, call_id="call-reason", patient_id=patient.id,
+                                         slot_id=injection.slot_id, expected_visit_reason="botox")  # type: ignore[arg-type]
+    assert recorder.count(resource="Appointment", method="POST") == 0
+    booked = await connector.book_appointment(main_practice, call_id="call-reason", patient_id=patient.id,
+                                              slot_id=injection.slot_id, expected_visit_reason=VisitReason.ESI)
+    assert booked.appointmentType.coding[0].code == "esi"
+    other = next(o for o in (await free_offers(connector, main_practice, VisitReason.ESI))[2:] if o.start != injection.start)
+    with pytest.raises(VisitReasonMismatch):
+        await connector.reschedule_appointment(main_practice, call_id="call-reason", appointment_id=booked.id,
+                                               new_slot_id=other.slot_id, expected_visit_reason=VisitReason.FOLLOW_UP)
+    assert recorder.count(resource="Appointment", method="PUT") == 0
+    with pytest.raises(VisitReasonMismatch):  # a redelivery of the booked event is checked against the decision too
+        await connector.book_appointment(main_practice, call_id="call-reason", patient_id=patient.id,
+                                         slot_id=injection.slot_id, expected_visit_reason=VisitReason.FOLLOW_UP)
+    moved = await connector.reschedule_appointment(main_practice, call_id="call-reason", appointment_id=booked.id,
+                                                   new_slot_id=other.slot_id, expected_visit_reason=VisitReason.ESI)
+    assert moved.start == other.start
 
 
 async def test_reschedule_and_cancel_are_idempotent(client: ModMedClient, main_practice: Practice) -> None:

@@ -1,61 +1,87 @@
-"""The per-API-key limiter: the rolling-window guarantee under concurrency, pacing and 429 pauses."""
+"""The per-API-key limiter: the rolling-window guarantee under concurrency, pacing and 429 pauses.
+
+The timing tests run on a VirtualTimeLoop (the limiter's clock is the loop's): every figure is exact and
+the same on any machine, and a minute of traffic takes milliseconds.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import random
-import time
 
 import pytest
 
 from connectors.ratelimit import MAX_PENALTY_S, RateLimiter, RateLimiterRegistry, limiter_key
+from tests.connectors.helpers import VirtualTimeLoop, run_in_virtual_time
 
 
-async def _drive(limiter: RateLimiter, workers: int, duration_s: float) -> list[tuple[float, float]]:
-    """Many coroutines hammering one limiter; returns (sent, completed) per call."""
+async def _drive(
+    loop: VirtualTimeLoop, limiter: RateLimiter, workers: int, duration_s: float, rng: random.Random
+) -> list[tuple[float, float]]:
+    """Many coroutines hammering one limiter; returns (sent, completed) per call, in loop time."""
     calls: list[tuple[float, float]] = []
-    stop_at = time.monotonic() + duration_s
+    stop_at = loop.time() + duration_s
 
     async def worker() -> None:
-        while time.monotonic() < stop_at:
+        while loop.time() < stop_at:
             async with limiter.slot():
-                sent = time.monotonic()
-                await asyncio.sleep(random.uniform(0.0, 0.02))  # a request's latency
-                calls.append((sent, time.monotonic()))
+                sent = loop.time()
+                await asyncio.sleep(rng.uniform(0.0, 0.02))  # a request's latency
+                calls.append((sent, loop.time()))
 
     await asyncio.gather(*(worker() for _ in range(workers)))
     return calls
 
 
-async def test_no_window_ever_holds_more_than_the_limit_and_the_budget_is_used() -> None:
-    limiter = RateLimiter(20, window_s=0.5, burst_fraction=0.25)
-    calls = await _drive(limiter, workers=40, duration_s=1.6)
+def test_no_window_ever_holds_more_than_the_limit_and_the_budget_is_used() -> None:
+    limit, window = 1000, 60.0
+
+    async def main(loop: VirtualTimeLoop) -> tuple[RateLimiter, list[tuple[float, float]]]:
+        limiter = RateLimiter(limit, window_s=window, burst_fraction=0.05, clock=loop.time)
+        return limiter, await _drive(loop, limiter, workers=64, duration_s=3 * window, rng=random.Random(7))
+
+    limiter, calls = run_in_virtual_time(main)
     # A call occupies the key from its send until one window after its response: at every send,
     # count the calls (itself included) whose occupancy covers that instant.
-    for sent, _ in calls:
-        holders = sum(1 for s, done in calls if s <= sent < done + 0.5)
-        assert holders <= 20
-    # In steady state the key is used, not starved: at least 3 windows' worth minus pacing slack.
-    assert len(calls) >= 0.9 * 20 * 3
+    sends = sorted(calls)
+    for index, (sent, _) in enumerate(sends):
+        holders = sum(1 for s, done in sends[: index + 1] if sent < done + window)
+        assert holders <= limit
+    # The key is used, not starved: three windows of traffic spend (almost) three windows of budget.
+    # Each call's slot comes back one window after its response, so latency alone costs a sliver.
+    assert len(calls) >= 0.97 * 3 * limit
     assert limiter.stats().in_flight == 0 and limiter.stats().sent == len(calls)
 
 
-async def test_pacing_spreads_calls_after_the_burst() -> None:
-    limiter = RateLimiter(100, window_s=1.0, burst_fraction=0.03)  # 10 ms between calls after 3 at once
-    started = time.monotonic()
-    for _ in range(13):
-        async with limiter.slot():
-            pass
-    assert time.monotonic() - started >= 0.09
+def test_pacing_spreads_calls_after_the_burst() -> None:
+    async def main(loop: VirtualTimeLoop) -> list[float]:
+        limiter = RateLimiter(100, window_s=1.0, burst_fraction=0.03, clock=loop.time)  # 3 at once, then every 10 ms
+        entered = []
+        for _ in range(13):
+            async with limiter.slot():
+                entered.append(loop.time())
+        return entered
+
+    assert run_in_virtual_time(main) == pytest.approx([0.0, 0.0, 0.0] + [0.01 * n for n in range(1, 11)])
 
 
-async def test_429_pauses_every_coroutine_of_the_key_for_retry_after() -> None:
-    limiter = RateLimiter(1000, window_s=60)
-    assert limiter.record_429(0.3) == pytest.approx(0.3)
-    started = time.monotonic()
-    await asyncio.gather(*(limiter._acquire() for _ in range(3)))
-    assert time.monotonic() - started >= 0.29
-    assert limiter.stats().http_429 == 1
+def test_429_pauses_every_coroutine_of_the_key_for_retry_after() -> None:
+    async def main(loop: VirtualTimeLoop) -> tuple[float, list[float], int]:
+        limiter = RateLimiter(1000, window_s=60, clock=loop.time)
+        pause = limiter.record_429(0.3)
+        entered: list[float] = []
+
+        async def call() -> None:
+            async with limiter.slot():
+                entered.append(loop.time())
+
+        await asyncio.gather(*(call() for _ in range(3)))
+        return pause, entered, limiter.stats().http_429
+
+    pause, entered, http_429 = run_in_virtual_time(main)
+    assert pause == pytest.approx(0.3)
+    assert entered == pytest.approx([0.3, 0.3, 0.3])  # nobody goes before the pause ends, everybody right after
+    assert http_429 == 1
 
 
 def test_429_without_retry_after_doubles_and_hostile_retry_after_is_capped() -> None:

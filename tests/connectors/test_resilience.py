@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 from collections.abc import Iterator
 
@@ -21,7 +22,7 @@ from connectors.ratelimit import RateLimiterRegistry
 from guards.model import Command, VisitReason
 from sandbox.generator import build_world
 from tests.connectors.helpers import PracticeSet, Recorder, practice_entry
-from tests.fixtures.sandbox import SandboxServer, running_sandbox
+from tests.fixtures.sandbox import MovableTime, SandboxServer, running_sandbox
 
 FAST_RETRIES = ClientConfig(backoff_base_s=0.01, backoff_cap_s=0.02, breaker_failure_threshold=3, breaker_reset_s=0.5)
 
@@ -108,10 +109,13 @@ async def test_429_is_waited_out_honouring_retry_after_or_reported(
         limiter = client.limiter(booking_practice)
         before = limiter.stats().http_429
         faulted.set_faults(booking_practice.practice_id, burst_429=1)
-        started = asyncio.get_running_loop().time()
         await client.search(booking_practice, Location, {}, max_pages=1)
-        assert asyncio.get_running_loop().time() - started >= 0.95  # Retry-After: 1
         assert limiter.stats().http_429 == before + 1
+        assert [status for *_, status in recorder.calls[-2:]] == [429, 200]
+        (_, refused_at), (resent_at, _) = recorder.moments[-2:]
+        paused_until = limiter.stats().paused_until  # the limiter's clock is time.monotonic, like the recorder's
+        assert paused_until >= refused_at + 1.0  # Retry-After: 1 paused the key...
+        assert resent_at >= paused_until  # ...and the resend waited for the pause to end
     async with ModMedClient(limiters=RateLimiterRegistry(), config=ClientConfig(request_budget_s=0.5)) as impatient:
         await impatient.search(booking_practice, Location, {}, max_pages=1)
         faulted.set_faults(booking_practice.practice_id, burst_429=5)
@@ -141,7 +145,10 @@ async def test_client_limiter_holds_calls_instead_of_earning_429s(tmp_path_facto
 async def test_breaker_isolates_a_failing_practice(
     faulted: SandboxServer, booking_practice: Practice, other_practice: Practice, recorder: Recorder
 ) -> None:
-    async with ModMedClient(limiters=RateLimiterRegistry(), observer=recorder, config=FAST_RETRIES) as client:
+    clock = MovableTime()
+    config = dataclasses.replace(FAST_RETRIES, breaker_reset_s=60.0)  # only the moved clock ends the open state
+    async with ModMedClient(limiters=RateLimiterRegistry(), observer=recorder, config=config,
+                            clock=clock.monotonic) as client:
         for practice in (booking_practice, other_practice):
             await client.search(practice, Location, {}, max_pages=1)
         faulted.set_faults(booking_practice.practice_id, error_5xx_ratio=1.0)
@@ -155,7 +162,8 @@ async def test_breaker_isolates_a_failing_practice(
         healthy = await client.search(other_practice, Location, {}, max_pages=1)
         assert healthy.matches and client.session(other_practice).breaker.state is BreakerState.CLOSED
         faulted.clear_faults(booking_practice.practice_id)
-        await asyncio.sleep(0.55)
+        assert client.session(booking_practice).breaker.state is BreakerState.OPEN
+        clock.advance(config.breaker_reset_s)
         assert client.session(booking_practice).breaker.state is BreakerState.HALF_OPEN
         await client.search(booking_practice, Location, {}, max_pages=1)  # the probe succeeds
         assert client.session(booking_practice).breaker.state is BreakerState.CLOSED

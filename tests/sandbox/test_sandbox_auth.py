@@ -4,12 +4,11 @@ cross-practice isolation (one practice's key or token never opens another's data
 from __future__ import annotations
 
 import base64
-import time
 
 import httpx
 
 from sandbox.generator import build_world
-from tests.fixtures.sandbox import SandboxServer, running_sandbox
+from tests.fixtures.sandbox import MovableTime, SandboxServer, running_sandbox
 from tests.sandbox.helpers import proprietary_headers
 
 
@@ -33,7 +32,7 @@ def test_refresh_token_rotates(http: httpx.Client, main_practice: dict) -> None:
     assert second.status_code == 200
     assert second.json()["access_token"] != first["access_token"]
     replay = _grant(http, main_practice, grant_type="refresh_token", refresh_token=first["refresh_token"])
-    assert replay.status_code == 401 and replay.json()["error"] == "invalid_grant"
+    assert replay.status_code == 400 and replay.json()["error"] == "invalid_grant"  # RFC 6749 §5.2
 
 
 def test_client_credentials_in_form_and_basic(http: httpx.Client, main_practice: dict) -> None:
@@ -48,7 +47,7 @@ def test_client_credentials_in_form_and_basic(http: httpx.Client, main_practice:
 
 def test_bad_credentials_and_malformed_requests(http: httpx.Client, main_practice: dict) -> None:
     wrong = _grant(http, main_practice, grant_type="password", username=main_practice["username"], password="nope")
-    assert (wrong.status_code, wrong.json()["error"]) == (401, "invalid_grant")
+    assert (wrong.status_code, wrong.json()["error"]) == (400, "invalid_grant")
     secret = _grant(http, main_practice, grant_type="client_credentials", client_id=main_practice["client_id"], client_secret="x")
     assert (secret.status_code, secret.json()["error"]) == (401, "invalid_client")
     unsupported = _grant(http, main_practice, grant_type="implicit")
@@ -95,7 +94,7 @@ def test_practices_are_isolated(http: httpx.Client, main_practice: dict, task_pr
     assert other_grant.status_code == 403
     foreign_credentials = _grant(http, main_practice, grant_type="password",
                                  username=task_practice["username"], password=task_practice["password"])
-    assert foreign_credentials.status_code == 401
+    assert (foreign_credentials.status_code, foreign_credentials.json()["error"]) == (400, "invalid_grant")
     foreign_id = http.get(f"{task_practice['fhir_base']}/Patient/{patient_id}", headers=task_headers)
     assert foreign_id.status_code == 404
     assert foreign_id.json()["issue"][0]["details"]["text"] == "UnclassifiedServerFailureException"
@@ -107,12 +106,16 @@ def test_certified_practice_has_no_proprietary_api(http: httpx.Client, certified
 
 
 def test_token_revocation_fault(sandbox: SandboxServer, http: httpx.Client, task_practice: dict) -> None:
-    headers = proprietary_headers(task_practice, http)
+    granted = _grant(http, task_practice, grant_type="password", username=task_practice["username"],
+                     password=task_practice["password"]).json()
+    headers = {"x-api-key": task_practice["api_key"], "Authorization": f"Bearer {granted['access_token']}"}
     url = f"{task_practice['fhir_base']}/Practitioner"
     assert http.get(url, headers=headers).status_code == 200
     try:
         sandbox.set_faults(task_practice["practice_id"], revoke_tokens=True)
         assert http.get(url, headers=headers).status_code == 401
+        refresh = _grant(http, task_practice, grant_type="refresh_token", refresh_token=granted["refresh_token"])
+        assert (refresh.status_code, refresh.json()["error"]) == (400, "invalid_grant")  # RFC 6749 §5.2
         fresh = proprietary_headers(task_practice, http)
         assert http.get(url, headers=fresh).status_code == 200
     finally:
@@ -121,12 +124,14 @@ def test_token_revocation_fault(sandbox: SandboxServer, http: httpx.Client, task
 
 def test_access_tokens_expire() -> None:
     world = build_world(seed=3, practices=1, patients_per_practice=5, access_token_ttl_seconds=1)
+    clock = MovableTime()
+    world.clock = clock.now
     with running_sandbox(world) as server, httpx.Client() as http:
         practice = server.practices[0]
         headers = proprietary_headers(practice, http)
         url = f"{practice['fhir_base']}/Organization"
         assert http.get(url, headers=headers).status_code == 200
-        time.sleep(1.2)
+        clock.advance(1.0)  # the token's whole lifetime: expiry is exclusive
         expired = http.get(url, headers=headers)
         assert expired.status_code == 401
         assert 'error="invalid_token"' in expired.headers["www-authenticate"]

@@ -115,12 +115,14 @@ def test_task_queue_writes_fhir_tasks(ema: httpx.Client, main_practice: dict, ma
     queue = ema.get(f"{base}/pm/tasks").text
     coordinator = main_practice["controlled_substance_coordinator"]
     assert f'data-testid="task-assignee-option-{coordinator}"' in queue
+    assert 'data-testid="task-kind-option-provider-review"' in queue  # its own kind, apart from clinical-review
     created = ema.post(f"{base}/pm/tasks", data={
         "csrf_token": _csrf(queue), "kind": "uds-scheduling", "assignee": coordinator, "patient_id": "pt-1001-000050",
         "call_reference": "call-7f3a9", "note": "Caller asked about UDS; routed to coordinator.", "priority": "routine"})
     assert created.status_code == 200
     task_id = _testid(created.text, "task-created-id")
-    assert f'data-testid="task-row-{task_id}"' in created.text
+    row = re.search(rf'data-testid="task-row-{task_id}".*?data-testid="task-note"[^>]*>([^<]*)<', created.text)
+    assert row and row.group(1) == "Caller asked about UDS; routed to coordinator."  # the queue shows the note
     tasks = entries(http.get(f"{main_practice['fhir_base']}/Task", params={"patient": "pt-1001-000050"}, headers=main_headers).json())
     task = next(t for t in tasks if t["id"] == task_id)
     assert task["code"]["coding"][0]["code"] == "uds-scheduling"

@@ -9,9 +9,10 @@ import threading
 import pytest
 
 from callstream.devstack import TansuBroker, free_port
-from callstream.errors import ConfigError
+from callstream.errors import ConfigError, ServiceUnavailableError
 from callstream.settings import load_settings
 from schemas.models import AuditAction, AuditOutcome, CommandKind
+from schemas.registry import SchemaRegistryClient
 from schemas.topics import AUDIT
 from sinks.cli import audit_main, run_sinks, sinks_main
 from sinks.clickhouse_store import AmbiguousCallError, AuditRowProcessor, AuditStore
@@ -83,6 +84,25 @@ def test_sinks_run_needs_a_tenant_directory_for_the_siem(monkeypatch: pytest.Mon
         sinks_main(["run", "--only", "siem"])
     with pytest.raises(ConfigError, match="unknown sink 'kafka'"):
         run_sinks(load_settings(), threading.Event(), only="kafka")
+
+
+@pytest.mark.broker
+def test_a_store_that_cannot_open_leaves_no_registry_client_open(kafka_bootstrap: str,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CALLSTREAM_CONFIG", raising=False)
+    closed: list[SchemaRegistryClient] = []
+    real_close = SchemaRegistryClient.close
+
+    def recording_close(client: SchemaRegistryClient) -> None:  # a spy around the real close
+        closed.append(client)
+        real_close(client)
+
+    monkeypatch.setattr(SchemaRegistryClient, "close", recording_close)
+    settings = load_settings(kafka_bootstrap_servers=kafka_bootstrap, clickhouse_dsn=f"http://127.0.0.1:{free_port()}",
+                             schema_registry_url=f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(ServiceUnavailableError, match="ClickHouse"):
+        run_sinks(settings, threading.Event(), only="clickhouse")
+    assert len(closed) == 1 and closed[0]._http.is_closed
 
 
 @pytest.mark.broker

@@ -210,6 +210,30 @@ def test_a_second_firehose_joining_and_leaving_loses_and_crosses_nothing(
     assert first_tally.total(SiemOutcome.FAILED) + second_tally.total(SiemOutcome.FAILED) == 0
 
 
+@pytest.mark.broker
+def test_siem_urls_never_reach_the_logs_whatever_the_log_level(
+    kafka_bootstrap: str, topic_name: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Receivers put tokens in their URLs; an HTTP client's own INFO request log must not print them."""
+    caplog.set_level(logging.DEBUG)  # the caller's logging: everything, httpx and httpcore included
+    dead_letters = f"{topic_name}-dlq"
+    ensure_topics(kafka_bootstrap, [(topic_name, 1), (dead_letters, 1)])
+    secret = new_secret_text(random.Random(3))
+    monkeypatch.setenv("URL_TOKEN_SECRET", secret)
+    with SiemReceiver(reject_rate=0.0) as receiver:
+        receiver.add_practice("token-practice", secret)
+        url = receiver.url("token-practice") + "?token=hec-TOKEN-4d1f9e"
+        tally = DeliveryTally()
+        firehose, _ = _firehose(tenant_directory({"token-practice": (url, "env:URL_TOKEN_SECRET", "splunk_hec")}),
+                                kafka_bootstrap, topic_name, dead_letters, tally, max_attempts=2)
+        produce_events(kafka_bootstrap, topic_name, [make_event("token-practice", index) for index in range(3)])
+        with run_in_thread(firehose.run):
+            wait_until(lambda: len(receiver.practices["token-practice"].unique()) == 3, 30, "three deliveries")
+    assert tally.total(SiemOutcome.DELIVERED) == 3
+    assert caplog.records, "the firehose logs its own progress"
+    assert "hec-TOKEN-4d1f9e" not in caplog.text and "/siem/token-practice" not in caplog.text
+
+
 def test_offsets_become_committable_only_over_a_settled_prefix() -> None:
     tracker = OffsetTracker()
     for offset in (10, 11, 12, 13):

@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 
 from sinks.webhooks import (
+    WebhookHeaderError,
     WebhookSecret,
     WebhookSecretError,
     WebhookVerificationError,
     resolve_secret,
+    retry_after_seconds,
     sign,
     signature_headers,
     verify,
@@ -55,6 +57,42 @@ def test_tampered_or_malformed_deliveries_are_rejected(change, message: str) -> 
     headers, body = change(signature_headers(secret, "evt-1", b"{}", timestamp=1_700_000_000), b"{}")
     with pytest.raises(WebhookVerificationError, match=message):
         verify(secret, headers, body, now=1_700_000_000)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda h: {k: v for k, v in h.items() if k != "webhook-id"},
+        lambda h: {**h, "webhook-id": "x" * 257},
+        lambda h: {**h, "webhook-id": "evt\n1"},
+        lambda h: {**h, "webhook-timestamp": "1" * 13},
+        lambda h: {**h, "webhook-timestamp": "１７００００００００"},  # full-width digits are not ASCII seconds
+    ],
+)
+def test_malformed_headers_are_header_errors_a_receiver_answers_400(change) -> None:  # type: ignore[no-untyped-def]
+    secret = WebhookSecret.parse(SPEC_SECRET)
+    with pytest.raises(WebhookHeaderError):
+        verify(secret, change(signature_headers(secret, "evt-1", b"{}", timestamp=1_700_000_000)), b"{}", now=1_700_000_000)
+
+
+def test_only_the_first_sixteen_signatures_are_tried() -> None:
+    secret = WebhookSecret.parse(SPEC_SECRET)
+    headers = signature_headers(secret, "evt-1", b"{}", timestamp=1_700_000_000)
+    padded = {**headers, "webhook-signature": " ".join(["v1,AAAA"] * 16 + [headers["webhook-signature"]])}
+    with pytest.raises(WebhookVerificationError, match="no webhook-signature matches") as refused:
+        verify(secret, padded, b"{}", now=1_700_000_000)
+    assert not isinstance(refused.value, WebhookHeaderError)
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        (None, None), ("", None), ("7", 7.0), (" 0.25 ", 0.25), ("-3", None), ("nan", None), ("inf", None),
+        ("soon", None), ("Tue, 14 Nov 2023 22:13:40 GMT", 20.0), ("Tue, 14 Nov 2023 22:13:00 GMT", 0.0),
+    ],
+)
+def test_retry_after_reads_seconds_and_http_dates(header: str | None, seconds: float | None) -> None:
+    assert retry_after_seconds(header, now=1_700_000_000) == seconds  # 1_700_000_000 = Tue, 14 Nov 2023 22:13:20 GMT
 
 
 def test_another_practices_secret_does_not_verify() -> None:

@@ -42,7 +42,7 @@ def ema_clock() -> MovableClock:
 @pytest.fixture(scope="package")
 def ema_world(ema_clock: MovableClock) -> SandboxWorld:
     world = build_world(seed=EMA_SEED, practices=3, patients_per_practice=EMA_PATIENTS)
-    world.clock = ema_clock
+    world.clock = ema_clock.now
     return world
 
 

@@ -3,7 +3,6 @@ receiver, a movable sandbox clock and chart lookups in the in-process sandbox wo
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import threading
@@ -15,25 +14,19 @@ from typing import Any
 from callstream.tenants import Practice
 from sandbox.world import SandboxWorld, Tenant
 from tests.connectors.helpers import practice_entry
-from tests.fixtures.sandbox import SandboxServer
+from tests.fixtures.sandbox import MovableTime, SandboxServer
 
 LOGIN_ROUTE = "POST /ema/{prefix}/login"
 
 
-class MovableClock:
+class MovableClock(MovableTime):
     """The sandbox world's clock; moving it past the 30-minute idle limit expires every EMA session.
 
     It only ever moves forward, so sessions opened after one expiry are not revived by the next test.
     """
 
-    def __init__(self) -> None:
-        self.offset = dt.timedelta(0)
-
-    def __call__(self) -> dt.datetime:
-        return dt.datetime.now(dt.UTC) + self.offset
-
     def expire_ema_sessions(self) -> None:
-        self.offset += dt.timedelta(minutes=31)
+        self.advance(31 * 60)
 
 
 class ScreenLog(logging.Handler):

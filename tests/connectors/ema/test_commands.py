@@ -23,9 +23,15 @@ from fhir.resources.R4B.task import Task
 
 from callstream.tenants import Practice
 from connectors.compliance import compliance_flags
-from connectors.ema.commands import EmaCommands
+from connectors.ema.commands import TASK_KEY_LINE, EmaCommands
 from connectors.ema.directory import FhirEmaDirectory
-from connectors.ema.errors import EmaConflictError, EmaInvalidCommand, EmaNotFoundError, EmaScreenError
+from connectors.ema.errors import (
+    EmaConflictError,
+    EmaInvalidCommand,
+    EmaNotFoundError,
+    EmaScreenError,
+    EmaVisitReasonMismatch,
+)
 from connectors.ema.evidence import EvidenceStore
 from connectors.ema.locks import EmaLockStore
 from connectors.ema.screens import Screen
@@ -34,9 +40,31 @@ from connectors.errors import CapabilityMissing, WriteNotAllowed
 from connectors.fhir import ModMedClient
 from connectors.ledger import InMemoryLedger
 from connectors.operations import ModMedConnector
-from connectors.vocabulary import CALL_REFERENCE_SYSTEM, TASK_KIND_SYSTEM
-from guards.model import TASK_AUDIENCE, TaskAudience, TaskKind, TaskReason, TaskSpec, VisitReason
+from connectors.vocabulary import (
+    CALL_REFERENCE_SYSTEM,
+    COMPLIANCE_SYSTEM,
+    EXT_AGREEMENT_STATUS,
+    EXT_LAST_REFILL_DATE,
+    EXT_RESTRICTION,
+    TASK_KIND_SYSTEM,
+)
+from guards.engine import decide
+from guards.model import (
+    TASK_AUDIENCE,
+    AgreementStatus,
+    CallContext,
+    GoLivePhase,
+    Intent,
+    IntentRequest,
+    PhoneRestriction,
+    TaskAudience,
+    TaskKind,
+    TaskReason,
+    TaskSpec,
+    VisitReason,
+)
 from guards.scheduling import slot_rejections
+from sandbox import writes
 from sandbox.world import SandboxWorld
 from tests.connectors.ema.helpers import (
     EmaPracticeSet,
@@ -81,6 +109,32 @@ def plain_patients(world: SandboxWorld, practice_id: str) -> list[str]:
     return patients_where(world, practice_id, lambda tenant, pid: not flags_of(tenant, pid))
 
 
+def chart_flag(world: SandboxWorld, practice_id: str, patient_id: str, code: str, **fields: object) -> None:
+    """Put one more active compliance Flag on a chart (the provider's doing, in ModMed)."""
+    tenant = world.tenants[practice_id]
+    flag = {"resourceType": "Flag", "status": "active", "code": {"coding": [{"system": COMPLIANCE_SYSTEM, "code": code}]},
+            "subject": {"reference": f"Patient/{patient_id}"}, **fields}
+    with tenant.lock:
+        flag["id"] = tenant.store.next_id(tenant.id_prefix("flag"))
+        tenant.store.add(writes.validate_resource("Flag", flag), world.now())
+
+
+def agreement(status: str, renewal: str) -> dict[str, object]:
+    return {"extension": [{"url": EXT_AGREEMENT_STATUS, "valueCode": status}], "period": {"end": renewal}}
+
+
+async def turn(rig: Rig, practice: Practice, world: SandboxWorld, call_id: str, patient: str,
+               request: IntentRequest) -> list[str]:
+    """One turn on an EMA practice: flags from the screens, the guard's decision, its tasks in the PM queue."""
+    flags = await rig.commands.read_compliance(practice, patient)
+    context = CallContext(call_id=call_id, practice_id=practice.practice_id, caller_identified=True, patient_id=patient)
+    decision = decide(context, request, flags.to_chart_flags(), GoLivePhase.WRITE, world.now())
+    return [
+        (await rig.commands.create_staff_task(practice, call_id=call_id, task=task, note="Routed from the phone line.")).resource_id
+        for task in decision.tasks
+    ]
+
+
 async def test_ema_only_template_is_searched_and_booked_on_screens_and_visible_over_fhir(
     rig: Rig, ema_practices: EmaPracticeSet, ema_world: SandboxWorld
 ) -> None:
@@ -112,7 +166,8 @@ async def test_ema_only_template_is_searched_and_booked_on_screens_and_visible_o
     chosen = valid[0]
 
     result = await rig.commands.book_template(
-        practice, call_id="call-ema-book-1", patient_id=patient, slot_id=chosen.slot_id
+        practice, call_id="call-ema-book-1", patient_id=patient, slot_id=chosen.slot_id,
+        expected_visit_reason=VisitReason.KYPHOPLASTY,
     )
     assert result.resource_type == "Appointment"
     assert result.deep_link == practice.chart_deep_link(patient)
@@ -187,6 +242,12 @@ async def test_booking_refuses_slots_it_did_not_offer_and_read_only_practices(
         await rig.commands.book_template(main, call_id="call-x", patient_id="../pdmp", slot_id=offers[0].slot_id)
     with pytest.raises(EmaInvalidCommand, match="call reference"):
         await rig.commands.book_template(main, call_id="call with spaces", patient_id=patient, slot_id=offers[0].slot_id)
+    with pytest.raises(EmaVisitReasonMismatch, match="the slot is for kyphoplasty, the guard decided esi"):
+        await rig.commands.book_template(main, call_id="call-x", patient_id=patient, slot_id=offers[0].slot_id,
+                                         expected_visit_reason=VisitReason.ESI)
+    with pytest.raises(EmaInvalidCommand, match="not a visit reason"):
+        await rig.commands.book_template(main, call_id="call-x", patient_id=patient, slot_id=offers[0].slot_id,
+                                         expected_visit_reason="botox")  # type: ignore[arg-type]
     read_only = ema_practices.practice("pain-1001", phase="read_only")
     with pytest.raises(WriteNotAllowed, match="read_only"):
         await rig.commands.book_template(read_only, call_id="call-x", patient_id=patient, slot_id=offers[0].slot_id)
@@ -275,6 +336,75 @@ async def test_staff_task_lands_in_the_pm_queue_and_over_fhir(
     assert redelivered == result
     same_call = await rig.client.search(practice, Task, {"identifier": f"{CALL_REFERENCE_SYSTEM}|{call_id}"})
     assert [t.id for t in same_call.matches] == [result.resource_id]
+
+
+async def test_a_violated_agreement_medication_visit_queues_the_provider_and_the_clinical_task(
+    rig: Rig, ema_practices: EmaPracticeSet, ema_world: SandboxWorld
+) -> None:
+    practice = ema_practices.practice("pain-1001")
+    tenant = ema_world.tenants["pain-1001"]
+    patient = plain_patients(ema_world, "pain-1001")[-1]
+    chart_flag(ema_world, "pain-1001", patient, "chronic-opioid",
+               extension=[{"url": EXT_LAST_REFILL_DATE, "valueDate": "2026-01-05"}])
+    chart_flag(ema_world, "pain-1001", patient, "opioid-agreement", **agreement("violated", "2026-09-01"))
+    call_id = "call-ema-escalate"
+    request = IntentRequest(intent=Intent.BOOK_APPOINTMENT, visit_reason=VisitReason.MEDICATION_MANAGEMENT)
+
+    created = await turn(rig, practice, ema_world, call_id, patient, request)
+    assert len(set(created)) == 2  # neither task answered with the other's id
+    queued = (await rig.client.search(practice, Task, {"identifier": f"{CALL_REFERENCE_SYSTEM}|{call_id}"})).matches
+    by_kind = {task.code.coding[0].code: task for task in queued}
+    assert set(by_kind) == {"provider-review", "clinical-review"} and {t.id for t in queued} == set(created)
+    provider, nurse = by_kind["provider-review"], by_kind["clinical-review"]
+    assert tenant.profile.staff_member(provider.owner.reference.removeprefix("Practitioner/")).role == "interventionalist"
+    assert tenant.profile.staff_member(nurse.owner.reference.removeprefix("Practitioner/")).role == "nurse"
+    assert provider.note[0].text.endswith(f"{TASK_KEY_LINE}{call_id}:PROVIDER_CONTROLLED_SUBSTANCE_REVIEW:"
+                                          f"CONTROLLED_SUBSTANCE_VISIT:{patient}")
+
+    assert await turn(rig, practice, ema_world, call_id, patient, request) == created  # a redelivered turn
+    again = await rig.client.search(practice, Task, {"identifier": f"{CALL_REFERENCE_SYSTEM}|{call_id}"})
+    assert sorted(t.id for t in again.matches) == sorted(created)
+
+
+async def test_a_nurse_task_of_an_earlier_turn_never_swallows_a_later_escalation(
+    rig: Rig, ema_practices: EmaPracticeSet, ema_world: SandboxWorld
+) -> None:
+    practice = ema_practices.practice("pain-1001")
+    patient = plain_patients(ema_world, "pain-1001")[-2]
+    chart_flag(ema_world, "pain-1001", patient, "chronic-opioid")
+    chart_flag(ema_world, "pain-1001", patient, "opioid-agreement", **agreement("violated", "2026-09-01"))
+    call_id = "call-ema-turns"
+    booking = IntentRequest(intent=Intent.BOOK_APPOINTMENT, visit_reason=VisitReason.AGREEMENT_REVIEW)
+    (nurse_task,) = await turn(rig, practice, ema_world, call_id, patient, booking)  # turn 1: clinical team only
+    medication = IntentRequest(intent=Intent.BOOK_APPOINTMENT, visit_reason=VisitReason.MEDICATION_MANAGEMENT)
+    provider_task, same_nurse_task = await turn(rig, practice, ema_world, call_id, patient, medication)
+    (results_task,) = await turn(rig, practice, ema_world, call_id, patient, IntentRequest(intent=Intent.RESULTS_REQUEST))
+    assert same_nurse_task == nurse_task  # the same TaskSpec decided again: the same task
+    assert len({nurse_task, provider_task, results_task}) == 3  # a later task of the same queue kind is its own task
+    queued = (await rig.client.search(practice, Task, {"identifier": f"{CALL_REFERENCE_SYSTEM}|{call_id}"})).matches
+    assert sorted((t.code.coding[0].code, t.id) for t in queued) == sorted(
+        [("clinical-review", nurse_task), ("provider-review", provider_task), ("clinical-review", results_task)])
+
+
+async def test_ema_and_fhir_agree_on_a_chart_with_several_flags_of_a_kind(
+    rig: Rig, ema_practices: EmaPracticeSet, ema_world: SandboxWorld
+) -> None:
+    practice = ema_practices.practice("pain-1001")
+    patient = plain_patients(ema_world, "pain-1001")[-3]
+    for refill in ("2026-01-05", "2026-02-11"):
+        chart_flag(ema_world, "pain-1001", patient, "chronic-opioid",
+                   extension=[{"url": EXT_LAST_REFILL_DATE, "valueDate": refill}])
+    chart_flag(ema_world, "pain-1001", patient, "opioid-agreement", **agreement("active", "2027-01-01"))
+    chart_flag(ema_world, "pain-1001", patient, "opioid-agreement", **agreement("expired", "2026-06-01"))
+    for restriction in ("no-scheduling", "no-refill-requests"):
+        chart_flag(ema_world, "pain-1001", patient, "phone-request-restriction",
+                   extension=[{"url": EXT_RESTRICTION, "valueCode": restriction}])
+    from_screens = await rig.commands.read_compliance(practice, patient)
+    over_fhir = await ModMedConnector(rig.client, InMemoryLedger()).read_compliance_flags(practice, patient)
+    assert from_screens == over_fhir
+    assert from_screens.phone_restrictions == {PhoneRestriction.NO_SCHEDULING, PhoneRestriction.NO_REFILL_REQUESTS}
+    assert from_screens.agreement_status is AgreementStatus.EXPIRED  # the most severe, not the first on file
+    assert (from_screens.agreement_renewal_due, from_screens.last_refill_date) == (dt.date(2027, 1, 1), dt.date(2026, 2, 11))
 
 
 async def test_a_pinned_assignee_receives_the_audience_tasks(

@@ -20,13 +20,13 @@ from connectors.ema.screens import (
     read_id,
     read_optional_date,
     read_optional_instant,
-    read_phone_restriction,
+    read_phone_restrictions,
     read_yes_no,
     screen_url,
 )
 from guards.model import AgreementStatus, PhoneRestriction, TaskAudience, TaskKind, TaskReason, TaskSpec
 
-READERS = [read_yes_no, read_optional_date, read_agreement_status, read_phone_restriction, read_optional_instant, read_id]
+READERS = [read_yes_no, read_optional_date, read_agreement_status, read_phone_restrictions, read_optional_instant, read_id]
 
 
 @pytest.fixture
@@ -56,14 +56,16 @@ def test_readers_accept_exactly_the_documented_vocabulary() -> None:
     assert read_optional_date("t", "2026-02-28") == dt.date(2026, 2, 28) and read_optional_date("t", "-") is None
     assert read_agreement_status("t", "violated") is AgreementStatus.VIOLATED
     assert read_agreement_status("t", "none") is AgreementStatus.NONE
-    assert read_phone_restriction("t", "none") == frozenset()
-    assert read_phone_restriction("t", "no-scheduling") == {PhoneRestriction.NO_SCHEDULING}
+    assert read_phone_restrictions("t", "none") == frozenset()
+    assert read_phone_restrictions("t", "no-scheduling") == {PhoneRestriction.NO_SCHEDULING}
+    assert read_phone_restrictions("t", "no-refill-requests, no-scheduling") == {
+        PhoneRestriction.NO_REFILL_REQUESTS, PhoneRestriction.NO_SCHEDULING}
     assert read_optional_instant("t", "2026-10-13T12:15:18.517Z") == dt.datetime(2026, 10, 13, 12, 15, 18, 517000, dt.UTC)
     assert read_optional_instant("t", "never") is None
     assert read_id("t", "appt-1001-000001") == "appt-1001-000001"
     for reader, bad in [
         (read_yes_no, "Yes"), (read_optional_date, "2026-02-30"), (read_optional_date, "20260228"),
-        (read_agreement_status, "pending"), (read_phone_restriction, "no-refills"),
+        (read_agreement_status, "pending"), (read_phone_restrictions, "no-refills"),
         (read_optional_instant, "2026-10-13T12:15:18"), (read_optional_instant, "yesterday"), (read_id, "a b"),
         (read_id, "x" * 65),
     ]:
@@ -86,3 +88,6 @@ def test_every_guard_task_kind_has_a_queue_kind() -> None:
                        reason=TaskReason.AGREEMENT_NOT_ON_FILE, call_id="c", practice_id="p")
     violated = renewal.model_copy(update={"reason": TaskReason.AGREEMENT_VIOLATED})
     assert (task_kind_code(renewal), task_kind_code(violated)) == ("agreement-renewal", "clinical-review")
+    provider = TaskSpec(kind=TaskKind.PROVIDER_CONTROLLED_SUBSTANCE_REVIEW, audience=TaskAudience.PROVIDER,
+                        reason=TaskReason.CONTROLLED_SUBSTANCE_VISIT, call_id="c", practice_id="p")
+    assert task_kind_code(provider) == "provider-review"  # never the clinical team's queue kind
