@@ -1,0 +1,307 @@
+"""`callstream bench pipeline`: throughput and reply latency of one worker, against a raw pass-through.
+
+Set-up: a private Tansu broker (or KAFKA_BOOTSTRAP_SERVERS), the ModMed sandbox with its rate limits
+lifted and no injected latency, one `callstream worker` without EMA automation.
+
+1. Baseline: a raw confluent-kafka consume → produce pass-through of the same call-event bytes on the
+   same broker (no decoding, no state, no I/O): ``baseline_events_per_s``.
+2. Throughput: a burst of calls (call started, then an unrecognised intent answered with CLARIFY),
+   produced as fast as possible; ``events_per_s`` counts events from the first produced to the last
+   reply consumed. Every event is decoded, validated, resolved, run through the guard, kept in the
+   changelogged call table and audited; these turns need no ModMed call, so the figure is the pipeline's
+   own capacity.
+3. Latency, open loop at ``--rate`` events/s for ``--seconds``; calls start at random moments and each
+   caller's steps follow 0.2 s apart (as on the phone); from each event produced to its reply consumed:
+   - ``p50_ms``/``p99_ms``: a realistic mix, half the calls identify the caller (patient search and
+     compliance flags over FHIR: 3 sandbox requests) and leave a message (a FHIR Task: 2 requests), half
+     are unrecognised requests;
+   - ``pipeline_p50_ms``/``pipeline_p99_ms``: the same load without ModMed calls (callstream's share).
+   ``modmed_request_ms`` is the sandbox's mean answer time during the mixed load: it shows how far the
+   sandbox, on the same machine, stayed from answering at once.
+
+The last line is one JSON object: events_per_s, p50_ms, p99_ms, baseline_events_per_s, ratio (plus
+the figures behind them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from callstream.devstack import TansuBroker, ensure_topics, free_port, wait_for_broker
+from callstream.errors import ConfigError, ServiceUnavailableError
+from callstream.settings import load_settings
+from sandbox.generator import build_world
+from schemas.models import CallEvent, Reply
+from schemas.serde import AvroSerde
+from schemas.topics import CALL_EVENTS, REPLIES, TOPICS, topic_named
+from streams.cast import Caller, Script, cast_of
+from streams.sandbox_tenants import sandbox_listing, write_sandbox_directory
+from streams.services import sandbox_process, worker_process
+
+BENCH_PRACTICE = "pain-1002"
+BENCH_PATIENTS = 200
+PASSTHROUGH_IN = "callstream-bench-passthrough-in"
+PASSTHROUGH_OUT = "callstream-bench-passthrough-out"
+UNLIMITED_RATE = 100_000
+STEP_GAP_S = 0.2
+"""Time between a caller's steps in the latency load (a turn of the voice agent is a few hundred ms)."""
+BENCH_SEED = 7
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="callstream bench pipeline", description=__doc__.splitlines()[0])
+    parser.add_argument("name", choices=["pipeline"])
+    parser.add_argument("--burst-calls", type=int, default=4000, help="calls of the throughput burst (2 events each)")
+    parser.add_argument("--rate", type=float, default=200.0, help="events per second of the latency load")
+    parser.add_argument("--seconds", type=float, default=20.0, help="duration of the latency load")
+    options = parser.parse_args(argv)
+    if options.burst_calls < 100 or not 1 <= options.rate <= 5000 or not 5 <= options.seconds <= 600:
+        raise ConfigError("--burst-calls >= 100, --rate 1-5000 and --seconds 5-600")
+    settings = load_settings()
+    with tempfile.TemporaryDirectory(prefix="callstream-bench-") as scratch, contextlib.ExitStack() as stack:
+        work = Path(scratch)
+        bootstrap = stack.enter_context(_broker(settings.kafka_bootstrap_servers, work))
+        sandbox_url = stack.enter_context(sandbox_process(work, seed=7, patients=BENCH_PATIENTS))
+        for listing in sandbox_listing(sandbox_url):
+            httpx.put(f"{sandbox_url}/_admin/practices/{listing['practice_id']}/settings",
+                      json={"rate_limit_per_minute": UNLIMITED_RATE}, timeout=5, trust_env=False).raise_for_status()
+        tenants = write_sandbox_directory(sandbox_url, work, phases={BENCH_PRACTICE: "write"},
+                                          rate_limit_per_min=UNLIMITED_RATE)
+        cast = cast_of(build_world(seed=7, practices=3, patients_per_practice=BENCH_PATIENTS))[BENCH_PRACTICE]
+        baseline = _passthrough(bootstrap, _burst(cast.called_number, options.burst_calls))
+        print(f"baseline pass-through: {baseline:,.0f} events/s", file=sys.stderr)
+        metrics_port = free_port()
+        stack.enter_context(worker_process(bootstrap, tenants, work, app_id=f"callstream-bench-{uuid.uuid4().hex[:8]}",
+                                           port=metrics_port, extra_args=("--no-ema", "--max-in-flight", "4000"),
+                                           log_level="WARNING"))
+        throughput = _throughput(bootstrap, _burst(cast.called_number, options.burst_calls))
+        print(f"pipeline burst: {throughput:,.0f} events/s", file=sys.stderr)
+        own, own_rate = _latency(bootstrap, cast.called_number, (), options.rate, options.seconds)
+        _report("pipeline only", own, own_rate)
+        before = _modmed_seconds(metrics_port)
+        mixed, mixed_rate = _latency(bootstrap, cast.called_number, cast.plain, options.rate, options.seconds)
+        after = _modmed_seconds(metrics_port)
+        _report("with ModMed calls", mixed, mixed_rate)
+    modmed_ms = 1000 * (after[0] - before[0]) / max(1, after[1] - before[1])
+    print(json.dumps({
+        "events_per_s": round(throughput, 1),
+        "p50_ms": round(_percentile(mixed, 50), 2),
+        "p99_ms": round(_percentile(mixed, 99), 2),
+        "baseline_events_per_s": round(baseline, 1),
+        "ratio": round(throughput / baseline, 3),
+        "pipeline_p50_ms": round(_percentile(own, 50), 2),
+        "pipeline_p99_ms": round(_percentile(own, 99), 2),
+        "latency_load_events_per_s": round(mixed_rate, 1),
+        "modmed_request_ms": round(modmed_ms, 2),
+        "burst_events": options.burst_calls * 2,
+    }))
+    return 0
+
+
+def _report(label: str, latencies: list[float], rate: float) -> None:
+    print(f"latency {label} at {rate:.0f} events/s: p50 {_percentile(latencies, 50):.1f} ms, "
+          f"p99 {_percentile(latencies, 99):.1f} ms ({len(latencies)} replies)", file=sys.stderr)
+
+
+def _modmed_seconds(port: int) -> tuple[float, int]:
+    """Total seconds and count of the worker's ModMed requests so far (its FHIR request histogram)."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5, trust_env=False).text
+    seconds = count = 0.0
+    for line in text.splitlines():
+        if line.startswith("callstream_fhir_request_seconds_sum{"):
+            seconds += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("callstream_fhir_request_seconds_count{"):
+            count += float(line.rsplit(" ", 1)[1])
+    return seconds, int(count)
+
+
+@contextlib.contextmanager
+def _broker(external: str | None, work: Path) -> Iterator[str]:
+    if external:
+        wait_for_broker(external)
+        ensure_topics(external, [(t.name, t.partitions) for t in TOPICS])
+        yield external
+        return
+    broker = TansuBroker(port=free_port(), log_path=work / "tansu.log")
+    broker.start()
+    try:
+        ensure_topics(broker.bootstrap, [(t.name, t.partitions) for t in TOPICS])
+        yield broker.bootstrap
+    finally:
+        broker.stop()
+
+
+def _burst(called_number: str, calls: int) -> list[CallEvent]:
+    """Calls of two events each, interleaved as concurrent calls arrive: started, then an unrecognised intent."""
+    scripts = [Script(called_number).started().intent("UNKNOWN") for _ in range(calls)]
+    return [script.events[0] for script in scripts] + [script.events[1] for script in scripts]
+
+
+def _producer(bootstrap: str) -> Producer:
+    return Producer({"bootstrap.servers": bootstrap, "linger.ms": 0, "acks": "all",
+                     "queue.buffering.max.messages": 1_000_000, "log.connection.close": False})
+
+
+def _consumer_at_end(bootstrap: str, topic: str) -> Consumer:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"callstream-bench-{uuid.uuid4().hex}",
+                         "enable.auto.commit": False, "log.connection.close": False, "fetch.wait.max.ms": 5})
+    partitions = topic_named(topic).partitions if topic in (REPLIES, CALL_EVENTS) else 12
+    ends = [consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in range(partitions)]
+    consumer.assign([TopicPartition(topic, p, end) for p, end in enumerate(ends)])
+    return consumer
+
+
+def _passthrough(bootstrap: str, events: list[CallEvent]) -> float:
+    """Raw confluent-kafka consume → produce of the same bytes: what the broker and client alone cost."""
+    ensure_topics(bootstrap, [(PASSTHROUGH_IN, 12), (PASSTHROUGH_OUT, 12)])
+    serde = AvroSerde.for_topic(CALL_EVENTS)
+    messages = [(event.call_id.encode(), serde.encode(event.to_avro())) for event in events]
+    stop = threading.Event()
+
+    source = _consumer_at_end(bootstrap, PASSTHROUGH_IN)  # assigned, not subscribed: no group join to wait for
+
+    def forward() -> None:
+        consumer = source
+        producer = _producer(bootstrap)
+        while not stop.is_set():
+            for message in consumer.consume(500, 0.05):
+                if message.error() is None:
+                    producer.produce(PASSTHROUGH_OUT, key=message.key(), value=message.value())
+            producer.poll(0)
+        producer.flush(10)
+        consumer.close()
+
+    output = _consumer_at_end(bootstrap, PASSTHROUGH_OUT)
+    forwarder = threading.Thread(target=forward, name="bench-passthrough", daemon=True)
+    forwarder.start()
+    producer = _producer(bootstrap)
+    started = time.perf_counter()
+    for key, value in messages:
+        producer.produce(PASSTHROUGH_IN, key=key, value=value)
+        producer.poll(0)
+    producer.flush(30)
+    seen = 0
+    deadline = time.monotonic() + 120
+    while seen < len(messages) and time.monotonic() < deadline:
+        seen += sum(1 for m in output.consume(1000, 0.1) if m.error() is None)
+    elapsed = time.perf_counter() - started
+    stop.set()
+    forwarder.join(timeout=15)
+    output.close()
+    if seen < len(messages):
+        raise ServiceUnavailableError(f"the pass-through forwarded {seen} of {len(messages)} events")
+    return len(messages) / elapsed
+
+
+def _throughput(bootstrap: str, events: list[CallEvent]) -> float:
+    """The burst through the worker: from the first event produced to the last reply consumed."""
+    serde = AvroSerde.for_topic(CALL_EVENTS)
+    encoded = [(event.call_id.encode(), serde.encode(event.to_avro())) for event in events]
+    expected = sum(1 for event in events if event.payload.type == "intent_recognised")
+    replies = _consumer_at_end(bootstrap, REPLIES)
+    producer = _producer(bootstrap)
+    started = time.perf_counter()
+    for key, value in encoded:
+        producer.produce(CALL_EVENTS, key=key, value=value)
+        producer.poll(0)
+    producer.flush(30)
+    seen = 0
+    deadline = time.monotonic() + 300
+    while seen < expected and time.monotonic() < deadline:
+        seen += sum(1 for m in replies.consume(1000, 0.1) if m.error() is None)
+    elapsed = time.perf_counter() - started
+    replies.close()
+    if seen < expected:
+        raise ServiceUnavailableError(f"the worker answered {seen} of {expected} calls within the time limit")
+    return len(events) / elapsed
+
+
+def _latency(bootstrap: str, called_number: str, callers: tuple[Caller, ...], rate: float,
+             seconds: float) -> tuple[list[float], float]:
+    """Open-loop load at ``rate`` events/s; per reply, milliseconds from its event produced to it consumed.
+
+    Without ``callers`` every call is an unrecognised request (no ModMed call at all)."""
+    serde = AvroSerde.for_topic(CALL_EVENTS)
+    reply_serde = AvroSerde.for_topic(REPLIES)
+    scripts: list[Script] = []
+    while sum(len(script.events) for script in scripts) < rate * seconds:
+        script = Script(called_number).started()
+        if len(scripts) % 2 == 0 and callers:
+            script.identified(callers[len(scripts) % len(callers)]).intent("GENERAL_QUESTION")
+        else:
+            script.intent("UNKNOWN")
+        scripts.append(script.ended())
+    plan = _interleaved(scripts, rate)
+    sent: dict[str, float] = {}
+    latencies: list[float] = []
+    expected = sum(1 for event in plan if event.payload.type == "intent_recognised")
+    replies = _consumer_at_end(bootstrap, REPLIES)
+    done = threading.Event()
+
+    def collect() -> None:
+        while not done.is_set() and len(latencies) < expected:
+            message = replies.poll(0.05)  # poll returns the first message at once (consume waits for a batch)
+            value = message.value() if message is not None and message.error() is None else None
+            if value is None:
+                continue
+            arrived = time.perf_counter()
+            reply = Reply.from_avro(reply_serde.decode(value))
+            produced = sent.get(str(reply.in_reply_to))
+            if produced is not None:
+                latencies.append((arrived - produced) * 1000)
+
+    collector = threading.Thread(target=collect, name="bench-replies", daemon=True)
+    collector.start()
+    producer = _producer(bootstrap)
+    encoded = [(event, event.call_id.encode(), serde.encode(event.to_avro())) for event in plan]
+    interval = 1.0 / rate
+    started = time.perf_counter()
+    for number, (event, key, value) in enumerate(encoded):
+        due = started + number * interval
+        while (pause := due - time.perf_counter()) > 0:
+            time.sleep(min(pause, 0.002))
+        sent[str(event.event_id)] = time.perf_counter()
+        producer.produce(CALL_EVENTS, key=key, value=value)
+        producer.poll(0)
+    sent_rate = len(encoded) / (time.perf_counter() - started)
+    producer.flush(30)
+    collector.join(timeout=60)
+    done.set()
+    replies.close()
+    if len(latencies) < expected:
+        raise ServiceUnavailableError(f"only {len(latencies)} of {expected} replies arrived")
+    return latencies, sent_rate
+
+
+def _interleaved(scripts: list[Script], rate: float) -> list[CallEvent]:
+    """Calls as they overlap on phone lines: each starts at a random moment of the load and its caller's
+    steps follow ``STEP_GAP_S`` apart; the events are then sent in that order at the load's rate (a fixed,
+    seeded arrival pattern, so runs compare)."""
+    rng = random.Random(BENCH_SEED)
+    duration = sum(len(script.events) for script in scripts) / rate
+    timed: list[tuple[float, int, CallEvent]] = []
+    for script in scripts:
+        start = rng.uniform(0, duration)
+        for step, event in enumerate(script.events):
+            timed.append((start + step * STEP_GAP_S, len(timed), event))  # the count breaks ties in order
+    return [event for _, _, event in sorted(timed, key=lambda item: (item[0], item[1]))]
+
+
+def _percentile(values: list[float], percent: int) -> float:
+    if len(values) < 2:
+        return values[0] if values else 0.0
+    return statistics.quantiles(values, n=100, method="inclusive")[percent - 1]

@@ -1,0 +1,113 @@
+"""`callstream worker`, `callstream replay FILE` and `callstream demo` (wired in callstream/cli.py).
+
+`callstream bench pipeline` lives in streams.bench.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from callstream.devstack import ensure_topics, wait_for_broker
+from callstream.errors import ConfigError
+from callstream.settings import load_settings
+from callstream.tenants import load_tenant_directory
+from schemas.registry import SchemaRegistryClient
+from schemas.topics import TOPICS
+
+FAUST_LOG_LEVELS = {"DEBUG": "debug", "INFO": "info", "WARNING": "warn", "WARN": "warn", "ERROR": "error",
+                    "CRITICAL": "critical"}
+
+
+def worker_main(argv: list[str]) -> int:
+    """`callstream worker`: run the stream pipeline until SIGTERM/SIGINT."""
+    from streams.app import DEFAULT_APP_ID, Pipeline, WorkerOptions
+
+    PipelineWorker = _pipeline_worker_class()
+
+    settings = load_settings()
+    parser = argparse.ArgumentParser(prog="callstream worker", description="Run the call-event pipeline (Faust).")
+    parser.add_argument("--tenants", type=Path, help="tenant directory (default CALLSTREAM_TENANTS_FILE)")
+    parser.add_argument("--app-id", default=DEFAULT_APP_ID, help="consumer group and changelog prefix")
+    parser.add_argument("--metrics-host", default="0.0.0.0", help="address of /metrics, /healthz, /readyz")
+    parser.add_argument("--metrics-port", type=int, default=settings.metrics_port, help="0 picks a free port")
+    parser.add_argument("--no-ema", action="store_true", help="never start EMA web automation (FHIR only)")
+    parser.add_argument("--drift-window", type=float, default=60.0, help="drift window in seconds")
+    parser.add_argument("--ttl-sweep", type=float, default=60.0, help="seconds between PHI purges of idle calls")
+    parser.add_argument("--max-in-flight", type=int, default=2000, help="call events processed at once")
+    parser.add_argument("--idempotent-outputs", action="store_true",
+                        help="idempotent producer for replies and audit (Kafka clusters; slow on embedded Tansu)")
+    options = parser.parse_args(argv)
+    tenants_file = options.tenants or settings.tenants_file
+    if tenants_file is None:
+        raise ConfigError("the worker needs a tenant directory: --tenants FILE or CALLSTREAM_TENANTS_FILE")
+    if not 0 <= options.metrics_port <= 65535:
+        raise ConfigError("--metrics-port must be 0-65535")
+    if options.drift_window < 1 or options.ttl_sweep < 1 or options.max_in_flight < 1:
+        raise ConfigError("--drift-window and --ttl-sweep need at least 1 second, --max-in-flight at least 1")
+    tenants = load_tenant_directory(tenants_file)
+    wait_for_broker(settings.bootstrap_servers)
+    ensure_topics(settings.bootstrap_servers, [(topic.name, topic.partitions) for topic in TOPICS])
+    pipeline = Pipeline(settings, tenants, WorkerOptions(
+        app_id=options.app_id, metrics_host=options.metrics_host, metrics_port=options.metrics_port,
+        drift_window_s=options.drift_window, ttl_sweep_s=options.ttl_sweep, max_in_flight=options.max_in_flight,
+        use_ema=not options.no_ema, idempotent_outputs=options.idempotent_outputs, data_dir=str(settings.data_dir),
+    ))
+    level = FAUST_LOG_LEVELS.get(settings.log_level.upper(), "warn")
+    worker = PipelineWorker(pipeline.app, loglevel=level, quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()
+    return 0  # execute_from_commandline exits the process itself
+
+
+def _pipeline_worker_class() -> type:
+    import faust
+
+    class Worker(faust.Worker):  # type: ignore[misc]  # faust's stubs leave Worker untyped
+        """faust.Worker that leaves the root logger at the configured level: Faust leaves it at DEBUG (only
+        its handler filters), so every library's debug call built a log record, a few percent of the CPU
+        of each call event."""
+
+        def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+            super().on_setup_root_logger(logger, level)
+            logger.setLevel(level or logging.WARNING)
+
+    return Worker
+
+
+def replay_main(argv: list[str]) -> int:
+    """`callstream replay FILE`: publish scripted calls (JSONL) as the telephony producer would."""
+    from streams.telephony import Telephony, calls_of, load_script
+
+    parser = argparse.ArgumentParser(prog="callstream replay", description="Publish scripted calls (JSONL).")
+    parser.add_argument("file", type=Path, help="one CallEvent per line (docs/events.md)")
+    parser.add_argument("--no-wait", action="store_true",
+                        help="publish every event at once instead of pacing each call on its replies")
+    parser.add_argument("--reply-timeout", type=float, default=30.0, help="seconds to wait for one reply")
+    options = parser.parse_args(argv)
+    settings = load_settings()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    calls = calls_of(load_script(options.file))
+    wait_for_broker(settings.bootstrap_servers)
+    ensure_topics(settings.bootstrap_servers, [(topic.name, topic.partitions) for topic in TOPICS])
+    registry = SchemaRegistryClient(settings.schema_registry_url) if settings.schema_registry_url else None
+    telephony = Telephony(settings.bootstrap_servers, registry=registry, reply_timeout_s=options.reply_timeout)
+    try:
+        report = telephony.replay(calls, wait_for_replies=not options.no_wait)
+    finally:
+        telephony.close()
+    replies = sum(len(found) for found in report.replies.values())
+    print(f"replayed {report.calls} calls ({report.events_sent} events) in {report.seconds:.1f} s; "
+          f"{replies} replies received, {report.timeouts} waits timed out")
+    return 0 if report.timeouts == 0 else 1
+
+
+def demo_main(argv: list[str]) -> int:
+    """`callstream demo [--json]`: the whole pipeline on the embedded stack with a morning of calls."""
+    from streams.demo import run_demo
+
+    parser = argparse.ArgumentParser(prog="callstream demo", description="Run a morning of calls end to end.")
+    parser.add_argument("--json", action="store_true", help="end with the summary as one JSON object")
+    options = parser.parse_args(argv)
+    return run_demo(json_output=options.json, out=sys.stdout)

@@ -1,0 +1,581 @@
+"""The imperative shell around the call-flow core: one call event in, reply and audit out.
+
+``CallProcessor.handle`` does, for one raw message of callstream.call-events.v1:
+
+1. ingest: decode and validate (Avro + the event model), check the key is the call id; anything
+   malformed, unknown or hostile goes to the dead-letter topic with a PHI-free reason and is audited;
+2. resolve the practice from the called number (unknown numbers are dead-lettered and audited under
+   practice ``unresolved``);
+3. run the core (``streams.callflow``), executing the work it asks for through the dispatcher (guard
+   decisions, FHIR first, EMA where the practice needs it) and feeding results back;
+4. publish the reply first (it is on the caller's clock), persist the call state, then publish the
+   audit records and review-queue commands, and wait until the broker has all of them.
+
+No input can make ``handle`` raise: bad input is dead-lettered, dispatcher failures become
+``WorkFailed`` results the core turns into a hand-off to staff. Only a broken broker (outputs that
+cannot be delivered) propagates, so the event stays un-acked and is redelivered after a restart.
+``CallSequencer`` keeps each call's events in order while different calls (and practices) run
+concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+
+from callstream.tenants import Practice, TenantDirectory
+from connectors.dispatch import Dispatcher
+from connectors.errors import ConflictError, InvalidResponseError
+from connectors.operations import MatchKind
+from guards.model import Command
+from schemas.errors import SchemaError
+from schemas.models import (
+    UNRESOLVED_PRACTICE_ID,
+    AuditAction,
+    AuditEvent,
+    AuditOutcome,
+    CallEvent,
+    CommandKind,
+    CommandMessage,
+    CommandRoute,
+    DeadLetter,
+    IntentRecognised,
+    OfferedSlot,
+    Reply,
+)
+from schemas.registry import SchemaRegistryClient
+from schemas.serde import AvroSerde
+from schemas.topics import CALL_EVENTS, DEAD_LETTER
+from streams import callflow
+from streams.callflow import (
+    AppointmentWritten,
+    AuditOut,
+    CallFlowError,
+    CallState,
+    CancelAppointment,
+    ChartFlagsRead,
+    CreateTask,
+    FoundSlot,
+    LookupKind,
+    Output,
+    PatientLookedUp,
+    ReadChartFlags,
+    ReplyOut,
+    ReviewOut,
+    SearchPatient,
+    SearchSlots,
+    SentReply,
+    SlotsFound,
+    TaskWritten,
+    Work,
+    WorkFailed,
+    WorkResult,
+    WriteAppointment,
+)
+from streams.metrics import MetricLabelError, Metrics
+
+log = logging.getLogger(__name__)
+
+DISPATCH_TIMEOUT_S = 30.0
+"""Upper bound of one ModMed/EMA operation; past it the call is handed to staff (the caller hears so)."""
+MAX_DEAD_LETTER_VALUE_BYTES = 900 * 1024
+"""Above this the original value cannot ride inside a dead letter (Kafka's 1 MiB message limit): the dead
+letter then names partition and offset, where the original stays for the topic's retention."""
+SWEEP_CHUNK = 200
+"""Stored call states read between two yields to the event loop during the TTL sweep."""
+MAX_WORK_STEPS = 32
+"""A turn never needs more steps than this; more would mean a loop, which is cut and handed to staff."""
+_WORK_COMMANDS: dict[type, CommandKind] = {
+    SearchPatient: CommandKind.SEARCH_PATIENT,
+    ReadChartFlags: CommandKind.READ_COMPLIANCE_FLAGS,
+    SearchSlots: CommandKind.SEARCH_SLOTS,
+    CancelAppointment: CommandKind.CANCEL_APPOINTMENT,
+    CreateTask: CommandKind.CREATE_TASK,
+}
+_MATCH_KINDS = {MatchKind.UNIQUE: LookupKind.UNIQUE, MatchKind.NONE: LookupKind.NONE,
+                MatchKind.AMBIGUOUS: LookupKind.AMBIGUOUS}
+
+
+@dataclass(frozen=True, slots=True)
+class RawEvent:
+    """One consumed message, as the agent hands it over (nothing decoded yet)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None = field(repr=False)
+    value: bytes | None = field(repr=False)
+
+
+@dataclass
+class DriftCounts:
+    """What one event contributed to its practice's drift window."""
+
+    write_attempts: int = 0
+    write_successes: int = 0
+    cs_requests: int = 0
+    cs_escalations: int = 0
+    bypass_attempts: int = 0
+
+    def __bool__(self) -> bool:
+        return any((self.write_attempts, self.cs_requests, self.bypass_attempts))
+
+    def add(self, other: DriftCounts) -> DriftCounts:
+        return DriftCounts(
+            self.write_attempts + other.write_attempts,
+            self.write_successes + other.write_successes,
+            self.cs_requests + other.cs_requests,
+            self.cs_escalations + other.cs_escalations,
+            self.bypass_attempts + other.bypass_attempts,
+        )
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "write_attempts": self.write_attempts,
+            "write_successes": self.write_successes,
+            "cs_requests": self.cs_requests,
+            "cs_escalations": self.cs_escalations,
+            "bypass_attempts": self.bypass_attempts,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> DriftCounts:
+        """A stored window value; anything unreadable counts as nothing rather than breaking the drift feed."""
+        if not isinstance(data, dict):
+            return cls()
+        values = {name: data.get(name, 0) for name in cls().to_dict()}
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values.values()):
+            return cls()
+        return cls(**values)
+
+
+def drift_counts(outputs: list[Output]) -> DriftCounts:
+    """Writes, controlled-substance requests and bypass attempts, read off the audit records."""
+    counts = DriftCounts()
+    for output in outputs:
+        if not isinstance(output, AuditOut):
+            continue
+        if output.action in (AuditAction.FHIR_WRITE, AuditAction.EMA_WRITE):
+            counts.write_attempts += 1
+            counts.write_successes += output.outcome is AuditOutcome.SUCCESS
+        elif output.action is AuditAction.ESCALATION and output.detail.get("trigger") == "controlled_substance":
+            counts.cs_requests += 1
+            counts.cs_escalations += output.outcome in (AuditOutcome.SUCCESS, AuditOutcome.QUEUED)
+        elif output.action is AuditAction.BYPASS_ATTEMPT:
+            counts.bypass_attempts += 1
+    return counts
+
+
+class DriftSink(Protocol):
+    def __call__(self, practice_id: str, counts: DriftCounts) -> None: ...
+
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class CallProcessor:
+    """Handles call events for every practice of the tenant directory (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        tenants: TenantDirectory,
+        dispatcher: Dispatcher,
+        outputs: Any,
+        states: MutableMapping[str, Any],
+        metrics: Metrics,
+        drift: DriftSink | None = None,
+        registry: SchemaRegistryClient | None = None,
+        clock: Clock = utc_now,
+    ) -> None:
+        self.tenants = tenants
+        self.dispatcher = dispatcher
+        self.outputs = outputs
+        self.states = states
+        self.metrics = metrics
+        self._drift = drift
+        self._serde = AvroSerde.for_topic(CALL_EVENTS, registry=registry)
+        self._clock = clock
+        self._events_counted = metrics.events_processed.labels(CALL_EVENTS)
+        self._reply_latency: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------------------------ ingest
+
+    async def handle(self, raw: RawEvent) -> None:
+        """Process one message completely; returns once every output is acknowledged."""
+        received = time.perf_counter()
+        now = self._clock()
+        self._events_counted.inc()
+        try:
+            event = self._decode(raw)
+        except SchemaError as exc:
+            await self._dead_letter(raw, str(exc), type(exc).__name__, None, None, now)
+            return
+        practice = self.tenants.resolve_called_number(event.called_number)
+        if practice is None:
+            await self._dead_letter(raw, "called number matches no practice", "UnknownCalledNumber", None,
+                                    event.call_id, now)
+            return
+        state = self._load(event, practice, raw.partition, now)
+        try:
+            step = callflow.on_event(state, event, practice, now)
+        except CallFlowError as exc:
+            await self._dead_letter(raw, str(exc), type(exc).__name__, practice.practice_id, event.call_id, now)
+            return
+        outputs = list(step.outputs)
+        for _ in range(MAX_WORK_STEPS):
+            if step.work is None:
+                break
+            result = await self._run(practice, event.call_id, step.work)
+            assert step.state is not None
+            step = callflow.on_result(step.state, result, practice, now)
+            outputs.extend(step.outputs)
+        else:
+            log.error("practice %s call %s: the turn did not settle; left for staff", practice.practice_id, event.call_id)
+        await self._publish(event, practice, step.state or state, outputs, received, now)
+        if step.state is None:
+            self.states.pop(event.call_id, None)
+        else:
+            self.states[event.call_id] = step.state.model_dump_json().encode()
+
+    def _decode(self, raw: RawEvent) -> CallEvent:
+        if raw.value is None:
+            raise SchemaError("CallEvent message has no value (tombstone)")
+        event = CallEvent.from_avro(self._serde.decode(raw.value))
+        if raw.key != event.call_id.encode():
+            raise SchemaError("CallEvent message key is not its call_id")
+        return event
+
+    def _load(self, event: CallEvent, practice: Practice, partition: int, now: datetime) -> CallState:
+        stored = self.states.get(event.call_id)
+        if stored is not None:
+            try:
+                return stored_state(stored)
+            except ValidationError:
+                log.warning("practice %s call %s: stored call state unreadable; starting afresh",
+                            practice.practice_id, event.call_id)
+        return callflow.new_state(event, practice, partition, now)
+
+    # ---------------------------------------------------------------------------------- dispatch
+
+    async def _run(self, practice: Practice, call_id: str, work: Work) -> WorkResult:
+        """One piece of work through the dispatcher; every failure becomes a WorkFailed the core handles."""
+        command = _command_of(work)
+        started = time.perf_counter()
+        try:
+            result = await asyncio.wait_for(self._dispatch(practice, call_id, work, started), DISPATCH_TIMEOUT_S)
+        except ConflictError as exc:
+            return WorkFailed(command, type(exc).__name__, slot_taken=True, latency_ms=_ms(started))
+        except Exception as exc:  # noqa: BLE001 - any failure of one practice's ModMed is that call's, never the worker's
+            log.warning("practice %s call %s: %s failed with %s", practice.practice_id, call_id, command.value,
+                        type(exc).__name__)
+            return WorkFailed(command, type(exc).__name__, latency_ms=_ms(started))
+        return result
+
+    async def _dispatch(self, practice: Practice, call_id: str, work: Work, started: float) -> WorkResult:
+        dispatcher = self.dispatcher
+        if isinstance(work, SearchPatient):
+            match = await dispatcher.search_patient(practice, family=work.family_name, given=work.given_name,
+                                                    birth_date=work.birth_date, phone=work.phone)
+            patient_id = match.patient.id if match.kind is MatchKind.UNIQUE else None
+            return PatientLookedUp(_MATCH_KINDS[match.kind], patient_id, latency_ms=_ms(started))
+        if isinstance(work, ReadChartFlags):
+            flags = await dispatcher.read_flags(practice, work.patient_id)
+            return ChartFlagsRead(flags.value.to_chart_flags(), flags.route, _ms(started))
+        if isinstance(work, SearchSlots):
+            found = await dispatcher.search_slots(practice, visit_reason=work.visit_reason, date_from=work.date_from,
+                                                  date_to=work.date_to, patient_id=work.patient_id)
+            slots = []
+            for offer in found.value:
+                try:
+                    candidate = offer.to_candidate()
+                except (InvalidResponseError, ValidationError):
+                    continue  # a slot whose room cannot be judged is never offered
+                slots.append(FoundSlot(candidate, _display(offer.practitioner_name, "your provider"),
+                                       _display(offer.location_name, practice.name), found.route))
+            return SlotsFound(tuple(slots), found.route, _ms(started))
+        if isinstance(work, WriteAppointment):
+            if work.command is Command.RESCHEDULE_APPOINTMENT and work.appointment_id is not None:
+                written = await dispatcher.reschedule(practice, call_id=call_id, patient_id=work.patient_id,
+                                                      appointment_id=work.appointment_id, slot_id=work.slot.slot_id)
+            else:
+                written = await dispatcher.book(practice, call_id=call_id, patient_id=work.patient_id,
+                                                slot_id=work.slot.slot_id, found_on=work.slot.route)
+            return AppointmentWritten(work.command, written.resource_id, written.start or work.slot.start,
+                                      written.visit_reason or work.slot.visit_reason, written.route,
+                                      written.deep_link, _ms(started))
+        if isinstance(work, CancelAppointment):
+            written = await dispatcher.cancel(practice, call_id=call_id, patient_id=work.patient_id,
+                                              appointment_id=work.appointment_id)
+            if written.start is None or written.visit_reason is None:
+                raise InvalidResponseError("cancelled appointment lacks start or visit reason",
+                                           practice_id=practice.practice_id, resource_type="Appointment")
+            return AppointmentWritten(Command.CANCEL_APPOINTMENT, written.resource_id, written.start,
+                                      written.visit_reason, written.route, written.deep_link, _ms(started))
+        written = await dispatcher.create_task(practice, call_id=call_id, task=work.task, note=work.note)
+        return TaskWritten(written.resource_type, written.resource_id, written.route, written.deep_link, _ms(started))
+
+    # ----------------------------------------------------------------------------------- outputs
+
+    async def _publish(self, event: CallEvent, practice: Practice, state: CallState, outputs: list[Output],
+                       received: float, now: datetime) -> None:
+        """Reply first, then audit and review entries; returns once the broker acknowledged all of them."""
+        pending: list[Awaitable[None]] = []
+        for output in outputs:
+            if isinstance(output, ReplyOut):
+                pending.append(self.outputs.reply(reply_record(output.reply, event.call_id, practice.practice_id)))
+                self._observe_reply_latency(_intent_label(event), time.perf_counter() - received)
+        event_id = str(event.event_id)
+        audit_index = 0
+        for output in outputs:
+            if isinstance(output, AuditOut):
+                record = audit_record(output, f"{event_id}:{audit_index}", practice.practice_id, event.call_id,
+                                      state.caller_number, now)
+                audit_index += 1
+                pending.append(self.outputs.audit(record))
+                self._count(practice.practice_id, output)
+            elif isinstance(output, ReviewOut):
+                pending.append(self.outputs.command(command_record(output, event.call_id, practice.practice_id, now)))
+        counts = drift_counts(outputs)
+        if counts and self._drift is not None:
+            self._drift(practice.practice_id, counts)
+        await asyncio.gather(*pending)
+
+    def _observe_reply_latency(self, intent: str, seconds: float) -> None:
+        """Per-event metric children are looked up once (label validation costs more than the observation)."""
+        histogram = self._reply_latency.get(intent)
+        if histogram is None:
+            self.metrics.observe_reply_latency(intent, seconds)
+            self._reply_latency[intent] = self.metrics.reply_latency_seconds.labels(intent)
+        else:
+            histogram.observe(seconds)
+
+    def _count(self, practice_id: str, audit: AuditOut) -> None:
+        """Metrics from the audit trail; a label the registry refuses never fails the call."""
+        try:
+            if audit.action in (AuditAction.FHIR_WRITE, AuditAction.EMA_WRITE, AuditAction.FHIR_READ,
+                                AuditAction.EMA_READ) and audit.command is not None:
+                route = "ema" if audit.action in (AuditAction.EMA_WRITE, AuditAction.EMA_READ) else "fhir"
+                error = audit.error_class if audit.outcome is AuditOutcome.FAILURE else None
+                self.metrics.record_command(practice_id, audit.command.value, route, error)
+            elif audit.action is AuditAction.ESCALATION:
+                if audit.detail.get("trigger") == "controlled_substance":
+                    self.metrics.record_controlled_substance_request(
+                        practice_id, audit.outcome in (AuditOutcome.SUCCESS, AuditOutcome.QUEUED))
+                else:
+                    self.metrics.record_escalation(practice_id, audit.detail.get("escalation_kind", "unknown"))
+            elif audit.action is AuditAction.GUARD_HIT:
+                for guard in audit.guards_fired:
+                    self.metrics.record_guard_hit(practice_id, guard)
+            elif audit.action is AuditAction.BYPASS_ATTEMPT:
+                self.metrics.record_bypass_attempt(practice_id, audit.detail.get("signal", "unknown"))
+        except MetricLabelError:
+            log.warning("practice %s: a metric label was refused", practice_id)
+
+    async def _dead_letter(self, raw: RawEvent, reason: str, error_class: str, practice_id: str | None,
+                           call_id: str | None, now: datetime) -> None:
+        """The original bytes to the dead-letter topic, and an audit record (never the content)."""
+        value = raw.value or b""
+        if len(value) > MAX_DEAD_LETTER_VALUE_BYTES:
+            reason = f"{reason[:380]} (original value of {len(value)} bytes left at its partition and offset)"
+            value = b""
+        letter = DeadLetter(
+            dead_letter_id=uuid.uuid4(),
+            source_topic=raw.topic,
+            source_partition=raw.partition,
+            source_offset=raw.offset,
+            key=raw.key,
+            value=value,
+            reason=reason[:500],
+            error_class=error_class,
+            failed_at=now,
+            attempts=1,
+            practice_id=practice_id,
+        )
+        audit = AuditEvent(
+            event_id=uuid.uuid5(callflow.REPLY_NAMESPACE, f"dead-letter:{raw.topic}:{raw.partition}:{raw.offset}"),
+            occurred_at=now,
+            practice_id=practice_id or UNRESOLVED_PRACTICE_ID,
+            call_id=call_id,
+            action=AuditAction.DEAD_LETTER,
+            outcome=AuditOutcome.FAILURE,
+            error_class=error_class,
+            detail={"topic": raw.topic},
+        )
+        log.warning("dead-lettered %s[%d]@%d: %s", raw.topic, raw.partition, raw.offset, error_class)
+        self.metrics.record_dead_letter(DEAD_LETTER, error_class)
+        await asyncio.gather(self.outputs.dead_letter(letter), self.outputs.audit(audit))
+
+
+# --------------------------------------------------------------------------------------- records
+
+
+def reply_record(reply: SentReply, call_id: str, practice_id: str) -> Reply:
+    return Reply(
+        reply_id=uuid.UUID(reply.reply_id),
+        call_id=call_id,
+        in_reply_to=uuid.UUID(reply.in_reply_to),
+        practice_id=practice_id,
+        template=reply.template.value,
+        text=reply.text,
+        offered_slots=[
+            OfferedSlot(slot_id=slot.slot_id, start=slot.start, end=slot.end,
+                        practitioner_display=slot.practitioner_display, location_display=slot.location_display,
+                        visit_reason=slot.visit_reason.value)
+            for slot in reply.offered_slots
+        ],
+        escalated=reply.escalated,
+        created_at=reply.created_at,
+    )
+
+
+def audit_record(audit: AuditOut, id_seed: str, practice_id: str, call_id: str, caller_number: str | None,
+                 now: datetime) -> AuditEvent:
+    """The full audit event; ids derive from the source event, so a redelivery repeats them (de-duplicated)."""
+    return AuditEvent(
+        event_id=uuid.uuid5(callflow.REPLY_NAMESPACE, f"audit:{id_seed}"),
+        occurred_at=now,
+        practice_id=practice_id,
+        call_id=call_id,
+        caller_number=caller_number,
+        action=audit.action,
+        outcome=audit.outcome,
+        state_from=audit.state_from,
+        state_to=audit.state_to,
+        resource_type=audit.resource_type,
+        resource_ids=list(audit.resource_ids),
+        # The schema takes https links only: a plain-http sandbox EMA has its chart id in resource_ids instead.
+        ema_deep_link=audit.deep_link if audit.deep_link and audit.deep_link.startswith("https://") else None,
+        task_refs=list(audit.task_refs),
+        transcript_ref=audit.transcript_ref,
+        guards_fired=list(audit.guards_fired),
+        command=audit.command,
+        error_class=audit.error_class,
+        latency_ms=audit.latency_ms,
+        detail=dict(audit.detail),
+    )
+
+
+def command_record(review: ReviewOut, call_id: str, practice_id: str, now: datetime) -> CommandMessage:
+    return CommandMessage(
+        command_id=uuid.uuid5(callflow.REPLY_NAMESPACE, f"command:{review.idempotency_key}"),
+        call_id=call_id,
+        practice_id=practice_id,
+        kind=review.kind,
+        route=CommandRoute.REVIEW_QUEUE,
+        idempotency_key=review.idempotency_key,
+        params={key: value[:1024] for key, value in review.params.items()},
+        issued_at=now,
+    )
+
+
+def stored_state(stored: bytes | str | Mapping[str, Any]) -> CallState:
+    """A call state from the table: the JSON bytes written while processing, or the mapping Faust's JSON
+    codec makes of them when it restores the table from its changelog after a restart.
+
+    Raises:
+        ValidationError: the stored value is not a call state (the caller starts the call afresh).
+    """
+    if isinstance(stored, bytes | str):
+        return CallState.model_validate_json(stored)
+    return CallState.model_validate(stored)
+
+
+async def expired_calls(states: Mapping[str, Any], owned_partitions: set[int], now: datetime,
+                        *, chunk: int = SWEEP_CHUNK) -> list[tuple[str, CallState]]:
+    """Calls the TTL sweep must delete: abandoned live calls (PHI) and old ended markers, on owned partitions.
+
+    Reading a stored state costs tens of microseconds and the table may hold thousands of calls: the
+    sweep gives the event loop back every ``chunk`` entries, so call events never wait behind it. An
+    unreadable stored value is left alone (it is replaced when its call's next event arrives)."""
+    found = []
+    for index, (call_id, stored) in enumerate(list(states.items()), start=1):
+        if index % chunk == 0:
+            await asyncio.sleep(0)
+        try:
+            state = stored_state(stored)
+        except ValidationError:
+            continue
+        if state.partition in owned_partitions and callflow.expired(state, now):
+            found.append((call_id, state))
+    return found
+
+
+# -------------------------------------------------------------------------------------- ordering
+
+
+class CallSequencer:
+    """Runs each call's events one after another while calls run side by side.
+
+    Every submitted event chains behind the previous one of its key; ``pending`` bounds the events in
+    flight over all calls, so a stalled practice cannot make the worker buffer without limit.
+    """
+
+    def __init__(self, max_in_flight: int = 2000) -> None:
+        self._tails: dict[bytes | None, asyncio.Future[None]] = {}
+        self._slots = asyncio.Semaphore(max_in_flight)
+
+    async def submit(self, key: bytes | None, work: Callable[[], Awaitable[None]],
+                     on_done: Callable[[BaseException | None], None]) -> None:
+        """Queue ``work`` behind its key's previous event; waits only while the in-flight bound is reached."""
+        await self._slots.acquire()
+        previous = self._tails.get(key) if key is not None else None
+        tail: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if key is not None:
+            self._tails[key] = tail
+
+        async def run() -> None:
+            error: BaseException | None = None
+            try:
+                if previous is not None:
+                    await asyncio.shield(previous)
+                await work()
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - handed to on_done, which decides
+                error = exc
+            finally:
+                tail.set_result(None)
+                if key is not None and self._tails.get(key) is tail:
+                    del self._tails[key]
+                self._slots.release()
+            on_done(error)
+
+        asyncio.ensure_future(run())
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tails)
+
+
+def _command_of(work: Work) -> CommandKind:
+    if isinstance(work, WriteAppointment):
+        return CommandKind(work.command.value)
+    return _WORK_COMMANDS[type(work)]
+
+
+def _display(name: str | None, fallback: str) -> str:
+    """A name to read out: ModMed's display, trimmed to what the reply schema takes."""
+    text = " ".join((name or "").split())[:200]
+    return text or fallback[:200]
+
+
+def _intent_label(event: CallEvent) -> str:
+    payload = event.payload
+    return payload.intent.value if isinstance(payload, IntentRecognised) else payload.type
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)

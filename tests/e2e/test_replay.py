@@ -1,0 +1,51 @@
+"""`callstream replay FILE` against the running pipeline: scripted calls paced on their replies, and a bad
+script refused before anything is published."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from streams.cast import PracticeCast, Script, booking
+from tests.fixtures.pipeline import REPO, WorkerProcess
+
+pytestmark = pytest.mark.broker
+
+
+def replay(script: Path, bootstrap: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "CALLSTREAM_LOG_LEVEL": "WARNING"}
+    return subprocess.run([sys.executable, "-m", "callstream.cli", "replay", str(script)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=90)
+
+
+def test_replay_plays_scripted_calls_as_the_telephony_side_would(
+    tmp_path: Path, pipeline_broker: str, pipeline_worker: WorkerProcess, pipeline_cast: dict[str, PracticeCast],
+) -> None:
+    cast = pipeline_cast["pain-1002"]
+    calls = [booking(cast, cast.plain[4], "trigger-point"),
+             Script(cast.called_number).started().intent("GENERAL_QUESTION").ended()]
+    script = tmp_path / "morning.jsonl"
+    script.write_text("".join(event.model_dump_json() + "\n" for call in calls for event in call.events))
+    done = replay(script, pipeline_broker)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "replayed 2 calls (8 events)" in done.stdout
+    assert "3 replies received, 0 waits timed out" in done.stdout, "offer, confirmation and the message reply"
+
+
+def test_a_malformed_script_is_refused_with_its_line_and_nothing_is_published(
+    tmp_path: Path, pipeline_broker: str, pipeline_cast: dict[str, PracticeCast],
+) -> None:
+    cast = pipeline_cast["pain-1002"]
+    good = Script(cast.called_number).started().events[0].model_dump_json()
+    bad = good.replace('"call_started"', '"call_exploded"').replace(cast.called_number, "+1555 Smith")
+    script = tmp_path / "broken.jsonl"
+    script.write_text(f"{good}\n{bad}\n")
+    done = replay(script, pipeline_broker)
+    assert done.returncode == 2
+    assert f"{script}:2:" in done.stderr and "invalid CallEvent" in done.stderr
+    assert "Smith" not in done.stderr, "values of the script never reach the error"
+    assert "replayed" not in done.stdout

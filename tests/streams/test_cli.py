@@ -1,0 +1,60 @@
+"""The pipeline's command lines refuse bad input with one line (exit status 2) before starting anything."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from callstream.cli import main
+from streams import bench
+from streams.cast import Script
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    status = main(argv)
+    return status, capsys.readouterr().err
+
+
+def test_the_worker_needs_a_tenant_directory(capsys: pytest.CaptureFixture[str],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CALLSTREAM_TENANTS_FILE", raising=False)
+    status, err = run(["worker"], capsys)
+    assert status == 2 and "needs a tenant directory" in err
+
+
+def test_the_worker_refuses_a_missing_directory_and_bad_numbers(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    status, err = run(["worker", "--tenants", str(tmp_path / "absent.yaml")], capsys)
+    assert status == 2 and "absent.yaml" in err
+    status, err = run(["worker", "--tenants", str(tmp_path / "absent.yaml"), "--drift-window", "0"], capsys)
+    assert status == 2 and "--drift-window" in err
+
+
+def test_replay_refuses_an_empty_or_missing_script(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    status, err = run(["replay", str(empty)], capsys)
+    assert status == 2 and "holds no call events" in err
+    status, err = run(["replay", str(tmp_path / "gone.jsonl")], capsys)
+    assert status == 2 and "cannot read the script" in err
+
+
+def test_the_pipeline_benchmark_refuses_unusable_loads(capsys: pytest.CaptureFixture[str]) -> None:
+    status, err = run(["bench", "pipeline", "--rate", "0"], capsys)
+    assert status == 2 and "--rate" in err
+
+
+def test_the_latency_load_keeps_each_callers_steps_in_order_and_apart() -> None:
+    scripts = [Script("+15125550100", now=datetime(2026, 3, 3, 15, tzinfo=UTC)).started().intent("UNKNOWN").ended()
+               for _ in range(60)]
+    plan = bench._interleaved(scripts, rate=200)
+    assert sorted(id(e) for e in plan) == sorted(id(e) for s in scripts for e in s.events)
+    for script in scripts:
+        positions = [plan.index(event) for event in script.events]
+        assert positions == sorted(positions), "a call's events keep their order"
+    first_steps = [plan.index(script.events[0]) for script in scripts]
+    assert max(first_steps) - min(first_steps) > len(plan) // 2, "calls start across the whole load"
+    assert bench._interleaved(scripts, rate=200) == plan, "the arrival pattern is fixed, so runs compare"
+    assert bench._percentile([float(n) for n in range(1, 101)], 99) == pytest.approx(99.01)

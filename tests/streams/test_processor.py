@@ -1,0 +1,299 @@
+"""CallProcessor, the shell around the core, with real parts: the pipeline broker for its outputs and the
+sandbox behind the dispatcher. Hostile and malformed input never raises; PHI never reaches the logs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from callstream.tenants import TenantDirectory, parse_tenant_directory
+from connectors.dispatch import Dispatcher
+from connectors.fhir import ModMedClient
+from connectors.ledger import InMemoryLedger
+from connectors.operations import ModMedConnector
+from schemas.models import AuditAction, AuditEvent, CommandMessage, DeadLetter, Reply
+from schemas.serde import AvroSerde
+from schemas.topics import AUDIT, CALL_EVENTS, COMMANDS, DEAD_LETTER, REPLIES
+from streams import callflow
+from streams.cast import PracticeCast, Script, booking
+from streams.metrics import Metrics
+from streams.outputs import KafkaOutputs
+from streams.processor import CallProcessor, CallSequencer, DriftCounts, RawEvent, expired_calls
+from tests.fixtures.pipeline import TopicReader
+
+pytestmark = pytest.mark.broker
+EVENTS = AvroSerde.for_topic(CALL_EVENTS)
+
+
+@pytest.fixture
+async def outputs(pipeline_broker: str) -> AsyncIterator[KafkaOutputs]:
+    producer = KafkaOutputs(pipeline_broker)
+    producer.start(asyncio.get_running_loop())
+    try:
+        yield producer
+    finally:
+        await producer.close()
+
+
+@pytest.fixture
+def readers(pipeline_broker: str) -> Iterator[dict[str, TopicReader]]:
+    opened = {
+        REPLIES: TopicReader(pipeline_broker, REPLIES, Reply),
+        AUDIT: TopicReader(pipeline_broker, AUDIT, AuditEvent),
+        DEAD_LETTER: TopicReader(pipeline_broker, DEAD_LETTER, DeadLetter),
+        COMMANDS: TopicReader(pipeline_broker, COMMANDS, CommandMessage),
+    }
+    try:
+        yield opened
+    finally:
+        for reader in opened.values():
+            reader.close()
+
+
+class Harness:
+    def __init__(self, processor: CallProcessor, states: dict[str, bytes], drift: list[tuple[str, DriftCounts]]) -> None:
+        self.processor = processor
+        self.states = states
+        self.drift = drift
+        self.offset = 0
+
+    async def send(self, event: Any, *, key: bytes | None = None, value: bytes | None = None, raw: bool = False) -> None:
+        """Hand one message to the processor as the agent would (event encoded unless raw bytes are given)."""
+        self.offset += 1
+        if not raw:
+            key, value = event.call_id.encode(), EVENTS.encode(event.to_avro())
+        await self.processor.handle(RawEvent(CALL_EVENTS, 4, self.offset, key, value))
+
+
+async def harness_for(tenants: TenantDirectory, outputs: KafkaOutputs) -> AsyncIterator[Harness]:
+    async with ModMedClient() as client:
+        ledger = InMemoryLedger()
+        states: dict[str, bytes] = {}
+        drift: list[tuple[str, DriftCounts]] = []
+        processor = CallProcessor(
+            tenants=tenants, dispatcher=Dispatcher(ModMedConnector(client, ledger), ledger), outputs=outputs,
+            states=states, metrics=Metrics(), drift=lambda practice, counts: drift.append((practice, counts)),
+        )
+        yield Harness(processor, states, drift)
+
+
+@pytest.fixture
+async def harness(pipeline_tenants: tuple[Path, TenantDirectory], outputs: KafkaOutputs) -> AsyncIterator[Harness]:
+    async for made in harness_for(pipeline_tenants[1], outputs):
+        yield made
+
+
+def valid_event(called_number: str, **overrides: Any) -> Any:
+    return Script(called_number).started().events[0].model_copy(update=overrides)
+
+
+MALFORMED: list[tuple[str, bytes | None, bytes | None]] = [
+    ("tombstone", b"call-x1", None),
+    ("empty", b"call-x2", b""),
+    ("garbage", b"call-x3", b"\x07\x08not avro"),
+    ("json", b"call-x4", json.dumps({"call_id": "call-x4", "payload": {"type": "call_started"}}).encode()),
+    ("truncated", b"call-x5", b"\xc3\x01" + b"\x00" * 8 + b"\x02"),
+    ("oversized", b"call-x6", b"\xc3\x01" + b"\x00" * (2 * 1024 * 1024)),
+]
+
+
+@pytest.mark.parametrize(("label", "key", "value"), MALFORMED, ids=[m[0] for m in MALFORMED])
+async def test_malformed_messages_are_dead_lettered_with_their_bytes_and_audited(
+    harness: Harness, readers: dict[str, TopicReader], label: str, key: bytes, value: bytes | None,
+) -> None:
+    await harness.send(None, key=key, value=value, raw=True)
+    letters = readers[DEAD_LETTER].wait_for(lambda rs: any(r is not None and r.key == key for r in rs))
+    [letter] = [r for r in letters if r is not None and r.key == key]
+    assert letter.error_class == "SchemaError"
+    if label == "oversized":  # too large to ride inside a dead letter: partition and offset point to it
+        assert letter.value == b"" and "left at its partition and offset" in letter.reason
+    else:
+        assert letter.value == (value or b"")
+    assert letter.source_topic == CALL_EVENTS and letter.source_partition == 4
+    audits = readers[AUDIT].wait_for(lambda rs: any(r is not None and r.action is AuditAction.DEAD_LETTER
+                                                    and r.detail.get("topic") == CALL_EVENTS for r in rs))
+    assert any(r is not None and r.practice_id == "unresolved" and r.error_class == "SchemaError" for r in audits)
+    assert harness.states == {}
+
+
+async def test_a_key_that_is_not_the_call_id_is_refused(harness: Harness, readers: dict[str, TopicReader],
+                                                        pipeline_cast: dict[str, PracticeCast]) -> None:
+    event = valid_event(pipeline_cast["pain-1002"].called_number)
+    await harness.send(None, key=b"someone-else", value=EVENTS.encode(event.to_avro()), raw=True)
+    letters = readers[DEAD_LETTER].wait_for(lambda rs: any(r is not None and r.key == b"someone-else" for r in rs))
+    [letter] = [r for r in letters if r is not None and r.key == b"someone-else"]
+    assert "key" in letter.reason and harness.states == {}
+
+
+async def test_an_unknown_called_number_is_dead_lettered_and_audited_as_unresolved(
+    harness: Harness, readers: dict[str, TopicReader],
+) -> None:
+    event = valid_event("+19995550111")
+    await harness.send(event)
+    letters = readers[DEAD_LETTER].wait_for(lambda rs: any(r is not None and r.key == event.call_id.encode() for r in rs))
+    [letter] = [r for r in letters if r is not None and r.key == event.call_id.encode()]
+    assert letter.error_class == "UnknownCalledNumber" and letter.practice_id is None
+    audits = readers[AUDIT].wait_for(lambda rs: any(r is not None and r.call_id == event.call_id for r in rs))
+    [audit] = [r for r in audits if r is not None and r.call_id == event.call_id]
+    assert audit.practice_id == "unresolved" and audit.caller_number is None
+
+
+async def test_a_seq_reused_by_another_event_is_dead_lettered_without_touching_the_call(
+    harness: Harness, readers: dict[str, TopicReader], pipeline_cast: dict[str, PracticeCast],
+) -> None:
+    script = Script(pipeline_cast["pain-1002"].called_number).started()
+    await harness.send(script.events[0])
+    stored = harness.states[script.call_id]
+    impostor = script.events[0].model_copy(update={"event_id": uuid.uuid4()})
+    await harness.send(impostor)
+    letters = readers[DEAD_LETTER].wait_for(lambda rs: any(r is not None and r.error_class == "CallFlowError"
+                                                           and r.key == script.call_id.encode() for r in rs))
+    assert any(r is not None and r.key == script.call_id.encode() for r in letters)
+    assert harness.states[script.call_id] == stored
+
+
+async def test_a_booking_call_through_the_processor_and_phi_purged_at_call_end(
+    harness: Harness, readers: dict[str, TopicReader], pipeline_cast: dict[str, PracticeCast],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    cast = pipeline_cast["pain-1002"]
+    caller = cast.plain[8]
+    script = booking(cast, caller, visit_reason="follow-up")
+    for event in script.events[:3]:
+        await harness.send(event)
+    live = callflow.CallState.model_validate_json(harness.states[script.call_id])
+    assert live.holds_phi and live.offer is not None and live.patient_id == caller.patient_id
+    chosen = script.events[3].model_copy(update={"payload": script.events[3].payload.model_copy(
+        update={"slot_id": live.offer.slots[0].slot_id})})
+    await harness.send(chosen)
+    await harness.send(script.events[4])
+
+    ended = callflow.CallState.model_validate_json(harness.states[script.call_id])
+    assert ended.phase is callflow.CallPhase.ENDED and not ended.holds_phi
+    assert ended.identity is None and ended.caller_number is None and ended.chart is None
+    replies = readers[REPLIES].wait_for(lambda rs: len([r for r in rs if r is not None and r.call_id == script.call_id]) >= 2)
+    mine = [r for r in replies if r is not None and r.call_id == script.call_id]
+    assert [r.template for r in mine] == ["OFFER_SLOTS", "BOOKING_CONFIRMED"]
+    assert [(practice, counts.write_successes) for practice, counts in harness.drift] == [("pain-1002", 1)]
+    for value in (caller.family, caller.birth_date, caller.phone, caller.given):
+        assert value not in caplog.text
+
+
+async def test_a_practice_modmed_refuses_hands_the_caller_to_staff_instead_of_failing(
+    pipeline_tenants: tuple[Path, TenantDirectory], outputs: KafkaOutputs, readers: dict[str, TopicReader],
+    pipeline_cast: dict[str, PracticeCast],
+) -> None:
+    entry = pipeline_tenants[1]["pain-1002"].model_dump(mode="json")
+    entry["auth"]["credentials_ref"] = "env:CALLSTREAM_TEST_UNSET_CREDENTIALS"
+    broken = parse_tenant_directory({"practices": [entry]}, "broken-credentials")
+    cast = pipeline_cast["pain-1002"]
+    script = Script(cast.called_number).started().intent("BOOK_APPOINTMENT", visit_reason="esi").identified(cast.plain[9])
+    async for harness in harness_for(broken, outputs):
+        for event in script.events:
+            await harness.send(event)
+    replies = readers[REPLIES].wait_for(lambda rs: any(r is not None and r.call_id == script.call_id for r in rs))
+    replies = readers[REPLIES].wait_for(lambda rs: len([r for r in rs if r is not None and r.call_id == script.call_id]) >= 2)
+    asked, handed_off = [r for r in replies if r is not None and r.call_id == script.call_id]
+    assert asked.template == "ASK_IDENTITY"
+    assert handed_off.template in ("ROUTED_TO_CARE_TEAM", "ROUTED_TO_CARE_TEAM_AFTER_HOURS") and handed_off.escalated
+    audits = readers[AUDIT].wait_for(lambda rs: any(r is not None and r.call_id == script.call_id
+                                                    and r.error_class == "AuthError" for r in rs))
+    assert any(r is not None and r.call_id == script.call_id and r.action is AuditAction.FHIR_READ
+               and r.error_class == "AuthError" for r in audits)
+    commands = readers[COMMANDS].wait_for(lambda rs: any(r is not None and r.call_id == script.call_id for r in rs))
+    [handoff] = [r for r in commands if r is not None and r.call_id == script.call_id]
+    assert handoff.route.value == "REVIEW_QUEUE" and handoff.params["reason"] == "AuthError"
+
+
+async def test_the_sequencer_keeps_a_calls_order_while_other_calls_go_ahead() -> None:
+    sequencer = CallSequencer(max_in_flight=10)
+    order: list[str] = []
+    done: list[BaseException | None] = []
+    gate = asyncio.Event()
+
+    def step(label: str, wait: bool = False, fail: bool = False) -> Any:
+        async def run() -> None:
+            if wait:
+                await gate.wait()
+            if fail:
+                raise RuntimeError("broker gone")
+            order.append(label)
+        return run
+
+    await sequencer.submit(b"call-a", step("a1", wait=True), done.append)
+    await sequencer.submit(b"call-a", step("a2"), done.append)
+    await sequencer.submit(b"call-b", step("b1"), done.append)
+    await asyncio.sleep(0.05)
+    assert order == ["b1"], "call b does not wait for call a"
+    gate.set()
+    await sequencer.submit(b"call-a", step("a3", fail=True), done.append)
+    for _ in range(50):
+        if len(done) == 4:
+            break
+        await asyncio.sleep(0.01)
+    assert order == ["b1", "a1", "a2"]
+    assert [type(error).__name__ for error in done if error is not None] == ["RuntimeError"]
+    assert sequencer.in_flight == 0
+
+
+async def test_the_ttl_sweep_picks_abandoned_calls_and_old_markers_of_owned_partitions() -> None:
+    from tests.streams.callflow_helpers import NOW, Call, Driver
+
+    live, ended, elsewhere = Driver(), Driver(), Driver()
+    for driver in (live, ended, elsewhere):
+        call = Call()
+        driver.send(call.started())
+        if driver is ended:
+            driver.send(call.ended())
+    states = {d.state.call_id: d.state.model_dump_json().encode() for d in (live, ended) if d.state}
+    assert elsewhere.state is not None
+    states[elsewhere.state.call_id] = elsewhere.state.model_copy(update={"partition": 7}).model_dump_json().encode()
+    states["corrupt"] = b'{"not": "a call"}'
+    owned = {3}
+    assert await expired_calls(states, owned, NOW + timedelta(minutes=30), chunk=2) == []
+    soon = {call_id for call_id, _ in await expired_calls(states, owned, NOW + callflow.ENDED_MARKER_TTL, chunk=2)}
+    assert soon == {ended.state.call_id}  # type: ignore[union-attr]
+    later = {call_id for call_id, _ in await expired_calls(states, owned, NOW + callflow.CALL_IDLE_TTL, chunk=2)}
+    assert later == {live.state.call_id, ended.state.call_id}  # type: ignore[union-attr]
+
+
+def test_a_stored_state_reads_back_as_written_and_as_restored_from_the_changelog() -> None:
+    from streams.processor import stored_state
+    from tests.streams.callflow_helpers import Call, Driver
+
+    driver = Driver()
+    driver.send(Call().started())
+    assert driver.state is not None
+    written = driver.state.model_dump_json().encode()
+    assert stored_state(written) == driver.state
+    assert stored_state(json.loads(written)) == driver.state  # what Faust's JSON codec restores
+    with pytest.raises(ValueError):
+        stored_state(b'{"call_id": 7}')
+
+
+def test_drift_counts_read_writes_escalations_and_bypass_attempts_off_the_audit() -> None:
+    from schemas.models import AuditOutcome
+    from streams.processor import drift_counts
+
+    audit = callflow.AuditOut
+    outputs: list[callflow.Output] = [
+        audit(action=AuditAction.FHIR_WRITE, outcome=AuditOutcome.SUCCESS),
+        audit(action=AuditAction.EMA_WRITE, outcome=AuditOutcome.FAILURE),
+        audit(action=AuditAction.ESCALATION, outcome=AuditOutcome.QUEUED, detail={"trigger": "controlled_substance"}),
+        audit(action=AuditAction.ESCALATION, outcome=AuditOutcome.FAILURE, detail={"trigger": "controlled_substance"}),
+        audit(action=AuditAction.ESCALATION, outcome=AuditOutcome.SUCCESS, detail={"escalation_kind": "provider"}),
+        audit(action=AuditAction.BYPASS_ATTEMPT, outcome=AuditOutcome.BLOCKED),
+    ]
+    assert drift_counts(outputs) == DriftCounts(2, 1, 2, 1, 1)
+    assert DriftCounts.from_dict({"write_attempts": -1}) == DriftCounts()
+    assert DriftCounts.from_dict("garbage") == DriftCounts()
+    assert DriftCounts.from_dict(DriftCounts(3, 2, 1, 1, 0).to_dict()) == DriftCounts(3, 2, 1, 1, 0)
