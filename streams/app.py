@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -34,6 +35,7 @@ from typing import Any
 import faust
 import mode
 from faust.types import TP
+from mode.signals import BaseSignalT
 
 from callstream.settings import Settings
 from callstream.tenants import TenantDirectory
@@ -196,6 +198,8 @@ class Pipeline:
         self.runtime = PipelineRuntime(self, loop=None)
         self.app.add_dependency(self.runtime)
         self._practices_counted: set[str] = set()
+        self._recovered = threading.Event()
+        self.app.on_rebalance_complete.connect(self._on_rebalance_complete)
         self._background: set[asyncio.Future[Any]] = set()
         self.app.agent(self.source, name="call-events")(self._agent)
         self.app.timer(options.ttl_sweep_s)(self._sweep_expired)
@@ -225,9 +229,15 @@ class Pipeline:
         task.add_done_callback(self._background.discard)
 
     def is_ready(self) -> bool:
-        """Readiness: resources open, partitions assigned and tables recovered."""
-        recovery = self.app.tables.recovery  # type: ignore[attr-defined]  # TableManager's, missing in the stubs
-        return self.runtime.ready.is_set() and recovery.completed.is_set() and not self.app.rebalancing
+        """Readiness: resources open, partitions assigned and tables recovered.
+
+        Called from the metrics server's thread, so it reads flags only: Faust's lazily built services
+        (``app.tables.recovery``) must never be created here, outside the event loop they belong to."""
+        return self.runtime.ready.is_set() and self._recovered.is_set() and not self.app.rebalancing
+
+    async def _on_rebalance_complete(self, sender: Any, /, *_: Any, signal: BaseSignalT[Any], **__: Any) -> None:
+        """Faust's signal: tables are recovered and streams resumed after an assignment."""
+        self._recovered.set()
 
     # ------------------------------------------------------------------------------- drift windows
 

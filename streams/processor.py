@@ -526,6 +526,8 @@ class CallSequencer:
     def __init__(self, max_in_flight: int = 2000) -> None:
         self._tails: dict[bytes | None, asyncio.Future[None]] = {}
         self._slots = asyncio.Semaphore(max_in_flight)
+        self._running: set[asyncio.Task[None]] = set()
+        """The event loop keeps only weak references to tasks: these keep each event's task alive."""
 
     async def submit(self, key: bytes | None, work: Callable[[], Awaitable[None]],
                      on_done: Callable[[BaseException | None], None]) -> None:
@@ -553,7 +555,9 @@ class CallSequencer:
                 self._slots.release()
             on_done(error)
 
-        asyncio.ensure_future(run())
+        task = asyncio.ensure_future(run())
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
 
     @property
     def in_flight(self) -> int:
