@@ -2,7 +2,7 @@
 
 Every request of the connector (token grants included) leaves through ``ModMedClient._call``, which
   * checks the real URL and method against closed allow-lists (MedicationRequest and MedicationStatement writes are never sent:
-    MedicationStatement: they are in no list, and the URL, not a label, decides what is sent); an
+    they are in no list, and the URL, not a label, decides what is sent); an
     Observation is only ever searched for the PDMP check (``code=…|pdmp-check``), so UDS results and
     every other Observation stay in ModMed;
   * waits for the practice's API-key rate limiter and in-flight cap, and its circuit breaker;
