@@ -31,6 +31,7 @@ from pydantic import (
     model_validator,
 )
 
+from guards.model import Command, Intent  # one source for the domain vocabulary the Avro enums carry
 from schemas.catalogue import NAMESPACE
 from schemas.errors import SchemaError
 
@@ -91,23 +92,6 @@ def _finite(value: float) -> float:
 FiniteFloat = Annotated[float, AfterValidator(_finite)]
 
 
-class Intent(StrEnum):
-    """Caller intents; the same values as guards.model.Intent (docs/CONTRACTS.md)."""
-
-    BOOK_APPOINTMENT = "BOOK_APPOINTMENT"
-    RESCHEDULE_APPOINTMENT = "RESCHEDULE_APPOINTMENT"
-    CANCEL_APPOINTMENT = "CANCEL_APPOINTMENT"
-    REFILL_REQUEST = "REFILL_REQUEST"
-    OPIOID_AGREEMENT_RENEWAL = "OPIOID_AGREEMENT_RENEWAL"
-    UDS_QUESTION = "UDS_QUESTION"
-    RESULTS_REQUEST = "RESULTS_REQUEST"
-    INTAKE = "INTAKE"
-    PRIOR_AUTH_FOLLOWUP = "PRIOR_AUTH_FOLLOWUP"
-    PREOP_CLEARANCE = "PREOP_CLEARANCE"
-    GENERAL_QUESTION = "GENERAL_QUESTION"
-    UNKNOWN = "UNKNOWN"
-
-
 class CallDisposition(StrEnum):
     """How a call ended."""
 
@@ -119,17 +103,8 @@ class CallDisposition(StrEnum):
     UNKNOWN = "UNKNOWN"
 
 
-class CommandKind(StrEnum):
-    """The closed set of commands the guard may issue; there is deliberately no medication write."""
-
-    SEARCH_PATIENT = "SEARCH_PATIENT"
-    READ_COMPLIANCE_FLAGS = "READ_COMPLIANCE_FLAGS"
-    SEARCH_SLOTS = "SEARCH_SLOTS"
-    BOOK_APPOINTMENT = "BOOK_APPOINTMENT"
-    RESCHEDULE_APPOINTMENT = "RESCHEDULE_APPOINTMENT"
-    CANCEL_APPOINTMENT = "CANCEL_APPOINTMENT"
-    CREATE_TASK = "CREATE_TASK"
-    CREATE_DOCUMENT_REFERENCE = "CREATE_DOCUMENT_REFERENCE"
+CommandKind = Command
+"""The closed set of commands the guard may issue (guards.model.Command): there is no medication write."""
 
 
 class CommandRoute(StrEnum):
