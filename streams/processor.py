@@ -25,6 +25,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -157,13 +158,43 @@ class DriftCounts:
         return cls(**values)
 
 
-def drift_counts(outputs: list[Output]) -> DriftCounts:
-    """Writes, controlled-substance requests and bypass attempts, read off the audit records."""
-    counts = DriftCounts()
+@dataclass(slots=True)
+class WriteRequests:
+    """The FHIR write requests (POST/PUT, resends included) one event sent to its practice.
+
+    Write-success drift is judged on what ModMed answered to each request, not on the command's final
+    outcome: the connector resends a write once it has proved the first did not land, so a practice
+    failing 20 % of its writes would show as ~4 % failed commands and the degradation would stay hidden
+    until it got worse. A write refused before sending (open circuit breaker) is no attempt."""
+
+    sent: int = 0
+    succeeded: int = 0
+
+
+_event_writes: ContextVar[WriteRequests | None] = ContextVar("callstream_event_writes", default=None)
+
+_WRITE_METHODS = frozenset({"POST", "PUT"})
+TOKEN_REQUEST_LABEL = "token"
+
+
+def tally_write_request(resource: str, method: str, status: int | None) -> None:
+    """Called by the FHIR client's observer for every HTTP attempt; counts the writes of the event being
+    handled (a context variable: the dispatcher's sub-tasks inherit it). Token requests are not writes."""
+    tally = _event_writes.get()
+    if tally is None or method not in _WRITE_METHODS or resource == TOKEN_REQUEST_LABEL:
+        return
+    tally.sent += 1
+    tally.succeeded += status is not None and 200 <= status < 300
+
+
+def drift_counts(outputs: list[Output], fhir_writes: WriteRequests) -> DriftCounts:
+    """FHIR write requests from the tally; EMA writes (one screen submit per command), controlled-substance
+    requests and bypass attempts read off the audit records."""
+    counts = DriftCounts(write_attempts=fhir_writes.sent, write_successes=fhir_writes.succeeded)
     for output in outputs:
         if not isinstance(output, AuditOut):
             continue
-        if output.action in (AuditAction.FHIR_WRITE, AuditAction.EMA_WRITE):
+        if output.action is AuditAction.EMA_WRITE:
             counts.write_attempts += 1
             counts.write_successes += output.outcome is AuditOutcome.SUCCESS
         elif output.action is AuditAction.ESCALATION and output.detail.get("trigger") == "controlled_substance":
@@ -215,6 +246,14 @@ class CallProcessor:
 
     async def handle(self, raw: RawEvent) -> None:
         """Process one message completely; returns once every output is acknowledged."""
+        writes = WriteRequests()
+        token = _event_writes.set(writes)
+        try:
+            await self._handle(raw, writes)
+        finally:
+            _event_writes.reset(token)
+
+    async def _handle(self, raw: RawEvent, writes: WriteRequests) -> None:
         received = time.perf_counter()
         now = self._clock()
         self._events_counted.inc()
@@ -244,7 +283,7 @@ class CallProcessor:
             outputs.extend(step.outputs)
         else:
             log.error("practice %s call %s: the turn did not settle; left for staff", practice.practice_id, event.call_id)
-        await self._publish(event, practice, step.state or state, outputs, received, now)
+        await self._publish(event, practice, step.state or state, outputs, writes, received, now)
         if step.state is None:
             self.states.pop(event.call_id, None)
         else:
@@ -330,7 +369,7 @@ class CallProcessor:
     # ----------------------------------------------------------------------------------- outputs
 
     async def _publish(self, event: CallEvent, practice: Practice, state: CallState, outputs: list[Output],
-                       received: float, now: datetime) -> None:
+                       writes: WriteRequests, received: float, now: datetime) -> None:
         """Reply first, then audit and review entries; returns once the broker acknowledged all of them."""
         pending: list[Awaitable[None]] = []
         for output in outputs:
@@ -348,7 +387,7 @@ class CallProcessor:
                 self._count(practice.practice_id, output)
             elif isinstance(output, ReviewOut):
                 pending.append(self.outputs.command(command_record(output, event.call_id, practice.practice_id, now)))
-        counts = drift_counts(outputs)
+        counts = drift_counts(outputs, writes)
         if counts and self._drift is not None:
             self._drift(practice.practice_id, counts)
         await asyncio.gather(*pending)

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -353,3 +356,113 @@ async def test_a_worker_killed_mid_call_resumes_the_call_and_books_once(
     assert len(booked) == 1 and booked[0].start == offer.offered_slots[0].start
     assert pipeline_worker.starts == 2
     assert "unreadable" not in pipeline_worker.log_text(), "the restarted worker resumed the call from its changelog"
+
+
+class CallTraffic:
+    """Steady call traffic from a thread, as a practice's phone lines would produce it: identified callers
+    leaving a prior-authorisation question (one task write each: FHIR or, where the practice has no FHIR
+    Task create, the EMA task queue), at a given rate per practice."""
+
+    def __init__(self, bootstrap: str, rates: dict[str, tuple[PracticeCast, float]]) -> None:
+        self._phone = Telephony(bootstrap)
+        self._rates = rates
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="call-traffic", daemon=True)
+        self.call_ids: dict[str, list[str]] = {practice_id: [] for practice_id in rates}
+
+    def __enter__(self) -> CallTraffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self._phone.close()
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        while not self._stop.wait(0.02):
+            elapsed = time.monotonic() - started
+            for practice_id, (cast, calls_per_s) in self._rates.items():
+                sent = self.call_ids[practice_id]
+                if len(sent) >= elapsed * calls_per_s:
+                    continue
+                caller = cast.plain[len(sent) % len(cast.plain)]
+                script = Script(cast.called_number, caller_number=caller.phone).started().identified(caller).intent(
+                    "PRIOR_AUTH_FOLLOWUP").ended()
+                for event in script.events:
+                    self._phone.publish(event)
+                sent.append(script.call_id)
+            self._phone.flush_soon()
+
+
+def alarm_metric(metrics: str, kind: str, practice_id: str) -> float | None:
+    line = next((line for line in metrics.splitlines()
+                 if line.startswith(f'callstream_alarm_state{{kind="{kind}",practice_id="{practice_id}"}}')), None)
+    return None if line is None else float(line.rsplit(" ", 1)[1])
+
+
+def write_drift(practice_id: str, state: str, records: list[Alarm]) -> list[Alarm]:
+    return [a for a in records if a is not None and a.practice_id == practice_id and a.state.value == state
+            and a.kind.value == "WRITE_SUCCESS_DRIFT"]
+
+
+async def test_a_write_failure_burst_at_one_practice_raises_write_drift_which_clears_after_recovery(
+    pipeline_broker: str, pipeline_cast: dict[str, PracticeCast], pipeline_worker: WorkerProcess,
+    sandbox: SandboxServer, alert_receiver: AlertReceiver, audit: TopicReader,
+) -> None:
+    """Issue 9 point 4: pain-1002's ModMed answers 20 % of its API calls with a 500 while pain-1001 (EMA task
+    queue) carries on; the worker's 3 s drift windows hold ~20 FHIR writes of pain-1002 each."""
+    window_s = 3.0
+    alarms = TopicReader(pipeline_broker, ALARMS, Alarm)
+    alarms.poll(1.0)
+    history = len(alarms.records)  # earlier tests' alarms
+
+    async def metrics() -> str:
+        async with httpx.AsyncClient() as http:
+            return (await http.get(f"{pipeline_worker.metrics_url}/metrics")).text
+
+    rates = {"pain-1002": (pipeline_cast["pain-1002"], 7.0), "pain-1001": (pipeline_cast["pain-1001"], 0.4)}
+    try:
+        with CallTraffic(pipeline_broker, rates) as traffic:
+            await asyncio.sleep(2 * window_s)  # healthy traffic first
+            burst_started = datetime.now(UTC)
+            sandbox.set_faults("pain-1002", error_5xx_ratio=0.2)
+            try:
+                await asyncio.to_thread(alarms.wait_for, lambda rs: write_drift("pain-1002", "FIRING", rs[history:]),
+                                        8 * window_s)
+            finally:
+                sandbox.clear_faults("pain-1002")
+            recovered_at = datetime.now(UTC)
+            [firing] = write_drift("pain-1002", "FIRING", alarms.records[history:])
+            # Fired on the burst's first whole window, at most a window after that window closed.
+            assert firing.window_end <= burst_started + timedelta(seconds=2 * window_s)
+            assert firing.raised_at - firing.window_end <= timedelta(seconds=window_s)
+            assert firing.value <= firing.threshold < 0.99 and firing.detail["trigger"] == "burst"
+            assert int(firing.detail["write_attempts"]) >= 20
+            assert alarm_metric(await metrics(), "WRITE_SUCCESS_DRIFT", "pain-1002") == 1.0
+
+            await asyncio.to_thread(alarms.wait_for, lambda rs: write_drift("pain-1002", "CLEARED", rs[history:]),
+                                    20 * window_s)
+            [cleared] = write_drift("pain-1002", "CLEARED", alarms.records[history:])
+            assert cleared.window_start >= recovered_at - timedelta(seconds=window_s)
+            assert cleared.value > cleared.threshold
+            after = await metrics()
+            assert alarm_metric(after, "WRITE_SUCCESS_DRIFT", "pain-1002") == 0.0
+        calm_calls = set(traffic.call_ids["pain-1001"])
+    finally:
+        alarms.close()
+
+    # pain-1001 carried on untouched: no alarm, no alert, every task it was asked for written.
+    assert not [a for a in alarms.records[history:] if a is not None and a.practice_id != "pain-1002"
+                and a.kind.value == "WRITE_SUCCESS_DRIFT"]
+    assert alarm_metric(after, "WRITE_SUCCESS_DRIFT", "pain-1001") in (None, 0.0)
+    write_alerts = [a["text"] for a in alert_receiver.received if "WRITE_SUCCESS_DRIFT" in a["text"]]
+    assert any("FIRING" in text and "pain-1002" in text for text in write_alerts)
+    assert any("CLEARED" in text and "pain-1002" in text for text in write_alerts)
+    assert not any("pain-1001" in text for text in write_alerts)
+    records = await asyncio.to_thread(audit.wait_for, lambda rs: calm_calls <= {
+        r.call_id for r in rs if r is not None and r.action is AuditAction.EMA_WRITE}, 60)
+    ema_writes = [r for r in records if r is not None and r.call_id in calm_calls and r.action is AuditAction.EMA_WRITE]
+    assert {r.call_id for r in ema_writes} == calm_calls
+    assert all(r.outcome is AuditOutcome.SUCCESS for r in ema_writes)

@@ -19,15 +19,17 @@ from connectors.dispatch import Dispatcher
 from connectors.fhir import ModMedClient
 from connectors.ledger import InMemoryLedger
 from connectors.operations import ModMedConnector
-from schemas.models import AuditAction, AuditEvent, CommandMessage, DeadLetter, Reply
+from schemas.models import AuditAction, AuditEvent, AuditOutcome, CommandMessage, DeadLetter, Reply
 from schemas.serde import AvroSerde
 from schemas.topics import AUDIT, CALL_EVENTS, COMMANDS, DEAD_LETTER, REPLIES
 from streams import callflow
 from streams.cast import PracticeCast, Script, booking
 from streams.metrics import Metrics
 from streams.outputs import KafkaOutputs
+from streams.observers import FhirRequestMetrics
 from streams.processor import CallProcessor, CallSequencer, DriftCounts, RawEvent, expired_calls
 from tests.fixtures.pipeline import TopicReader
+from tests.fixtures.sandbox import SandboxServer
 
 pytestmark = pytest.mark.broker
 EVENTS = AvroSerde.for_topic(CALL_EVENTS)
@@ -74,13 +76,14 @@ class Harness:
 
 
 async def harness_for(tenants: TenantDirectory, outputs: KafkaOutputs) -> AsyncIterator[Harness]:
-    async with ModMedClient() as client:
+    metrics = Metrics()
+    async with ModMedClient(observer=FhirRequestMetrics(metrics)) as client:  # wired as the worker wires it
         ledger = InMemoryLedger()
         states: dict[str, bytes] = {}
         drift: list[tuple[str, DriftCounts]] = []
         processor = CallProcessor(
             tenants=tenants, dispatcher=Dispatcher(ModMedConnector(client, ledger), ledger), outputs=outputs,
-            states=states, metrics=Metrics(), drift=lambda practice, counts: drift.append((practice, counts)),
+            states=states, metrics=metrics, drift=lambda practice, counts: drift.append((practice, counts)),
         )
         yield Harness(processor, states, drift)
 
@@ -188,6 +191,26 @@ async def test_a_booking_call_through_the_processor_and_phi_purged_at_call_end(
         assert value not in caplog.text
 
 
+async def test_a_write_modmed_answers_500_counts_as_a_failed_write_request_though_the_command_recovers(
+    harness: Harness, readers: dict[str, TopicReader], pipeline_cast: dict[str, PracticeCast], sandbox: SandboxServer,
+) -> None:
+    """Write drift is judged per request: the landed check saves the command, the 500 is still counted."""
+    cast = pipeline_cast["pain-1002"]
+    script = Script(cast.called_number).started().identified(cast.plain[9]).intent("PRIOR_AUTH_FOLLOWUP")
+    for event in script.events[:2]:
+        await harness.send(event)
+    sandbox.set_faults("pain-1002", error_5xx_after_write_ratio=1.0)
+    try:
+        await harness.send(script.events[2])
+    finally:
+        sandbox.clear_faults("pain-1002")
+    audit = readers[AUDIT].wait_for(lambda rs: any(r is not None and r.call_id == script.call_id
+                                                   and r.action is AuditAction.FHIR_WRITE for r in rs))
+    [write] = [r for r in audit if r is not None and r.call_id == script.call_id and r.action is AuditAction.FHIR_WRITE]
+    assert write.outcome is AuditOutcome.SUCCESS and write.task_refs
+    assert harness.drift == [("pain-1002", DriftCounts(write_attempts=1, write_successes=0))]
+
+
 async def test_a_practice_modmed_refuses_hands_the_caller_to_staff_instead_of_failing(
     pipeline_tenants: tuple[Path, TenantDirectory], outputs: KafkaOutputs, readers: dict[str, TopicReader],
     pipeline_cast: dict[str, PracticeCast],
@@ -280,9 +303,9 @@ def test_a_stored_state_reads_back_as_written_and_as_restored_from_the_changelog
         stored_state(b'{"call_id": 7}')
 
 
-def test_drift_counts_read_writes_escalations_and_bypass_attempts_off_the_audit() -> None:
+def test_drift_counts_take_fhir_write_requests_from_the_tally_and_the_rest_off_the_audit() -> None:
     from schemas.models import AuditOutcome
-    from streams.processor import drift_counts
+    from streams.processor import WriteRequests, drift_counts
 
     audit = callflow.AuditOut
     outputs: list[callflow.Output] = [
@@ -293,7 +316,9 @@ def test_drift_counts_read_writes_escalations_and_bypass_attempts_off_the_audit(
         audit(action=AuditAction.ESCALATION, outcome=AuditOutcome.SUCCESS, detail={"escalation_kind": "provider"}),
         audit(action=AuditAction.BYPASS_ATTEMPT, outcome=AuditOutcome.BLOCKED),
     ]
-    assert drift_counts(outputs) == DriftCounts(2, 1, 2, 1, 1)
+    # The FHIR_WRITE audit is the command's final outcome; its requests (one failed, one resent) come from the tally.
+    assert drift_counts(outputs, WriteRequests(sent=2, succeeded=1)) == DriftCounts(3, 1, 2, 1, 1)
+    assert drift_counts(outputs, WriteRequests()) == DriftCounts(1, 0, 2, 1, 1)
     assert DriftCounts.from_dict({"write_attempts": -1}) == DriftCounts()
     assert DriftCounts.from_dict("garbage") == DriftCounts()
     assert DriftCounts.from_dict(DriftCounts(3, 2, 1, 1, 0).to_dict()) == DriftCounts(3, 2, 1, 1, 0)
