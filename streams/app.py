@@ -26,7 +26,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -79,6 +79,33 @@ class WorkerOptions:
     data_dir: str = "var"
 
 
+class ChangelogCallStates:
+    """The ``calls`` table as the processor's CallStateStore: reads from the table's store, writes to the
+    store and to the table's changelog through the outputs producer (librdkafka), awaited.
+
+    Faust's own table writes go through its Python producer and are flushed only before an offset
+    commit; here each write is acknowledged before its event is, and the records carry exactly the key
+    and value bytes Faust writes (JSON key, raw value), so Faust restores the table from them as ever."""
+
+    def __init__(self, table: faust.Table, runtime: PipelineRuntime) -> None:
+        self._table = table
+        self._runtime = runtime
+        self._topic = table.changelog_topic.get_topic_name()
+
+    def get(self, call_id: str) -> Any:
+        return self._table.data.get(call_id)
+
+    async def put(self, call_id: str, partition: int, value: bytes | None) -> None:
+        outputs = self._runtime.outputs
+        assert outputs is not None  # the agent and the sweep start once the runtime is ready
+        key, _ = self._table.changelog_topic.prepare_key(call_id, "json")
+        if value is None:
+            self._table.data.pop(call_id, None)
+        else:
+            self._table.data[call_id] = value
+        await outputs.changelog(self._topic, partition, key, value)
+
+
 class PipelineRuntime(mode.Service):
     """The worker's I/O resources (ModMed client, EMA browser, output producer, metrics endpoint),
     opened when the worker starts and closed when it stops."""
@@ -107,7 +134,7 @@ class PipelineRuntime(mode.Service):
         dispatcher = Dispatcher(ModMedConnector(self._client, ledger), ledger, ema,
                                 per_practice_concurrency=pipeline.options.per_practice_concurrency)
         self.processor = CallProcessor(
-            tenants=pipeline.tenants, dispatcher=dispatcher, outputs=self.outputs, states=pipeline.calls,
+            tenants=pipeline.tenants, dispatcher=dispatcher, outputs=self.outputs, states=pipeline.call_states,
             metrics=pipeline.metrics, drift=pipeline.count_drift, registry=registry,
         )
         if settings.alert_webhook_url:
@@ -196,6 +223,7 @@ class Pipeline:
         self.drift_state = self.app.Table("drift-state", default=None, partitions=partitions, use_partitioner=True)
         self.monitor = DriftMonitor()
         self.runtime = PipelineRuntime(self, loop=None)
+        self.call_states = ChangelogCallStates(self.calls, self.runtime)
         self.app.add_dependency(self.runtime)
         self._practices_counted: set[str] = set()
         self._recovered = threading.Event()
@@ -321,14 +349,14 @@ class Pipeline:
         assert outputs is not None
         now = datetime.now(UTC)
         owned = {tp.partition for tp in self._owned()}
+        pending: list[Awaitable[None]] = []
         for call_id, state in await expired_calls(self.calls.data, owned, now):
-            # Outside any event: the tombstone goes to the changelog partition the call lives on.
-            self.calls.send_changelog(state.partition, call_id, None, value_serializer="raw")
-            self.calls.data.pop(call_id, None)
+            pending.append(self.call_states.put(call_id, state.partition, None))
             if not state.ended:
                 audit = audit_record(callflow.expiry_audit(state), f"expired:{call_id}", state.practice_id, call_id,
                                      None, now)
-                await outputs.audit(audit)
+                pending.append(outputs.audit(audit))
+        await asyncio.gather(*pending)
 
     async def _record_lag(self) -> None:
         if not self.is_ready():

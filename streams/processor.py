@@ -8,8 +8,9 @@
    practice ``unresolved``);
 3. run the core (``streams.callflow``), executing the work it asks for through the dispatcher (guard
    decisions, FHIR first, EMA where the practice needs it) and feeding results back;
-4. publish the reply first (it is on the caller's clock), persist the call state, then publish the
-   audit records and review-queue commands, and wait until the broker has all of them.
+4. publish the reply first (it is on the caller's clock), then the audit records and review-queue
+   commands, and wait until the broker has all of them; only then store the call state (durably), so
+   a redelivered event whose outputs were lost is processed again rather than taken for a duplicate.
 
 No input can make ``handle`` raise: bad input is dead-lettered, dispatcher failures become
 ``WorkFailed`` results the core turns into a hand-off to staff. Only a broken broker (outputs that
@@ -24,7 +25,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -205,6 +206,28 @@ def drift_counts(outputs: list[Output], fhir_writes: WriteRequests) -> DriftCoun
     return counts
 
 
+class CallStateStore(Protocol):
+    """Where per-call state lives between events (``CallState`` JSON, keyed by call id).
+
+    ``put`` returns once the state is durable: the event that changed it is acknowledged only after, so a
+    worker killed at any moment resumes every call from a state at least as new as its committed offset."""
+
+    def get(self, call_id: str) -> Any: ...
+
+    def put(self, call_id: str, partition: int, value: bytes | None) -> Awaitable[None]:
+        """Store ``value`` (None deletes) for the call, whose events live on ``partition``."""
+
+
+class InMemoryCallStates(dict[str, Any]):
+    """A CallStateStore in a dict (tests, tools): durable as soon as it is set."""
+
+    async def put(self, call_id: str, partition: int, value: bytes | None) -> None:
+        if value is None:
+            self.pop(call_id, None)
+        else:
+            self[call_id] = value
+
+
 class DriftSink(Protocol):
     def __call__(self, practice_id: str, counts: DriftCounts) -> None: ...
 
@@ -225,7 +248,7 @@ class CallProcessor:
         tenants: TenantDirectory,
         dispatcher: Dispatcher,
         outputs: Any,
-        states: MutableMapping[str, Any],
+        states: CallStateStore,
         metrics: Metrics,
         drift: DriftSink | None = None,
         registry: SchemaRegistryClient | None = None,
@@ -284,10 +307,8 @@ class CallProcessor:
         else:
             log.error("practice %s call %s: the turn did not settle; left for staff", practice.practice_id, event.call_id)
         await self._publish(event, practice, step.state or state, outputs, writes, received, now)
-        if step.state is None:
-            self.states.pop(event.call_id, None)
-        else:
-            self.states[event.call_id] = step.state.model_dump_json().encode()
+        stored = None if step.state is None else step.state.model_dump_json().encode()
+        await self.states.put(event.call_id, raw.partition, stored)
 
     def _decode(self, raw: RawEvent) -> CallEvent:
         if raw.value is None:

@@ -27,7 +27,14 @@ from streams.cast import PracticeCast, Script, booking
 from streams.metrics import Metrics
 from streams.outputs import KafkaOutputs
 from streams.observers import FhirRequestMetrics
-from streams.processor import CallProcessor, CallSequencer, DriftCounts, RawEvent, expired_calls
+from streams.processor import (
+    CallProcessor,
+    CallSequencer,
+    DriftCounts,
+    InMemoryCallStates,
+    RawEvent,
+    expired_calls,
+)
 from tests.fixtures.pipeline import TopicReader
 from tests.fixtures.sandbox import SandboxServer
 
@@ -61,7 +68,7 @@ def readers(pipeline_broker: str) -> Iterator[dict[str, TopicReader]]:
 
 
 class Harness:
-    def __init__(self, processor: CallProcessor, states: dict[str, bytes], drift: list[tuple[str, DriftCounts]]) -> None:
+    def __init__(self, processor: CallProcessor, states: InMemoryCallStates, drift: list[tuple[str, DriftCounts]]) -> None:
         self.processor = processor
         self.states = states
         self.drift = drift
@@ -79,7 +86,7 @@ async def harness_for(tenants: TenantDirectory, outputs: KafkaOutputs) -> AsyncI
     metrics = Metrics()
     async with ModMedClient(observer=FhirRequestMetrics(metrics)) as client:  # wired as the worker wires it
         ledger = InMemoryLedger()
-        states: dict[str, bytes] = {}
+        states = InMemoryCallStates()
         drift: list[tuple[str, DriftCounts]] = []
         processor = CallProcessor(
             tenants=tenants, dispatcher=Dispatcher(ModMedConnector(client, ledger), ledger), outputs=outputs,
