@@ -10,7 +10,8 @@ call's events stay in order, and a worker killed at any moment resumes from the 
 Changelogged tables (Faust's own JSON, docs/events.md):
 
 - ``calls``: per-call state (``CallState``), keyed by call id on the event's partition; PHI is purged at
-  call end (a PHI-free marker stays) and by the TTL timer for abandoned calls;
+  call end (a PHI-free marker stays) and by the TTL timer for abandoned calls. Its changelog records are
+  written by the outputs producer (``ChangelogCallStates``) and acknowledged before their event is;
 - ``ledger``: the idempotency ledger of every write (connectors.ledger over the table), so a
   redelivered or duplicated event never books or queues twice, even on another worker;
 - ``drift``: tumbling windows of per-practice counters (writes, controlled-substance requests and
