@@ -466,6 +466,14 @@ class CommandMessage(AvroModel):
     attempt: Annotated[int, Field(ge=1, le=2**31 - 1)] = 1
 
 
+EMA_DEEP_LINK_PATTERN = (
+    r"^(https://[^\s\x00-\x1f\x7f]{1,2040}"
+    r"|http://(127\.0\.0\.1|localhost|\[::1\])(:[0-9]{1,5})?(/[^\s\x00-\x1f\x7f]{0,2000})?)$"
+)
+"""An EMA chart link: https, or plain http on the loopback interface only (the sandbox), the same rule
+as the tenant directory's URLs; anything else (javascript:, data:, remote http) is refused."""
+
+
 class AuditEvent(AvroModel):
     """One audited step (topic callstream.audit.v1, key practice_id)."""
 
@@ -481,7 +489,7 @@ class AuditEvent(AvroModel):
     state_to: Code | None = None
     resource_type: Annotated[str, StringConstraints(pattern=r"^[A-Z][A-Za-z]{0,63}$")] | None = None
     resource_ids: Annotated[list[Identifier], Field(max_length=100)] = Field(default_factory=list)
-    ema_deep_link: Annotated[str, StringConstraints(pattern=r"^https://[^\s\x00-\x1f\x7f]{1,2040}$")] | None = None
+    ema_deep_link: Annotated[str, StringConstraints(pattern=EMA_DEEP_LINK_PATTERN)] | None = None
     task_refs: Annotated[list[Reference], Field(max_length=100)] = Field(default_factory=list)
     transcript_ref: Reference | None = None
     guards_fired: Annotated[list[Code], Field(max_length=50)] = Field(default_factory=list)

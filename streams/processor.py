@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -40,6 +41,7 @@ from connectors.operations import MatchKind
 from guards.model import Command
 from schemas.errors import SchemaError
 from schemas.models import (
+    EMA_DEEP_LINK_PATTERN,
     UNRESOLVED_PRACTICE_ID,
     AuditAction,
     AuditEvent,
@@ -102,6 +104,7 @@ _WORK_COMMANDS: dict[type, CommandKind] = {
     CancelAppointment: CommandKind.CANCEL_APPOINTMENT,
     CreateTask: CommandKind.CREATE_TASK,
 }
+_DEEP_LINK = re.compile(EMA_DEEP_LINK_PATTERN)
 _MATCH_KINDS = {MatchKind.UNIQUE: LookupKind.UNIQUE, MatchKind.NONE: LookupKind.NONE,
                 MatchKind.AMBIGUOUS: LookupKind.AMBIGUOUS}
 
@@ -516,8 +519,8 @@ def audit_record(audit: AuditOut, id_seed: str, practice_id: str, call_id: str, 
         state_to=audit.state_to,
         resource_type=audit.resource_type,
         resource_ids=list(audit.resource_ids),
-        # The schema takes https links only: a plain-http sandbox EMA has its chart id in resource_ids instead.
-        ema_deep_link=audit.deep_link if audit.deep_link and audit.deep_link.startswith("https://") else None,
+        # A link the schema refuses is left out (the chart id is in resource_ids): the audit record must not fail.
+        ema_deep_link=audit.deep_link if audit.deep_link and _DEEP_LINK.match(audit.deep_link) else None,
         task_refs=list(audit.task_refs),
         transcript_ref=audit.transcript_ref,
         guards_fired=list(audit.guards_fired),

@@ -154,6 +154,8 @@ async def test_a_task_goes_through_the_ema_task_queue_where_fhir_has_no_task_cre
     records = audit.wait_for(lambda rs: called(script.call_id, AuditAction.EMA_WRITE, rs), timeout_s=60)
     [write] = [w for w in called(script.call_id, AuditAction.EMA_WRITE, records) if w.command and w.command.value == "CREATE_TASK"][:1]
     assert write.outcome is AuditOutcome.SUCCESS and write.detail["route"] == "EMA"
+    assert write.ema_deep_link == pipeline_tenants[1]["pain-1001"].chart_deep_link(caller.patient_id)
+    assert write.ema_deep_link.startswith("http://127.0.0.1:")  # the sandbox's EMA: loopback http is kept
     tasks = await tasks_of(modmed, pipeline_tenants[1], "pain-1001", caller.patient_id)
     assert write.resource_ids[0] in {t.id for t in tasks}, "the screen-queued task is visible over FHIR"
 

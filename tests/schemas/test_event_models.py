@@ -364,6 +364,29 @@ def test_other_models_enforce_their_invariants() -> None:
 
 
 @pytest.mark.parametrize(
+    ("link", "accepted"),
+    [
+        ("https://ema.example/firm/acme/chart/pat-1", True),
+        ("http://127.0.0.1:8700/ema/acme/chart/pat-1", True),  # the sandbox's EMA
+        ("http://localhost:8700/ema/acme/chart/pat-1", True),
+        ("http://[::1]/ema/acme/chart/pat-1", True),
+        ("http://ema.example/firm/acme/chart/pat-1", False),  # plain http off the loopback interface
+        ("http://127.0.0.1.evil.example/chart", False),
+        ("javascript:alert(1)", False),
+        ("https://ema.example/chart/pat 1", False),
+    ],
+)
+def test_an_ema_deep_link_is_https_or_loopback_http(link: str, accepted: bool) -> None:
+    record = {"event_id": uuid.uuid4(), "occurred_at": datetime(2026, 3, 2, tzinfo=UTC), "practice_id": "pain-1001",
+              "action": "FHIR_READ", "outcome": "SUCCESS", "ema_deep_link": link}
+    if accepted:
+        assert models.AuditEvent.from_avro(record).ema_deep_link == link
+    else:
+        with pytest.raises(SchemaError, match="ema_deep_link"):
+            models.AuditEvent.from_avro(record)
+
+
+@pytest.mark.parametrize(
     ("record", "reason"),
     [
         ("not a mapping", "record must be a mapping"),
