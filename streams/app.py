@@ -27,7 +27,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -48,12 +48,11 @@ from schemas.models import Alarm, AlarmKind, AlarmState
 from schemas.registry import SchemaRegistryClient
 from schemas.topics import CALL_EVENTS, topic_named
 from sinks.alerts import Alert, AlertWebhook
-from streams import callflow
 from streams.drift import DriftInputError, DriftMonitor, PracticeDriftState, WindowStats
 from streams.metrics import Metrics, MetricsServer, serve_metrics
 from streams.observers import FhirRequestMetrics
 from streams.outputs import KafkaOutputs
-from streams.processor import CallProcessor, CallSequencer, DriftCounts, RawEvent, audit_record, expired_calls
+from streams.processor import CallProcessor, CallSequencer, DriftCounts, RawEvent, purge_expired
 from streams.transport import PipelineFaustApp
 
 log = logging.getLogger(__name__)
@@ -95,6 +94,9 @@ class ChangelogCallStates:
 
     def get(self, call_id: str) -> Any:
         return self._table.data.get(call_id)
+
+    def items(self) -> list[tuple[str, Any]]:
+        return list(self._table.data.items())
 
     async def put(self, call_id: str, partition: int, value: bytes | None) -> None:
         outputs = self._runtime.outputs
@@ -346,18 +348,8 @@ class Pipeline:
         """Purge abandoned calls (PHI) and old ended markers of the partitions this worker owns."""
         if not self.is_ready():
             return
-        outputs = self.runtime.outputs
-        assert outputs is not None
-        now = datetime.now(UTC)
         owned = {tp.partition for tp in self._owned()}
-        pending: list[Awaitable[None]] = []
-        for call_id, state in await expired_calls(self.calls.data, owned, now):
-            pending.append(self.call_states.put(call_id, state.partition, None))
-            if not state.ended:
-                audit = audit_record(callflow.expiry_audit(state), f"expired:{call_id}", state.practice_id, call_id,
-                                     None, now)
-                pending.append(outputs.audit(audit))
-        await asyncio.gather(*pending)
+        await purge_expired(self.call_states, owned, self.runtime.outputs, datetime.now(UTC))
 
     async def _record_lag(self) -> None:
         if not self.is_ready():

@@ -26,7 +26,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -216,6 +216,8 @@ class CallStateStore(Protocol):
     worker killed at any moment resumes every call from a state at least as new as its committed offset."""
 
     def get(self, call_id: str) -> Any: ...
+
+    def items(self) -> Iterable[tuple[str, Any]]: ...
 
     def put(self, call_id: str, partition: int, value: bytes | None) -> Awaitable[None]:
         """Store ``value`` (None deletes) for the call, whose events live on ``partition``."""
@@ -556,7 +558,22 @@ def stored_state(stored: bytes | str | Mapping[str, Any]) -> CallState:
     return CallState.model_validate(stored)
 
 
-async def expired_calls(states: Mapping[str, Any], owned_partitions: set[int], now: datetime,
+async def purge_expired(states: CallStateStore, owned_partitions: set[int], outputs: Any, now: datetime) -> int:
+    """The TTL sweep: delete abandoned calls (their PHI) and old ended markers of the owned partitions, and
+    audit each abandoned call's purge; returns once every deletion and audit record is acknowledged."""
+    pending: list[Awaitable[None]] = []
+    expired = await expired_calls(states, owned_partitions, now)
+    for call_id, state in expired:
+        pending.append(states.put(call_id, state.partition, None))
+        if not state.ended:
+            audit = audit_record(callflow.expiry_audit(state), f"expired:{call_id}", state.practice_id, call_id,
+                                 None, now)
+            pending.append(outputs.audit(audit))
+    await asyncio.gather(*pending)
+    return len(expired)
+
+
+async def expired_calls(states: CallStateStore | Mapping[str, Any], owned_partitions: set[int], now: datetime,
                         *, chunk: int = SWEEP_CHUNK) -> list[tuple[str, CallState]]:
     """Calls the TTL sweep must delete: abandoned live calls (PHI) and old ended markers, on owned partitions.
 

@@ -34,6 +34,7 @@ from streams.processor import (
     InMemoryCallStates,
     RawEvent,
     expired_calls,
+    purge_expired,
 )
 from tests.fixtures.pipeline import TopicReader
 from tests.fixtures.sandbox import SandboxServer
@@ -294,6 +295,29 @@ async def test_the_ttl_sweep_picks_abandoned_calls_and_old_markers_of_owned_part
     assert soon == {ended.state.call_id}  # type: ignore[union-attr]
     later = {call_id for call_id, _ in await expired_calls(states, owned, NOW + callflow.CALL_IDLE_TTL, chunk=2)}
     assert later == {live.state.call_id, ended.state.call_id}  # type: ignore[union-attr]
+
+
+async def test_the_ttl_sweep_purges_abandoned_calls_and_audits_each_purge(
+    outputs: KafkaOutputs, readers: dict[str, TopicReader],
+) -> None:
+    from tests.streams.callflow_helpers import NOW, Call, Driver
+
+    abandoned, ended, elsewhere = Driver(), Driver(), Driver()
+    for driver in (abandoned, ended, elsewhere):
+        call = Call()
+        driver.send(call.started())
+        if driver is ended:
+            driver.send(call.ended())
+    assert abandoned.state is not None and ended.state is not None and elsewhere.state is not None
+    states = InMemoryCallStates({d.state.call_id: d.state.model_dump_json().encode() for d in (abandoned, ended)})
+    states[elsewhere.state.call_id] = elsewhere.state.model_copy(update={"partition": 7}).model_dump_json().encode()
+
+    assert await purge_expired(states, {3}, outputs, NOW + callflow.CALL_IDLE_TTL) == 2
+    assert set(states) == {elsewhere.state.call_id}, "another worker's partition is left to that worker"
+    gone = {abandoned.state.call_id, ended.state.call_id}
+    audit = readers[AUDIT].wait_for(lambda rs: any(r is not None and r.call_id in gone for r in rs))
+    purged = [r for r in audit if r is not None and r.call_id in gone]
+    assert [(r.call_id, r.state_to) for r in purged] == [(abandoned.state.call_id, "expired")]
 
 
 def test_a_stored_state_reads_back_as_written_and_as_restored_from_the_changelog() -> None:
