@@ -276,8 +276,9 @@ async def test_the_sequencer_keeps_a_calls_order_while_other_calls_go_ahead() ->
     assert sequencer.in_flight == 0
 
 
-async def test_the_ttl_sweep_picks_abandoned_calls_and_old_markers_of_owned_partitions() -> None:
-    from tests.streams.callflow_helpers import NOW, Call, Driver
+def sweep_cases() -> tuple[callflow.CallState, callflow.CallState, InMemoryCallStates]:
+    """A live call and an ended one on partition 3, and a live call of partition 7, as stored."""
+    from tests.streams.callflow_helpers import Call, Driver
 
     live, ended, elsewhere = Driver(), Driver(), Driver()
     for driver in (live, ended, elsewhere):
@@ -285,39 +286,38 @@ async def test_the_ttl_sweep_picks_abandoned_calls_and_old_markers_of_owned_part
         driver.send(call.started())
         if driver is ended:
             driver.send(call.ended())
-    states = {d.state.call_id: d.state.model_dump_json().encode() for d in (live, ended) if d.state}
-    assert elsewhere.state is not None
+    assert live.state is not None and ended.state is not None and elsewhere.state is not None
+    states = InMemoryCallStates({d.state.call_id: d.state.model_dump_json().encode() for d in (live, ended)})
     states[elsewhere.state.call_id] = elsewhere.state.model_copy(update={"partition": 7}).model_dump_json().encode()
+    return live.state, ended.state, states
+
+
+async def test_the_ttl_sweep_picks_abandoned_calls_and_old_markers_of_owned_partitions() -> None:
+    from tests.streams.callflow_helpers import NOW
+
+    live, ended, states = sweep_cases()
     states["corrupt"] = b'{"not": "a call"}'
     owned = {3}
     assert await expired_calls(states, owned, NOW + timedelta(minutes=30), chunk=2) == []
     soon = {call_id for call_id, _ in await expired_calls(states, owned, NOW + callflow.ENDED_MARKER_TTL, chunk=2)}
-    assert soon == {ended.state.call_id}  # type: ignore[union-attr]
+    assert soon == {ended.call_id}
     later = {call_id for call_id, _ in await expired_calls(states, owned, NOW + callflow.CALL_IDLE_TTL, chunk=2)}
-    assert later == {live.state.call_id, ended.state.call_id}  # type: ignore[union-attr]
+    assert later == {live.call_id, ended.call_id}
 
 
 async def test_the_ttl_sweep_purges_abandoned_calls_and_audits_each_purge(
     outputs: KafkaOutputs, readers: dict[str, TopicReader],
 ) -> None:
-    from tests.streams.callflow_helpers import NOW, Call, Driver
+    from tests.streams.callflow_helpers import NOW
 
-    abandoned, ended, elsewhere = Driver(), Driver(), Driver()
-    for driver in (abandoned, ended, elsewhere):
-        call = Call()
-        driver.send(call.started())
-        if driver is ended:
-            driver.send(call.ended())
-    assert abandoned.state is not None and ended.state is not None and elsewhere.state is not None
-    states = InMemoryCallStates({d.state.call_id: d.state.model_dump_json().encode() for d in (abandoned, ended)})
-    states[elsewhere.state.call_id] = elsewhere.state.model_copy(update={"partition": 7}).model_dump_json().encode()
-
+    abandoned, ended, states = sweep_cases()
+    elsewhere = set(states) - {abandoned.call_id, ended.call_id}
     assert await purge_expired(states, {3}, outputs, NOW + callflow.CALL_IDLE_TTL) == 2
-    assert set(states) == {elsewhere.state.call_id}, "another worker's partition is left to that worker"
-    gone = {abandoned.state.call_id, ended.state.call_id}
+    assert set(states) == elsewhere, "another worker's partition is left to that worker"
+    gone = {abandoned.call_id, ended.call_id}
     audit = readers[AUDIT].wait_for(lambda rs: any(r is not None and r.call_id in gone for r in rs))
     purged = [r for r in audit if r is not None and r.call_id in gone]
-    assert [(r.call_id, r.state_to) for r in purged] == [(abandoned.state.call_id, "expired")]
+    assert [(r.call_id, r.state_to) for r in purged] == [(abandoned.call_id, "expired")]
 
 
 def test_a_stored_state_reads_back_as_written_and_as_restored_from_the_changelog() -> None:
