@@ -102,6 +102,10 @@ WritableResource = Appointment | Task | DocumentReference
 R = TypeVar("R", bound=Resource)
 
 
+TOKEN_REQUEST_LABEL = "token"
+"""The resource label of token-endpoint requests (errors and RequestObserver calls): not a FHIR resource."""
+
+
 class RequestObserver(Protocol):
     """Metrics hook (the pipeline wires prometheus); called once per HTTP attempt, never with PHI."""
 
@@ -198,8 +202,8 @@ class PracticeSession:
             if exc.status is None or not 400 <= exc.status < 500:
                 raise
             raise AuthError(
-                "the token endpoint refused the grant", practice_id=self.practice_id, resource_type="token",
-                method="POST", status=exc.status, issue_codes=exc.issue_codes,
+                "the token endpoint refused the grant", practice_id=self.practice_id,
+                resource_type=TOKEN_REQUEST_LABEL, method="POST", status=exc.status, issue_codes=exc.issue_codes,
             ) from None
         return parse_token_response(
             response.body,
@@ -525,7 +529,7 @@ class ModMedClient:
         """
         practice = session.practice
         if method == "POST" and session.known_token_url is not None and url == session.known_token_url:
-            return "token"
+            return TOKEN_REQUEST_LABEL
         relative = relative_path(url, practice.fhir_base)
         if relative is None:
             raise ResourceNotAllowed(

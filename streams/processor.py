@@ -37,6 +37,7 @@ from pydantic import ValidationError
 from callstream.tenants import Practice, TenantDirectory
 from connectors.dispatch import Dispatcher
 from connectors.errors import ConflictError, InvalidResponseError
+from connectors.fhir import TOKEN_REQUEST_LABEL
 from connectors.operations import MatchKind
 from guards.model import Command
 from schemas.errors import SchemaError
@@ -178,7 +179,6 @@ class WriteRequests:
 _event_writes: ContextVar[WriteRequests | None] = ContextVar("callstream_event_writes", default=None)
 
 _WRITE_METHODS = frozenset({"POST", "PUT"})
-TOKEN_REQUEST_LABEL = "token"
 
 
 def tally_write_request(resource: str, method: str, status: int | None) -> None:
