@@ -102,6 +102,9 @@ WritableResource = Appointment | Task | DocumentReference
 R = TypeVar("R", bound=Resource)
 
 
+_READ = httpx.ByteStream(b"")
+"""Stands in for a response's consumed body stream (see ModMedClient._attempt)."""
+
 TOKEN_REQUEST_LABEL = "token"
 """The resource label of token-endpoint requests (errors and RequestObserver calls): not a FHIR resource."""
 
@@ -594,6 +597,10 @@ class ModMedClient:
                     body = await _read_capped(response, self.config.max_response_bytes, practice_id, label, method)
                 finally:
                     await response.aclose()
+                    # httpx's response and its body stream refer to each other: a cycle that takes the request,
+                    # pool bookkeeping and headers (~30 objects) with it until the cyclic GC runs, and a GC pass
+                    # over thousands of them pauses every call in flight. The body is read: drop the stream.
+                    response.stream = _READ
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout):
                 raise RequestNotSentError(
                     "could not connect to ModMed", practice_id=practice_id, resource_type=label, method=method

@@ -56,11 +56,16 @@ def search(
 
 
 def _candidates(tenant: Tenant, resource_type: str, params: dict[str, list[str]]) -> list[dict]:
-    """Use the patient index when the search names one patient (chart look-ups are the hot path)."""
+    """Use the patient or identifier index when the search names one patient or one identifier (chart
+    look-ups and the connector's "did my write land?" checks are the hot path); the predicate still
+    applies every parameter to the candidates."""
     for name in ("patient", "beneficiary"):
         values = params.get(name, [])
         if len(values) == 1 and "," not in values[0] and resource_type != "Patient":
             return tenant.store.for_patient(resource_type, reference_id(values[0], "Patient") or values[0])
+    identifiers = params.get("identifier", [])
+    if len(identifiers) == 1 and "," not in identifiers[0]:
+        return tenant.store.with_identifier(resource_type, identifiers[0].rpartition("|")[2])
     return tenant.store.all_of(resource_type)
 
 

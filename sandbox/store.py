@@ -1,7 +1,8 @@
 """Per-practice in-memory FHIR resource store.
 
 Resources are kept as validated FHIR JSON dicts keyed by type and id, with a patient
-index so chart lookups (Flag?patient=, Task?patient=) do not scan the whole practice.
+index so chart lookups (Flag?patient=, Task?patient=) and an identifier index so "did my write
+land?" checks (Task?identifier=) do not scan the whole practice.
 One re-entrant lock per practice serialises writes: the server is single-process, and
 uvicorn in a background thread plus test code may touch the same tenant.
 """
@@ -63,6 +64,11 @@ def patient_ids_of(resource: dict) -> list[str]:
     return found
 
 
+def identifier_values(resource: dict) -> set[str]:
+    """The values of a resource's ``identifier`` list (the index key; searches still check the system)."""
+    return {str(i["value"]) for i in resource.get("identifier") or [] if isinstance(i, dict) and i.get("value")}
+
+
 class ResourceStore:
     """FHIR resources of one practice."""
 
@@ -70,6 +76,7 @@ class ResourceStore:
         self.lock = threading.RLock()
         self._resources: dict[str, dict[str, dict]] = defaultdict(dict)
         self._by_patient: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+        self._by_identifier: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
         self._sequence: dict[str, int] = defaultdict(int)
 
     def next_id(self, prefix: str) -> str:
@@ -91,8 +98,7 @@ class ResourceStore:
                 raise KeyError(f"{rtype}/{rid} exists already")
             resource["meta"] = {**(resource.get("meta") or {}), "versionId": "1", "lastUpdated": fhir_instant(updated_at)}
             self._resources[rtype][rid] = resource
-            for pid in patient_ids_of(resource):
-                self._by_patient[rtype][pid].append(rid)
+            self._index(rtype, rid, resource)
             return resource
 
     def replace(self, resource: dict, updated_at: dt.datetime) -> dict:
@@ -104,10 +110,17 @@ class ResourceStore:
             resource["meta"] = {**(resource.get("meta") or {}), "versionId": str(version), "lastUpdated": fhir_instant(updated_at)}
             for pid in patient_ids_of(previous):
                 self._by_patient[rtype][pid].remove(rid)
+            for value in identifier_values(previous):
+                self._by_identifier[rtype][value].remove(rid)
             self._resources[rtype][rid] = resource
-            for pid in patient_ids_of(resource):
-                self._by_patient[rtype][pid].append(rid)
+            self._index(rtype, rid, resource)
             return resource
+
+    def _index(self, rtype: str, rid: str, resource: dict) -> None:
+        for pid in patient_ids_of(resource):
+            self._by_patient[rtype][pid].append(rid)
+        for value in identifier_values(resource):
+            self._by_identifier[rtype][value].append(rid)
 
     def get(self, resource_type: str, resource_id: str) -> dict | None:
         with self.lock:
@@ -127,6 +140,12 @@ class ResourceStore:
         with self.lock:
             stored = self._resources.get(resource_type, {})
             return [stored[rid] for rid in self._by_patient[resource_type].get(patient_id, [])]
+
+    def with_identifier(self, resource_type: str, value: str) -> list[dict]:
+        """Resources carrying an identifier of this value (any system)."""
+        with self.lock:
+            stored = self._resources.get(resource_type, {})
+            return [stored[rid] for rid in self._by_identifier[resource_type].get(value, [])]
 
     def types(self) -> Iterator[str]:
         with self.lock:

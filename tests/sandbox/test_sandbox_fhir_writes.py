@@ -168,6 +168,28 @@ def test_task_create_follows_the_capability(http: httpx.Client, main_practice: d
     assert foreign.status_code == 422
 
 
+def test_a_created_task_is_found_by_its_identifier(http: httpx.Client, task_practice: dict, task_headers: dict) -> None:
+    """The connector's "did my write land?" check: system|value, a bare value, never another system's value."""
+    base = task_practice["fhir_base"]
+    body = {"resourceType": "Task", "status": "requested", "intent": "order",
+            "for": {"reference": f"Patient/{_patient_id(http, task_practice, task_headers, 4)}"},
+            "code": {"coding": [{"system": "https://callstream.dev/fhir/CodeSystem/task-kind", "code": "general-message"}]},
+            "identifier": [{"system": "urn:callstream:idempotency-key", "value": "key-found-by-identifier"}]}
+    response = http.post(f"{base}/Task", json=body, headers=task_headers)
+    assert response.status_code == 201, response.text
+    created = response.json()
+
+    def found(identifier: str) -> list[str]:
+        bundle = http.get(f"{base}/Task", params={"identifier": identifier}, headers=task_headers).json()
+        return [t["id"] for t in entries(bundle)]
+
+    assert found("urn:callstream:idempotency-key|key-found-by-identifier") == [created["id"]]
+    assert found("key-found-by-identifier") == [created["id"]]
+    assert found("urn:other-system|key-found-by-identifier") == []
+    assert found("urn:callstream:idempotency-key|key-never-written") == []
+    assert created["id"] in found("urn:callstream:idempotency-key|key-found-by-identifier,key-never-written")
+
+
 def test_patient_create_update_and_duplicates(http: httpx.Client, task_practice: dict, task_headers: dict) -> None:
     base = task_practice["fhir_base"]
     body = {"resourceType": "Patient", "name": [{"family": "Quillfeather", "given": ["Ottilie"]}], "birthDate": "1961-04-09",
