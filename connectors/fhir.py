@@ -53,6 +53,7 @@ from connectors.errors import (
     WriteNotAllowed,
     error_for_status,
 )
+from connectors.keepalive import KeepAliveTransport
 from connectors.ratelimit import RateLimiter, RateLimiterRegistry
 from connectors.vocabulary import COMPLIANCE_SYSTEM, PDMP_CHECK_CODE
 from sinks.webhooks import retry_after_seconds
@@ -235,10 +236,10 @@ class ModMedClient:
         self._sessions: dict[str, PracticeSession] = {}
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(self.config.read_timeout_s, connect=self.config.connect_timeout_s),
-            limits=httpx.Limits(
+            transport=KeepAliveTransport(limits=httpx.Limits(
                 max_connections=self.config.max_connections,
                 max_keepalive_connections=self.config.max_connections,
-            ),
+            )),
             follow_redirects=False,
             trust_env=False,
         )

@@ -183,14 +183,20 @@ class AppointmentStatus(StrEnum):
     WAITLIST = "waitlist"
 
 
+_LEAF_TYPES = frozenset({str, int, float, bool, type(None), datetime, date, UUID, bytes})
+"""Exact types _plain passes through untouched (an enum member's type is its enum, never one of these)."""
+
+
 def _plain(value: Any) -> Any:
-    """Enums to their values, recursively: fastavro reads enums back as plain strings."""
+    """Enums to their values, recursively: fastavro reads enums back as plain strings.
+
+    Runs on every record the pipeline publishes: leaves are recognised by exact type without a call."""
     if isinstance(value, Enum):
         return value.value
     if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
+        return {key: item if type(item) in _LEAF_TYPES else _plain(item) for key, item in value.items()}
     if isinstance(value, list):
-        return [_plain(item) for item in value]
+        return [item if type(item) in _LEAF_TYPES else _plain(item) for item in value]
     return value
 
 

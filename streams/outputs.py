@@ -1,11 +1,11 @@
 """The pipeline's outputs to Kafka: replies, audit records, review-queue commands, dead letters, alarms.
 
-One librdkafka producer (confluent-kafka) per worker, off the Faust producer: producing is a C call that
-never blocks the event loop, so a reply leaves within a millisecond of being decided while audit
-records follow it. Every publish returns an asyncio future that completes when the broker acknowledged
-the record (acks=all, idempotent producer): the agent acks a call event only once everything it caused
-is durable, which is what makes a crash at any point safe (at-least-once, de-duplicated downstream by
-the deterministic reply and audit ids).
+librdkafka producers (confluent-kafka), off the Faust producer: producing is a C call that never blocks
+the event loop, so a reply leaves within a millisecond of being decided while audit records follow it.
+Every publish returns an asyncio future that completes when the broker acknowledged the record
+(acks=all): the agent acks a call event only once everything it caused is durable, which is what makes
+a crash at any point safe (at-least-once, de-duplicated downstream by the deterministic reply and audit
+ids).
 """
 
 from __future__ import annotations

@@ -1,0 +1,127 @@
+"""The FHIR client's transport over real sockets: idle connections a server closed are not reused, kept
+connections are (over TLS too), and TLS still verifies the server."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import ipaddress
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from connectors.keepalive import KeepAliveTransport
+
+LIMITS = httpx.Limits(max_connections=4, max_keepalive_connections=4)
+ANSWER = b"HTTP/1.1 200 OK\r\nContent-Type: application/fhir+json\r\nContent-Length: 2\r\n\r\n{}"
+
+
+@asynccontextmanager
+async def server(*, close_after_answer: bool, ssl_context: ssl.SSLContext | None = None,
+                 ) -> AsyncIterator[tuple[int, list[int]]]:
+    """Answers requests with keep-alive implied; with ``close_after_answer`` it then closes the connection
+    while the client idles. Yields the port and, per request served, the number of its connection."""
+    served: list[int] = []
+    connections = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        number = connections
+        try:
+            while True:
+                try:
+                    await reader.readuntil(b"\r\n\r\n")
+                except asyncio.IncompleteReadError:
+                    return
+                await reader.readexactly(2)  # the posted "{}"
+                served.append(number)
+                writer.write(ANSWER)
+                await writer.drain()
+                if close_after_answer:
+                    return
+        finally:
+            writer.close()
+
+    listener = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=ssl_context)
+    try:
+        yield listener.sockets[0].getsockname()[1], served
+    finally:
+        listener.close()
+        await listener.wait_closed()
+
+
+async def post_twice(client: httpx.AsyncClient, url: str) -> list[int]:
+    statuses = [(await client.post(url, content=b"{}")).status_code]
+    await asyncio.sleep(0.1)  # the server's close reaches the idle pooled connection
+    statuses.append((await client.post(url, content=b"{}")).status_code)
+    return statuses
+
+
+async def test_a_connection_the_server_closed_while_idle_is_not_reused_for_the_next_write() -> None:
+    """Reusing it would send a POST into a dead socket: an unknown outcome where a fresh connection is certain."""
+    async with server(close_after_answer=True) as (port, served), \
+            httpx.AsyncClient(transport=KeepAliveTransport(limits=LIMITS)) as client:
+        assert await post_twice(client, f"http://127.0.0.1:{port}/Task") == [200, 200]
+    assert served == [1, 2]
+
+
+async def test_a_connection_the_server_keeps_is_reused() -> None:
+    async with server(close_after_answer=False) as (port, served), \
+            httpx.AsyncClient(transport=KeepAliveTransport(limits=LIMITS)) as client:
+        assert await post_twice(client, f"http://127.0.0.1:{port}/Task") == [200, 200]
+    assert served == [1, 1]
+
+
+@pytest.fixture(scope="module")
+def tls_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A self-signed certificate for 127.0.0.1: (server context, client context that trusts only it)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    certificate = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    folder: Path = tmp_path_factory.mktemp("tls")
+    (folder / "cert.pem").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    (folder / "key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(folder / "cert.pem", folder / "key.pem")
+    client = ssl.create_default_context(cafile=str(folder / "cert.pem"))
+    return server, client
+
+
+async def test_over_tls_a_kept_connection_is_reused(tls_pair: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
+    """(A server's close of an idle TLS connection is not seen by httpcore's check, its stock one included:
+    the next request on it fails as "server disconnected". The connector's "did it land?" check covers a
+    write sent into such a connection.)"""
+    server_context, client_context = tls_pair
+    transport = KeepAliveTransport(limits=LIMITS, ssl_context=client_context)
+    async with server(close_after_answer=False, ssl_context=server_context) as (port, served), \
+            httpx.AsyncClient(transport=transport) as client:
+        assert await post_twice(client, f"https://127.0.0.1:{port}/Task") == [200, 200]
+    assert served == [1, 1]
+
+
+async def test_tls_still_verifies_the_server(tls_pair: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
+    """The default context trusts the system's authorities only: a self-signed ModMed impostor is refused."""
+    server_context, _ = tls_pair
+    async with server(close_after_answer=False, ssl_context=server_context) as (port, served), \
+            httpx.AsyncClient(transport=KeepAliveTransport(limits=LIMITS)) as client:
+        with pytest.raises(httpx.ConnectError):
+            await client.post(f"https://127.0.0.1:{port}/Task", content=b"{}")
+    assert served == []
