@@ -18,6 +18,9 @@ lifted and no injected latency, one `callstream worker` without EMA automation.
    - ``pipeline_p50_ms``/``pipeline_p99_ms``: the same load without ModMed calls (callstream's share).
    ``modmed_request_ms`` is the sandbox's mean answer time during the mixed load: it shows how far the
    sandbox, on the same machine, stayed from answering at once.
+4. CPU: ``worker_cpu_ms_per_event`` (burst) and ``worker_cpu_ms_per_event_mixed`` (the mixed load), the
+   worker process's CPU time (all threads) per call event. On a shared machine the time figures above
+   move with the neighbours' load; these move far less, so they are the ones to compare across runs.
 
 The last line is one JSON object: events_per_s, p50_ms, p99_ms, baseline_events_per_s, ratio (plus
 the figures behind them).
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import random
 import statistics
 import sys
@@ -85,17 +89,24 @@ def main(argv: list[str]) -> int:
         baseline = _passthrough(bootstrap, _burst(cast.called_number, options.burst_calls))
         print(f"baseline pass-through: {baseline:,.0f} events/s", file=sys.stderr)
         metrics_port = free_port()
-        stack.enter_context(worker_process(bootstrap, tenants, work, app_id=f"callstream-bench-{uuid.uuid4().hex[:8]}",
-                                           port=metrics_port, extra_args=("--no-ema", "--max-in-flight", "4000"),
-                                           log_level="WARNING"))
-        throughput = _throughput(bootstrap, _burst(cast.called_number, options.burst_calls))
-        print(f"pipeline burst: {throughput:,.0f} events/s", file=sys.stderr)
-        own, own_rate = _latency(bootstrap, cast.called_number, (), options.rate, options.seconds)
+        worker = stack.enter_context(worker_process(
+            bootstrap, tenants, work, app_id=f"callstream-bench-{uuid.uuid4().hex[:8]}", port=metrics_port,
+            extra_args=("--no-ema", "--max-in-flight", "4000"), log_level="WARNING"))
+        burst = _burst(cast.called_number, options.burst_calls)
+        cpu_before = _cpu_seconds(worker)
+        throughput = _throughput(bootstrap, burst)
+        burst_cpu_ms = 1000 * (_cpu_seconds(worker) - cpu_before) / len(burst)
+        print(f"pipeline burst: {throughput:,.0f} events/s, worker CPU {burst_cpu_ms:.3f} ms/event", file=sys.stderr)
+        own, own_rate, _ = _latency(bootstrap, cast.called_number, (), options.rate, options.seconds)
         _report("pipeline only", own, own_rate)
         before = _modmed_seconds(metrics_port)
-        mixed, mixed_rate = _latency(bootstrap, cast.called_number, cast.plain, options.rate, options.seconds)
+        cpu_before = _cpu_seconds(worker)
+        mixed, mixed_rate, mixed_events = _latency(bootstrap, cast.called_number, cast.plain, options.rate,
+                                                   options.seconds)
+        mixed_cpu_ms = 1000 * (_cpu_seconds(worker) - cpu_before) / mixed_events
         after = _modmed_seconds(metrics_port)
         _report("with ModMed calls", mixed, mixed_rate)
+        print(f"worker CPU with ModMed calls: {mixed_cpu_ms:.3f} ms/event", file=sys.stderr)
     modmed_ms = 1000 * (after[0] - before[0]) / max(1, after[1] - before[1])
     print(json.dumps({
         "events_per_s": round(throughput, 1),
@@ -108,6 +119,8 @@ def main(argv: list[str]) -> int:
         "latency_load_events_per_s": round(mixed_rate, 1),
         "modmed_request_ms": round(modmed_ms, 2),
         "burst_events": options.burst_calls * 2,
+        "worker_cpu_ms_per_event": round(burst_cpu_ms, 3),
+        "worker_cpu_ms_per_event_mixed": round(mixed_cpu_ms, 3),
     }))
     return 0
 
@@ -115,6 +128,15 @@ def main(argv: list[str]) -> int:
 def _report(label: str, latencies: list[float], rate: float) -> None:
     print(f"latency {label} at {rate:.0f} events/s: p50 {_percentile(latencies, 50):.1f} ms, "
           f"p99 {_percentile(latencies, 99):.1f} ms ({len(latencies)} replies)", file=sys.stderr)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far, all its threads (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError as exc:
+        raise ServiceUnavailableError(f"cannot read the worker's CPU time: {exc.strerror}") from None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _modmed_seconds(port: int) -> tuple[float, int]:
@@ -231,8 +253,9 @@ def _throughput(bootstrap: str, events: list[CallEvent]) -> float:
 
 
 def _latency(bootstrap: str, called_number: str, callers: tuple[Caller, ...], rate: float,
-             seconds: float) -> tuple[list[float], float]:
-    """Open-loop load at ``rate`` events/s; per reply, milliseconds from its event produced to it consumed.
+             seconds: float) -> tuple[list[float], float, int]:
+    """Open-loop load at ``rate`` events/s: per reply, milliseconds from its event produced to it consumed;
+    the rate achieved and the number of events sent.
 
     Without ``callers`` every call is an unrecognised request (no ModMed call at all)."""
     serde = AvroSerde.for_topic(CALL_EVENTS)
@@ -284,7 +307,7 @@ def _latency(bootstrap: str, called_number: str, callers: tuple[Caller, ...], ra
     replies.close()
     if len(latencies) < expected:
         raise ServiceUnavailableError(f"only {len(latencies)} of {expected} replies arrived")
-    return latencies, sent_rate
+    return latencies, sent_rate, len(encoded)
 
 
 def _interleaved(scripts: list[Script], rate: float) -> list[CallEvent]:

@@ -42,8 +42,10 @@ def sandbox_process(run_dir: Path, *, seed: int, patients: int) -> Iterator[str]
 
 @contextlib.contextmanager
 def worker_process(bootstrap: str, tenants_file: Path, run_dir: Path, *, app_id: str, port: int,
-                   extra_args: tuple[str, ...] = (), log_level: str = "INFO") -> Iterator[None]:
-    """`callstream worker` against ``bootstrap``, ready once its /readyz answers; logs to run_dir/worker.log."""
+                   extra_args: tuple[str, ...] = (), log_level: str = "INFO") -> Iterator[int]:
+    """`callstream worker` against ``bootstrap``, ready once its /readyz answers; logs to run_dir/worker.log.
+
+    Yields the worker's process id."""
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "CALLSTREAM_DATA_DIR": str(run_dir),
            "CALLSTREAM_LOG_LEVEL": log_level}
     command = [sys.executable, "-m", "callstream.cli", "worker", "--tenants", str(tenants_file), "--app-id", app_id,
@@ -55,7 +57,7 @@ def worker_process(bootstrap: str, tenants_file: Path, run_dir: Path, *, app_id:
     try:
         wait_until(lambda: answers(f"http://127.0.0.1:{port}/readyz"), f"the worker (log: {log_path})",
                    lambda: process.poll() is not None)
-        yield
+        yield process.pid
     finally:
         stop(process)
 
