@@ -79,9 +79,10 @@ class KeepAliveTransport(httpx.AsyncHTTPTransport):
     """httpx's transport over a pool whose idle-connection check costs one ``poll`` (module docstring)."""
 
     def __init__(self, *, limits: httpx.Limits, ssl_context: ssl.SSLContext | None = None) -> None:
-        super().__init__(limits=limits, trust_env=False)
+        context = ssl_context or httpx.create_ssl_context(trust_env=False)
+        super().__init__(verify=context, limits=limits, trust_env=False)  # its pool (no connections yet) is replaced
         self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=ssl_context or httpx.create_ssl_context(trust_env=False),
+            ssl_context=context,
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,

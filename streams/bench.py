@@ -20,7 +20,7 @@ lifted and no injected latency, one `callstream worker` without EMA automation.
    sandbox, on the same machine, stayed from answering at once.
 4. CPU: ``worker_cpu_ms_per_event`` (burst) and ``worker_cpu_ms_per_event_mixed`` (the mixed load), the
    worker process's CPU time (all threads) per call event. On a shared machine the time figures above
-   move with the neighbours' load; these move far less, so they are the ones to compare across runs.
+   swing with the neighbours' load; these swing less (about ±20 % here), so compare them first.
 
 The last line is one JSON object: events_per_s, p50_ms, p99_ms, baseline_events_per_s, ratio (plus
 the figures behind them).
