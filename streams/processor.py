@@ -522,7 +522,7 @@ def audit_record(audit: AuditOut, id_seed: str, practice_id: str, call_id: str, 
         resource_type=audit.resource_type,
         resource_ids=list(audit.resource_ids),
         # A link the schema refuses is left out (the chart id is in resource_ids): the audit record must not fail.
-        ema_deep_link=audit.deep_link if audit.deep_link and _DEEP_LINK.match(audit.deep_link) else None,
+        ema_deep_link=audit.deep_link if audit.deep_link and _DEEP_LINK.fullmatch(audit.deep_link) else None,
         task_refs=list(audit.task_refs),
         transcript_ref=audit.transcript_ref,
         guards_fired=list(audit.guards_fired),

@@ -33,6 +33,7 @@ from streams.processor import (
     DriftCounts,
     InMemoryCallStates,
     RawEvent,
+    audit_record,
     expired_calls,
     purge_expired,
 )
@@ -353,3 +354,22 @@ def test_drift_counts_take_fhir_write_requests_from_the_tally_and_the_rest_off_t
     assert DriftCounts.from_dict({"write_attempts": -1}) == DriftCounts()
     assert DriftCounts.from_dict("garbage") == DriftCounts()
     assert DriftCounts.from_dict(DriftCounts(3, 2, 1, 1, 0).to_dict()) == DriftCounts(3, 2, 1, 1, 0)
+
+
+@pytest.mark.parametrize(
+    ("link", "kept"),
+    [
+        ("https://ema.example/firm/acme/chart/pat-1", True),
+        ("http://127.0.0.1:8700/ema/acme/chart/pat-1", True),
+        ("https://ema.example/firm/acme/chart/pat-1\n", False),  # re's "$" would match before the newline
+        ("javascript:alert(1)", False),
+    ],
+)
+def test_an_audit_record_keeps_only_links_the_schema_takes(link: str, kept: bool) -> None:
+    """A link the schema would refuse is dropped, never allowed to fail the audit record (and the event)."""
+    from tests.streams.callflow_helpers import NOW
+
+    audit = callflow.AuditOut(AuditAction.EMA_READ, AuditOutcome.SUCCESS, resource_ids=("pat-1",), deep_link=link)
+    record = audit_record(audit, "event-1:0", "pain-1001", "call-1", None, NOW)
+    assert record.ema_deep_link == (link if kept else None)
+    assert record.resource_ids == ["pat-1"]
