@@ -262,13 +262,13 @@ class Dispatcher:
         if entry is not None and entry.state is LedgerState.DONE and entry.resource_id and entry.resource_type:
             return Written(entry.resource_type, entry.resource_id, CommandRoute.EMA,
                            practice.chart_deep_link(patient_id))
-        self._ledger.begin(key, command.value)
+        await self._ledger.begin(key, command.value)
         try:
             result = await write()
         except Exception as exc:
-            self._ledger.fail(key, type(exc).__name__)
+            await self._ledger.fail(key, type(exc).__name__)
             raise
-        self._ledger.complete(key, result.resource_type, result.resource_id)
+        await self._ledger.complete(key, result.resource_type, result.resource_id)
         return Written(result.resource_type, result.resource_id, CommandRoute.EMA, result.deep_link)
 
     async def _require_patients_appointment(self, practice: Practice, patient_id: str, appointment_id: str) -> None:

@@ -4,8 +4,12 @@ Every write gets a deterministic key from (call id, command, target): a retry, a
 event or a restarted worker computes the same key for the same intended write. The ledger records
 ``pending`` before the write leaves, then ``done`` with the resource id or ``failed``. A ``pending``
 entry means "the write may or may not have landed": the connector asks the practice before writing
-again. Entries are plain JSON-able dicts in a ``MutableMapping[str, dict]``, so the pipeline can back
-the ledger with a changelogged Faust table and survive worker restarts.
+again. Entries are stored as their JSON bytes in a ``MutableMapping[str, bytes]``, so the pipeline can
+back the ledger with a changelogged Faust table and survive worker restarts.
+
+A *write-ahead* ledger makes ``begin`` durable before it returns (the pipeline's changelog ledger awaits
+the broker's acknowledgement). Only such a ledger can prove that a key was never attempted: no entry
+then means no earlier write left, so a connector may skip asking the practice before the first write.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from collections import OrderedDict
 from collections.abc import MutableMapping
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -62,21 +66,28 @@ class IdempotencyLedger(Protocol):
 
     def get(self, key: str) -> LedgerEntry | None: ...
 
-    def begin(self, key: str, command: str) -> LedgerEntry: ...
+    def proves_unattempted(self, key: str) -> bool:
+        """True only if no write under ``key`` can have left: a write-ahead ledger without an entry."""
+        ...
 
-    def complete(self, key: str, resource_type: str, resource_id: str) -> LedgerEntry: ...
+    async def begin(self, key: str, command: str) -> LedgerEntry: ...
 
-    def fail(self, key: str, failure: str) -> LedgerEntry: ...
+    async def complete(self, key: str, resource_type: str, resource_id: str) -> LedgerEntry: ...
+
+    async def fail(self, key: str, failure: str) -> LedgerEntry: ...
 
 
 class MappingLedger:
-    """A ledger over any ``MutableMapping[str, dict]``: a dict, or a Faust Table in the pipeline.
+    """A ledger over any ``MutableMapping[str, bytes]``: a dict here, a Faust table's data in the pipeline.
 
-    A stored value that does not validate (a corrupt or foreign changelog record) reads as ``pending``:
-    the connector then checks the practice before writing, which is always safe.
+    Not write-ahead: its entries may be lost (eviction, a restart before a changelog flush), so a missing
+    entry proves nothing. A stored value that does not validate (a corrupt or foreign changelog record)
+    reads as ``pending``: the connector then checks the practice before writing, which is always safe.
     """
 
-    def __init__(self, store: MutableMapping[str, dict[str, Any]]) -> None:
+    write_ahead = False
+
+    def __init__(self, store: MutableMapping[str, bytes]) -> None:
         self._store = store
 
     def get(self, key: str) -> LedgerEntry | None:
@@ -84,22 +95,25 @@ class MappingLedger:
         if raw is None:
             return None
         try:
-            entry = LedgerEntry.model_validate(raw)
-        except ValidationError:
+            entry = LedgerEntry.model_validate_json(raw)
+        except (ValidationError, TypeError):
             return LedgerEntry(key=key, command="unknown", state=LedgerState.PENDING, attempts=1, updated_at=_now())
         if entry.key != key:
             return LedgerEntry(key=key, command=entry.command, state=LedgerState.PENDING, attempts=1, updated_at=_now())
         return entry
 
-    def begin(self, key: str, command: str) -> LedgerEntry:
+    def proves_unattempted(self, key: str) -> bool:
+        return self.write_ahead and self._store.get(key) is None
+
+    async def begin(self, key: str, command: str) -> LedgerEntry:
         """Record (another) attempt before the write is sent."""
         previous = self.get(key)
         attempts = previous.attempts + 1 if previous else 1
-        return self._put(LedgerEntry(key=key, command=command, state=LedgerState.PENDING, attempts=attempts, updated_at=_now()))
+        return await self._put(LedgerEntry(key=key, command=command, state=LedgerState.PENDING, attempts=attempts, updated_at=_now()))
 
-    def complete(self, key: str, resource_type: str, resource_id: str) -> LedgerEntry:
+    async def complete(self, key: str, resource_type: str, resource_id: str) -> LedgerEntry:
         previous = self.get(key)
-        return self._put(
+        return await self._put(
             LedgerEntry(
                 key=key,
                 command=previous.command if previous else "unknown",
@@ -111,10 +125,10 @@ class MappingLedger:
             )
         )
 
-    def fail(self, key: str, failure: str) -> LedgerEntry:
+    async def fail(self, key: str, failure: str) -> LedgerEntry:
         """Record a write ModMed definitely refused; ``failure`` is an error class name, never a message."""
         previous = self.get(key)
-        return self._put(
+        return await self._put(
             LedgerEntry(
                 key=key,
                 command=previous.command if previous else "unknown",
@@ -125,19 +139,19 @@ class MappingLedger:
             )
         )
 
-    def _put(self, entry: LedgerEntry) -> LedgerEntry:
-        self._store[entry.key] = entry.model_dump(mode="json")
+    async def _put(self, entry: LedgerEntry) -> LedgerEntry:
+        self._store[entry.key] = entry.model_dump_json().encode()
         return entry
 
 
-class _BoundedDict(OrderedDict[str, dict[str, Any]]):
+class _BoundedDict(OrderedDict[str, bytes]):
     """Insertion-ordered dict that forgets its oldest keys beyond ``max_entries``."""
 
     def __init__(self, max_entries: int) -> None:
         super().__init__()
         self._max_entries = max_entries
 
-    def __setitem__(self, key: str, value: dict[str, Any]) -> None:
+    def __setitem__(self, key: str, value: bytes) -> None:
         super().__setitem__(key, value)
         self.move_to_end(key)
         while len(self) > self._max_entries:

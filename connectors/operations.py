@@ -326,7 +326,10 @@ class ModMedConnector:
         async def landed() -> Appointment | None:
             return await self._booking_at(practice, patient_id, offer)
 
-        return await self._idempotent_write(practice, key, Command.BOOK_APPOINTMENT, "POST", appointment, landed)
+        # Asked before every booking, even one never attempted: the check also finds a booking staff made
+        # for this patient at this time, which a ledger cannot know of.
+        return await self._idempotent_write(practice, key, Command.BOOK_APPOINTMENT, "POST", appointment, landed,
+                                            ask_first=True)
 
     async def reschedule_appointment(
         self,
@@ -354,7 +357,7 @@ class ModMedConnector:
         current = await self.client.read(practice, Appointment, appointment_id)
         _require_visit_reason(practice, _visit_reason_of(practice, current.appointmentType), expected_visit_reason)
         if _holds_slot(current, new_slot_id):
-            self._ledger.complete(key, "Appointment", appointment_id)
+            await self._ledger.complete(key, "Appointment", appointment_id)
             return current
         if current.status not in OCCUPYING_APPOINTMENT_STATUSES:
             raise ConflictError(
@@ -388,7 +391,9 @@ class ModMedConnector:
             latest = await self.client.read(practice, Appointment, appointment_id)
             return latest if _holds_slot(latest, new_slot_id) else None
 
-        return await self._idempotent_write(practice, key, Command.RESCHEDULE_APPOINTMENT, "PUT", moved, landed)
+        # ``current``, just read, shows the move has not landed: no need to ask again before the first PUT.
+        return await self._idempotent_write(practice, key, Command.RESCHEDULE_APPOINTMENT, "PUT", moved, landed,
+                                            ask_first=False)
 
     async def cancel_appointment(
         self, practice: Practice, *, call_id: str, appointment_id: str, reason: str = "patient request"
@@ -402,7 +407,7 @@ class ModMedConnector:
             return done
         current = await self.client.read(practice, Appointment, appointment_id)
         if current.status == "cancelled":
-            self._ledger.complete(key, "Appointment", appointment_id)
+            await self._ledger.complete(key, "Appointment", appointment_id)
             return current
         body = current.model_dump(mode="json", exclude_none=True)
         body.update(status="cancelled", cancelationReason={"text": reason[:200]})
@@ -412,7 +417,9 @@ class ModMedConnector:
             latest = await self.client.read(practice, Appointment, appointment_id)
             return latest if latest.status == "cancelled" else None
 
-        return await self._idempotent_write(practice, key, Command.CANCEL_APPOINTMENT, "PUT", cancelled, landed)
+        # ``current``, just read, shows it is not cancelled yet.
+        return await self._idempotent_write(practice, key, Command.CANCEL_APPOINTMENT, "PUT", cancelled, landed,
+                                            ask_first=False)
 
     async def create_task(
         self,
@@ -471,7 +478,9 @@ class ModMedConnector:
             found = await self.client.search(practice, Task, {"identifier": f"{IDEMPOTENCY_KEY_SYSTEM}|{key}"})
             return found.matches[0] if found.matches else None
 
-        return await self._idempotent_write(practice, key, Command.CREATE_TASK, "POST", task, landed)
+        # Only callstream writes this identifier: a write-ahead ledger without the key proves no Task has it.
+        return await self._idempotent_write(practice, key, Command.CREATE_TASK, "POST", task, landed,
+                                            ask_first=not self._ledger.proves_unattempted(key))
 
     async def create_document_reference(
         self,
@@ -518,7 +527,9 @@ class ModMedConnector:
                 (d for d in found.matches if d.masterIdentifier and d.masterIdentifier.value == key), None
             )
 
-        return await self._idempotent_write(practice, key, Command.CREATE_DOCUMENT_REFERENCE, "POST", document, landed)
+        # Only callstream writes this master identifier (as for Tasks).
+        return await self._idempotent_write(practice, key, Command.CREATE_DOCUMENT_REFERENCE, "POST", document,
+                                            landed, ask_first=not self._ledger.proves_unattempted(key))
 
     # ------------------------------------------------------------------------- internals
 
@@ -545,28 +556,33 @@ class ModMedConnector:
         method: Literal["POST", "PUT"],
         resource: W,
         landed: Callable[[], Awaitable[W | None]],
+        *,
+        ask_first: bool,
     ) -> W:
         """Ledger + practice check around one write; resend only once the check proved it did not land.
 
-        The practice is asked even when the ledger has no entry: the event may have been handled by a
-        worker whose ledger entry was lost, or the write may have been made by the practice's staff.
+        ``ask_first``: ask the practice (``landed``) before the first attempt. Callers say no only where
+        that answer is already known: the write's target was just read, or only callstream writes what
+        ``landed`` looks for and a write-ahead ledger proves this key never left. Otherwise the event may
+        have been handled by a worker whose ledger entry was lost, or the practice's staff made the write.
         """
         resource_type = resource.get_resource_type()
-        found = await landed()
-        if found is not None:
-            return self._done(key, found)
-        self._ledger.begin(key, command.value)
+        if ask_first:
+            found = await landed()
+            if found is not None:
+                return await self._done(key, found)
+        await self._ledger.begin(key, command.value)
         for attempt in (1, 2):
             try:
                 written = await self.client.write(practice, method, resource)
             except RequestNotSentError as exc:
-                self._ledger.fail(key, type(exc).__name__)
+                await self._ledger.fail(key, type(exc).__name__)
                 raise
             except ConflictError:
                 found = await landed()  # our own earlier attempt may hold the slot
                 if found is not None:
-                    return self._done(key, found)
-                self._ledger.fail(key, "ConflictError")
+                    return await self._done(key, found)
+                await self._ledger.fail(key, "ConflictError")
                 raise
             except (RetryableError, InvalidResponseError) as exc:  # outcome unknown: ask the practice
                 log.warning(
@@ -575,20 +591,20 @@ class ModMedConnector:
                 )
                 found = await landed()
                 if found is not None:
-                    return self._done(key, found)
+                    return await self._done(key, found)
                 if attempt == 2:
                     raise
-                self._ledger.begin(key, command.value)
+                await self._ledger.begin(key, command.value)
                 continue
             except ModMedError as exc:
-                self._ledger.fail(key, type(exc).__name__)
+                await self._ledger.fail(key, type(exc).__name__)
                 raise
-            return self._done(key, written)  # type: ignore[arg-type]
+            return await self._done(key, written)  # type: ignore[arg-type]
         raise AssertionError("unreachable: the loop returns or raises")
 
-    def _done(self, key: str, resource: W) -> W:
+    async def _done(self, key: str, resource: W) -> W:
         assert resource.id is not None
-        self._ledger.complete(key, resource.get_resource_type(), resource.id)
+        await self._ledger.complete(key, resource.get_resource_type(), resource.id)
         return resource
 
     async def _booking_at(self, practice: Practice, patient_id: str, offer: SlotOffer) -> Appointment | None:

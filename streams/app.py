@@ -12,8 +12,9 @@ Changelogged tables (Faust's own JSON, docs/events.md):
 - ``calls``: per-call state (``CallState``), keyed by call id on the event's partition; PHI is purged at
   call end (a PHI-free marker stays) and by the TTL timer for abandoned calls. Its changelog records are
   written by the outputs producer (``ChangelogCallStates``) and acknowledged before their event is;
-- ``ledger``: the idempotency ledger of every write (connectors.ledger over the table), so a
-  redelivered or duplicated event never books or queues twice, even on another worker;
+- ``ledger``: the idempotency ledger of every write (``ChangelogLedger``), so a redelivered or
+  duplicated event never books or queues twice, even on another worker. It is write-ahead: an entry is
+  acknowledged by the broker before its ModMed write leaves;
 - ``drift``: tumbling windows of per-practice counters (writes, controlled-substance requests and
   escalations, bypass attempts) that feed ``streams.drift.DriftMonitor``;
 - ``drift-state``: each practice's DriftMonitor state, so alarms survive a restart.
@@ -42,7 +43,7 @@ from callstream.settings import Settings
 from callstream.tenants import TenantDirectory
 from connectors.dispatch import DEFAULT_PRACTICE_CONCURRENCY, Dispatcher, EmaPort
 from connectors.fhir import ModMedClient
-from connectors.ledger import MappingLedger
+from connectors.ledger import LedgerEntry, MappingLedger
 from connectors.operations import ModMedConnector
 from schemas.models import Alarm, AlarmKind, AlarmState
 from schemas.registry import SchemaRegistryClient
@@ -111,6 +112,35 @@ class ChangelogCallStates:
         await outputs.changelog(self._topic, partition, key, value)
 
 
+class ChangelogLedger(MappingLedger):
+    """The ``ledger`` table as a write-ahead idempotency ledger: each entry is written to the table's store
+    and to its changelog, on the partition of the event being handled (where Faust's own table writes go,
+    so the worker that owns the call restores it), and acknowledged before the write it announces leaves.
+
+    So a key the table does not hold was never attempted by any worker, and the connector need not ask
+    the practice before a first write whose marker only callstream sets (connectors.operations)."""
+
+    write_ahead = True
+
+    def __init__(self, table: faust.Table, runtime: PipelineRuntime) -> None:
+        super().__init__(table.data)
+        self._table = table
+        self._runtime = runtime
+        self._topic = table.changelog_topic.get_topic_name()
+
+    async def _put(self, entry: LedgerEntry) -> LedgerEntry:
+        event = faust.current_event()
+        if event is None:
+            raise RuntimeError("ledger entries are written while a call event is handled")
+        outputs = self._runtime.outputs
+        assert outputs is not None  # the agent starts once the runtime is ready
+        key, _ = self._table.changelog_topic.prepare_key(entry.key, "json")
+        value = entry.model_dump_json().encode()
+        self._table.data[entry.key] = value
+        await outputs.changelog(self._topic, event.message.partition, key, value, on_callers_clock=True)
+        return entry
+
+
 class PipelineRuntime(mode.Service):
     """The worker's I/O resources (ModMed client, EMA browser, output producer, metrics endpoint),
     opened when the worker starts and closed when it stops."""
@@ -134,7 +164,7 @@ class PipelineRuntime(mode.Service):
                                     idempotent=pipeline.options.idempotent_outputs)
         self.outputs.start(asyncio.get_running_loop())
         self._client = ModMedClient(observer=FhirRequestMetrics(pipeline.metrics))
-        ledger = MappingLedger(pipeline.ledger)
+        ledger = ChangelogLedger(pipeline.ledger, self)
         ema = await self._ema(settings, self._client) if pipeline.options.use_ema else None
         dispatcher = Dispatcher(ModMedConnector(self._client, ledger), ledger, ema,
                                 per_practice_concurrency=pipeline.options.per_practice_concurrency)
@@ -217,11 +247,12 @@ class Pipeline:
         )
         self.source = self.app.topic(CALL_EVENTS, key_type=bytes, value_type=bytes, key_serializer="raw",
                                      value_serializer="raw", partitions=partitions)
-        # Call state as the JSON pydantic writes (raw bytes): no dict round trip through Faust's JSON codec.
+        # Call state and ledger entries as the JSON pydantic writes (raw bytes): no dict round trip through
+        # Faust's JSON codec.
         raw_state: faust.Schema = faust.Schema(key_type=str, value_type=bytes, key_serializer="json",
                                                value_serializer="raw")
         self.calls = self.app.Table("calls", default=None, partitions=partitions, schema=raw_state)
-        self.ledger = self.app.Table("ledger", default=None, partitions=partitions)
+        self.ledger = self.app.Table("ledger", default=None, partitions=partitions, schema=raw_state)
         self.drift = self.app.Table("drift", default=None, partitions=partitions).tumbling(
             options.drift_window_s, expires=timedelta(seconds=options.drift_window_s * 4),
         ).relative_to(_wall_clock)  # type: ignore[attr-defined]  # WindowWrapper's, missing in the stubs

@@ -143,12 +143,15 @@ class KafkaOutputs:
             serde = self._serdes[topic.name] = AvroSerde.for_topic(topic, registry=self._registry)
         return serde
 
-    def changelog(self, topic: str, partition: int, key: bytes, value: bytes | None) -> asyncio.Future[None]:
+    def changelog(self, topic: str, partition: int, key: bytes, value: bytes | None, *,
+                  on_callers_clock: bool = False) -> asyncio.Future[None]:
         """One table changelog record, already serialized (``value`` None: a tombstone).
 
-        Table writes ride on this librdkafka producer rather than Faust's Python producer: encoding and
-        sending them in C took about a fifth of the worker's event-loop time off it (pipeline benchmark)."""
-        return self._produce(self._bulk, topic, value, key, partition)
+        Table writes ride on these librdkafka producers rather than Faust's Python producer: encoding and
+        sending them in C took about a fifth of the worker's event-loop time off it (pipeline benchmark).
+        ``on_callers_clock``: something the caller waits for waits for this acknowledgement (a write-ahead
+        ledger entry before its ModMed write), so it leaves with the replies' 1 ms linger, not in a batch."""
+        return self._produce(self._replies if on_callers_clock else self._bulk, topic, value, key, partition)
 
     def _publish(self, topic: Topic, model: AvroModel, *, key: bytes | None = None) -> asyncio.Future[None]:
         record = model.to_avro()

@@ -14,7 +14,7 @@ from callstream.errors import ConfigError
 from callstream.tenants import GoLivePhase, Practice
 from connectors.errors import CapabilityMissing, ConflictError, InvalidRequestError, VisitReasonMismatch, WriteNotAllowed
 from connectors.fhir import ClientConfig, ModMedClient
-from connectors.ledger import InMemoryLedger, LedgerState, idempotency_key
+from connectors.ledger import InMemoryLedger, LedgerState, MappingLedger, idempotency_key
 from connectors.operations import MatchKind, ModMedConnector, SlotOffer
 from connectors.vocabulary import IDEMPOTENCY_KEY_SYSTEM
 from guards.model import Command, VisitReason
@@ -230,6 +230,82 @@ async def test_document_reference_create_is_idempotent(client: ModMedClient, tas
         await connector.create_document_reference(
             task_practice, call_id="c", patient_id=patient.id, title="x", url="http://plain.example/x"
         )
+
+
+class WriteAheadLedger(MappingLedger):
+    """A ledger whose entries are durable before ``begin`` returns (as the pipeline's changelog ledger)."""
+
+    write_ahead = True
+
+
+async def test_a_write_ahead_ledger_lets_a_first_task_or_document_skip_the_landed_check(
+    client: ModMedClient, task_practice: Practice, recorder: Recorder
+) -> None:
+    connector = ModMedConnector(client, WriteAheadLedger({}))
+    patient = (await some_patients(client, task_practice))[6]
+    before = len(recorder.calls)
+    task = await connector.create_task(task_practice, call_id="call-wal-1", patient_id=patient.id,
+                                       task_code="callback", description="Callback request from the phone line.")
+    url = "https://intake.example.invalid/results/call-wal-1.pdf"
+    document = await connector.create_document_reference(task_practice, call_id="call-wal-1", patient_id=patient.id,
+                                                          title="Intake results", url=url)
+    assert [(r, m) for _, r, m, _ in recorder.calls[before:]] == [("Task", "POST"), ("DocumentReference", "POST")]
+    assert task.id and document.id
+
+
+async def test_a_pending_write_ahead_entry_still_asks_the_practice_before_writing_again(
+    client: ModMedClient, task_practice: Practice, recorder: Recorder
+) -> None:
+    """A worker that died after its entry was acknowledged may or may not have sent the POST."""
+    first = ModMedConnector(client, WriteAheadLedger({}))
+    patient = (await some_patients(client, task_practice))[8]
+    task = await first.create_task(task_practice, call_id="call-wal-2", patient_id=patient.id,
+                                   task_code="callback", description="Callback request from the phone line.")
+    key = idempotency_key("call-wal-2", Command.CREATE_TASK, f"Patient/{patient.id}|callback")
+    died_mid_write = WriteAheadLedger({})
+    await died_mid_write.begin(key, Command.CREATE_TASK.value)  # the POST above stands for the one that left
+    before = len(recorder.calls)
+    again = await ModMedConnector(client, died_mid_write).create_task(
+        task_practice, call_id="call-wal-2", patient_id=patient.id, task_code="callback", description="again")
+    assert again.id == task.id
+    assert [(r, m) for _, r, m, _ in recorder.calls[before:]] == [("Task", "GET")], "found by its key, not resent"
+    entry = died_mid_write.get(key)
+    assert entry is not None and entry.state is LedgerState.DONE and entry.resource_id == task.id
+    found = await client.search(task_practice, Task, {"identifier": f"{IDEMPOTENCY_KEY_SYSTEM}|{key}"})
+    assert [t.id for t in found.matches] == [task.id]
+
+
+async def test_a_booking_asks_the_practice_first_even_with_a_write_ahead_ledger(
+    client: ModMedClient, main_practice: Practice, recorder: Recorder
+) -> None:
+    """Staff may have booked the caller at that time: the ledger cannot know, the practice can."""
+    connector = ModMedConnector(client, WriteAheadLedger({}))
+    patient = (await some_patients(client, main_practice))[11]
+    offer = (await free_offers(connector, main_practice))[-1]
+    staff_booking = await ModMedConnector(client, InMemoryLedger()).book_appointment(
+        main_practice, call_id="front-desk", patient_id=patient.id, slot_id=offer.slot_id)
+    posts = recorder.count(resource="Appointment", method="POST")
+    booked = await connector.book_appointment(main_practice, call_id="call-wal-3", patient_id=patient.id,
+                                              slot_id=offer.slot_id)
+    assert booked.id == staff_booking.id
+    assert recorder.count(resource="Appointment", method="POST") == posts
+
+
+async def test_reschedule_and_cancel_read_the_appointment_once_before_their_put(
+    client: ModMedClient, main_practice: Practice, recorder: Recorder
+) -> None:
+    connector = ModMedConnector(client, InMemoryLedger())
+    patient = (await some_patients(client, main_practice))[12]
+    offers = await free_offers(connector, main_practice)
+    booked = await connector.book_appointment(main_practice, call_id="call-once", patient_id=patient.id,
+                                              slot_id=offers[0].slot_id)
+    target = next(o for o in offers[1:] if o.start != offers[0].start)
+    before = len(recorder.calls)
+    await connector.reschedule_appointment(main_practice, call_id="call-once", appointment_id=booked.id,
+                                           new_slot_id=target.slot_id)
+    await connector.cancel_appointment(main_practice, call_id="call-once", appointment_id=booked.id)
+    appointment_calls = [m for _, r, m, _ in recorder.calls[before:] if r == "Appointment"]
+    assert appointment_calls == ["GET", "PUT", "GET", "PUT"]
 
 
 async def test_read_only_phase_and_certified_track_refuse_writes_before_sending(

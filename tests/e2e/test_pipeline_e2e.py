@@ -21,7 +21,9 @@ from fhir.resources.R4B.task import Task
 
 from callstream.tenants import TenantDirectory
 from connectors.fhir import ModMedClient
+from connectors.ledger import idempotency_key
 from connectors.vocabulary import CALL_REFERENCE_SYSTEM
+from guards.model import Command
 from schemas.models import Alarm, AuditAction, AuditEvent, AuditOutcome, DeadLetter, Reply
 from schemas.topics import ALARMS, AUDIT, DEAD_LETTER
 from streams.cast import Caller, PracticeCast, Script, booking, controlled_visit, refill
@@ -358,6 +360,53 @@ async def test_a_worker_killed_mid_call_resumes_the_call_and_books_once(
     assert len(booked) == 1 and booked[0].start == offer.offered_slots[0].start
     assert pipeline_worker.starts == 2
     assert "unreadable" not in pipeline_worker.log_text(), "the restarted worker resumed the call from its changelog"
+
+
+async def test_a_worker_killed_after_its_task_post_landed_unrecorded_creates_the_task_once(
+    telephony: Telephony, pipeline_broker: str, modmed: ModMedClient, pipeline_cast: dict[str, PracticeCast],
+    sandbox: SandboxServer, pipeline_tenants: tuple[Path, TenantDirectory], pipeline_worker: WorkerProcess,
+) -> None:
+    """The ledger entry is acknowledged before the POST leaves. The POST lands but its answer is lost, and
+    the worker dies while it asks the practice whether it landed. Its successor finds the pending entry,
+    asks again, finds the task and sends no second POST (a write-ahead entry is no licence to resend)."""
+    cast = pipeline_cast["pain-1002"]
+    caller = cast.refill[2]
+    script = refill(cast, caller)
+    started, identified, asked = script.events[:3]
+    await asyncio.to_thread(telephony.replay, [[started, identified]])
+    code = "refill-review-refill-requested"
+    key = idempotency_key(script.call_id, Command.CREATE_TASK, f"Patient/{caller.patient_id}|{code}")
+    lost_answers = sandbox.stats("pain-1002")["status_5xx"]
+    sandbox.set_faults("pain-1002", latency_ms=1500, error_5xx_after_write_ratio=1.0)
+    try:
+        telephony.publish(asked)
+        telephony.flush()
+        entries: list[dict | None] = []
+        deadline = time.monotonic() + 30
+        while not entries and time.monotonic() < deadline:
+            entries = await asyncio.to_thread(changelog_values, pipeline_broker, "ledger", key)
+        assert entries and entries[-1] is not None and entries[-1]["state"] == "pending", "written ahead of the POST"
+        while sandbox.stats("pain-1002")["status_5xx"] == lost_answers and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert sandbox.stats("pain-1002")["status_5xx"] > lost_answers, "the POST landed and its answer was lost"
+        starts = pipeline_worker.starts
+        pipeline_worker.kill()  # its "did it land?" search is waiting out the practice's latency
+    finally:
+        sandbox.clear_faults("pain-1002")
+    telephony.publish(script.events[-1])
+    telephony.flush()
+    pipeline_worker.start()
+
+    replies: list[Reply] = await asyncio.to_thread(
+        telephony.replies_for, [script.call_id], until=lambda found: any(r.in_reply_to == asked.event_id for r in found),
+        timeout_s=60)
+    assert any(r.in_reply_to == asked.event_id and r.escalated for r in replies)
+    tasks = await tasks_of(modmed, pipeline_tenants[1], "pain-1002", caller.patient_id)
+    mine = [t for t in tasks if any(i.value == key for i in t.identifier or ())]
+    assert len(mine) == 1, "one task, though two workers handled the request"
+    assert pipeline_worker.starts == starts + 1
+    final = (await asyncio.to_thread(changelog_values, pipeline_broker, "ledger", key))[-1]
+    assert final is not None and final["state"] == "done" and final["resource_id"] == mine[0].id
 
 
 class CallTraffic:
