@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from callstream.errors import TenantDirectoryError
 from guards.model import VisitReason
 
-E164 = re.compile(r"^\+[1-9]\d{7,14}$")
+E164 = re.compile(r"^\+[1-9]\d{7,14}\Z")
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
@@ -36,7 +36,7 @@ def require_transport_security(url: str) -> str:
     if parts.scheme == "http" and parts.hostname in LOOPBACK_HOSTS:
         return url
     raise ValueError("must be an https URL (plain http only on 127.0.0.1/localhost)")
-CREDENTIAL_REF = re.compile(r"^(env:[A-Za-z_][A-Za-z0-9_]*|file:.+)$")
+CREDENTIAL_REF = re.compile(r"^(env:[A-Za-z_][A-Za-z0-9_]*|file:.+)\Z")
 
 
 class ApiTrack(StrEnum):

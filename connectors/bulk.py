@@ -38,8 +38,8 @@ from connectors.fhir import ModMedClient, relative_path
 from connectors.vocabulary import COMPLIANCE_SYSTEM, PDMP_CHECK_CODE, UDS_CODE
 
 NDJSON = "application/fhir+ndjson"
-RESOURCE_TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
-GROUP_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+RESOURCE_TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}\Z")
+GROUP_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}\Z")
 DIRECTORY_MODE = 0o700
 FILE_MODE = 0o600
 OBSERVATION_CATEGORY_SYSTEM = "http://terminology.hl7.org/CodeSystem/observation-category"

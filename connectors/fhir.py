@@ -61,7 +61,7 @@ from sinks.webhooks import retry_after_seconds
 log = logging.getLogger(__name__)
 
 FHIR_JSON = "application/fhir+json"
-FHIR_ID = re.compile(r"^(?!\.+$)[A-Za-z0-9\-.]{1,64}$")
+FHIR_ID = re.compile(r"^(?!\.+\Z)[A-Za-z0-9\-.]{1,64}\Z")
 
 READABLE_RESOURCE_TYPES: frozenset[str] = frozenset(
     {

@@ -63,7 +63,7 @@ log = logging.getLogger(__name__)
 DIRECTORY_TTL_S = 600.0
 WRITE_PHASES = frozenset({GoLivePhase.SANDBOX, GoLivePhase.WRITE})
 """Go-live phases in which callstream writes to ModMed, over FHIR and on the EMA screens alike."""
-TASK_CODE = re.compile(r"^[a-z][a-z0-9-]{1,63}$")
+TASK_CODE = re.compile(r"^[a-z][a-z0-9-]{1,63}\Z")
 W = TypeVar("W", Appointment, Task, DocumentReference)
 BLOCK_KIND_OF_REASON: dict[VisitReason, BlockKind] = {
     VisitReason.NEW_PATIENT_CONSULT: BlockKind.CONSULT,

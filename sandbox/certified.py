@@ -26,7 +26,7 @@ from sandbox.world import SandboxWorld, Tenant
 ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 ACCESS_TOKEN_SECONDS = 300
 READABLE = frozenset(CERTIFIED_SEARCH) | {"Group"}
-SCOPE = re.compile(r"^system/(\*|[A-Z][A-Za-z]+)\.(read|\*|[cruds]+)$")
+SCOPE = re.compile(r"^system/(\*|[A-Z][A-Za-z]+)\.(read|\*|[cruds]+)\Z")
 
 
 def parse_scopes(text: str) -> frozenset[str]:

@@ -46,8 +46,8 @@ from sandbox.world import SandboxWorld, Tenant
 SESSION_COOKIE = "ema_session"
 SESSION_IDLE = dt.timedelta(minutes=30)
 MAX_FORM_BYTES = 32 * 1024
-CALL_REFERENCE = re.compile(r"^[A-Za-z0-9._:\-]{1,100}$")
-STATE_CODE = re.compile(r"^[A-Z]{2}$")
+CALL_REFERENCE = re.compile(r"^[A-Za-z0-9._:\-]{1,100}\Z")
+STATE_CODE = re.compile(r"^[A-Z]{2}\Z")
 STYLE = (
     "body{font-family:sans-serif;margin:0}header{background:#1d3557;color:#fff;padding:8px 16px}"
     "header a{color:#fff;margin-right:12px}main{padding:16px}table{border-collapse:collapse}"

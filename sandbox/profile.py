@@ -27,9 +27,9 @@ Track = Literal["proprietary", "certified"]
 BlockKind = Literal["clinic", "procedure"]
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 WEEKDAY_INDEX: dict[str, int] = {"mon": 0, "tue": 1, "wed": 2, "thu": 3, "fri": 4, "sat": 5, "sun": 6}
-FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
-FIRM_PREFIX = re.compile(r"^[a-z0-9][a-z0-9\-]{1,62}$")
-E164 = re.compile(r"^\+[1-9][0-9]{7,14}$")
+FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}\Z")
+FIRM_PREFIX = re.compile(r"^[a-z0-9][a-z0-9\-]{1,62}\Z")
+E164 = re.compile(r"^\+[1-9][0-9]{7,14}\Z")
 
 
 class _Frozen(BaseModel):

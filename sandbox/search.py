@@ -17,7 +17,7 @@ from sandbox.errors import FhirError
 from sandbox.store import parse_instant, patient_ids_of, reference_id
 
 Predicate = Callable[[dict], bool]
-DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}\Z")
 DATE_PREFIXES = ("eq", "ge", "gt", "le", "lt")
 MAX_COUNT = 50
 PAGING_PARAMS = frozenset({"_count", "_offset"})

@@ -25,9 +25,9 @@ from sinks.webhooks import retry_after_seconds
 
 logger = logging.getLogger(__name__)
 
-_PRACTICE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
-_KIND_PATTERN = re.compile(r"^[A-Z][A-Z0-9_]{1,63}$")
-_FIGURE_VALUE_PATTERN = re.compile(r"^[A-Za-z0-9_.+-]{1,32}$")
+_PRACTICE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}\Z")
+_KIND_PATTERN = re.compile(r"^[A-Z][A-Z0-9_]{1,63}\Z")
+_FIGURE_VALUE_PATTERN = re.compile(r"^[A-Za-z0-9_.+-]{1,32}\Z")
 ALERT_STATES = ("FIRING", "CLEARED")
 
 # Detail keys an alarm may forward to chat: counters and statistics, never free text.

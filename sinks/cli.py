@@ -31,7 +31,7 @@ from sinks.siem import DeliveryTally, SiemFirehose, SiemMetrics
 
 logger = logging.getLogger(__name__)
 
-CALL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$")
+CALL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}\Z")
 SINK_NAMES = ("clickhouse", "siem")
 SUMMARY_INTERVAL_S = 60.0
 

@@ -48,7 +48,7 @@ for _driver_logger in ("transform", "rustcodec", "streaming"):
 DEFAULT_DATABASE = "callstream"
 AUDIT_TABLE = "audit_events"
 MIGRATIONS_TABLE = "schema_migrations"
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
 
 INSERT_COLUMNS: tuple[str, ...] = (
     "event_id", "occurred_at", "practice_id", "call_id", "caller_number", "action", "outcome", "state_from",

@@ -72,7 +72,7 @@ Values of keys without a grammar below only need to be short machine tokens: a p
 a short password or a bare result word under such a key cannot be told apart from a template name,
 so keys are for machine names only (docs: schemas AuditEvent.detail)."""
 
-_NUMBER = re.compile(r"^\d{1,6}(\.\d{1,3})?$")
+_NUMBER = re.compile(r"^\d{1,6}(\.\d{1,3})?\Z")
 VISIT_REASONS = frozenset({"new-patient-consult", "follow-up", "medication-management", "agreement-review", "esi",
                            "facet-injection", "rfa", "scs-trial", "kyphoplasty", "trigger-point"})
 DETAIL_GRAMMARS: Mapping[str, Callable[[str], bool]] = MappingProxyType({
@@ -87,8 +87,8 @@ DETAIL_GRAMMARS: Mapping[str, Callable[[str], bool]] = MappingProxyType({
 })
 """Keys whose values have a known shape or vocabulary; anything else under them is dropped."""
 
-_DETAIL_VALUE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/\-]{0,127}$")
-_REFERENCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/#@\-]{0,511}$")
+_DETAIL_VALUE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/\-]{0,127}\Z")
+_REFERENCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/#@\-]{0,511}\Z")
 _DATE_LIKE = re.compile(r"\d{4}-\d{1,2}-\d{1,2}|\d{1,2}/\d{1,2}/\d{2,4}")
 _PHONE_LIKE = re.compile(r"\d(?:[-.]?\d){6,}")
 _OPAQUE_RUN = re.compile(r"[A-Za-z0-9+=]{24,}")

@@ -62,7 +62,7 @@ from typing import Any
 
 HEALTHY_WRITE_SUCCESS_RATE = 0.996
 STATE_FORMAT_VERSION = 1
-_PRACTICE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+_PRACTICE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}\Z")
 
 
 class DriftInputError(ValueError):

@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 EnumT = TypeVar("EnumT", bound=StrEnum)
 
 METRIC_PREFIX = "callstream"
-_LABEL_VALUE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$")
+_LABEL_VALUE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}\Z")
 
 # Sized around the 800 ms voice turn: fine steps below 100 ms (callstream's own budget),
 # then around the turn budget, then the tail that needs cover speech.

@@ -27,7 +27,7 @@ from schemas.registry import SchemaRegistryClient
 from schemas.serde import AvroSerde
 from schemas.topics import CALL_EVENTS, REPLIES, topic_named
 
-OFFERED_SLOT = re.compile(r"^OFFERED\.([1-9][0-9]?)$")
+OFFERED_SLOT = re.compile(r"^OFFERED\.([1-9][0-9]?)\Z")
 IDENTITY_REQUESTS = frozenset({"ASK_IDENTITY", "MEDICATION_REQUEST_FORWARDED_NEED_IDENTITY"})
 DEFAULT_REPLY_TIMEOUT_S = 30.0
 MAX_SCRIPT_BYTES = 64 * 1024 * 1024

@@ -63,12 +63,12 @@ MAX_SEARCH_DAYS = 31
 MAX_NOTE_CHARS = 2000
 OFFER_TTL_S = 3600.0
 MAX_CACHED_OFFERS = 10_000
-CALL_REFERENCE = re.compile(r"^[A-Za-z0-9._:\-]{1,100}$")
+CALL_REFERENCE = re.compile(r"^[A-Za-z0-9._:\-]{1,100}\Z")
 """What the PM task queue accepts as a call reference (the FHIR Task identifier of system call-id)."""
-NOTE_TEXT = re.compile(r"^[^\x00-\x08\x0b-\x1f\x7f]*$")
+NOTE_TEXT = re.compile(r"^[^\x00-\x08\x0b-\x1f\x7f]*\Z")
 TASK_KEY_LINE = "Callstream task key: "
 """The note's last line: the TaskSpec's idempotency key, the only thing that tells two tasks of one call apart."""
-SLOT_LABEL = re.compile(r"^(\d{2}):(\d{2})-(\d{2}):(\d{2}) (.+)$")
+SLOT_LABEL = re.compile(r"^(\d{2}):(\d{2})-(\d{2}):(\d{2}) (.+)\Z")
 EMA_SCHEDULE_SYSTEM = "https://callstream.dev/fhir/NamingSystem/ema-schedule"
 """EMA's slot list names a provider and a room, not a FHIR Schedule: offers identify the schedule by
 this logical key (``{practitioner_id}:{location_id}``) instead of a FHIR reference."""

@@ -22,10 +22,10 @@ from pathlib import Path
 from callstream.errors import CallstreamError
 from connectors.ema.errors import EmaLockedError
 
-PRACTICE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
+PRACTICE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}\Z")
 """Same pattern as callstream.tenants.Practice.practice_id; it is also the lock file's name."""
-STEP_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
-EVIDENCE_NAME = re.compile(r"^[0-9]{8}T[0-9]{12}Z-[a-z][a-z0-9_]{0,39}-[0-9a-f]{8}$")
+STEP_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}\Z")
+EVIDENCE_NAME = re.compile(r"^[0-9]{8}T[0-9]{12}Z-[a-z][a-z0-9_]{0,39}-[0-9a-f]{8}\Z")
 """Same form as connectors.ema.evidence names: a time, a step and a random tag; never screen content."""
 MAX_LOCK_FILE_BYTES = 4096
 LOCK_DIR_NAME = "ema-locks"

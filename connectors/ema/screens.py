@@ -16,7 +16,7 @@ from urllib.parse import quote, urlencode, urlsplit
 from callstream.tenants import Practice
 from guards.model import AgreementStatus, PhoneRestriction
 
-FHIR_ID = re.compile(r"^(?!\.+$)[A-Za-z0-9\-.]{1,64}$")
+FHIR_ID = re.compile(r"^(?!\.+\Z)[A-Za-z0-9\-.]{1,64}\Z")
 """A ModMed id as it may appear in a screen path (same rule as connectors.fhir.FHIR_ID)."""
 MAX_VALUE_CHARS = 200
 

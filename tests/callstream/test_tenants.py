@@ -64,6 +64,8 @@ def test_json_directory_and_certified_track(tmp_path: Path) -> None:
     ("changes", "field", "message"),
     [
         ({"called_numbers": ["602-555-0100"]}, "called_numbers", "E.164"),
+        ({"called_numbers": ["+16025550100\n"]}, "called_numbers", "E.164"),
+        ({"auth": {"method": "password", "credentials_ref": "env:MODMED\n"}}, "auth.credentials_ref", "env:VARIABLE"),
         ({"phase": "live"}, "phase", "sandbox"),
         ({"auth": {"method": "password", "credentials_ref": "hunter2"}}, "auth.credentials_ref", "env:VARIABLE"),
         ({"firm_url_prefix": None}, "(entry)", "firm_url_prefix is required"),

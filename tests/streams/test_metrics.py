@@ -298,6 +298,7 @@ def test_a_closed_server_stops_answering(metrics: Metrics) -> None:
     "record",
     [
         lambda m: m.record_command("Jane Doe", "BOOK_APPOINTMENT", "fhir"),
+        lambda m: m.record_command("prac-0001\n", "BOOK_APPOINTMENT", "fhir"),
         lambda m: m.record_command("prac-0001", "BOOK_APPOINTMENT", "smtp"),
         lambda m: m.record_command("prac-0001", "BOOK_APPOINTMENT", "fhir", error_class=""),
         lambda m: m.record_guard_hit("prac-0001", "caller said: my DOB is 02/03/1980"),
