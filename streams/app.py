@@ -43,7 +43,7 @@ from callstream.settings import Settings
 from callstream.tenants import TenantDirectory
 from connectors.dispatch import DEFAULT_PRACTICE_CONCURRENCY, Dispatcher, EmaPort
 from connectors.fhir import ModMedClient
-from connectors.ledger import LedgerEntry, MappingLedger
+from connectors.ledger import LedgerEntry, LedgerState, MappingLedger
 from connectors.operations import ModMedConnector
 from schemas.models import Alarm, AlarmKind, AlarmState
 from schemas.registry import SchemaRegistryClient
@@ -53,7 +53,7 @@ from streams.drift import DriftInputError, DriftMonitor, PracticeDriftState, Win
 from streams.metrics import Metrics, MetricsServer, serve_metrics
 from streams.observers import FhirRequestMetrics
 from streams.outputs import KafkaOutputs
-from streams.processor import CallProcessor, CallSequencer, DriftCounts, RawEvent, purge_expired
+from streams.processor import CallProcessor, CallSequencer, DriftCounts, RawEvent, hold_event_ack, purge_expired
 from streams.transport import PipelineFaustApp
 
 log = logging.getLogger(__name__)
@@ -115,10 +115,13 @@ class ChangelogCallStates:
 class ChangelogLedger(MappingLedger):
     """The ``ledger`` table as a write-ahead idempotency ledger: each entry is written to the table's store
     and to its changelog, on the partition of the event being handled (where Faust's own table writes go,
-    so the worker that owns the call restores it), and acknowledged before the write it announces leaves.
+    so the worker that owns the call restores it).
 
-    So a key the table does not hold was never attempted by any worker, and the connector need not ask
-    the practice before a first write whose marker only callstream sets (connectors.operations)."""
+    A ``pending`` entry is acknowledged before the write it announces leaves: so a key the table does not
+    hold was never attempted by any worker, and the connector need not ask the practice before a first
+    write whose marker only callstream sets (connectors.operations). An outcome (``done``, ``failed``)
+    only holds back the event's acknowledgement, not the reply: were it lost, the entry would read
+    ``pending`` and the practice would be asked, which is always safe."""
 
     write_ahead = True
 
@@ -137,7 +140,10 @@ class ChangelogLedger(MappingLedger):
         key, _ = self._table.changelog_topic.prepare_key(entry.key, "json")
         value = entry.model_dump_json().encode()
         self._table.data[entry.key] = value
-        await outputs.changelog(self._topic, event.message.partition, key, value, on_callers_clock=True)
+        if entry.state is LedgerState.PENDING:
+            await outputs.changelog(self._topic, event.message.partition, key, value, on_callers_clock=True)
+        else:
+            hold_event_ack(outputs.changelog(self._topic, event.message.partition, key, value))
         return entry
 
 

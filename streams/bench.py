@@ -17,7 +17,8 @@ lifted and no injected latency, one `callstream worker` without EMA automation.
      are unrecognised requests;
    - ``pipeline_p50_ms``/``pipeline_p99_ms``: the same load without ModMed calls (callstream's share).
    ``modmed_request_ms`` is the sandbox's mean answer time during the mixed load: it shows how far the
-   sandbox, on the same machine, stayed from answering at once.
+   sandbox, on the same machine, stayed from answering at once; ``modmed_requests_per_call`` is how many
+   requests each identified caller's call made.
 4. CPU: ``worker_cpu_ms_per_event`` (burst) and ``worker_cpu_ms_per_event_mixed`` (the mixed load), the
    worker process's CPU time (all threads) per call event. On a shared machine the time figures above
    swing with the neighbours' load; these swing less (about ±20 % here), so compare them first.
@@ -97,12 +98,12 @@ def main(argv: list[str]) -> int:
         throughput = _throughput(bootstrap, burst)
         burst_cpu_ms = 1000 * (_cpu_seconds(worker) - cpu_before) / len(burst)
         print(f"pipeline burst: {throughput:,.0f} events/s, worker CPU {burst_cpu_ms:.3f} ms/event", file=sys.stderr)
-        own, own_rate, _ = _latency(bootstrap, cast.called_number, (), options.rate, options.seconds)
+        own, own_rate, _, _ = _latency(bootstrap, cast.called_number, (), options.rate, options.seconds)
         _report("pipeline only", own, own_rate)
         before = _modmed_seconds(metrics_port)
         cpu_before = _cpu_seconds(worker)
-        mixed, mixed_rate, mixed_events = _latency(bootstrap, cast.called_number, cast.plain, options.rate,
-                                                   options.seconds)
+        mixed, mixed_rate, mixed_events, identified_calls = _latency(bootstrap, cast.called_number, cast.plain,
+                                                                     options.rate, options.seconds)
         mixed_cpu_ms = 1000 * (_cpu_seconds(worker) - cpu_before) / mixed_events
         after = _modmed_seconds(metrics_port)
         _report("with ModMed calls", mixed, mixed_rate)
@@ -118,6 +119,7 @@ def main(argv: list[str]) -> int:
         "pipeline_p99_ms": round(_percentile(own, 99), 2),
         "latency_load_events_per_s": round(mixed_rate, 1),
         "modmed_request_ms": round(modmed_ms, 2),
+        "modmed_requests_per_call": round((after[1] - before[1]) / identified_calls, 2),
         "burst_events": options.burst_calls * 2,
         "worker_cpu_ms_per_event": round(burst_cpu_ms, 3),
         "worker_cpu_ms_per_event_mixed": round(mixed_cpu_ms, 3),
@@ -253,18 +255,20 @@ def _throughput(bootstrap: str, events: list[CallEvent]) -> float:
 
 
 def _latency(bootstrap: str, called_number: str, callers: tuple[Caller, ...], rate: float,
-             seconds: float) -> tuple[list[float], float, int]:
+             seconds: float) -> tuple[list[float], float, int, int]:
     """Open-loop load at ``rate`` events/s: per reply, milliseconds from its event produced to it consumed;
-    the rate achieved and the number of events sent.
+    the rate achieved, the number of events sent and the number of calls with an identified caller.
 
     Without ``callers`` every call is an unrecognised request (no ModMed call at all)."""
     serde = AvroSerde.for_topic(CALL_EVENTS)
     reply_serde = AvroSerde.for_topic(REPLIES)
     scripts: list[Script] = []
+    identified = 0
     while sum(len(script.events) for script in scripts) < rate * seconds:
         script = Script(called_number).started()
         if len(scripts) % 2 == 0 and callers:
             script.identified(callers[len(scripts) % len(callers)]).intent("GENERAL_QUESTION")
+            identified += 1
         else:
             script.intent("UNKNOWN")
         scripts.append(script.ended())
@@ -307,7 +311,7 @@ def _latency(bootstrap: str, called_number: str, callers: tuple[Caller, ...], ra
     replies.close()
     if len(latencies) < expected:
         raise ServiceUnavailableError(f"only {len(latencies)} of {expected} replies arrived")
-    return latencies, sent_rate, len(encoded)
+    return latencies, sent_rate, len(encoded), identified
 
 
 def _interleaved(scripts: list[Script], rate: float) -> list[CallEvent]:

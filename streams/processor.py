@@ -180,6 +180,17 @@ _event_writes: ContextVar[WriteRequests | None] = ContextVar("callstream_event_w
 
 _WRITE_METHODS = frozenset({"POST", "PUT"})
 
+_held_acks: ContextVar[list[Awaitable[None]] | None] = ContextVar("callstream_held_acks", default=None)
+
+
+def hold_event_ack(acknowledged: Awaitable[None]) -> None:
+    """Acknowledge the event being handled only once ``acknowledged`` completes, without waiting for it now:
+    for records that must be durable before the event counts as done but need not delay the reply."""
+    held = _held_acks.get()
+    if held is None:
+        raise RuntimeError("no call event is being handled")
+    held.append(acknowledged)
+
 
 def tally_write_request(resource: str, method: str, status: int | None) -> None:
     """Called by the FHIR client's observer for every HTTP attempt; counts the writes of the event being
@@ -275,11 +286,14 @@ class CallProcessor:
     async def handle(self, raw: RawEvent) -> None:
         """Process one message completely; returns once every output is acknowledged."""
         writes = WriteRequests()
-        token = _event_writes.set(writes)
+        held: list[Awaitable[None]] = []
+        token, held_token = _event_writes.set(writes), _held_acks.set(held)
         try:
             await self._handle(raw, writes)
+            await asyncio.gather(*held)
         finally:
             _event_writes.reset(token)
+            _held_acks.reset(held_token)
 
     async def _handle(self, raw: RawEvent, writes: WriteRequests) -> None:
         received = time.perf_counter()

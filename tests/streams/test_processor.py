@@ -17,7 +17,7 @@ import pytest
 from callstream.tenants import TenantDirectory, parse_tenant_directory
 from connectors.dispatch import Dispatcher
 from connectors.fhir import ModMedClient
-from connectors.ledger import InMemoryLedger
+from connectors.ledger import InMemoryLedger, LedgerEntry, LedgerState
 from connectors.operations import ModMedConnector
 from schemas.models import AuditAction, AuditEvent, AuditOutcome, CommandMessage, DeadLetter, Reply
 from schemas.serde import AvroSerde
@@ -35,6 +35,7 @@ from streams.processor import (
     RawEvent,
     audit_record,
     expired_calls,
+    hold_event_ack,
     purge_expired,
 )
 from tests.fixtures.pipeline import TopicReader
@@ -218,6 +219,46 @@ async def test_a_write_modmed_answers_500_counts_as_a_failed_write_request_thoug
     [write] = [r for r in audit if r is not None and r.call_id == script.call_id and r.action is AuditAction.FHIR_WRITE]
     assert write.outcome is AuditOutcome.SUCCESS and write.task_refs
     assert harness.drift == [("pain-1002", DriftCounts(write_attempts=1, write_successes=0))]
+
+
+class OutcomesHeldLedger(InMemoryLedger):
+    """A ledger that, as the pipeline's changelog ledger, holds the event's acknowledgement on the record of
+    each write's outcome; here the test decides when that record is acknowledged."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.acknowledged: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def _put(self, entry: LedgerEntry) -> LedgerEntry:
+        if entry.state is not LedgerState.PENDING:
+            hold_event_ack(self.acknowledged)
+        return await super()._put(entry)
+
+
+async def test_a_write_outcome_record_holds_the_events_ack_but_not_its_reply(
+    pipeline_tenants: tuple[Path, TenantDirectory], outputs: KafkaOutputs, readers: dict[str, TopicReader],
+    pipeline_cast: dict[str, PracticeCast],
+) -> None:
+    cast = pipeline_cast["pain-1002"]
+    script = Script(cast.called_number).started().identified(cast.plain[10]).intent("PRIOR_AUTH_FOLLOWUP")
+    async with ModMedClient() as client:
+        ledger = OutcomesHeldLedger()
+        dispatcher = Dispatcher(ModMedConnector(client, ledger), ledger)
+        processor = CallProcessor(tenants=pipeline_tenants[1], dispatcher=dispatcher, outputs=outputs,
+                                  states=InMemoryCallStates(), metrics=Metrics())
+        raws = [RawEvent(CALL_EVENTS, 4, n, e.call_id.encode(), EVENTS.encode(e.to_avro()))
+                for n, e in enumerate(script.events)]
+        for raw in raws[:2]:
+            await processor.handle(raw)
+        handling = asyncio.create_task(processor.handle(raws[2]))
+        replies = await asyncio.to_thread(readers[REPLIES].wait_for, lambda rs: any(
+            r is not None and r.call_id == script.call_id and r.template == "MESSAGE_FORWARDED" for r in rs))
+        assert any(r is not None and r.call_id == script.call_id for r in replies)
+        assert not handling.done(), "the event is not done while its task's outcome record is unacknowledged"
+        ledger.acknowledged.set_result(None)
+        await asyncio.wait_for(handling, 10)
+    with pytest.raises(RuntimeError):
+        hold_event_ack(ledger.acknowledged)  # outside an event: nothing could wait for it
 
 
 async def test_a_practice_modmed_refuses_hands_the_caller_to_staff_instead_of_failing(
