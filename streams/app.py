@@ -121,7 +121,8 @@ class ChangelogLedger(MappingLedger):
     hold was never attempted by any worker, and the connector need not ask the practice before a first
     write whose marker only callstream sets (connectors.operations). An outcome (``done``, ``failed``)
     only holds back the event's acknowledgement, not the reply: were it lost, the entry would read
-    ``pending`` and the practice would be asked, which is always safe."""
+    ``pending`` and the practice would be asked, which is always safe. Entries are never deleted: a purge
+    would void the proof for a late duplicate of the event that wrote them."""
 
     write_ahead = True
 
