@@ -53,7 +53,7 @@ from connectors.errors import (
     WriteNotAllowed,
     error_for_status,
 )
-from connectors.keepalive import KeepAliveTransport
+from connectors.http_transport import AiohttpTransport
 from connectors.ratelimit import RateLimiter, RateLimiterRegistry
 from connectors.vocabulary import COMPLIANCE_SYSTEM, PDMP_CHECK_CODE
 from sinks.webhooks import retry_after_seconds
@@ -236,7 +236,7 @@ class ModMedClient:
         self._sessions: dict[str, PracticeSession] = {}
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(self.config.read_timeout_s, connect=self.config.connect_timeout_s),
-            transport=KeepAliveTransport(limits=httpx.Limits(
+            transport=AiohttpTransport(limits=httpx.Limits(
                 max_connections=self.config.max_connections,
                 max_keepalive_connections=self.config.max_connections,
             )),

@@ -1,5 +1,6 @@
-"""The FHIR client's transport over real sockets: idle connections a server closed are not reused, kept
-connections are (over TLS too), and TLS still verifies the server."""
+"""The FHIR client's transport over real sockets: idle connections a server closed are not reused (over TLS
+too), kept connections are, TLS still verifies the server, and every failure keeps its "was the request
+sent?" meaning (a write is resent only when it certainly was not)."""
 
 from __future__ import annotations
 
@@ -18,17 +19,18 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from connectors.keepalive import KeepAliveTransport
+from connectors.http_transport import AiohttpTransport
 
 LIMITS = httpx.Limits(max_connections=4, max_keepalive_connections=4)
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Type: application/fhir+json\r\nContent-Length: 2\r\n\r\n{}"
 
 
 @asynccontextmanager
-async def server(*, close_after_answer: bool, ssl_context: ssl.SSLContext | None = None,
-                 ) -> AsyncIterator[tuple[int, list[int]]]:
+async def server(*, close_after_answer: bool = False, ssl_context: ssl.SSLContext | None = None,
+                 answer: bytes | None = ANSWER) -> AsyncIterator[tuple[int, list[int]]]:
     """Answers requests with keep-alive implied; with ``close_after_answer`` it then closes the connection
-    while the client idles. Yields the port and, per request served, the number of its connection."""
+    while the client idles; ``answer`` None: it reads the request and hangs up without a word. Yields the
+    port and, per request received, the number of its connection."""
     served: list[int] = []
     connections = 0
 
@@ -40,11 +42,13 @@ async def server(*, close_after_answer: bool, ssl_context: ssl.SSLContext | None
             while True:
                 try:
                     await reader.readuntil(b"\r\n\r\n")
-                except asyncio.IncompleteReadError:
+                except (asyncio.IncompleteReadError, ConnectionError):
                     return
                 await reader.readexactly(2)  # the posted "{}"
                 served.append(number)
-                writer.write(ANSWER)
+                if answer is None:
+                    return
+                writer.write(answer)
                 await writer.drain()
                 if close_after_answer:
                     return
@@ -69,14 +73,14 @@ async def post_twice(client: httpx.AsyncClient, url: str) -> list[int]:
 async def test_a_connection_the_server_closed_while_idle_is_not_reused_for_the_next_write() -> None:
     """Reusing it would send a POST into a dead socket: an unknown outcome where a fresh connection is certain."""
     async with server(close_after_answer=True) as (port, served), \
-            httpx.AsyncClient(transport=KeepAliveTransport(limits=LIMITS)) as client:
+            httpx.AsyncClient(transport=AiohttpTransport(limits=LIMITS)) as client:
         assert await post_twice(client, f"http://127.0.0.1:{port}/Task") == [200, 200]
     assert served == [1, 2]
 
 
 async def test_a_connection_the_server_keeps_is_reused() -> None:
     async with server(close_after_answer=False) as (port, served), \
-            httpx.AsyncClient(transport=KeepAliveTransport(limits=LIMITS)) as client:
+            httpx.AsyncClient(transport=AiohttpTransport(limits=LIMITS)) as client:
         assert await post_twice(client, f"http://127.0.0.1:{port}/Task") == [200, 200]
     assert served == [1, 1]
 
@@ -105,23 +109,65 @@ def tls_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, 
     return server, client
 
 
-async def test_over_tls_a_kept_connection_is_reused(tls_pair: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
-    """(A server's close of an idle TLS connection is not seen by httpcore's check, its stock one included:
-    the next request on it fails as "server disconnected". The connector's "did it land?" check covers a
-    write sent into such a connection.)"""
+@pytest.mark.parametrize(("close_after_answer", "connections"), [(False, [1, 1]), (True, [1, 2])])
+async def test_over_tls_kept_connections_are_reused_and_closed_ones_are_not(
+    tls_pair: tuple[ssl.SSLContext, ssl.SSLContext], close_after_answer: bool, connections: list[int],
+) -> None:
     server_context, client_context = tls_pair
-    transport = KeepAliveTransport(limits=LIMITS, ssl_context=client_context)
-    async with server(close_after_answer=False, ssl_context=server_context) as (port, served), \
+    transport = AiohttpTransport(limits=LIMITS, ssl_context=client_context)
+    async with server(close_after_answer=close_after_answer, ssl_context=server_context) as (port, served), \
             httpx.AsyncClient(transport=transport) as client:
         assert await post_twice(client, f"https://127.0.0.1:{port}/Task") == [200, 200]
-    assert served == [1, 1]
+    assert served == connections
 
 
 async def test_tls_still_verifies_the_server(tls_pair: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
     """The default context trusts the system's authorities only: a self-signed ModMed impostor is refused."""
     server_context, _ = tls_pair
     async with server(close_after_answer=False, ssl_context=server_context) as (port, served), \
-            httpx.AsyncClient(transport=KeepAliveTransport(limits=LIMITS)) as client:
+            httpx.AsyncClient(transport=AiohttpTransport(limits=LIMITS)) as client:
         with pytest.raises(httpx.ConnectError):
             await client.post(f"https://127.0.0.1:{port}/Task", content=b"{}")
     assert served == []
+
+
+async def test_a_refused_connection_is_a_connect_error_nothing_was_sent() -> None:
+    async with server() as (port, _):
+        pass  # closed again: nothing listens on the port now
+    async with httpx.AsyncClient(transport=AiohttpTransport(limits=LIMITS)) as client:
+        with pytest.raises(httpx.ConnectError):
+            await client.post(f"http://127.0.0.1:{port}/Task", content=b"{}")
+
+
+async def test_a_post_the_server_hung_up_on_is_an_unknown_outcome_and_never_resent() -> None:
+    """The request arrived: only the connector's "did it land?" check may decide to send it again."""
+    async with server(answer=None) as (port, served), \
+            httpx.AsyncClient(transport=AiohttpTransport(limits=LIMITS)) as client:
+        with pytest.raises(httpx.RemoteProtocolError) as caught:
+            await client.post(f"http://127.0.0.1:{port}/Task", content=b"{}")
+    assert not isinstance(caught.value, httpx.ConnectError)
+    assert served == [1]
+
+
+async def test_a_silent_server_is_a_read_timeout_and_a_cut_answer_a_protocol_error() -> None:
+    silent_then_cut = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n{}"
+    async with server(answer=silent_then_cut, close_after_answer=True) as (port, _), \
+            httpx.AsyncClient(transport=AiohttpTransport(limits=LIMITS)) as client:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await client.post(f"http://127.0.0.1:{port}/Task", content=b"{}")
+    hold = asyncio.Event()
+
+    async def never_answers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await hold.wait()
+        writer.close()
+
+    listener = await asyncio.start_server(never_answers, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    try:
+        async with httpx.AsyncClient(transport=AiohttpTransport(limits=LIMITS), timeout=httpx.Timeout(0.3)) as client:
+            with pytest.raises(httpx.ReadTimeout):
+                await client.post(f"http://127.0.0.1:{port}/Task", content=b"{}")
+    finally:
+        hold.set()
+        listener.close()
+        await listener.wait_closed()
