@@ -13,7 +13,7 @@ lifted and no injected latency, one `callstream worker` without EMA automation.
 3. Latency, open loop at ``--rate`` events/s for ``--seconds``; calls start at random moments and each
    caller's steps follow 0.2 s apart (as on the phone); from each event produced to its reply consumed:
    - ``p50_ms``/``p99_ms``: a realistic mix, half the calls identify the caller (patient search and
-     compliance flags over FHIR: 3 sandbox requests) and leave a message (a FHIR Task: 2 requests), half
+     compliance flags over FHIR: 3 sandbox requests) and leave a message (a FHIR Task: 1 request), half
      are unrecognised requests;
    - ``pipeline_p50_ms``/``pipeline_p99_ms``: the same load without ModMed calls (callstream's share).
    ``modmed_request_ms`` is the sandbox's mean answer time during the mixed load: it shows how far the
