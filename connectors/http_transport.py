@@ -15,9 +15,12 @@ Errors keep the meaning the connector's write safety rests on (connectors/fhir.p
   ``httpx.RemoteProtocolError``: the request may have arrived, and a write is resent only after the
   practice was asked whether it landed.
 
-aiohttp re-sends a GET or PUT once when a *reused* keep-alive connection turns out closed (RFC 9112
-§9.3.1); it never re-sends a POST. callstream's PUTs carry the version they update (If-Match), so a
-repeated one is refused (412) instead of applied twice.
+So the transport itself never sends a request twice: aiohttp's own resend of a GET or PUT whose
+connection dropped (RFC 9112 §9.3.1) is switched off, or a PUT that arrived, followed by a resend that
+could not connect, would read "not sent". That switch is a private attribute (aiohttp is pinned, and
+``tests/connectors/test_http_transport.py`` fails if it stops working). httpx's write timeout and its
+separate keep-alive connection cap have no aiohttp counterpart: writes are bounded by the read timeout
+and the dispatcher's deadline, keep-alive connections by ``max_connections``.
 """
 
 from __future__ import annotations
@@ -31,6 +34,10 @@ import httpx
 from yarl import URL
 
 READ_CHUNK_BYTES = 64 * 1024
+KEEPALIVE_FOREVER_S = 24 * 3600.0
+"""httpx's ``keepalive_expiry=None`` (never expire), which aiohttp has no value for."""
+_HTTPX_SETS = ("Content-Type", "User-Agent", "Accept", "Accept-Encoding")
+"""Headers aiohttp would add on its own: httpx already set what it means to send (no body: no type)."""
 
 
 class _Body(httpx.AsyncByteStream):
@@ -62,19 +69,22 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None:
+            expiry = self._limits.keepalive_expiry
             connector = aiohttp.TCPConnector(
                 limit=self._limits.max_connections or 0,
                 limit_per_host=0,
-                keepalive_timeout=self._limits.keepalive_expiry or 0,
+                keepalive_timeout=KEEPALIVE_FOREVER_S if expiry is None else expiry,
                 ssl=self._ssl,
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 cookie_jar=aiohttp.DummyCookieJar(),  # httpx keeps the client's cookies
                 auto_decompress=False,  # httpx decodes the body by its Content-Encoding
+                skip_auto_headers=_HTTPX_SETS,
                 trust_env=False,
                 timeout=aiohttp.ClientTimeout(total=None),
             )
+            self._session._retry_connection = False  # only the connector decides about a resend
         return self._session
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -85,7 +95,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             response = await self._open().request(
                 request.method,
                 URL(str(request.url), encoded=True),
-                headers=request.headers.multi_items(),
+                headers=[(name.decode("latin-1"), value.decode("latin-1")) for name, value in request.headers.raw],
                 data=body or None,
                 allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(
@@ -108,7 +118,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             headers=list(response.raw_headers),
             stream=_Body(response),
             request=request,
-            extensions={"http_version": b"HTTP/1.1", "reason_phrase": (response.reason or "").encode("ascii", "replace")},
+            extensions={
+                "http_version": f"HTTP/{response.version.major}.{response.version.minor}".encode("ascii"),
+                "reason_phrase": (response.reason or "").encode("ascii", "replace"),
+            },
         )
 
     async def aclose(self) -> None:

@@ -117,12 +117,18 @@ class ChangelogLedger(MappingLedger):
     and to its changelog, on the partition of the event being handled (where Faust's own table writes go,
     so the worker that owns the call restores it).
 
-    A ``pending`` entry is acknowledged before the write it announces leaves: so a key the table does not
-    hold was never attempted by any worker, and the connector need not ask the practice before a first
-    write whose marker only callstream sets (connectors.operations). An outcome (``done``, ``failed``)
-    only holds back the event's acknowledgement, not the reply: were it lost, the entry would read
-    ``pending`` and the practice would be asked, which is always safe. Entries are never deleted: a purge
-    would void the proof for a late duplicate of the event that wrote them."""
+    A ``pending`` entry is acknowledged before the write it announces leaves. So for an event that reached
+    the partition after this worker took it over, no entry means no worker ever attempted the write, and
+    the connector need not ask the practice before a first write whose marker only callstream sets
+    (connectors.operations). Events already in the partition when it was assigned get no such proof:
+    a previous owner may still be finishing them, or may have run older code without write-ahead.
+
+    An outcome (``done``, ``failed``) holds back the event's acknowledgement, not the reply: were it lost,
+    the entry would read ``pending`` and the practice would be asked, which is always safe. Records of one
+    key reach the changelog in order: a record waits for the key's previous one to be acknowledged.
+    Entries are never deleted: a purge would void the proof for a late duplicate of the event that wrote
+    them. The proof also needs acknowledged records to survive a broker failure: the producers use acks=all,
+    so in production the changelog topics need replication with ``min.insync.replicas`` of 2 or more."""
 
     write_ahead = True
 
@@ -131,6 +137,22 @@ class ChangelogLedger(MappingLedger):
         self._table = table
         self._runtime = runtime
         self._topic = table.changelog_topic.get_topic_name()
+        self._fresh_from: dict[int, int] = {}
+        self._unsettled: dict[str, asyncio.Future[None]] = {}
+
+    def partitions_assigned(self, end_offsets: dict[int, int]) -> None:
+        """Call-event partition → its end offset when this worker took it (events from there on are fresh)."""
+        self._fresh_from = dict(end_offsets)
+
+    def partitions_revoked(self) -> None:
+        self._fresh_from = {}
+
+    def proves_unattempted(self, key: str) -> bool:
+        event = faust.current_event()
+        if event is None:
+            return False
+        fresh_from = self._fresh_from.get(event.message.partition)
+        return fresh_from is not None and event.message.offset >= fresh_from and super().proves_unattempted(key)
 
     async def _put(self, entry: LedgerEntry) -> LedgerEntry:
         event = faust.current_event()
@@ -138,14 +160,29 @@ class ChangelogLedger(MappingLedger):
             raise RuntimeError("ledger entries are written while a call event is handled")
         outputs = self._runtime.outputs
         assert outputs is not None  # the agent starts once the runtime is ready
+        previous = self._unsettled.pop(entry.key, None)
+        if previous is not None:
+            await asyncio.shield(previous)
         key, _ = self._table.changelog_topic.prepare_key(entry.key, "json")
         value = entry.model_dump_json().encode()
         self._table.data[entry.key] = value
+        partition = event.message.partition
         if entry.state is LedgerState.PENDING:
-            await outputs.changelog(self._topic, event.message.partition, key, value, on_callers_clock=True)
+            await outputs.changelog(self._topic, partition, key, value, on_callers_clock=True)
         else:
-            hold_event_ack(outputs.changelog(self._topic, event.message.partition, key, value))
+            hold_event_ack(lambda: self._settling(entry.key, outputs.changelog(self._topic, partition, key, value)))
         return entry
+
+    def _settling(self, key: str, acknowledged: asyncio.Future[None]) -> asyncio.Future[None]:
+        """Track the key's outcome record until the broker acknowledged it."""
+        self._unsettled[key] = acknowledged
+
+        def settled(done: asyncio.Future[None]) -> None:
+            if self._unsettled.get(key) is done:
+                del self._unsettled[key]
+
+        acknowledged.add_done_callback(settled)
+        return acknowledged
 
 
 class PipelineRuntime(mode.Service):
@@ -171,7 +208,7 @@ class PipelineRuntime(mode.Service):
                                     idempotent=pipeline.options.idempotent_outputs)
         self.outputs.start(asyncio.get_running_loop())
         self._client = ModMedClient(observer=FhirRequestMetrics(pipeline.metrics))
-        ledger = ChangelogLedger(pipeline.ledger, self)
+        ledger = pipeline.write_ledger
         ema = await self._ema(settings, self._client) if pipeline.options.use_ema else None
         dispatcher = Dispatcher(ModMedConnector(self._client, ledger), ledger, ema,
                                 per_practice_concurrency=pipeline.options.per_practice_concurrency)
@@ -267,10 +304,12 @@ class Pipeline:
         self.monitor = DriftMonitor()
         self.runtime = PipelineRuntime(self, loop=None)
         self.call_states = ChangelogCallStates(self.calls, self.runtime)
+        self.write_ledger = ChangelogLedger(self.ledger, self.runtime)
         self.app.add_dependency(self.runtime)
         self._practices_counted: set[str] = set()
         self._recovered = threading.Event()
         self.app.on_rebalance_complete.connect(self._on_rebalance_complete)
+        self.app.on_partitions_revoked.connect(self._on_partitions_revoked)
         self._background: set[asyncio.Future[Any]] = set()
         self.app.agent(self.source, name="call-events")(self._agent)
         self.app.timer(options.ttl_sweep_s)(self._sweep_expired)
@@ -307,8 +346,16 @@ class Pipeline:
         return self.runtime.ready.is_set() and self._recovered.is_set() and not self.app.rebalancing
 
     async def _on_rebalance_complete(self, sender: Any, /, *_: Any, signal: BaseSignalT[Any], **__: Any) -> None:
-        """Faust's signal: tables are recovered and streams resumed after an assignment."""
+        """Faust's signal: tables are recovered and streams resumed after an assignment. The partitions' end
+        offsets now (at or past those at assignment) mark where fresh events begin (ChangelogLedger)."""
         self._recovered.set()
+        owned = self._owned()
+        if owned:
+            ends = await self.app.consumer.highwaters(*owned)
+            self.write_ledger.partitions_assigned({tp.partition: offset for tp, offset in ends.items()})
+
+    async def _on_partitions_revoked(self, sender: Any, /, *_: Any, signal: BaseSignalT[Any], **__: Any) -> None:
+        self.write_ledger.partitions_revoked()
 
     # ------------------------------------------------------------------------------- drift windows
 

@@ -183,13 +183,14 @@ _WRITE_METHODS = frozenset({"POST", "PUT"})
 _held_acks: ContextVar[list[Awaitable[None]] | None] = ContextVar("callstream_held_acks", default=None)
 
 
-def hold_event_ack(acknowledged: Awaitable[None]) -> None:
-    """Acknowledge the event being handled only once ``acknowledged`` completes, without waiting for it now:
-    for records that must be durable before the event counts as done but need not delay the reply."""
+def hold_event_ack(publish: Callable[[], Awaitable[None]]) -> None:
+    """Publish now and acknowledge the event being handled only once that is acknowledged, without waiting
+    for it here: for records that must be durable before the event counts as done but need not delay the
+    reply. Outside an event nothing is published (RuntimeError)."""
     held = _held_acks.get()
     if held is None:
         raise RuntimeError("no call event is being handled")
-    held.append(acknowledged)
+    held.append(publish())
 
 
 def tally_write_request(resource: str, method: str, status: int | None) -> None:
@@ -290,6 +291,10 @@ class CallProcessor:
         token, held_token = _event_writes.set(writes), _held_acks.set(held)
         try:
             await self._handle(raw, writes)
+        except BaseException:
+            _settle_unawaited(held)
+            raise
+        else:
             await asyncio.gather(*held)
         finally:
             _event_writes.reset(token)
@@ -656,6 +661,19 @@ class CallSequencer:
     @property
     def in_flight(self) -> int:
         return len(self._tails)
+
+
+def _settle_unawaited(acknowledgements: list[Awaitable[None]]) -> None:
+    """The event failed (the worker stops, the event is redelivered): its held records are no longer awaited;
+    take their outcome when it comes, so none is reported as an exception never retrieved."""
+    for acknowledgement in acknowledgements:
+        if isinstance(acknowledgement, asyncio.Future):
+            acknowledgement.add_done_callback(_retrieve)
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _command_of(work: Work) -> CommandKind:

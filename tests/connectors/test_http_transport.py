@@ -171,3 +171,52 @@ async def test_a_silent_server_is_a_read_timeout_and_a_cut_answer_a_protocol_err
         hold.set()
         listener.close()
         await listener.wait_closed()
+
+
+async def test_a_put_the_server_hung_up_on_is_not_resent_nor_reported_unsent() -> None:
+    """aiohttp would send it again itself, and read a refused second connection as "not sent"."""
+    received: list[bytes] = []
+
+    async def hang_up_and_stop_listening(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        received.append((await reader.readuntil(b"\r\n\r\n")).split(b"\r\n")[0])
+        await reader.readexactly(2)
+        listener.close()  # a second connection would be refused
+        writer.close()
+
+    listener = await asyncio.start_server(hang_up_and_stop_listening, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    async with httpx.AsyncClient(transport=AiohttpTransport(limits=LIMITS)) as client:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await client.put(f"http://127.0.0.1:{port}/Appointment/1", content=b"{}")
+    assert received == [b"PUT /Appointment/1 HTTP/1.1"]
+
+
+async def test_the_request_goes_out_as_httpx_built_it() -> None:
+    heads: list[bytes] = []
+
+    async def record(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        heads.append(head)
+        length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), 0)
+        await reader.readexactly(length)
+        writer.write(b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+        await writer.drain()
+        writer.close()
+
+    listener = await asyncio.start_server(record, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    try:
+        async with httpx.AsyncClient(transport=AiohttpTransport(limits=LIMITS)) as client:
+            created = await client.post(f"http://127.0.0.1:{port}/Task?identifier=a%7Cb", content=b"{}",
+                                        headers={"Content-Type": "application/fhir+json", "If-Match": 'W/"3"'})
+            await client.post(f"http://127.0.0.1:{port}/Task/$wake")
+    finally:
+        listener.close()
+        await listener.wait_closed()
+    assert created.status_code == 201 and created.http_version == "HTTP/1.1" and created.reason_phrase == "Created"
+    first, bodyless = heads
+    assert first.startswith(b"POST /Task?identifier=a%7Cb HTTP/1.1\r\n")  # the query as httpx encoded it
+    assert b"\r\nIf-Match: W/\"3\"\r\n" in first and b"\r\nContent-Type: application/fhir+json\r\n" in first
+    assert first.count(b"Content-Type") == 1 and first.count(b"User-Agent") == 1
+    assert b"content-type" not in bodyless.lower(), "no type invented for a request without a body"

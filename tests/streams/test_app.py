@@ -1,0 +1,68 @@
+"""The worker's write-ahead ledger decides when a missing entry proves a write never attempted."""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterator
+from pathlib import Path
+
+import faust
+import pytest
+from faust.streams import _current_event
+from faust.types.tuples import Message
+
+from callstream.settings import load_settings
+from callstream.tenants import parse_tenant_directory
+from connectors.ledger import idempotency_key
+from schemas.topics import CALL_EVENTS
+from streams.app import Pipeline, WorkerOptions
+
+KEY = idempotency_key("call-fresh", "CREATE_TASK", "Patient/pt-1|callback")
+
+
+@pytest.fixture
+def pipeline(tmp_path: Path) -> Pipeline:
+    """The worker's app and tables, not started (no broker needed to ask the ledger)."""
+    return Pipeline(load_settings(), parse_tenant_directory({"practices": []}, "empty"),
+                    WorkerOptions(data_dir=str(tmp_path / "var")))
+
+
+@pytest.fixture
+def handling(pipeline: Pipeline) -> Iterator[object]:
+    """Makes each call's event at (partition, offset) the one being handled, as Faust's stream does."""
+    events: list[faust.Event] = []  # Faust holds the current event by weak reference
+
+    def at(partition: int, offset: int) -> None:
+        message = Message(CALL_EVENTS, partition, offset, 0.0, 0, {}, b"call-fresh", b"", None)
+        events.append(faust.Event(pipeline.app, b"call-fresh", b"", {}, message))
+        _current_event.set(weakref.ref(events[-1]))
+
+    yield at
+    _current_event.set(None)
+
+
+def test_only_an_event_that_arrived_after_the_assignment_gets_the_proof(pipeline: Pipeline, handling) -> None:  # noqa: ANN001
+    ledger = pipeline.write_ledger
+    handling(4, 120)
+    assert not ledger.proves_unattempted(KEY), "before the assignment's end offsets are known: no proof"
+    ledger.partitions_assigned({4: 100})
+    assert ledger.proves_unattempted(KEY)
+    handling(4, 99)
+    assert not ledger.proves_unattempted(KEY), "in the partition before this worker took it: ask the practice"
+    handling(5, 500)
+    assert not ledger.proves_unattempted(KEY), "a partition without a recorded assignment"
+    handling(4, 100)
+    assert ledger.proves_unattempted(KEY)
+    ledger.partitions_revoked()
+    assert not ledger.proves_unattempted(KEY), "during a rebalance"
+    _current_event.set(None)
+    ledger.partitions_assigned({4: 100})
+    assert not ledger.proves_unattempted(KEY), "outside an event"
+
+
+def test_an_entry_takes_the_proof_away(pipeline: Pipeline, handling) -> None:  # noqa: ANN001
+    ledger = pipeline.write_ledger
+    ledger.partitions_assigned({4: 0})
+    handling(4, 7)
+    pipeline.ledger.data[KEY] = b"{}"  # even an unreadable entry is an attempt
+    assert not ledger.proves_unattempted(KEY)
