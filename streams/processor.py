@@ -86,6 +86,7 @@ from streams.callflow import (
     WriteAppointment,
 )
 from streams.metrics import MetricLabelError, Metrics
+from streams.outputs import OutputDeliveryError
 
 log = logging.getLogger(__name__)
 
@@ -362,6 +363,8 @@ class CallProcessor:
             result = await asyncio.wait_for(self._dispatch(practice, call_id, work, started), DISPATCH_TIMEOUT_S)
         except ConflictError as exc:
             return WorkFailed(command, type(exc).__name__, slot_taken=True, latency_ms=_ms(started))
+        except OutputDeliveryError:
+            raise  # the broker refused a ledger record: the worker's failure, not the practice's (redelivered)
         except Exception as exc:  # noqa: BLE001 - any failure of one practice's ModMed is that call's, never the worker's
             log.warning("practice %s call %s: %s failed with %s", practice.practice_id, call_id, command.value,
                         type(exc).__name__)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fhir.resources.R4B.task import Task
 
 from callstream.tenants import TenantDirectory, parse_tenant_directory
 from connectors.dispatch import Dispatcher
@@ -25,7 +26,7 @@ from schemas.topics import AUDIT, CALL_EVENTS, COMMANDS, DEAD_LETTER, REPLIES
 from streams import callflow
 from streams.cast import PracticeCast, Script, booking
 from streams.metrics import Metrics
-from streams.outputs import KafkaOutputs
+from streams.outputs import KafkaOutputs, OutputDeliveryError
 from streams.observers import FhirRequestMetrics
 from streams.processor import (
     CallProcessor,
@@ -261,6 +262,36 @@ async def test_a_write_outcome_record_holds_the_events_ack_but_not_its_reply(
     with pytest.raises(RuntimeError):  # outside an event nothing could wait for it: nothing is published
         hold_event_ack(lambda: published.append("record"))  # type: ignore[arg-type, func-returns-value]
     assert published == []
+
+
+class BrokerRefusingLedger(InMemoryLedger):
+    """A write-ahead record the broker does not take, as KafkaOutputs reports it."""
+
+    async def _put(self, entry: LedgerEntry) -> LedgerEntry:
+        raise OutputDeliveryError("callstream-worker-ledger-changelog: _MSG_TIMED_OUT")
+
+
+async def test_a_ledger_record_the_broker_refuses_fails_the_event_for_redelivery_and_writes_nothing(
+    pipeline_tenants: tuple[Path, TenantDirectory], outputs: KafkaOutputs, readers: dict[str, TopicReader],
+    pipeline_cast: dict[str, PracticeCast], sandbox: SandboxServer,
+) -> None:
+    """Not a practice failure to route to staff: the event stays unacknowledged and comes back."""
+    cast = pipeline_cast["pain-1002"]
+    caller = cast.plain[11]
+    script = Script(cast.called_number).started().identified(caller).intent("PRIOR_AUTH_FOLLOWUP")
+    async with ModMedClient() as client:
+        ledger = BrokerRefusingLedger()
+        dispatcher = Dispatcher(ModMedConnector(client, ledger), ledger)
+        processor = CallProcessor(tenants=pipeline_tenants[1], dispatcher=dispatcher, outputs=outputs,
+                                  states=InMemoryCallStates(), metrics=Metrics())
+        raws = [RawEvent(CALL_EVENTS, 4, n, e.call_id.encode(), EVENTS.encode(e.to_avro()))
+                for n, e in enumerate(script.events)]
+        for raw in raws[:2]:
+            await processor.handle(raw)
+        with pytest.raises(OutputDeliveryError):
+            await processor.handle(raws[2])
+        tasks = await client.search(pipeline_tenants[1]["pain-1002"], Task, {"patient": caller.patient_id})
+    assert not [t for t in tasks.matches if any(i.value == script.call_id for i in t.identifier or ())]
 
 
 async def test_a_practice_modmed_refuses_hands_the_caller_to_staff_instead_of_failing(
