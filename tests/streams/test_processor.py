@@ -222,6 +222,18 @@ async def test_a_write_modmed_answers_500_counts_as_a_failed_write_request_thoug
     assert harness.drift == [("pain-1002", DriftCounts(write_attempts=1, write_successes=0))]
 
 
+async def processor_at_last_event(client: ModMedClient, ledger: InMemoryLedger, tenants: TenantDirectory,
+                                  outputs: KafkaOutputs, script: Script) -> tuple[CallProcessor, RawEvent]:
+    """A processor over ``ledger`` that has handled all but the script's last event, and that event."""
+    processor = CallProcessor(tenants=tenants, dispatcher=Dispatcher(ModMedConnector(client, ledger), ledger),
+                              outputs=outputs, states=InMemoryCallStates(), metrics=Metrics())
+    raws = [RawEvent(CALL_EVENTS, 4, n, e.call_id.encode(), EVENTS.encode(e.to_avro()))
+            for n, e in enumerate(script.events)]
+    for raw in raws[:-1]:
+        await processor.handle(raw)
+    return processor, raws[-1]
+
+
 class OutcomesHeldLedger(InMemoryLedger):
     """A ledger that, as the pipeline's changelog ledger, holds the event's acknowledgement on the record of
     each write's outcome; here the test decides when that record is acknowledged."""
@@ -244,14 +256,8 @@ async def test_a_write_outcome_record_holds_the_events_ack_but_not_its_reply(
     script = Script(cast.called_number).started().identified(cast.plain[10]).intent("PRIOR_AUTH_FOLLOWUP")
     async with ModMedClient() as client:
         ledger = OutcomesHeldLedger()
-        dispatcher = Dispatcher(ModMedConnector(client, ledger), ledger)
-        processor = CallProcessor(tenants=pipeline_tenants[1], dispatcher=dispatcher, outputs=outputs,
-                                  states=InMemoryCallStates(), metrics=Metrics())
-        raws = [RawEvent(CALL_EVENTS, 4, n, e.call_id.encode(), EVENTS.encode(e.to_avro()))
-                for n, e in enumerate(script.events)]
-        for raw in raws[:2]:
-            await processor.handle(raw)
-        handling = asyncio.create_task(processor.handle(raws[2]))
+        processor, last = await processor_at_last_event(client, ledger, pipeline_tenants[1], outputs, script)
+        handling = asyncio.create_task(processor.handle(last))
         replies = await asyncio.to_thread(readers[REPLIES].wait_for, lambda rs: any(
             r is not None and r.call_id == script.call_id and r.template == "MESSAGE_FORWARDED" for r in rs))
         assert any(r is not None and r.call_id == script.call_id for r in replies)
@@ -281,15 +287,9 @@ async def test_a_ledger_record_the_broker_refuses_fails_the_event_for_redelivery
     script = Script(cast.called_number).started().identified(caller).intent("PRIOR_AUTH_FOLLOWUP")
     async with ModMedClient() as client:
         ledger = BrokerRefusingLedger()
-        dispatcher = Dispatcher(ModMedConnector(client, ledger), ledger)
-        processor = CallProcessor(tenants=pipeline_tenants[1], dispatcher=dispatcher, outputs=outputs,
-                                  states=InMemoryCallStates(), metrics=Metrics())
-        raws = [RawEvent(CALL_EVENTS, 4, n, e.call_id.encode(), EVENTS.encode(e.to_avro()))
-                for n, e in enumerate(script.events)]
-        for raw in raws[:2]:
-            await processor.handle(raw)
+        processor, last = await processor_at_last_event(client, ledger, pipeline_tenants[1], outputs, script)
         with pytest.raises(OutputDeliveryError):
-            await processor.handle(raws[2])
+            await processor.handle(last)
         tasks = await client.search(pipeline_tenants[1]["pain-1002"], Task, {"patient": caller.patient_id})
     assert not [t for t in tasks.matches if any(i.value == script.call_id for i in t.identifier or ())]
 
