@@ -108,10 +108,7 @@ class ResourceStore:
             previous = self._resources[rtype][rid]
             version = int(previous["meta"]["versionId"]) + 1
             resource["meta"] = {**(resource.get("meta") or {}), "versionId": str(version), "lastUpdated": fhir_instant(updated_at)}
-            for pid in patient_ids_of(previous):
-                self._by_patient[rtype][pid].remove(rid)
-            for value in identifier_values(previous):
-                self._by_identifier[rtype][value].remove(rid)
+            self._unindex(rtype, rid, previous)
             self._resources[rtype][rid] = resource
             self._index(rtype, rid, resource)
             return resource
@@ -121,6 +118,12 @@ class ResourceStore:
             self._by_patient[rtype][pid].append(rid)
         for value in identifier_values(resource):
             self._by_identifier[rtype][value].append(rid)
+
+    def _unindex(self, rtype: str, rid: str, resource: dict) -> None:
+        for pid in patient_ids_of(resource):
+            self._by_patient[rtype][pid].remove(rid)
+        for value in identifier_values(resource):
+            self._by_identifier[rtype][value].remove(rid)
 
     def get(self, resource_type: str, resource_id: str) -> dict | None:
         with self.lock:

@@ -82,34 +82,47 @@ class WorkerOptions:
     data_dir: str = "var"
 
 
-class ChangelogCallStates:
-    """The ``calls`` table as the processor's CallStateStore: reads from the table's store, writes to the
-    store and to the table's changelog through the outputs producer (librdkafka), awaited.
-
-    Faust's own table writes go through its Python producer and are flushed only before an offset
-    commit; here each write is acknowledged before its event is, and the records carry exactly the key
-    and value bytes Faust writes (JSON key, raw value), so Faust restores the table from them as ever."""
+class RawTableChangelog:
+    """Writes one key of a raw-value table: to the table's store, and to its changelog through the outputs
+    producer (librdkafka). The records carry exactly the key and value bytes Faust writes (JSON key, raw
+    value), so Faust restores the table from them as ever."""
 
     def __init__(self, table: faust.Table, runtime: PipelineRuntime) -> None:
-        self._table = table
+        self.table = table
         self._runtime = runtime
         self._topic = table.changelog_topic.get_topic_name()
 
+    def write(self, key: str, partition: int, value: bytes | None, *,
+              on_callers_clock: bool = False) -> asyncio.Future[None]:
+        """Store ``value`` (None: delete) and publish it; the future completes on the broker's acknowledgement."""
+        outputs = self._runtime.outputs
+        assert outputs is not None  # the agent and the timers start once the runtime is ready
+        record_key, _ = self.table.changelog_topic.prepare_key(key, "json")
+        if value is None:
+            self.table.data.pop(key, None)
+        else:
+            self.table.data[key] = value
+        return outputs.changelog(self._topic, partition, record_key, value, on_callers_clock=on_callers_clock)
+
+
+class ChangelogCallStates:
+    """The ``calls`` table as the processor's CallStateStore: reads from the table's store, writes through
+    ``RawTableChangelog``, awaited.
+
+    Faust's own table writes go through its Python producer and are flushed only before an offset
+    commit; here each write is acknowledged before its event is."""
+
+    def __init__(self, table: faust.Table, runtime: PipelineRuntime) -> None:
+        self._changelog = RawTableChangelog(table, runtime)
+
     def get(self, call_id: str) -> Any:
-        return self._table.data.get(call_id)
+        return self._changelog.table.data.get(call_id)
 
     def items(self) -> list[tuple[str, Any]]:
-        return list(self._table.data.items())
+        return list(self._changelog.table.data.items())
 
     async def put(self, call_id: str, partition: int, value: bytes | None) -> None:
-        outputs = self._runtime.outputs
-        assert outputs is not None  # the agent and the sweep start once the runtime is ready
-        key, _ = self._table.changelog_topic.prepare_key(call_id, "json")
-        if value is None:
-            self._table.data.pop(call_id, None)
-        else:
-            self._table.data[call_id] = value
-        await outputs.changelog(self._topic, partition, key, value)
+        await self._changelog.write(call_id, partition, value)
 
 
 class ChangelogLedger(MappingLedger):
@@ -134,9 +147,7 @@ class ChangelogLedger(MappingLedger):
 
     def __init__(self, table: faust.Table, runtime: PipelineRuntime) -> None:
         super().__init__(table.data)
-        self._table = table
-        self._runtime = runtime
-        self._topic = table.changelog_topic.get_topic_name()
+        self._changelog = RawTableChangelog(table, runtime)
         self._fresh_from: dict[int, int] = {}
         self._unsettled: dict[str, asyncio.Future[None]] = {}
 
@@ -158,19 +169,15 @@ class ChangelogLedger(MappingLedger):
         event = faust.current_event()
         if event is None:
             raise RuntimeError("ledger entries are written while a call event is handled")
-        outputs = self._runtime.outputs
-        assert outputs is not None  # the agent starts once the runtime is ready
         previous = self._unsettled.pop(entry.key, None)
         if previous is not None:
             await asyncio.shield(previous)
-        key, _ = self._table.changelog_topic.prepare_key(entry.key, "json")
         value = entry.model_dump_json().encode()
-        self._table.data[entry.key] = value
         partition = event.message.partition
         if entry.state is LedgerState.PENDING:
-            await outputs.changelog(self._topic, partition, key, value, on_callers_clock=True)
+            await self._changelog.write(entry.key, partition, value, on_callers_clock=True)
         else:
-            hold_event_ack(lambda: self._settling(entry.key, outputs.changelog(self._topic, partition, key, value)))
+            hold_event_ack(lambda: self._settling(entry.key, self._changelog.write(entry.key, partition, value)))
         return entry
 
     def _settling(self, key: str, acknowledged: asyncio.Future[None]) -> asyncio.Future[None]:
