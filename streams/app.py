@@ -5,7 +5,9 @@ guard → dispatch → reply) so a reply is one topic hop from its event; audit 
 commands, dead letters and alarms are produced on the side (streams.outputs). Events are taken with
 manual acks: each is handed to a per-call chain (``CallSequencer``) and acked once everything it
 caused is acknowledged by the broker, so different calls and practices run concurrently while one
-call's events stay in order, and a worker killed at any moment resumes from the last committed offset.
+call's events stay in order. Events finish out of order; the committed offset only moves past the
+prefix of a partition's events that have all finished (``streams.offsets``), so a worker killed at any
+moment resumes at or before every event still in flight.
 
 Changelogged tables (Faust's own JSON, docs/events.md):
 
@@ -52,6 +54,7 @@ from sinks.alerts import Alert, AlertWebhook
 from streams.drift import DriftInputError, DriftMonitor, PracticeDriftState, WindowStats
 from streams.metrics import Metrics, MetricsServer, serve_metrics
 from streams.observers import FhirRequestMetrics
+from streams.offsets import InFlight
 from streams.outputs import KafkaOutputs
 from streams.processor import CallProcessor, CallSequencer, DriftCounts, RawEvent, hold_event_ack, purge_expired
 from streams.transport import PipelineFaustApp
@@ -296,6 +299,7 @@ class Pipeline:
             # consumer fetches only the call events it serves (standby changelogs slowed every fetch).
             table_standby_replicas=0,
         )
+        self.offsets = self.app.track_offsets(frozenset({CALL_EVENTS}))
         self.source = self.app.topic(CALL_EVENTS, key_type=bytes, value_type=bytes, key_serializer="raw",
                                      value_serializer="raw", partitions=partitions)
         # Call state and ledger entries as the JSON pydantic writes (raw bytes): no dict round trip through
@@ -333,7 +337,8 @@ class Pipeline:
         async for event in stream.noack().events():  # type: ignore[attr-defined]  # Stream's, missing in the stubs
             message = event.message
             raw = RawEvent(message.topic, message.partition, message.offset, event.key, event.value)
-            await sequencer.submit(event.key, _bind(processor.handle, raw), _acker(self, event))
+            delivered = self.offsets.started(message.tp, message.offset)
+            await sequencer.submit(event.key, _bind(processor.handle, raw), _acker(self, event, delivered))
 
     def _failed(self, error: BaseException) -> None:
         """Only infrastructure failures reach here (outputs undeliverable): stop, so the event is redelivered."""
@@ -463,9 +468,13 @@ def _bind(handle: Callable[[RawEvent], Any], raw: RawEvent) -> Callable[[], Any]
     return lambda: handle(raw)
 
 
-def _acker(pipeline: Pipeline, event: Any) -> Callable[[BaseException | None], None]:
+def _acker(pipeline: Pipeline, event: Any, delivered: InFlight) -> Callable[[BaseException | None], None]:
+    """A finished event moves the committable offset (streams.offsets); a failed one never does, so it is
+    redelivered from the committed offset once the worker has stopped."""
+
     def done(error: BaseException | None) -> None:
         if error is None:
+            pipeline.offsets.finish(delivered)
             event.ack()
         else:
             pipeline._failed(error)

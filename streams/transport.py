@@ -1,9 +1,13 @@
-"""Faust's Kafka transport with short waits, so a call event is picked up within milliseconds.
+"""Faust's Kafka transport with short waits, so a call event is picked up within milliseconds, and with
+commits that never pass an event still in flight.
 
 faust-streaming builds its aiokafka consumer with ``fetch_max_wait_ms=1500`` and no setting to change
 it. Kafka answers a waiting fetch as soon as data arrives, but Tansu (the embedded broker) holds it for
 the whole wait, which put hundreds of milliseconds on every hop of a caller's turn. A short wait costs a
 few idle fetch requests per second on any broker and keeps the turn latency low on all of them.
+
+Commits: the app's ``offsets`` (``streams.offsets.OffsetTracker``) decide the offset committed for the
+partitions it tracks; Faust's own acked-offset bookkeeping is cleared, unused, for those partitions.
 """
 
 from __future__ import annotations
@@ -13,6 +17,9 @@ from typing import Any
 
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+
+from streams.offsets import OffsetTracker
 
 DEFAULT_FETCH_MAX_WAIT_MS = 20
 GETMANY_TIMEOUT_S = 0.05
@@ -41,6 +48,35 @@ class ShortWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 
 class ShortWaitConsumer(faust_aiokafka.Consumer):
+    def _tracker(self) -> PipelineFaustApp | None:
+        app = self.app
+        return app if isinstance(app, PipelineFaustApp) and app.tracked_topics else None
+
+    def _new_offset(self, tp: TP) -> int | None:
+        """The offset to commit: callstream's contiguous-prefix rule for tracked topics, Faust's elsewhere."""
+        app = self._tracker()
+        if app is None or tp.topic not in app.tracked_topics:
+            return super()._new_offset(tp)
+        self._acked[tp].clear()
+        self._acked_index[tp].clear()
+        return app.offsets.committable(tp)
+
+    async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
+        app = self._tracker()
+        if app is not None:
+            app.offsets.assigned(tp for tp in assigned if tp.topic in app.tracked_topics)
+        await super().on_partitions_assigned(assigned, generation_id)
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        """Faust's handler waits for in-flight events and commits their prefix; after it, the revoked
+        partitions are forgotten, so an event finishing later moves nothing."""
+        try:
+            await super().on_partitions_revoked(revoked)
+        finally:
+            app = self._tracker()
+            if app is not None:
+                app.offsets.revoked(tp for tp in revoked if tp.topic in app.tracked_topics)
+
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return ShortWaitConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
@@ -56,7 +92,17 @@ class ShortWaitTransport(faust_aiokafka.Transport):
 
 
 class PipelineFaustApp(faust.App):
-    """faust.App whose Kafka transport fetches with a short wait (see the module docstring)."""
+    """faust.App whose Kafka transport fetches with a short wait and commits ``offsets``' safe prefix for
+    ``tracked_topics`` (see the module docstring)."""
+
+    offsets: OffsetTracker
+    tracked_topics: frozenset[str] = frozenset()
+
+    def track_offsets(self, topics: frozenset[str]) -> OffsetTracker:
+        """Commit ``topics`` by the contiguous-prefix rule; the agent reports deliveries to the returned tracker."""
+        self.offsets = OffsetTracker()
+        self.tracked_topics = topics
+        return self.offsets
 
     def _new_transport(self) -> Any:
         return ShortWaitTransport(self.conf.broker_consumer, self)

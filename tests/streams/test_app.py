@@ -9,6 +9,7 @@ from pathlib import Path
 import faust
 import pytest
 from faust.streams import _current_event
+from faust.types import TP
 from faust.types.tuples import Message
 
 from callstream.settings import load_settings
@@ -66,3 +67,30 @@ def test_an_entry_takes_the_proof_away(pipeline: Pipeline, handling) -> None:  #
     handling(4, 7)
     pipeline.ledger.data[KEY] = b"{}"  # even an unreadable entry is an attempt
     assert not ledger.proves_unattempted(KEY)
+
+
+def test_the_consumer_commits_only_the_finished_prefix_of_call_events(pipeline: Pipeline) -> None:
+    """Faust's own rule would commit 21 here (min(acked) - committed == 1 passes its gap check) and lose
+    event 19 to a crash; the pipeline's consumer asks streams.offsets. Uses Faust's private commit
+    bookkeeping (_acked, _acked_index, _committed_offset, _filter_committable_offsets): an upgrade that
+    renames them fails here."""
+    consumer = pipeline.app.consumer
+    tp = TP(CALL_EVENTS, 3)
+    slow = pipeline.offsets.started(tp, 19)
+    quick = pipeline.offsets.started(tp, 20)
+    consumer._committed_offset[tp] = 19
+    consumer._acked[tp].append(20)
+    consumer._acked_index[tp].add(20)
+    pipeline.offsets.finish(quick)
+    assert consumer._filter_committable_offsets([tp]) == {}
+    assert consumer._acked[tp] == [], "Faust's unused bookkeeping does not grow"
+    pipeline.offsets.finish(slow)
+    assert consumer._filter_committable_offsets([tp]) == {tp: 21}
+
+
+def test_other_topics_keep_fausts_commit_rule(pipeline: Pipeline) -> None:
+    consumer = pipeline.app.consumer
+    tp = TP("some-other-topic", 0)
+    consumer._acked[tp].extend([0, 1, 2])
+    consumer._acked_index[tp].update([0, 1, 2])
+    assert consumer._filter_committable_offsets([tp]) == {tp: 3}
