@@ -365,10 +365,12 @@ async def test_a_worker_killed_mid_call_resumes_the_call_and_books_once(
 async def test_a_worker_killed_after_its_task_post_landed_unrecorded_creates_the_task_once(
     telephony: Telephony, pipeline_broker: str, modmed: ModMedClient, pipeline_cast: dict[str, PracticeCast],
     sandbox: SandboxServer, pipeline_tenants: tuple[Path, TenantDirectory], pipeline_worker: WorkerProcess,
+    audit: TopicReader,
 ) -> None:
     """The ledger entry is acknowledged before the POST leaves. The POST lands but its answer is lost, and
     the worker dies while it asks the practice whether it landed. Its successor finds the pending entry,
-    asks again, finds the task and sends no second POST (a write-ahead entry is no licence to resend)."""
+    asks again, finds the task and sends no second POST (a write-ahead entry is no licence to resend); the
+    write it found gets its audit record and the caller a reply, once each."""
     cast = pipeline_cast["pain-1002"]
     caller = cast.refill[2]
     script = refill(cast, caller)
@@ -407,6 +409,14 @@ async def test_a_worker_killed_after_its_task_post_landed_unrecorded_creates_the
     assert pipeline_worker.starts == starts + 1
     final = (await asyncio.to_thread(changelog_values, pipeline_broker, "ledger", key))[-1]
     assert final is not None and final["state"] == "done" and final["resource_id"] == mine[0].id
+    assert len({r.reply_id for r in replies if r.in_reply_to == asked.event_id}) == 1
+
+    def task_audits(records: list[AuditEvent]) -> set[uuid.UUID]:
+        return {r.event_id for r in called(script.call_id, AuditAction.FHIR_WRITE, records)
+                if mine[0].id in r.resource_ids and r.outcome is AuditOutcome.SUCCESS}
+
+    records = await asyncio.to_thread(audit.wait_for, lambda found: bool(task_audits(found)), 30)
+    assert len(task_audits(records)) == 1, "the write the successor found is audited, once"
 
 
 class CallTraffic:
