@@ -252,6 +252,8 @@ class CallState(FrozenModel):
     caller_number: str | None = Field(default=None, repr=False)
     identity: CallerIdentity | None = Field(default=None, repr=False)
     lookup: LookupKind | None = None
+    lookup_failure: str | None = None
+    """Error class of a patient search ModMed failed: the caller is not asked again, staff follow up."""
     patient_id: str | None = None
     chart: ChartFlags | None = None
     pending: PendingIntent | None = None
@@ -648,7 +650,8 @@ def _on_identified(state: CallState, payload: CallerIdentified) -> Step:
         callback_number=payload.callback_number,
     )
     state = state.model_copy(
-        update={"identity": identity, "lookup": None, "patient_id": None, "chart": None, "offer": None}
+        update={"identity": identity, "lookup": None, "lookup_failure": None, "patient_id": None, "chart": None,
+                "offer": None}
     )
     work = SearchPatient(
         family_name=identity.family_name,
@@ -921,7 +924,7 @@ def _continue(state: CallState, practice: Practice, now: datetime) -> Step:
         task = turn.pending_tasks[0]
         if task.patient_id is None:
             # No chart to attach it to yet: a human takes it now (a controlled-substance request is never held back).
-            outputs = _queue_task(state, task, "caller_not_matched")
+            outputs = _queue_task(state, task, state.lookup_failure or "caller_not_matched")
             step = _continue(_task_settled(state, task, "queued"), practice, now)
             return Step(step.state, step.work, (*outputs, *step.outputs))
         return Step(state, work=CreateTask(task, task_note(task)))
@@ -956,6 +959,8 @@ def _finish(state: CallState, practice: Practice, now: datetime, template: Reply
     pending = state.pending
     assert turn is not None and pending is not None
     decision = turn.decision
+    if state.lookup_failure is not None and GuardName.CALLER_IDENTIFICATION_REQUIRED in decision.guards_fired:
+        return _search_failed(state, state.lookup_failure, practice, now)
     template = template or decision.reply
     outputs: list[Output] = list(_escalation_audit(state))
     for command in decision.queued_commands:
@@ -975,6 +980,22 @@ def _finish(state: CallState, practice: Practice, now: datetime, template: Reply
     state = state.model_copy(update={"turn": None, "pending": pending if keep else None})
     state, moved = _transition(state, _phase_after(decision, template))
     return Step(state, outputs=(*outputs, *moved))
+
+
+def _search_failed(state: CallState, failure: str, practice: Practice, now: datetime) -> Step:
+    """The chart search failed on ModMed's side: the caller is not asked for name and date of birth again and
+    never hears they were not found; they hear the office will follow up. The decision's tasks are already
+    queued under the failure; a request without tasks becomes a hand-off item under it."""
+    turn = state.turn
+    assert turn is not None
+    if not turn.decision.tasks:
+        return _hand_off(state, practice, now, failure, CommandKind.SEARCH_PATIENT)
+    outputs = tuple(_escalation_audit(state))
+    template = adapt_reply(_HANDOFF_REPLY, after_hours=is_after_hours(now, practice.timezone), writes_queued=False)
+    state, replies = _reply(state, template, practice, now, escalated=True)
+    state = state.model_copy(update={"turn": None, "pending": None, "offer": None})
+    state, moved = _transition(state, CallPhase.HANDED_OFF)
+    return Step(state, outputs=(*outputs, *replies, *moved))
 
 
 def _phase_after(decision: Decision, template: ReplyTemplate) -> CallPhase:
@@ -1223,8 +1244,12 @@ def _on_failure(state: CallState, failure: WorkFailed, practice: Practice, now: 
         error_class=failure.error_class, latency_ms=failure.latency_ms,
     )
     if failure.command is CommandKind.SEARCH_PATIENT:
-        # Whether a chart exists is unknown: the identity is dropped, so the next request asks for it again.
-        state = state.model_copy(update={"identity": None, "lookup": None, "patient_id": None, "chart": None})
+        # Whether a chart exists is unknown, and not because of the caller: they are not asked again. The
+        # request's tasks wait for staff (with the identity, for a later search) under what failed.
+        state = state.model_copy(update={"lookup": None, "lookup_failure": failure.error_class, "patient_id": None,
+                                         "chart": None})
+        step = _decide(state, practice, now) if state.pending is not None else Step(state)
+        return Step(step.state, step.work, (audit, *step.outputs))
     if state.pending is None:
         return Step(state, outputs=(audit,))
     step = _hand_off(state, practice, now, failure.error_class, failure.command)

@@ -292,16 +292,40 @@ def test_an_ambiguous_chart_match_hands_the_call_to_a_human() -> None:
     assert driver.state is not None and driver.state.phase is CallPhase.HANDED_OFF
 
 
-def test_a_failed_patient_search_drops_the_identity_and_hands_a_waiting_request_to_a_human() -> None:
+def test_a_failed_patient_search_is_not_the_callers_fault_staff_follow_up_under_what_failed() -> None:
+    """Issue 16, item 4: a ModMed failure during the search never reads as "not matched", and the caller is
+    not asked for name and date of birth again; their requests go to staff under the failure's name."""
     answers = Answers()
     answers.overrides[callflow.SearchPatient] = lambda work: WorkFailed(CommandKind.SEARCH_PATIENT, "AuthError")
     driver, call = Driver(answers=answers), Call()
     driver.send(call.intent("GENERAL_QUESTION"))
     outputs = driver.send(call.identified())
     assert audits(outputs, "FHIR_READ")[0].outcome is AuditOutcome.FAILURE
-    assert driver.state is not None and driver.state.identity is None
+    assert driver.state is not None and driver.state.lookup_failure == "AuthError"
     outputs = driver.send(call.intent("BOOK_APPOINTMENT", visit_reason="esi"))
-    assert replies(outputs)[0].template is ReplyTemplate.ASK_IDENTITY
+    assert replies(outputs)[0].template is ReplyTemplate.ROUTED_TO_CARE_TEAM
+    [handoff] = reviews(outputs)
+    assert handoff.kind is CommandKind.SEARCH_PATIENT and handoff.params["reason"] == "AuthError"
+    assert handoff.params["family_name"], "the identity rides on the internal topic for a later search"
+    del answers.overrides[callflow.SearchPatient]
+    driver.send(call.identified())
+    assert driver.state is not None and driver.state.lookup_failure is None, "a new identification searches afresh"
+
+
+def test_a_refill_whose_patient_search_failed_is_queued_for_the_provider_and_promises_nothing() -> None:
+    answers = Answers()
+    answers.overrides[callflow.SearchPatient] = lambda work: WorkFailed(CommandKind.SEARCH_PATIENT, "RetryableError")
+    driver, call = Driver(answers=answers), Call()
+    driver.send(call.identified())
+    outputs = driver.send(call.intent("REFILL_REQUEST", medication_mentioned=True, controlled_substance_mentioned=True))
+    [reply] = replies(outputs)
+    assert reply.template is ReplyTemplate.ROUTED_TO_CARE_TEAM and reply.escalated
+    [queued] = reviews(outputs)
+    assert queued.kind is CommandKind.CREATE_TASK and queued.params["reason"] == "RetryableError"
+    assert queued.params["task_kind"] == "PROVIDER_REFILL_REVIEW"
+    [sentinel] = [a for a in audits(outputs, "ESCALATION") if a.detail.get("trigger") == "controlled_substance"]
+    assert sentinel.outcome is AuditOutcome.QUEUED
+    assert driver.state is not None and driver.state.phase is CallPhase.HANDED_OFF
 
 
 def test_cancel_with_a_known_appointment_and_without_one() -> None:
