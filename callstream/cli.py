@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("streams.cli:replay_main", "publish scripted calls (JSONL) as the telephony side would"),
     "audit": ("sinks.cli:audit_main", "the per-call audit record from ClickHouse (`audit call CALL_ID`)"),
     "sinks": ("sinks.cli:sinks_main", "run the audit sinks: ClickHouse store and per-practice SIEM firehose"),
+    "queue": ("review.cli:main", "the review queue: `queue run` (intake, retries, age alarm), `list`, `show`, `resolve`"),
     "ema": ("connectors.ema.cli:main", "EMA automation: lockout status and operator unlock"),
     "demo": ("streams.cli:demo_main", "run a morning of calls end to end on the embedded stack (what `make demo` runs)"),
 }
@@ -115,15 +116,23 @@ def bench_main(argv: list[str]) -> int:
 
 
 def tenants_main(argv: list[str]) -> int:
-    """`callstream tenants check FILE`: validate a directory before it is deployed."""
-    from callstream.tenants import load_tenant_directory
+    """`callstream tenants check FILE`: validate a directory before it is deployed, credential references
+    included (resolved where this runs, as the worker resolves them): one line per unresolvable one."""
+    from callstream.tenants import load_tenant_directory, unresolvable_credentials
 
     parser = argparse.ArgumentParser(prog="callstream tenants", description="Practice (tenant) directory tools.")
     parser.add_argument("action", choices=["check"])
     parser.add_argument("file", type=Path)
     parser.add_argument("--json", action="store_true", help="print the practices (no secrets) as JSON")
+    parser.add_argument("--skip-credentials", action="store_true",
+                        help="do not resolve the credential references (where the secrets are not mounted, e.g. CI)")
     options = parser.parse_args(argv)
     directory = load_tenant_directory(options.file)
+    problems = [] if options.skip_credentials else unresolvable_credentials(directory)
+    if problems:
+        for problem in problems:
+            print(f"callstream: error: {problem}", file=sys.stderr)
+        return 2
     if options.json:
         print(json.dumps([directory[pid].model_dump(mode="json") for pid in directory], indent=2))
     else:

@@ -298,6 +298,9 @@ def validate_identifier(name: str) -> str:
 class AuditStore:
     """Migrations, inserts and reads of the audit tables in one database."""
 
+    migrations_table = MIGRATIONS_TABLE
+    """Where applied versions are recorded; another store in the same database keeps its own (review/store.py)."""
+
     def __init__(self, client: Client, database: str = DEFAULT_DATABASE, description: str = "ClickHouse") -> None:
         self.client = client
         self.database = validate_identifier(database)
@@ -320,7 +323,7 @@ class AuditStore:
             raise ConfigError("migration versions must be unique and ascending")
         self._run(f"CREATE DATABASE IF NOT EXISTS {self.database}")
         self._run(
-            f"CREATE TABLE IF NOT EXISTS {self.database}.{MIGRATIONS_TABLE} "
+            f"CREATE TABLE IF NOT EXISTS {self.database}.{self.migrations_table} "
             "(version UInt32, description String, applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) "
             "ENGINE = ReplacingMergeTree ORDER BY version"
         )
@@ -337,7 +340,7 @@ class AuditStore:
                 continue
             for statement in migration.statements:
                 self._run(statement.format(database=self.database))
-            self._insert(MIGRATIONS_TABLE, [(migration.version, migration.description)], ("version", "description"))
+            self._insert(self.migrations_table, [(migration.version, migration.description)], ("version", "description"))
             done.append(migration.version)
         return done
 
@@ -348,7 +351,7 @@ class AuditStore:
 
     def applied_versions(self) -> list[int]:
         """Schema versions recorded in this database, ascending."""
-        rows = self._query(f"SELECT version FROM {self.database}.{MIGRATIONS_TABLE} FINAL ORDER BY version")
+        rows = self._query(f"SELECT version FROM {self.database}.{self.migrations_table} FINAL ORDER BY version")
         return [int(row[0]) for row in rows]
 
     def insert(self, rows: Sequence[AuditRow]) -> None:

@@ -1058,7 +1058,9 @@ def _hand_off(state: CallState, practice: Practice, now: datetime, reason: str, 
             detail={"trigger": "controlled_substance", "escalation_kind": "human_handoff",
                     "intent": pending.intent.value},
         ))
-    params = {"intent": state.pending.intent.value} if state.pending else {}
+    params = {"intent": pending.intent.value} if pending else {}
+    if pending is not None and pending.controlled_substance_request:
+        params["controlled_substance"] = "true"  # the review queue's age alarm watches these
     outputs.extend(_review(state, kind, f"handoff:{state.last_event_id}", {**params, **_identity_params(state)}, reason))
     template = adapt_reply(_HANDOFF_REPLY, after_hours=is_after_hours(now, practice.timezone), writes_queued=False)
     state, replies = _reply(state, template, practice, now, escalated=True)

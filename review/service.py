@@ -1,0 +1,437 @@
+"""`callstream queue run`: the process that owns the review queue (thin wiring around review.core).
+
+One asyncio loop does four things, all against the one store this process owns:
+
+- **intake**: consumes callstream.commands.v1 (group ``callstream-review-queue``), makes every
+  REVIEW_QUEUE command an open item unless the item already exists (a redelivery), and commits the
+  offsets only after the items are stored;
+- **retries**: delivers due items through the same Dispatcher, guards' TaskSpec and idempotency keys as
+  the worker. Its ledger is not write-ahead, so every attempt first asks ModMed whether a Task with the
+  key exists: exactly one Task per request even after a worker's lost answer or this process's kill -9.
+  The delivery's audit record is acknowledged before the item is marked delivered (a crash in between
+  repeats the record with the same id, which the sinks de-duplicate);
+- **age alarm**: REVIEW_QUEUE_STALE per practice on callstream.alarms.v1 and as metrics;
+- **HTTP API** on 127.0.0.1 (``/items``, ``/items/{id}``, ``/items/{id}/resolve``, ``/metrics``,
+  ``/healthz``): the staff CLI goes through it, so the store keeps a single writer and the embedded
+  chDB (one process per data directory) stays usable while this process runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import re
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from aiohttp import web
+from confluent_kafka import Consumer, TopicPartition
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+from callstream.tenants import GoLivePhase, Practice, TenantDirectory
+from connectors.dispatch import Dispatcher, Written
+from connectors.operations import MatchKind
+from guards.model import TaskAudience, TaskKind, TaskReason, TaskSpec
+from review import core
+from review.core import ItemBusy, ItemClosed, ItemNotFound, ItemState, ReviewItem, ReviewQueueError
+from review.store import ReviewStore
+from schemas.errors import SchemaError
+from schemas.models import (
+    EMA_DEEP_LINK_PATTERN,
+    Alarm,
+    AuditAction,
+    AuditEvent,
+    AuditOutcome,
+    CommandKind,
+    CommandMessage,
+    CommandRoute,
+)
+from schemas.registry import SchemaRegistryClient
+from schemas.serde import AvroSerde
+from schemas.topics import COMMANDS
+from sinks.kafka_io import Backoff, consumer_config
+from streams.callflow import REPLY_NAMESPACE, task_note
+
+log = logging.getLogger(__name__)
+
+INTAKE_GROUP = "callstream-review-queue"
+DEFAULT_API_PORT = 19096
+DISPATCH_TIMEOUT_S = 30.0
+"""Bound of one delivery (search, flags, Task); the attempt's lease (review.core.ATTEMPT_LEASE) is longer."""
+ARCHIVE_READ_TIMEOUT_S = 5.0
+_DEEP_LINK = re.compile(EMA_DEEP_LINK_PATTERN)
+
+
+@dataclass(frozen=True)
+class QueueOptions:
+    api_host: str = "127.0.0.1"
+    api_port: int = DEFAULT_API_PORT
+    tick_s: float = 1.0
+    stale_after: timedelta = core.STALE_AFTER
+    backoff: Backoff = core.RETRY_BACKOFF
+    lease: timedelta = core.ATTEMPT_LEASE
+    session_timeout_ms: int = 6000
+
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class CommandLog:
+    """The commands topic, read two ways: the intake group's batches, and one record by position (the
+    identity a repeated patient search needs stays on the topic, never in the store)."""
+
+    def __init__(self, bootstrap: str, session_timeout_ms: int, registry: SchemaRegistryClient | None = None) -> None:
+        self._serde = AvroSerde.for_topic(COMMANDS, registry=registry)
+        self._intake = Consumer(consumer_config(bootstrap, INTAKE_GROUP, session_timeout_ms))
+        self._intake.subscribe([COMMANDS])
+        self._reader = Consumer({**consumer_config(bootstrap, f"{INTAKE_GROUP}-reader", session_timeout_ms)})
+
+    def poll(self, max_messages: int = 500, timeout_s: float = 0.5) -> list[tuple[int, int, CommandMessage | None]]:
+        """The next records as (partition, offset, command); None for one that does not decode."""
+        found: list[tuple[int, int, CommandMessage | None]] = []
+        deadline = time.monotonic() + timeout_s
+        while len(found) < max_messages:
+            message = self._intake.poll(max(0.0, deadline - time.monotonic()) if not found else 0)
+            if message is None:
+                break
+            if message.error() is not None:
+                continue
+            found.append((message.partition(), message.offset(), self._decode(message.value())))
+        return found
+
+    def commit(self, batch: list[tuple[int, int, CommandMessage | None]]) -> None:
+        """Commit past a stored batch (the sinks' consumer settings store no offsets on their own)."""
+        following: dict[int, int] = {}
+        for partition, offset, _ in batch:
+            following[partition] = max(following.get(partition, 0), offset + 1)
+        self._intake.commit(offsets=[TopicPartition(COMMANDS, p, o) for p, o in following.items()],
+                            asynchronous=False)
+
+    def read(self, partition: int, offset: int) -> CommandMessage | None:
+        """The command at a position; None once retention removed it or it does not decode."""
+        self._reader.assign([TopicPartition(COMMANDS, partition, offset)])
+        deadline = time.monotonic() + ARCHIVE_READ_TIMEOUT_S
+        while time.monotonic() < deadline:
+            message = self._reader.poll(0.2)
+            if message is None or message.error() is not None:
+                continue
+            if message.offset() == offset:
+                return self._decode(message.value())
+            if message.offset() > offset:
+                return None
+        return None
+
+    def close(self) -> None:
+        self._intake.close()
+        self._reader.close()
+
+    def _decode(self, value: bytes | None) -> CommandMessage | None:
+        if value is None:
+            return None
+        try:
+            return CommandMessage.from_avro(self._serde.decode(value))
+        except (SchemaError, ValueError):
+            return None
+
+
+class QueueMetrics:
+    """What SRE and the PrometheusRule watch; label values are practice ids and codes only."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.open_items = Gauge("callstream_review_open_items", "Open or retrying review-queue items",
+                                ["practice_id", "kind"], registry=self.registry)
+        self.oldest_cs_age = Gauge("callstream_review_oldest_open_cs_age_seconds",
+                                   "Age of the oldest open controlled-substance review item", ["practice_id"],
+                                   registry=self.registry)
+        self.alarm_state = Gauge("callstream_alarm_state", "1 while a sentinel alarm fires", ["practice_id", "kind"],
+                                 registry=self.registry)
+        self.deliveries = Counter("callstream_review_deliveries_total", "Review-item delivery attempts by outcome",
+                                  ["practice_id", "outcome"], registry=self.registry)
+
+    def refresh(self, items: list[ReviewItem], now: datetime, firing: set[str], watched: set[str]) -> None:
+        self.open_items.clear()
+        self.oldest_cs_age.clear()
+        counts: dict[tuple[str, str], int] = {}
+        oldest: dict[str, float] = {}
+        for item in items:
+            counts[(item.practice_id, item.kind.value)] = counts.get((item.practice_id, item.kind.value), 0) + 1
+            if item.controlled_substance:
+                age = (now - item.created_at).total_seconds()
+                oldest[item.practice_id] = max(age, oldest.get(item.practice_id, 0.0))
+        for (practice_id, kind), count in counts.items():
+            self.open_items.labels(practice_id, kind).set(count)
+        for practice_id, age in oldest.items():
+            self.oldest_cs_age.labels(practice_id).set(age)
+        for practice_id in watched | firing:
+            self.alarm_state.labels(practice_id, "REVIEW_QUEUE_STALE").set(1 if practice_id in firing else 0)
+
+
+@dataclass
+class ReviewQueue:
+    """Intake, retries, age alarm and the staff operations over one store (see the module docstring)."""
+
+    store: ReviewStore
+    tenants: TenantDirectory
+    dispatcher: Dispatcher
+    outputs: Any
+    """streams.outputs.KafkaOutputs (audit and alarm records, each awaited until acknowledged)."""
+    commands: CommandLog
+    options: QueueOptions = field(default_factory=QueueOptions)
+    clock: Clock = utc_now
+    rng: random.Random = field(default_factory=random.Random)
+    metrics: QueueMetrics = field(default_factory=QueueMetrics)
+
+    def __post_init__(self) -> None:
+        self.alarms = core.StaleAlarms(self.options.stale_after)
+        self._attempts: dict[str, asyncio.Task[None]] = {}
+
+    # ------------------------------------------------------------------------------------ intake
+
+    async def intake(self) -> int:
+        """Store the next batch of review commands; returns how many new items were stored."""
+        batch = await asyncio.to_thread(self.commands.poll)
+        stored = 0
+        for partition, offset, command in batch:
+            if command is None:
+                log.warning("commands[%d]@%d does not decode; skipped by the review queue", partition, offset)
+                continue
+            if command.route is not CommandRoute.REVIEW_QUEUE or self.store.find(str(command.command_id)):
+                continue
+            practice = self._practice(command.practice_id)
+            retries = practice is not None and practice.phase is not GoLivePhase.READ_ONLY
+            self.store.put(core.item_from_command(command, partition, offset, self.clock(), retries=retries))
+            stored += 1
+        if batch:
+            await asyncio.to_thread(self.commands.commit, batch)
+        return stored
+
+    # ----------------------------------------------------------------------------------- retries
+
+    def start_due(self) -> None:
+        """Start an attempt for every due item not already being attempted."""
+        now = self.clock()
+        for item in self.store.open_items():
+            if core.due(item, now) and item.item_id not in self._attempts and self._practice(item.practice_id):
+                task = asyncio.create_task(self.attempt(item))
+                self._attempts[item.item_id] = task
+                task.add_done_callback(lambda _, item_id=item.item_id: self._attempts.pop(item_id, None))
+
+    async def settle(self) -> None:
+        """Wait for the attempts in flight (shutdown, tests)."""
+        await asyncio.gather(*self._attempts.values(), return_exceptions=True)
+
+    async def attempt(self, item: ReviewItem) -> None:
+        """One delivery attempt of one item, recorded whatever happens."""
+        practice = self._practice(item.practice_id)
+        assert practice is not None
+        item = core.start_attempt(item, self.clock(), self.options.lease)
+        self.store.put(item)
+        started = time.perf_counter()
+        try:
+            written = await asyncio.wait_for(self._deliver(practice, item), DISPATCH_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - any ModMed failure is this item's, recorded on it
+            error = type(exc).__name__
+            final = core.reason_for(error) not in core.TRANSIENT
+            log.warning("review item %s (practice %s): attempt %d failed with %s%s", item.item_id, item.practice_id,
+                        item.attempts, error, "; left for staff" if final else "")
+            await self.outputs.audit(self._attempt_audit(item, error, started))
+            self.store.put(core.attempt_failed(item, error, self.clock(), self.rng, backoff=self.options.backoff,
+                                               final=final))
+            self.metrics.deliveries.labels(item.practice_id, "failed").inc()
+            return
+        if written is None:
+            self.store.put(core.not_matched(item, self.clock()))
+            self.metrics.deliveries.labels(item.practice_id, "not_matched").inc()
+            return
+        await self.outputs.audit(self._delivery_audit(item, written, started))
+        self.store.put(core.delivered(item, written.resource_type, written.resource_id, self.clock()))
+        self.metrics.deliveries.labels(item.practice_id, "delivered").inc()
+        log.info("review item %s (practice %s) delivered as %s/%s", item.item_id, item.practice_id,
+                 written.resource_type, written.resource_id)
+
+    async def _deliver(self, practice: Practice, item: ReviewItem) -> Written | None:
+        """The item's Task, on the chart it names or, after a failed search, on the chart found now.
+        None when the repeated search finds no single chart (staff take it)."""
+        detail = item.detail
+        kind = TaskKind(detail["task_kind"])
+        patient_id = detail.get("patient_id")
+        pdmp = datetime.fromisoformat(detail["pdmp_last_checked"]) if "pdmp_last_checked" in detail else None
+        if patient_id is None:
+            patient_id = await self._search_again(practice, item)
+            if patient_id is None:
+                return None
+            if TaskAudience(detail["audience"]) is TaskAudience.PROVIDER:  # the PDMP check time reaches providers
+                pdmp = (await self.dispatcher.read_flags(practice, patient_id)).value.pdmp_last_checked
+        task = TaskSpec(kind=kind, audience=TaskAudience(detail["audience"]), reason=TaskReason(detail["task_reason"]),
+                        call_id=item.call_id, practice_id=item.practice_id, patient_id=patient_id,
+                        pdmp_last_checked=pdmp)
+        return await self.dispatcher.create_task(practice, call_id=item.call_id, task=task, note=task_note(task))
+
+    async def _search_again(self, practice: Practice, item: ReviewItem) -> str | None:
+        command = await asyncio.to_thread(self.commands.read, item.source_partition, item.source_offset)
+        params = command.params if command is not None else {}
+        if not {"family_name", "given_name", "birth_date"} <= params.keys():
+            raise ReviewQueueError("the command record with the caller's identity is gone from the topic")
+        match = await self.dispatcher.search_patient(
+            practice, family=params["family_name"], given=params["given_name"],
+            birth_date=date.fromisoformat(params["birth_date"]), phone=params.get("callback_number"))
+        return match.patient.id if match.kind is MatchKind.UNIQUE else None
+
+    # -------------------------------------------------------------------------------- age alarm
+
+    async def check_staleness(self) -> None:
+        """Raise or clear REVIEW_QUEUE_STALE per practice, and refresh the gauges."""
+        now = self.clock()
+        items = self.store.open_items()
+        stale = core.stale_by_practice(items, now, self.options.stale_after)
+        transitions = self.alarms.update(stale)
+        for transition in transitions:
+            await self.outputs.alarm(Alarm(
+                alarm_id=transition.alarm_id, practice_id=transition.practice_id, kind=transition.kind,
+                state=transition.state, value=transition.value, threshold=transition.threshold,
+                window_start=now - self.options.stale_after, window_end=now, raised_at=now,
+                detail={"open_items": str(stale[transition.practice_id].count) if transition.practice_id in stale
+                        else "0"},
+            ))
+            log.warning("practice %s: REVIEW_QUEUE_STALE %s", transition.practice_id, transition.state.value)
+        watched = {item.practice_id for item in items if item.controlled_substance}
+        self.metrics.refresh(items, now, self.alarms.firing, watched)
+
+    # ---------------------------------------------------------------------------------- staff
+
+    async def resolve(self, item_id: str, by: str, note: str) -> ReviewItem:
+        """Staff closed an item; audited (who, never the note, which staff might fill with PHI)."""
+        item = core.resolve(self.store.get(item_id), by, note, self.clock())
+        await self.outputs.audit(AuditEvent(
+            event_id=uuid.uuid5(REPLY_NAMESPACE, f"review:{item.item_id}:resolved"), occurred_at=item.updated_at,
+            practice_id=item.practice_id, call_id=item.call_id, action=AuditAction.REVIEW_QUEUED,
+            outcome=AuditOutcome.SUCCESS, command=_command_kind(item.command),
+            detail={"queue": "review", "review_item": item.item_id, "resolution": "staff",
+                    "resolved_by": item.resolved_by or "", "kind": item.kind.value},
+        ))
+        self.store.put(item)
+        return item
+
+    # ---------------------------------------------------------------------------------- helpers
+
+    def _practice(self, practice_id: str) -> Practice | None:
+        try:
+            return self.tenants[practice_id]
+        except KeyError:
+            return None
+
+    def _delivery_audit(self, item: ReviewItem, written: Written, started: float) -> AuditEvent:
+        ref = f"{written.resource_type}/{written.resource_id}"
+        return AuditEvent(
+            event_id=uuid.uuid5(REPLY_NAMESPACE, f"review:{item.item_id}:delivered"), occurred_at=self.clock(),
+            practice_id=item.practice_id, call_id=item.call_id,
+            action=AuditAction.EMA_WRITE if written.route is CommandRoute.EMA else AuditAction.FHIR_WRITE,
+            outcome=AuditOutcome.SUCCESS, resource_type=written.resource_type, resource_ids=[written.resource_id],
+            ema_deep_link=written.deep_link if written.deep_link and _DEEP_LINK.fullmatch(written.deep_link) else None,
+            task_refs=[ref] if written.resource_type == "Task" else [], command=CommandKind.CREATE_TASK,
+            latency_ms=_ms(started),
+            detail={"queue": "review", "review_item": item.item_id, "attempt": str(item.attempts),
+                    "route": written.route.value, "kind": item.kind.value, "reason": item.reason.value},
+        )
+
+    def _attempt_audit(self, item: ReviewItem, error: str, started: float) -> AuditEvent:
+        return AuditEvent(
+            event_id=uuid.uuid5(REPLY_NAMESPACE, f"review:{item.item_id}:attempt:{item.attempts}"),
+            occurred_at=self.clock(), practice_id=item.practice_id, call_id=item.call_id,
+            action=AuditAction.FHIR_WRITE, outcome=AuditOutcome.FAILURE, resource_type="Task",
+            command=CommandKind.CREATE_TASK, error_class=error[:64], latency_ms=_ms(started),
+            detail={"queue": "review", "review_item": item.item_id, "attempt": str(item.attempts)},
+        )
+
+
+def _command_kind(value: str) -> CommandKind | None:
+    try:
+        return CommandKind(value)
+    except ValueError:
+        return None
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)
+
+
+# -------------------------------------------------------------------------------------- HTTP API
+
+_ERROR_STATUS: dict[type[ReviewQueueError], int] = {ItemNotFound: 404, ItemBusy: 409, ItemClosed: 409}
+
+
+def api_app(queue: ReviewQueue) -> web.Application:
+    """The staff CLI's API; listens on the loopback interface only (no authentication of its own)."""
+
+    async def list_items(request: web.Request) -> web.Response:
+        state = request.query.get("state")
+        try:
+            wanted = ItemState(state) if state else None
+            limit = min(int(request.query.get("limit", "500")), 5000)
+        except ValueError:
+            return web.json_response({"error": "state must be open, retrying, delivered or resolved"}, status=400)
+        items = queue.store.select_items(request.query.get("practice") or None, wanted, limit)
+        return web.json_response({"items": [item.to_json_dict() for item in items]})
+
+    async def show_item(request: web.Request) -> web.Response:
+        return web.json_response(queue.store.get(request.match_info["item_id"]).to_json_dict())
+
+    async def resolve_item(request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or not isinstance(body.get("by"), str) or not isinstance(body.get("note"), str):
+            return web.json_response({"error": "send JSON with 'by' and 'note'"}, status=400)
+        item = await queue.resolve(request.match_info["item_id"], body["by"], body["note"])
+        return web.json_response(item.to_json_dict())
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(queue.metrics.registry), content_type="text/plain", charset="utf-8")
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    @web.middleware
+    async def errors(request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
+        try:
+            return await handler(request)  # type: ignore[no-any-return]
+        except ReviewQueueError as exc:
+            return web.json_response({"error": str(exc)}, status=_ERROR_STATUS.get(type(exc), 400))
+
+    app = web.Application(middlewares=[errors])
+    app.add_routes([
+        web.get("/items", list_items), web.get("/items/{item_id}", show_item),
+        web.post("/items/{item_id}/resolve", resolve_item), web.get("/metrics", metrics), web.get("/healthz", healthz),
+    ])
+    return app
+
+
+async def serve(queue: ReviewQueue, stop: asyncio.Event) -> None:
+    """Run intake, retries and the age alarm every tick, and the API, until ``stop`` is set."""
+    runner = web.AppRunner(api_app(queue), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, queue.options.api_host, queue.options.api_port)
+    await site.start()
+    log.warning("review queue: API on %s:%d", queue.options.api_host, queue.options.api_port)
+    try:
+        while not stop.is_set():
+            await queue.intake()
+            queue.start_due()
+            await queue.check_staleness()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), queue.options.tick_s)
+        await queue.settle()
+    finally:
+        await runner.cleanup()
