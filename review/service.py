@@ -64,7 +64,7 @@ INTAKE_GROUP = "callstream-review-queue"
 DEFAULT_API_PORT = 19096
 DISPATCH_TIMEOUT_S = 30.0
 """Bound of one delivery (search, flags, Task); the attempt's lease (review.core.ATTEMPT_LEASE) is longer."""
-ARCHIVE_READ_TIMEOUT_S = 5.0
+ARCHIVE_READ_TIMEOUT_S = 15.0
 _DEEP_LINK = re.compile(EMA_DEEP_LINK_PATTERN)
 
 
@@ -118,18 +118,23 @@ class CommandLog:
                             asynchronous=False)
 
     def read(self, partition: int, offset: int) -> CommandMessage | None:
-        """The command at a position; None once retention removed it or it does not decode."""
+        """The command at a position; None once retention removed it or it does not decode.
+
+        Raises:
+            TimeoutError: the broker did not hand the record over in time (a later attempt reads again).
+        """
+        low, _ = self._reader.get_watermark_offsets(TopicPartition(COMMANDS, partition), timeout=ARCHIVE_READ_TIMEOUT_S)
+        if low > offset:
+            return None
         self._reader.assign([TopicPartition(COMMANDS, partition, offset)])
         deadline = time.monotonic() + ARCHIVE_READ_TIMEOUT_S
         while time.monotonic() < deadline:
             message = self._reader.poll(0.2)
             if message is None or message.error() is not None:
                 continue
-            if message.offset() == offset:
-                return self._decode(message.value())
-            if message.offset() > offset:
-                return None
-        return None
+            if message.offset() >= offset:
+                return self._decode(message.value()) if message.offset() == offset else None
+        raise TimeoutError("the command record was not read in time")
 
     def close(self) -> None:
         self._intake.close()
