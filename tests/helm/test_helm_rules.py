@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from guards.model import WRITE_COMMANDS
+from review.service import QueueMetrics
 from streams.metrics import Metrics
 
 CHART = Path(__file__).resolve().parents[2] / "helm" / "callstream"
@@ -46,11 +47,12 @@ def alert_names() -> set[str]:
 
 
 def exported_series_names() -> set[str]:
-    """Series names a worker's /metrics exposes, from the declared metric types."""
+    """Series names a worker's and the review queue's /metrics expose, from the declared metric types."""
     suffixes = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count")}
     return {
         family.name + suffix
-        for family in Metrics().registry.collect()
+        for registry in (Metrics().registry, QueueMetrics().registry)
+        for family in registry.collect()
         for suffix in suffixes[family.type]
     }
 
@@ -63,7 +65,7 @@ def dashboard_expressions() -> list[str]:
 def test_promtool_checks_the_rules_file() -> None:
     result = promtool("check", "rules", str(RULES))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 9 rules found" in result.stdout
+    assert "SUCCESS: 10 rules found" in result.stdout
 
 
 def test_promtool_unit_tests_pass() -> None:
