@@ -116,15 +116,23 @@ def bench_main(argv: list[str]) -> int:
 
 
 def tenants_main(argv: list[str]) -> int:
-    """`callstream tenants check FILE`: validate a directory before it is deployed."""
-    from callstream.tenants import load_tenant_directory
+    """`callstream tenants check FILE`: validate a directory before it is deployed, credential references
+    included (resolved where this runs, as the worker resolves them): one line per unresolvable one."""
+    from callstream.tenants import load_tenant_directory, unresolvable_credentials
 
     parser = argparse.ArgumentParser(prog="callstream tenants", description="Practice (tenant) directory tools.")
     parser.add_argument("action", choices=["check"])
     parser.add_argument("file", type=Path)
     parser.add_argument("--json", action="store_true", help="print the practices (no secrets) as JSON")
+    parser.add_argument("--skip-credentials", action="store_true",
+                        help="do not resolve the credential references (where the secrets are not mounted, e.g. CI)")
     options = parser.parse_args(argv)
     directory = load_tenant_directory(options.file)
+    problems = [] if options.skip_credentials else unresolvable_credentials(directory)
+    if problems:
+        for problem in problems:
+            print(f"callstream: error: {problem}", file=sys.stderr)
+        return 2
     if options.json:
         print(json.dumps([directory[pid].model_dump(mode="json") for pid in directory], indent=2))
     else:

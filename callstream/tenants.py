@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterator, Mapping
 from enum import StrEnum
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -77,6 +78,14 @@ class Credentials(_Frozen):
     key_id: str | None = None
 
 
+CREDENTIAL_FIELDS: Mapping[AuthMethod, tuple[str, ...]] = MappingProxyType({
+    AuthMethod.PASSWORD: ("username", "password"),
+    AuthMethod.CLIENT_CREDENTIALS: ("client_id", "client_secret"),
+    AuthMethod.PRIVATE_KEY_JWT: ("client_id", "private_key_pem"),
+})
+"""The fields each auth method's token grant cannot do without (connectors.auth builds its forms from them)."""
+
+
 class AuthConfig(_Frozen):
     method: AuthMethod
     credentials_ref: str = Field(description="env:VAR or file:/path holding a JSON Credentials object")
@@ -101,6 +110,8 @@ class AuthConfig(_Frozen):
                 raw = Path(target).read_text(encoding="utf-8")
             except OSError as exc:
                 raise TenantDirectoryError(f"credential reference {self.credentials_ref}: {exc.strerror}") from None
+            except UnicodeDecodeError:
+                raise TenantDirectoryError(f"credential reference {self.credentials_ref}: not UTF-8 text") from None
         try:
             return Credentials.model_validate_json(raw)
         except ValidationError:
@@ -108,6 +119,22 @@ class AuthConfig(_Frozen):
                 f"credential reference {self.credentials_ref}: not a JSON object of username/password/api_key/"
                 "client_id/client_secret/private_key_pem/key_id"
             ) from None
+
+    def usable_credentials(self) -> Credentials:
+        """``resolve()``, and the bundle has every field the method's grant needs: a reference that would
+        only fail at the practice's first call fails here (errors name the reference and the fields)."""
+        credentials = self.resolve()
+        missing = [name for name in CREDENTIAL_FIELDS[self.method] if not _filled(getattr(credentials, name))]
+        if missing:
+            raise TenantDirectoryError(
+                f"credential reference {self.credentials_ref}: lacks {', '.join(missing)} "
+                f"(needed by the {self.method.value} method)"
+            )
+        return credentials
+
+
+def _filled(value: SecretStr | str | None) -> bool:
+    return bool(value.get_secret_value() if isinstance(value, SecretStr) else value)
 
 
 class Capabilities(_Frozen):
@@ -269,6 +296,19 @@ class TenantDirectory(Mapping[str, Practice]):
     def resolve_called_number(self, called_number: str) -> Practice | None:
         """Tenant routing: the practice a caller dialled, or None for an unknown number."""
         return self._by_number.get(called_number)
+
+
+def unresolvable_credentials(directory: TenantDirectory) -> list[str]:
+    """One line per practice whose ``auth.credentials_ref`` does not resolve now (variable unset, file
+    missing or unreadable, or not credentials of the method's shape), naming the practice and the
+    reference, never the secret. `callstream tenants check` fails on any; the worker never reports ready."""
+    problems = []
+    for practice in directory.values():
+        try:
+            practice.auth.usable_credentials()
+        except TenantDirectoryError as exc:
+            problems.append(f"{directory.source}: practice {practice.practice_id}: {exc}")
+    return problems
 
 
 def parse_tenant_directory(data: Any, source: str) -> TenantDirectory:

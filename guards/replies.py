@@ -46,6 +46,8 @@ class ReplyTemplate(StrEnum):
     CHANGE_STAFF_WILL_CONFIRM = "CHANGE_STAFF_WILL_CONFIRM"
     INTAKE_LINK_SENT = "INTAKE_LINK_SENT"
     INTAKE_STAFF_WILL_SEND = "INTAKE_STAFF_WILL_SEND"
+    TRANSFER_TO_STAFF = "TRANSFER_TO_STAFF"
+    """The call could not be handled at all (its event was dead-lettered): a person takes over."""
 
     @property
     def text(self) -> str:
@@ -141,6 +143,10 @@ _TEXTS: dict[ReplyTemplate, str] = {
     ReplyTemplate.INTAKE_LINK_SENT: "I'm sending you a secure link to complete your intake forms before your visit.",
     ReplyTemplate.INTAKE_STAFF_WILL_SEND: (
         "I've noted your request, and our staff will send you a secure link to complete your intake forms."
+    ),
+    ReplyTemplate.TRANSFER_TO_STAFF: (
+        "I'm sorry, I'm not able to help with that over the phone. Please stay on the line while I transfer "
+        f"you to a member of our staff.{_EMERGENCY}"
     ),
 }
 

@@ -546,6 +546,17 @@ class DeadLetter(AvroModel):
     failed_at: UtcMillis
     attempts: Annotated[int, Field(ge=0, le=2**31 - 1)]
     practice_id: Identifier | None = None
+    value_size: Annotated[int, Field(ge=0, le=2**63 - 1)] | None = None
+    value_sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")] | None = None
+    value_truncated: bool = False
+
+    @model_validator(mode="after")
+    def _truncation_described(self) -> Self:
+        """A truncated value is only useful with the size and digest that identify the original."""
+        if self.value_truncated and (self.value_size is None or self.value_sha256 is None
+                                     or len(self.value) >= self.value_size):
+            raise ValueError("a truncated value needs value_size (larger than value) and value_sha256")
+        return self
 
 
 class AppointmentChange(AvroModel):

@@ -42,7 +42,7 @@ from faust.types import TP
 from mode.signals import BaseSignalT
 
 from callstream.settings import Settings
-from callstream.tenants import TenantDirectory
+from callstream.tenants import TenantDirectory, unresolvable_credentials
 from connectors.dispatch import DEFAULT_PRACTICE_CONCURRENCY, Dispatcher, EmaPort
 from connectors.fhir import ModMedClient
 from connectors.ledger import LedgerEntry, LedgerState, MappingLedger
@@ -274,6 +274,11 @@ class Pipeline:
         self.tenants = tenants
         self.options = options
         self.metrics = metrics or Metrics()
+        self.credential_problems = unresolvable_credentials(tenants)
+        """Credential references that did not resolve at start: the worker runs (other practices' calls go on)
+        but never reports ready, so a bad rollout stops here; fix the reference and restart."""
+        for problem in self.credential_problems:
+            log.error("not ready: %s", problem)
         partitions = topic_named(CALL_EVENTS).partitions
         Path(options.data_dir, "faust").mkdir(parents=True, exist_ok=True)
         self.app = PipelineFaustApp(
@@ -351,11 +356,13 @@ class Pipeline:
         task.add_done_callback(self._background.discard)
 
     def is_ready(self) -> bool:
-        """Readiness: resources open, partitions assigned and tables recovered.
+        """Readiness: every credential reference resolved at start, resources open, partitions assigned and
+        tables recovered.
 
         Called from the metrics server's thread, so it reads flags only: Faust's lazily built services
         (``app.tables.recovery``) must never be created here, outside the event loop they belong to."""
-        return self.runtime.ready.is_set() and self._recovered.is_set() and not self.app.rebalancing
+        return (not self.credential_problems and self.runtime.ready.is_set() and self._recovered.is_set()
+                and not self.app.rebalancing)
 
     async def _on_rebalance_complete(self, sender: Any, /, *_: Any, signal: BaseSignalT[Any], **__: Any) -> None:
         """Faust's signal: tables are recovered and streams resumed after an assignment. The partitions' end

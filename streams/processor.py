@@ -22,6 +22,7 @@ concurrently.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import re
 import time
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from callstream.tenants import Practice, TenantDirectory
 from connectors.dispatch import Dispatcher
@@ -40,7 +41,8 @@ from connectors.errors import ConflictError, InvalidResponseError
 from connectors.fhir import TOKEN_REQUEST_LABEL
 from connectors.operations import MatchKind
 from guards.model import Command
-from schemas.errors import SchemaError
+from guards.replies import ReplyTemplate, ReplyValues, render_reply
+from schemas.errors import SchemaError, SchemaRegistryError
 from schemas.models import (
     EMA_DEEP_LINK_PATTERN,
     UNRESOLVED_PRACTICE_ID,
@@ -52,6 +54,7 @@ from schemas.models import (
     CommandMessage,
     CommandRoute,
     DeadLetter,
+    Identifier,
     IntentRecognised,
     OfferedSlot,
     Reply,
@@ -94,7 +97,12 @@ DISPATCH_TIMEOUT_S = 30.0
 """Upper bound of one ModMed/EMA operation; past it the call is handed to staff (the caller hears so)."""
 MAX_DEAD_LETTER_VALUE_BYTES = 900 * 1024
 """Above this the original value cannot ride inside a dead letter (Kafka's 1 MiB message limit): the dead
-letter then names partition and offset, where the original stays for the topic's retention."""
+letter then keeps its size, SHA-256 and first DEAD_LETTER_HEAD_BYTES, and names partition and offset, where
+the original stays for the topic's retention."""
+DEAD_LETTER_HEAD_BYTES = 1024
+"""The first bytes of an oversized original a dead letter keeps: its framing, schema fingerprint and first fields."""
+DEAD_LETTER_REPLY = ReplyTemplate.TRANSFER_TO_STAFF
+"""What a caller hears when an event of their call is dead-lettered: a person takes over, nothing is promised."""
 SWEEP_CHUNK = 200
 """Stored call states read between two yields to the event loop during the TTL sweep."""
 MAX_WORK_STEPS = 32
@@ -473,37 +481,61 @@ class CallProcessor:
 
     async def _dead_letter(self, raw: RawEvent, reason: str, error_class: str, practice_id: str | None,
                            call_id: str | None, now: datetime) -> None:
-        """The original bytes to the dead-letter topic, and an audit record (never the content)."""
-        value = raw.value or b""
-        if len(value) > MAX_DEAD_LETTER_VALUE_BYTES:
-            reason = f"{reason[:380]} (original value of {len(value)} bytes left at its partition and offset)"
-            value = b""
-        letter = DeadLetter(
-            dead_letter_id=uuid.uuid4(),
-            source_topic=raw.topic,
-            source_partition=raw.partition,
-            source_offset=raw.offset,
-            key=raw.key,
-            value=value,
-            reason=reason[:500],
-            error_class=error_class,
-            failed_at=now,
-            attempts=1,
-            practice_id=practice_id,
-        )
+        """The original bytes to the dead-letter topic and an audit record (never the content).
+
+        A message that still names its call leaves no caller in silence: a hand-over to staff goes out
+        first (it is on the caller's clock) and is audited, under the call's practice when the stored call
+        state or the called number tells it (the reply then carries no practice). Every id derives from
+        the event or its offset, so a redelivery repeats them; the stored call state is read, never written.
+        """
+        readable = readable_call(raw, self._serde)
+        call_id = call_id or readable.call_id
+        event_id = readable.event_id if readable.call_id == call_id else None
+        state = self._stored_call(call_id)
+        if state is not None:  # the call's own practice, even when this event's number points elsewhere
+            practice_id = state.practice_id
+        elif practice_id is None and readable.called_number is not None:
+            practice = self.tenants.resolve_called_number(readable.called_number)
+            practice_id = practice.practice_id if practice is not None else None
+        caller_number = state.caller_number if state is not None else None
+        seed = dead_letter_seed(raw)
+        pending: list[Awaitable[None]] = []
+        handed_over = call_id is not None and (state is None or not state.ended)  # an ended call has no caller
+        if call_id is not None and handed_over:
+            in_reply_to = event_id or str(uuid.uuid5(callflow.REPLY_NAMESPACE, seed))
+            pending.append(self.outputs.reply(dead_letter_reply(call_id, in_reply_to, practice_id, now)))
+            told = AuditOut(action=AuditAction.REPLY_SENT, outcome=AuditOutcome.SUCCESS,
+                            detail={"template": DEAD_LETTER_REPLY.value, "cause": "dead_letter"})
+            record = audit_record(told, f"{seed}:reply", practice_id or UNRESOLVED_PRACTICE_ID, call_id,
+                                  caller_number, now)
+            pending.append(self.outputs.audit(record))
         audit = AuditEvent(
-            event_id=uuid.uuid5(callflow.REPLY_NAMESPACE, f"dead-letter:{raw.topic}:{raw.partition}:{raw.offset}"),
+            event_id=uuid.uuid5(callflow.REPLY_NAMESPACE, seed),
             occurred_at=now,
             practice_id=practice_id or UNRESOLVED_PRACTICE_ID,
             call_id=call_id,
+            caller_number=caller_number,
             action=AuditAction.DEAD_LETTER,
             outcome=AuditOutcome.FAILURE,
             error_class=error_class,
             detail={"topic": raw.topic},
         )
-        log.warning("dead-lettered %s[%d]@%d: %s", raw.topic, raw.partition, raw.offset, error_class)
+        pending += [self.outputs.dead_letter(dead_letter_record(raw, reason, error_class, practice_id, now)),
+                    self.outputs.audit(audit)]
+        log.warning("dead-lettered %s[%d]@%d: %s%s", raw.topic, raw.partition, raw.offset, error_class,
+                    "; the caller is handed to staff" if handed_over else "")
         self.metrics.record_dead_letter(DEAD_LETTER, error_class)
-        await asyncio.gather(self.outputs.dead_letter(letter), self.outputs.audit(audit))
+        await asyncio.gather(*pending)
+
+    def _stored_call(self, call_id: str | None) -> CallState | None:
+        """The stored state of the call a dead-lettered message names, if there is a readable one."""
+        stored = None if call_id is None else self.states.get(call_id)
+        if stored is None:
+            return None
+        try:
+            return stored_state(stored)
+        except ValidationError:
+            return None
 
 
 # --------------------------------------------------------------------------------------- records
@@ -552,6 +584,97 @@ def audit_record(audit: AuditOut, id_seed: str, practice_id: str, call_id: str, 
         error_class=audit.error_class,
         latency_ms=audit.latency_ms,
         detail=dict(audit.detail),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ReadableCall:
+    """What a message that could not be processed still tells about its call (None: unreadable)."""
+
+    call_id: str | None
+    event_id: str | None = None
+    called_number: str | None = field(default=None, repr=False)
+
+
+_IDENTIFIER: TypeAdapter[str] = TypeAdapter(Identifier)
+
+
+def readable_call(raw: RawEvent, serde: AvroSerde) -> ReadableCall:
+    """The call a dead-lettered call event belongs to, as far as it can be read.
+
+    When the value still decodes as Avro (the event broke a rule of the model, or the call flow refused
+    it), its own call_id, event_id and called_number; otherwise the message key, which is the call id by
+    contract. Only a value that passes the id rules counts, so nothing hostile reaches a reply or an audit
+    record. Dead letters are rare: decoding again here costs the normal path nothing."""
+    record: Mapping[str, Any] = {}
+    if raw.value:
+        try:
+            record = serde.decode(raw.value)
+        except (SchemaError, SchemaRegistryError):
+            pass
+    from_value = _valid_identifier(record.get("call_id"))
+    if from_value is None:
+        key = raw.key.decode("utf-8", "replace") if raw.key is not None else None
+        return ReadableCall(_valid_identifier(key))
+    try:
+        event_id: str | None = str(uuid.UUID(str(record.get("event_id"))))
+    except ValueError:
+        event_id = None
+    called_number = record.get("called_number")
+    return ReadableCall(from_value, event_id, called_number if isinstance(called_number, str) else None)
+
+
+def _valid_identifier(value: Any) -> str | None:
+    try:
+        return _IDENTIFIER.validate_python(value, strict=True)
+    except ValidationError:
+        return None
+
+
+def dead_letter_record(raw: RawEvent, reason: str, error_class: str, practice_id: str | None,
+                       now: datetime) -> DeadLetter:
+    """The original bytes with a PHI-free reason; an original over the broker's limit is kept as its size,
+    SHA-256 and first bytes (the rest stays at its partition and offset). Its id derives from the offset."""
+    value = raw.value or b""
+    truncated = len(value) > MAX_DEAD_LETTER_VALUE_BYTES
+    if truncated:
+        reason = (f"{reason[:360]} (original value of {len(value)} bytes: its first {DEAD_LETTER_HEAD_BYTES} "
+                  "kept, the whole left at its partition and offset)")
+    return DeadLetter(
+        dead_letter_id=uuid.uuid5(callflow.REPLY_NAMESPACE, f"{dead_letter_seed(raw)}:letter"),
+        source_topic=raw.topic,
+        source_partition=raw.partition,
+        source_offset=raw.offset,
+        key=raw.key,
+        value=value[:DEAD_LETTER_HEAD_BYTES] if truncated else value,
+        reason=reason[:500],
+        error_class=error_class,
+        failed_at=now,
+        attempts=1,
+        practice_id=practice_id,
+        value_size=len(value),
+        value_sha256=hashlib.sha256(value).hexdigest(),
+        value_truncated=truncated,
+    )
+
+
+def dead_letter_seed(raw: RawEvent) -> str:
+    """What the ids of a dead letter and its records derive from: the message's place, the same on redelivery."""
+    return f"dead-letter:{raw.topic}:{raw.partition}:{raw.offset}"
+
+
+def dead_letter_reply(call_id: str, in_reply_to: str, practice_id: str | None, now: datetime) -> Reply:
+    """The hand-over to staff for a dead-lettered event; its id derives from the event it answers (or, for an
+    event whose id is unreadable, from its offset), apart from the ids of the call flow's own replies."""
+    return Reply(
+        reply_id=uuid.uuid5(callflow.REPLY_NAMESPACE, f"{in_reply_to}:dead-letter-reply"),
+        call_id=call_id,
+        in_reply_to=uuid.UUID(in_reply_to),
+        practice_id=practice_id,
+        template=DEAD_LETTER_REPLY.value,
+        text=render_reply(DEAD_LETTER_REPLY, ReplyValues()),
+        escalated=False,
+        created_at=now,
     )
 
 

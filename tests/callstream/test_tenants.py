@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,17 @@ import pytest
 import yaml
 
 from callstream.errors import TenantDirectoryError
-from callstream.tenants import ApiTrack, AuthMethod, GoLivePhase, load_tenant_directory, parse_tenant_directory
+from callstream.tenants import (
+    CREDENTIAL_FIELDS,
+    ApiTrack,
+    AuthMethod,
+    Credentials,
+    GoLivePhase,
+    Practice,
+    load_tenant_directory,
+    parse_tenant_directory,
+    unresolvable_credentials,
+)
 
 
 def practice(practice_id: str = "desert-spine", **changes: object) -> dict[str, object]:
@@ -139,3 +150,108 @@ def test_siem_url_and_credentials_stay_out_of_reprs() -> None:
         siem={"url": "https://siem.example.com/hook?token=abc123", "secret_ref": "env:SIEM"})]}, "t.yaml")["desert-spine"]
     assert entry.siem is not None and entry.siem.url.endswith("abc123")
     assert "abc123" not in repr(entry) and "abc123" not in str(entry)
+
+
+# ------------------------------------------------------------------------ credential references resolve
+
+SECRET = "s3cret-never-shown"
+
+
+def credentials_file(tmp_path: Path, name: str, content: str | bytes) -> str:
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return f"file:{path}"
+
+
+def unresolvable_cases(tmp_path: Path) -> list[tuple[str, str, str]]:
+    """(method, credentials_ref, what the line says) of references a worker could not use."""
+    return [
+        ("password", "env:CALLSTREAM_TEST_NEVER_SET", "variable is not set"),
+        ("password", f"file:{tmp_path / 'absent.json'}", "No such file or directory"),
+        ("password", f"file:{tmp_path}", "Is a directory"),
+        ("password", credentials_file(tmp_path, "latin1.json", b"\xff\xfe" + SECRET.encode()), "not UTF-8 text"),
+        ("password", credentials_file(tmp_path, "text.json", f"password={SECRET}"), "not a JSON object"),
+        ("password", credentials_file(tmp_path, "extra.json", json.dumps({"token": SECRET})), "not a JSON object"),
+        ("password", credentials_file(tmp_path, "nopw.json", json.dumps({"username": "svc", "password": ""})),
+         "lacks password (needed by the password method)"),
+        ("client_credentials", credentials_file(tmp_path, "pw.json", json.dumps({"username": "svc", "password": SECRET})),
+         "lacks client_id, client_secret (needed by the client_credentials method)"),
+        ("private_key_jwt", credentials_file(tmp_path, "cc.json", json.dumps({"client_id": "c", "client_secret": SECRET})),
+         "lacks private_key_pem (needed by the private_key_jwt method)"),
+    ]
+
+
+def test_every_unresolvable_credential_reference_is_one_line_naming_practice_and_reference(tmp_path: Path) -> None:
+    cases = unresolvable_cases(tmp_path)
+    good = credentials_file(tmp_path, "good.json", json.dumps({"username": "svc", "password": SECRET}))
+    entries = [practice("good-clinic", firm_url_prefix="good", auth={"method": "password", "credentials_ref": good})]
+    for index, (method, ref, _) in enumerate(cases):
+        entries.append(practice(f"clinic-{index}", firm_url_prefix=f"c{index}", called_numbers=[f"+1555555{index:04d}"],
+                                auth={"method": method, "credentials_ref": ref}))
+    directory = parse_tenant_directory({"practices": entries}, "t.yaml")
+    problems = unresolvable_credentials(directory)
+    assert len(problems) == len(cases)
+    for index, (line, (_, ref, says)) in enumerate(zip(problems, cases, strict=True)):
+        assert line.startswith(f"t.yaml: practice clinic-{index}: credential reference {ref}: "), line
+        assert says in line and "\n" not in line and SECRET not in line
+
+
+def test_a_resolvable_reference_passes_and_yields_the_methods_credentials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CRED_DESERT", json.dumps({"username": "svc", "password": SECRET, "api_key": "k"}))
+    directory = parse_tenant_directory({"practices": [practice()]}, "t.yaml")
+    assert unresolvable_credentials(directory) == []
+    password = directory["desert-spine"].auth.usable_credentials().password
+    assert password is not None and password.get_secret_value() == SECRET
+
+
+@pytest.mark.parametrize("method", list(AuthMethod))
+def test_the_fields_the_check_asks_for_are_those_the_token_grant_needs(method: AuthMethod) -> None:
+    """The check runs where the grant does not (CLI, worker start); both must want the same fields."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from connectors.auth import grant_for
+    from connectors.errors import AuthError
+
+    pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    values = {"username": "svc", "password": SECRET, "client_id": "cid", "client_secret": SECRET,
+              "private_key_pem": pem}
+    entry = Practice.model_validate(practice(auth={"method": method.value, "credentials_ref": "env:X"}))
+    needed = CREDENTIAL_FIELDS[method]
+    assert grant_for(entry, Credentials.model_validate({k: values[k] for k in needed})).grant_form("https://t.example")
+    for left_out in needed:
+        partial = Credentials.model_validate({k: values[k] for k in needed if k != left_out})
+        with pytest.raises(AuthError):
+            grant_for(entry, partial).grant_form("https://t.example")
+
+
+def test_cli_check_fails_on_unresolvable_references_one_line_each(tmp_path: Path) -> None:
+    good = credentials_file(tmp_path, "good.json", json.dumps({"username": "svc", "password": SECRET}))
+    bad = credentials_file(tmp_path, "bad.json", f"not json {SECRET}")
+    path = write_yaml(tmp_path, [
+        practice(auth={"method": "password", "credentials_ref": good}),
+        practice("broken-clinic", firm_url_prefix="b", called_numbers=["+15555550123"],
+                 auth={"method": "password", "credentials_ref": bad}),
+        practice("unset-clinic", firm_url_prefix="u", called_numbers=["+15555550124"],
+                 auth={"method": "client_credentials", "credentials_ref": "env:CALLSTREAM_TEST_NEVER_SET"}),
+    ])
+
+    def check(*extra: str) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if k != "CALLSTREAM_TEST_NEVER_SET"}
+        return subprocess.run([sys.executable, "-m", "callstream.cli", "tenants", "check", str(path), *extra],
+                              capture_output=True, text=True, timeout=60, env=env)
+
+    failed = check()
+    assert failed.returncode == 2 and failed.stdout == ""
+    assert failed.stderr.splitlines() == [
+        f"callstream: error: {path}: practice broken-clinic: credential reference {bad}: not a JSON object of "
+        "username/password/api_key/client_id/client_secret/private_key_pem/key_id",
+        f"callstream: error: {path}: practice unset-clinic: credential reference env:CALLSTREAM_TEST_NEVER_SET: "
+        "variable is not set",
+    ]
+    assert SECRET not in failed.stderr
+    skipped = check("--skip-credentials")
+    assert skipped.returncode == 0 and skipped.stdout.strip() == f"{path}: 3 practices valid"

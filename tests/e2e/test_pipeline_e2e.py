@@ -25,7 +25,8 @@ from connectors.ledger import idempotency_key
 from connectors.vocabulary import CALL_REFERENCE_SYSTEM
 from guards.model import Command
 from schemas.models import Alarm, AuditAction, AuditEvent, AuditOutcome, DeadLetter, Reply
-from schemas.topics import ALARMS, AUDIT, DEAD_LETTER
+from schemas.serde import AvroSerde
+from schemas.topics import ALARMS, AUDIT, CALL_EVENTS, DEAD_LETTER
 from streams.cast import Caller, PracticeCast, Script, booking, controlled_visit, refill
 from streams.telephony import Telephony
 from tests.fixtures.pipeline import AlertReceiver, TopicReader, WorkerProcess
@@ -240,8 +241,44 @@ async def test_malformed_and_unknown_events_are_dead_lettered_and_later_calls_ke
         records = audit.wait_for(lambda rs: len([r for r in rs if r is not None and r.action is AuditAction.DEAD_LETTER
                                                  and r.call_id == stranger.call_id]) >= 2)
         stranger_audit = [r for r in records if r is not None and r.call_id == stranger.call_id]
-        assert stranger_audit and all(r.practice_id == "unresolved" and r.action is AuditAction.DEAD_LETTER
-                                      for r in stranger_audit)
+        assert stranger_audit and all(r.practice_id == "unresolved" for r in stranger_audit)
+        assert {r.action for r in stranger_audit} <= {AuditAction.DEAD_LETTER, AuditAction.REPLY_SENT}
+    finally:
+        dead.close()
+
+
+async def test_a_malformed_event_of_a_call_in_progress_still_gets_its_caller_a_reply(
+    pipeline_broker: str, telephony: Telephony, audit: TopicReader, pipeline_cast: dict[str, PracticeCast],
+) -> None:
+    """The event's Avro decodes but breaks the model (its call id is readable): the worker dead-letters it
+    with its bytes, hands the caller to staff and audits both under the call's practice."""
+    dead = TopicReader(pipeline_broker, DEAD_LETTER, DeadLetter)
+    try:
+        cast = pipeline_cast["pain-1002"]
+        script = Script(cast.called_number).started().intent("GENERAL_QUESTION")
+        started, intent = script.events
+        record = intent.to_avro()
+        name, fields = record["payload"]
+        record["payload"] = (name, {**fields, "confidence": 7.0})  # outside 0..1: refused by the model
+        malformed = AvroSerde.for_topic(CALL_EVENTS).encode(record)
+        telephony.publish(started)
+        telephony.publish_raw(script.call_id.encode(), malformed)
+        telephony.flush()
+        replies = await asyncio.to_thread(telephony.replies_for, [script.call_id],
+                                          until=lambda found: len(found) >= 1, timeout_s=45)
+        [reply] = replies
+        assert reply.template == "TRANSFER_TO_STAFF" and reply.in_reply_to == intent.event_id
+        assert reply.practice_id == "pain-1002" and not reply.escalated and reply.offered_slots == []
+        assert not any(promise in reply.text for promise in PROMISES)
+
+        letters = dead.wait_for(lambda rs: any(r is not None and r.key == script.call_id.encode() for r in rs))
+        [letter] = [r for r in letters if r is not None and r.key == script.call_id.encode()]
+        assert letter.value == malformed and letter.error_class == "SchemaError" and letter.practice_id == "pain-1002"
+        records = audit.wait_for(lambda rs: {AuditAction.DEAD_LETTER, AuditAction.REPLY_SENT}
+                                 <= {r.action for r in rs if r is not None and r.call_id == script.call_id})
+        mine = [r for r in records if r is not None and r.call_id == script.call_id]
+        assert {r.practice_id for r in mine} == {"pain-1002"}
+        assert [r.detail.get("template") for r in mine if r.action is AuditAction.REPLY_SENT] == ["TRANSFER_TO_STAFF"]
     finally:
         dead.close()
 

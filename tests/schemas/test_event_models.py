@@ -363,6 +363,30 @@ def test_other_models_enforce_their_invariants() -> None:
         )
 
 
+def test_a_truncated_dead_letter_value_carries_what_identifies_the_original() -> None:
+    letter = {
+        "dead_letter_id": uuid.uuid4(),
+        "source_topic": "callstream.call-events.v1",
+        "source_partition": 3,
+        "source_offset": 41,
+        "key": b"call-1",
+        "value": b"\xc3\x01head",
+        "reason": "CallEvent message of 2000000 bytes exceeds the 1048576-byte limit",
+        "error_class": "SchemaError",
+        "failed_at": datetime(2026, 3, 2, tzinfo=UTC),
+        "attempts": 1,
+    }
+    older = models.DeadLetter.from_avro(letter)  # as written before the size, digest and truncation fields
+    assert older.value_size is None and older.value_sha256 is None and not older.value_truncated
+    truncated = {**letter, "value_size": 2_000_000, "value_sha256": "ab" * 32, "value_truncated": True}
+    assert models.DeadLetter.from_avro(truncated).value_truncated
+    for missing in ({"value_size": None}, {"value_sha256": None}, {"value_size": 6}):
+        with pytest.raises(SchemaError, match="truncated value needs"):
+            models.DeadLetter.from_avro({**truncated, **missing})
+    with pytest.raises(SchemaError, match="value_sha256"):
+        models.DeadLetter.from_avro({**truncated, "value_sha256": "AB" * 32})
+
+
 @pytest.mark.parametrize(
     ("link", "accepted"),
     [
