@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("streams.cli:replay_main", "publish scripted calls (JSONL) as the telephony side would"),
     "audit": ("sinks.cli:audit_main", "the per-call audit record from ClickHouse (`audit call CALL_ID`)"),
     "sinks": ("sinks.cli:sinks_main", "run the audit sinks: ClickHouse store and per-practice SIEM firehose"),
+    "siem": ("sinks.redeliver:main", "SIEM firehose operations: `siem redeliver --practice P` re-sends dead letters"),
     "queue": ("review.cli:main", "the review queue: `queue run` (intake, retries, age alarm), `list`, `show`, `resolve`"),
     "ema": ("connectors.ema.cli:main", "EMA automation: lockout status and operator unlock"),
     "demo": ("streams.cli:demo_main", "run a morning of calls end to end on the embedded stack (what `make demo` runs)"),

@@ -9,12 +9,19 @@ Guarantees, and how:
   dead-lettered) one after another in topic order. Chains of different practices run
   concurrently, so a slow or dead endpoint delays only its own practice.
 - **Nothing lost.** An offset is committed only when every event up to it is delivered,
-  dead-lettered to `callstream.siem-dead-letter.v1`, or has no endpoint to go to. Redelivery
+  dead-lettered to `callstream.siem-dead-letter.v1`, owed by a parked practice whose backlog
+  record the log has acknowledged, or has no endpoint to go to. Redelivery
   after a crash is safe: the webhook-id is the audit event id, receivers de-duplicate on it.
-- **Retries.** Exponential backoff with jitter (honouring Retry-After) up to a retry budget, then
-  the dead-letter topic. After one event exhausts the budget the practice is "degraded": its next
-  events get a single attempt each until one succeeds, so a dead endpoint costs one budget, not
-  one per event.
+- **Retries, then parking.** A few attempts seconds apart (exponential backoff with jitter,
+  honouring Retry-After). If the event still fails, its practice is *parked* (sinks.backlog): a
+  record on the state topic says from which offset of its partition the practice is owed events,
+  the offsets move on, and a per-practice task re-reads the practice's events from the audit topic
+  and retries the oldest after 30 s, 5 min, 30 min, 2 h, 5 h, then every 10 h. Other practices on
+  the same partitions never wait for it, and a restarted or rebalanced firehose resumes it from the
+  state topic. Once caught up with the live consumer, the practice is delivered live again.
+- **Dead letters.** Only when a practice's endpoint has failed without a break for longer than
+  the horizon (default 72 h) is its backlog dead-lettered to `callstream.siem-dead-letter.v1`;
+  `callstream siem redeliver` re-sends from there with the same webhook-id.
 - **410 Gone** disables the practice's endpoint for the life of the process: its events are
   dead-lettered without a request until the tenant directory is fixed and the sink restarted.
 - **Backpressure.** When too many events await delivery the consumer pauses its partitions.
@@ -31,7 +38,8 @@ import random
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Protocol
 
@@ -39,11 +47,14 @@ import httpx
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from callstream import __version__
+from callstream.devstack import ensure_topics
 from callstream.errors import ServiceUnavailableError
 from callstream.tenants import SiemFormat, TenantDirectory
 from schemas.errors import SchemaError, SchemaRegistryError
-from schemas.models import UNRESOLVED_PRACTICE_ID
+from schemas.models import UNRESOLVED_PRACTICE_ID, AuditEvent
 from schemas.topics import AUDIT, SIEM_DEAD_LETTER
+from sinks.backlog import Backlog, Clock, DeliverySchedule, SystemClock
+from sinks.backlog_io import BacklogStore, PartitionReader, state_topic_for
 from sinks.formats import render_body
 from sinks.kafka_io import (
     AuditDecoder,
@@ -64,7 +75,9 @@ USER_AGENT = f"callstream-siem/{__version__}"
 MAX_RESPONSE_BYTES = 64 * 1024
 MAX_MESSAGES_PER_TURN = 500
 """Messages routed before the loop yields to the delivery chains."""
-DEFAULT_SIEM_BACKOFF = Backoff(base_s=0.5, cap_s=60.0)
+DEFAULT_SIEM_BACKOFF = Backoff(base_s=1.0, cap_s=8.0)
+PERSIST_INTERVAL_S = 1.0
+"""How often a draining backlog's progress is written (a stale one only re-sends duplicates)."""
 
 
 class SiemOutcome(StrEnum):
@@ -107,9 +120,10 @@ class DeliveryTally:
 
 @dataclass(frozen=True, slots=True)
 class SiemPolicy:
-    """Retry budget, timeouts and limits of the firehose."""
+    """Live attempts before parking, the parked schedule, timeouts and limits of the firehose."""
 
-    max_attempts: int = 8
+    max_attempts: int = 4
+    schedule: DeliverySchedule = DeliverySchedule()
     backoff: Backoff = DEFAULT_SIEM_BACKOFF
     request_timeout_s: float = 10.0
     max_pending: int = 10_000
@@ -140,6 +154,37 @@ class Undeliverable:
     error_class: str
     dead_letter: bool
     outcome: SiemOutcome | None = None
+
+
+async def post_signed(transport: httpx.AsyncHTTPTransport, endpoint: Endpoint, event_id: str, body: bytes,
+                      timeout: dict[str, float | None]) -> tuple[int | None, float | None, float, str]:
+    """One signed attempt (webhook-id = the audit event id, a fresh timestamp and signature):
+    (status or None, Retry-After seconds, request seconds, failure label).
+
+    Through a transport, not an AsyncClient: the client logs every request URL at INFO, and SIEM URLs
+    carry tokens. A transport never logs a URL and never follows a redirect.
+    """
+    headers = {
+        **signature_headers(endpoint.secret, event_id, body),
+        "content-type": "application/json",
+        "user-agent": USER_AGENT,
+    }
+    started = time.monotonic()
+    try:
+        request = httpx.Request("POST", endpoint.url, content=body, headers=headers, extensions={"timeout": timeout})
+        response = await transport.handle_async_request(request)
+        try:
+            received = 0
+            async for chunk in response.aiter_raw():
+                received += len(chunk)
+                if received > MAX_RESPONSE_BYTES:
+                    break
+        finally:
+            await response.aclose()
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        return None, None, time.monotonic() - started, type(exc).__name__
+    status = response.status_code
+    return status, retry_after_seconds(response.headers.get("retry-after")), time.monotonic() - started, f"HTTP {status}"
 
 
 class EndpointDirectory:
@@ -241,6 +286,20 @@ class OffsetTracker:
 
 
 @dataclass
+class _Parked:
+    """A parked practice in this process: its backlog, read-ahead buffer and the task draining it."""
+
+    backlog: Backlog
+    scan_from: int
+    """Next offset of the partition to read; every message below it is buffered or settled."""
+    active: bool = False
+    """False until the log acknowledged the backlog record: until then its events stay tracked."""
+    buffer: deque[Message] = field(default_factory=deque)
+    task: asyncio.Task[None] | None = None
+    persisted_at: float = 0.0
+
+
+@dataclass
 class _Chain:
     """One practice's queue and the task draining it."""
 
@@ -265,6 +324,8 @@ class SiemFirehose:
         decoder: AuditDecoder | None = None,
         session_timeout_ms: int = 6000,
         rng: random.Random | None = None,
+        clock: Clock | None = None,
+        backlog_topic: str | None = None,
     ) -> None:
         self.topic = topic
         self.dead_letter_topic = dead_letter_topic
@@ -273,13 +334,23 @@ class SiemFirehose:
         self.metrics: SiemMetrics = metrics or DeliveryTally()
         self._decoder = decoder or AuditDecoder()
         self._rng = rng or random.Random()
+        self.clock: Clock = clock or SystemClock()
+        self._bootstrap = bootstrap
         kafka_logger = logging.getLogger("sinks.kafka")
         self._consumer = Consumer({**consumer_config(bootstrap, group_id, session_timeout_ms), "logger": kafka_logger,
                                    "on_commit": self._on_commit})
-        self._dead_letters = DeadLetterWriter(Producer({**producer_config(bootstrap), "logger": kafka_logger}))
+        producer = Producer({**producer_config(bootstrap), "logger": kafka_logger})
+        self._dead_letters = DeadLetterWriter(producer)
+        self.backlog_store = BacklogStore(bootstrap, backlog_topic or state_topic_for(group_id), producer)
+        self._reader = PartitionReader(bootstrap, topic, group_id)
+        self._reader_lock = asyncio.Lock()
         self._tracker = OffsetTracker()
         self._chains: dict[str, _Chain] = {}
-        self._degraded: set[str] = set()
+        self._parked: dict[str, _Parked] = {}
+        self._positions: dict[int, int] = {}
+        """Per partition, the next offset the group consumer routes: where a parked practice rejoins it."""
+        self._skip_below: dict[str, tuple[int, int]] = {}
+        """Practice → (partition, offset): events below it were already settled by its backlog task."""
         self._paused = False
         self._transport: httpx.AsyncHTTPTransport | None = None
         self._timeout = httpx.Timeout(policy.request_timeout_s, pool=None).as_dict()
@@ -293,8 +364,7 @@ class SiemFirehose:
 
     async def _run(self, stop: threading.Event) -> None:
         limits = httpx.Limits(max_connections=self.policy.max_connections, max_keepalive_connections=self.policy.max_connections)
-        # The transport, not an AsyncClient: the client logs every request URL at INFO, and SIEM URLs
-        # carry tokens. A transport never logs a URL and never follows a redirect.
+        ensure_topics(self._bootstrap, [(self.backlog_store.topic, 1)])
         async with httpx.AsyncHTTPTransport(limits=limits) as transport:
             self._transport = transport
             self._consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
@@ -306,6 +376,7 @@ class SiemFirehose:
                 await self._drain()
                 self._commit(synchronous=True)
                 self._consumer.close()
+                self._reader.close()
                 self._dead_letters.flush(5.0)
                 logger.info("SIEM firehose stopped: %s", self._summary())
 
@@ -357,6 +428,7 @@ class SiemFirehose:
             event = self._decoder.decode(message.value())
         except SchemaError as exc:
             self._tracker.start(partition, offset)
+            self._positions[partition] = offset + 1
             self._spawn_dead_letter(message, None, f"not a valid audit event: {exc}", type(exc).__name__, 0)
             return True
         except SchemaRegistryError as exc:
@@ -364,16 +436,33 @@ class SiemFirehose:
             self._consumer.seek(TopicPartition(self.topic, partition, offset))
             return False
         self._tracker.start(partition, offset)
+        self._positions[partition] = offset + 1
         key = message.key()
         if key is not None and key != event.practice_id.encode():
             self._spawn_dead_letter(message, event.practice_id, "message key does not match the event's practice_id",
                                     "PracticeKeyMismatch", 0)
+            return True
+        if self._owed_elsewhere(event.practice_id, partition, offset):
+            self._tracker.finish(partition, offset)
             return True
         chain = self._chains.setdefault(event.practice_id, _Chain())
         chain.queue.append(Delivery(message, partition, offset, event.practice_id, audit_record(event)))
         if chain.task is None or chain.task.done():
             chain.task = asyncio.get_running_loop().create_task(self._drain_chain(event.practice_id, chain))
         return True
+
+    def _owed_elsewhere(self, practice_id: str, partition: int, offset: int) -> bool:
+        """The practice is parked (its backlog task owes this event) or its backlog task already settled it."""
+        parked = self._parked.get(practice_id)
+        if parked is not None and parked.active:
+            parked.backlog = replace(parked.backlog, pending=parked.backlog.pending + 1)
+            return True
+        skip = self._skip_below.get(practice_id)
+        if skip is not None:
+            if skip[0] == partition and offset < skip[1]:
+                return True
+            del self._skip_below[practice_id]
+        return False
 
     async def _drain_chain(self, practice_id: str, chain: _Chain) -> None:
         """Deliver one practice's events strictly one after another."""
@@ -400,12 +489,11 @@ class SiemFirehose:
                 await self._write_dead_letter(delivery.message, delivery.practice_id, target.reason, target.error_class, 0)
             return
         body = render_body(delivery.record, target.body_format)
-        max_attempts = 1 if delivery.practice_id in self._degraded else self.policy.max_attempts
-        last_failure = "no attempt"
-        for attempt in range(1, max_attempts + 1):
+        first_failure_at: float | None = None
+        retry_after_s: float | None = None
+        for attempt in range(1, self.policy.max_attempts + 1):
             status, retry_after_s, seconds, last_failure = await self._post(target, delivery.record.event_id, body)
             if status is not None and 200 <= status < 300:
-                self._degraded.discard(delivery.practice_id)
                 self._record(delivery.practice_id, SiemOutcome.DELIVERED, seconds)
                 return
             if status == 410:
@@ -415,49 +503,170 @@ class SiemFirehose:
                                               "endpoint answered 410 Gone; practice endpoint disabled",
                                               "EndpointGone", attempt)
                 return
-            if attempt < max_attempts:
-                self._record(delivery.practice_id, SiemOutcome.RETRIED, seconds)
+            first_failure_at = first_failure_at if first_failure_at is not None else self.clock.now()
+            self._record(delivery.practice_id, SiemOutcome.RETRIED, seconds)
+            if attempt < self.policy.max_attempts:
                 delay = self.policy.backoff.delay(attempt - 1, self._rng)
-                await asyncio.sleep(min(max(delay, retry_after_s or 0.0), self.policy.backoff.cap_s))
-        self._degraded.add(delivery.practice_id)
-        self._record(delivery.practice_id, SiemOutcome.FAILED)
-        logger.warning("SIEM delivery of event %s to practice %s failed after %d attempts (%s); dead-lettered",
-                       delivery.record.event_id, delivery.practice_id, max_attempts, last_failure)
-        await self._write_dead_letter(delivery.message, delivery.practice_id,
-                                      f"retry budget of {max_attempts} attempts exhausted (last: {last_failure})",
-                                      "RetryBudgetExhausted", max_attempts)
+                await self.clock.sleep(min(max(delay, retry_after_s or 0.0), self.policy.backoff.cap_s))
+        assert first_failure_at is not None
+        logger.warning("SIEM delivery of event %s to practice %s failed %d times (last: %s); parking the practice",
+                       delivery.record.event_id, delivery.practice_id, self.policy.max_attempts, last_failure)
+        await self._park(delivery, first_failure_at, retry_after_s)
+
+    async def _park(self, delivery: Delivery, failed_since: float, retry_after_s: float | None) -> None:
+        """Hand the practice's events from `delivery` on to a backlog task, once the log has its record.
+
+        Until the record is acknowledged the practice's queued events stay tracked, so no commit can
+        pass an event that nothing durable owes.
+        """
+        practice_id = delivery.practice_id
+        chain = self._chains[practice_id]
+        backlog = Backlog.park(practice_id, delivery.partition, delivery.offset, failed_since, self.clock.now(),
+                               self.policy.schedule, pending=1 + len(chain.queue), retry_after_s=retry_after_s)
+        parked = _Parked(backlog, scan_from=delivery.offset)
+        self._parked[practice_id] = parked
+        await self._persist_acknowledged(parked)
+        if self._parked.get(practice_id) is not parked:
+            return  # the partition was revoked meanwhile; its next owner reads the record
+        parked.backlog = replace(parked.backlog, pending=1 + len(chain.queue))
+        while chain.queue:
+            queued = chain.queue.popleft()
+            self._tracker.finish(queued.partition, queued.offset)
+        parked.active = True
+        parked.task = asyncio.get_running_loop().create_task(self._drain_backlog(parked))
+        logger.warning("SIEM practice %s parked from partition %d offset %d (%d events owed); next attempt in %.0f s",
+                       practice_id, backlog.partition, backlog.resume_offset, parked.backlog.pending,
+                       backlog.next_attempt_at - self.clock.now())
+
+    async def _persist_acknowledged(self, parked: _Parked) -> None:
+        """Write the backlog record and wait until the log has it, retrying a refusal."""
+        await self._until_acknowledged(lambda settle: self.backlog_store.write(parked.backlog, settle),
+                                       f"backlog record of SIEM practice {parked.backlog.practice_id}")
+        parked.persisted_at = time.monotonic()
+
+    def _persist(self, parked: _Parked, *, now: bool = False) -> None:
+        """Write a parked practice's progress, at most once a second unless `now`."""
+        if now or time.monotonic() - parked.persisted_at >= PERSIST_INTERVAL_S:
+            try:
+                self.backlog_store.write(parked.backlog)
+                parked.persisted_at = time.monotonic()
+            except (KafkaException, BufferError) as exc:
+                logger.warning("backlog record of SIEM practice %s not written (%s); the last one stands",
+                               parked.backlog.practice_id, type(exc).__name__)
+
+    async def _drain_backlog(self, parked: _Parked) -> None:
+        """Deliver a parked practice's owed events in order, on the schedule, until it catches up."""
+        practice_id = parked.backlog.practice_id
+        schedule = self.policy.schedule
+        while True:
+            message, event = await self._backlog_head(parked)
+            if message is None or event is None:
+                self._rejoin(parked)
+                return
+            offset = position(message)[1]
+            target = self.endpoints.endpoint_for(practice_id)
+            now = self.clock.now()
+            if isinstance(target, Undeliverable):
+                if target.outcome is not None:
+                    self._record(practice_id, target.outcome)
+                if target.dead_letter:
+                    await self._write_dead_letter(message, practice_id, target.reason, target.error_class, 0)
+                self._settle(parked, offset, delivered=False)
+                continue
+            if schedule.past_horizon(parked.backlog.failing_since, now):
+                self._record(practice_id, SiemOutcome.FAILED)
+                await self._write_dead_letter(
+                    message, practice_id, f"endpoint failing for longer than the outage horizon of "
+                    f"{schedule.horizon_s / 3600:g} h ({parked.backlog.failures} attempts)", "OutageHorizonPassed",
+                    parked.backlog.failures)
+                self._settle(parked, offset, delivered=False)
+                continue
+            if now < parked.backlog.next_attempt_at:
+                await self.clock.sleep(schedule.wake_at(parked.backlog.next_attempt_at, parked.backlog.failing_since)
+                                       - now)
+                continue
+            record = audit_record(event)
+            body = render_body(record, target.body_format)
+            status, retry_after_s, seconds, last_failure = await self._post(target, record.event_id, body)
+            if status is not None and 200 <= status < 300:
+                self._record(practice_id, SiemOutcome.DELIVERED, seconds)
+                self._settle(parked, offset, delivered=True)
+            elif status == 410:
+                self.endpoints.disable(practice_id, "endpoint answered 410 Gone")
+                self._record(practice_id, SiemOutcome.DISABLED, seconds)
+                await self._write_dead_letter(message, practice_id, "endpoint answered 410 Gone; practice endpoint "
+                                              "disabled", "EndpointGone", parked.backlog.failures + 1)
+                self._settle(parked, offset, delivered=False)
+            else:
+                self._record(practice_id, SiemOutcome.RETRIED, seconds)
+                parked.backlog = parked.backlog.failed(self.clock.now(), schedule, retry_after_s)
+                self._persist(parked, now=True)
+                logger.info("SIEM practice %s still failing (%s, attempt %d while parked); next attempt in %.0f s",
+                            practice_id, last_failure, parked.backlog.failures,
+                            parked.backlog.next_attempt_at - self.clock.now())
+
+    async def _backlog_head(self, parked: _Parked) -> tuple[Message | None, AuditEvent | None]:
+        """The practice's oldest owed event, reading ahead from the audit topic; (None, None) once it has
+        caught up with the group consumer."""
+        backlog = parked.backlog
+        registry_retry = 0
+        while True:
+            while parked.buffer:
+                message = parked.buffer[0]
+                try:
+                    event = self._decoder.decode(message.value())
+                except SchemaError:
+                    event = None  # the group consumer dead-lettered it
+                except SchemaRegistryError:
+                    await asyncio.sleep(self.policy.backoff.delay(registry_retry, self._rng))
+                    registry_retry += 1
+                    continue
+                if event is not None and event.practice_id == backlog.practice_id:
+                    return message, event
+                parked.buffer.popleft()  # a key naming this practice on another practice's event: dead-lettered
+                parked.backlog = parked.backlog.passed_over(position(message)[1])
+            parked.backlog = parked.backlog.passed_over(parked.scan_from - 1)
+            if parked.scan_from >= self._positions.get(backlog.partition, 0):
+                return None, None
+            async with self._reader_lock:
+                messages = await asyncio.to_thread(self._reader.read, backlog.partition, parked.scan_from)
+            wanted = backlog.practice_id.encode()
+            for message in messages:
+                if message.key() == wanted:
+                    parked.buffer.append(message)
+            if messages:
+                parked.scan_from = position(messages[-1])[1] + 1
+
+    def _settle(self, parked: _Parked, offset: int, *, delivered: bool) -> None:
+        parked.buffer.popleft()
+        parked.backlog = parked.backlog.settled(offset, self.clock.now(), delivered=delivered)
+        self._persist(parked)
+
+    def _rejoin(self, parked: _Parked) -> None:
+        """The practice caught up: live delivery again; the group consumer skips what its task settled."""
+        backlog = parked.backlog
+        self._skip_below[backlog.practice_id] = (backlog.partition, parked.scan_from)
+        del self._parked[backlog.practice_id]
+        self.backlog_store.delete(backlog.practice_id)
+        logger.info("SIEM practice %s caught up after %.0f s parked; delivering live again", backlog.practice_id,
+                    backlog.age_s(self.clock.now()))
 
     async def _post(self, endpoint: Endpoint, event_id: str, body: bytes) -> tuple[int | None, float | None, float, str]:
-        """One signed attempt: (status or None, Retry-After seconds, request seconds, failure label)."""
         assert self._transport is not None
-        headers = {
-            **signature_headers(endpoint.secret, event_id, body),
-            "content-type": "application/json",
-            "user-agent": USER_AGENT,
-        }
-        started = time.monotonic()
-        try:
-            request = httpx.Request("POST", endpoint.url, content=body, headers=headers,
-                                    extensions={"timeout": self._timeout})
-            response = await self._transport.handle_async_request(request)
-            try:
-                received = 0
-                async for chunk in response.aiter_raw():
-                    received += len(chunk)
-                    if received > MAX_RESPONSE_BYTES:
-                        break
-            finally:
-                await response.aclose()
-        except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            return None, None, time.monotonic() - started, type(exc).__name__
-        status = response.status_code
-        return status, retry_after_seconds(response.headers.get("retry-after")), time.monotonic() - started, f"HTTP {status}"
+        return await post_signed(self._transport, endpoint, event_id, body, self._timeout)
 
     async def _write_dead_letter(self, message: Message, practice_id: str | None, reason: str, error_class: str,
                                  attempts: int) -> None:
         """Write to the SIEM dead-letter topic, retrying until the broker acknowledges it."""
         letter = dead_letter(message, reason=reason, error_class=error_class, attempts=attempts, practice_id=practice_id)
         key = practice_id.encode() if practice_id else None
+        await self._until_acknowledged(
+            lambda settle: self._dead_letters.write_async(self.dead_letter_topic, key, letter, settle),
+            "SIEM dead letter for partition {} offset {}".format(*position(message)))
+
+    async def _until_acknowledged(self, write: Callable[[Callable[[KafkaError | None], None]], None],
+                                  what: str) -> None:
+        """Produce with `write(on_done)` until the broker acknowledges it, backing off between refusals."""
         loop = asyncio.get_running_loop()
         retry = 0
         while True:
@@ -468,15 +677,14 @@ class SiemFirehose:
                     future.set_result(error)
 
             try:
-                self._dead_letters.write_async(self.dead_letter_topic, key, letter, settle)
+                write(settle)
                 refusal = await asyncio.wait_for(acknowledged, timeout=30.0)
                 failure = None if refusal is None else refusal.name()
             except (KafkaException, BufferError, TimeoutError) as exc:
                 failure = type(exc).__name__
             if failure is None:
                 return
-            logger.warning("SIEM dead letter for partition %d offset %d not written (%s); retrying",
-                           *position(message), failure)
+            logger.warning("%s not written (%s); retrying", what, failure)
             await asyncio.sleep(self.policy.backoff.delay(retry, self._rng))
             retry += 1
 
@@ -534,7 +742,17 @@ class SiemFirehose:
             logger.warning("offset commit failed (%s); the events are settled, a re-read only duplicates", error.name())
 
     async def _drain(self) -> None:
-        """Give in-flight chains a moment to settle, then cancel what is left (it is re-read later)."""
+        """Give in-flight chains a moment to settle, then cancel what is left (it is re-read later).
+
+        Parked practices stop at once: their progress is written, the next run resumes them.
+        """
+        parked_tasks = [parked.task for parked in self._parked.values() if parked.task is not None]
+        for parked in self._parked.values():
+            if parked.active:
+                self._persist(parked, now=True)
+        for task in parked_tasks:
+            task.cancel()
+        await asyncio.gather(*parked_tasks, return_exceptions=True)
         tasks = [chain.task for chain in self._chains.values() if chain.task is not None] + list(self._orphans)
         deadline = time.monotonic() + self.policy.drain_timeout_s
         while any(not task.done() for task in tasks) and time.monotonic() < deadline:
@@ -551,12 +769,36 @@ class SiemFirehose:
         if partitions:
             # librdkafka keeps a partition's pause flag across revoke and re-assign: set it explicitly.
             (consumer.pause if self._paused else consumer.resume)(partitions)
+            self._resume_parked(consumer, partitions)
         logger.info("assigned %s partitions %s", self.topic, sorted(tp.partition for tp in partitions))
 
+    def _resume_parked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Start the backlog tasks of practices parked on these partitions (by this or another process)."""
+        try:
+            committed = consumer.committed(partitions, timeout=10)
+        except KafkaException as exc:
+            raise ServiceUnavailableError(f"committed offsets of {self.topic} unreadable: {exc.args[0].name()}") from None
+        for tp in committed:
+            self._positions[tp.partition] = max(tp.offset, 0)
+        assigned = {tp.partition for tp in partitions}
+        loop = asyncio.get_running_loop()
+        for practice_id, backlog in self.backlog_store.load().items():
+            if backlog.partition in assigned and practice_id not in self._parked:
+                parked = _Parked(backlog, scan_from=backlog.resume_offset, active=True)
+                parked.task = loop.create_task(self._drain_backlog(parked))
+                self._parked[practice_id] = parked
+                logger.info("SIEM practice %s resumed parked at partition %d offset %d", practice_id,
+                            backlog.partition, backlog.resume_offset)
+
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        """Commit what is settled, then abandon the rest of these partitions to their next owner."""
+        """Commit what is settled, write parked practices' progress, abandon the rest to the next owner."""
         self._commit(synchronous=True)
-        self._abandon({tp.partition for tp in partitions})
+        revoked = {tp.partition for tp in partitions}
+        for parked in self._parked.values():
+            if parked.active and parked.backlog.partition in revoked:
+                self._persist(parked, now=True)
+        self._dead_letters.flush(5.0)
+        self._abandon(revoked)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._abandon({tp.partition for tp in partitions})
@@ -571,6 +813,16 @@ class SiemFirehose:
                 chain.task.cancel()
                 chain.current = None
                 chain.task = loop.create_task(self._drain_chain(practice_id, chain)) if chain.queue else None
+        for practice_id, parked in list(self._parked.items()):
+            if parked.backlog.partition in partitions:
+                if parked.task is not None:
+                    parked.task.cancel()
+                del self._parked[practice_id]
+        for practice_id, (partition, _) in list(self._skip_below.items()):
+            if partition in partitions:
+                del self._skip_below[practice_id]
+        for partition in partitions:
+            self._positions.pop(partition, None)
         self._tracker.forget(partitions)
         logger.info("revoked %s partitions %s", self.topic, sorted(partitions))
 

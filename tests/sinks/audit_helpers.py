@@ -179,6 +179,8 @@ class ReceiverPractice:
     rng: random.Random = field(default_factory=random.Random)
     processed: list[str] = field(default_factory=list)
     """webhook-ids of every delivery the receiver processed, duplicates included, in order."""
+    arrivals: dict[str, float] = field(default_factory=dict)
+    """webhook-id → time.monotonic() of its first processing."""
     requests: int = 0
     rejected: int = 0
 
@@ -241,6 +243,7 @@ class SiemReceiver:
             practice.rejected += 1
             return Response(status_code=503)
         practice.processed.append(webhook_id)
+        practice.arrivals.setdefault(webhook_id, time.monotonic())
         if roll < self.reject_rate:
             practice.rejected += 1
             return Response(status_code=500)

@@ -11,6 +11,7 @@ import uuid
 import pytest
 
 from callstream.devstack import ensure_topics
+from sinks.backlog import DeliverySchedule
 from sinks.kafka_io import Backoff
 from sinks.siem import DeliveryTally, OffsetTracker, SiemFirehose, SiemOutcome, SiemPolicy
 from tests.sinks.audit_helpers import (
@@ -33,10 +34,11 @@ FAST_RETRIES = Backoff(base_s=0.005, cap_s=0.05)
 
 
 def _firehose(tenants, bootstrap: str, topic: str, dead_letters: str, tally: DeliveryTally,  # type: ignore[no-untyped-def]
-              max_attempts: int, max_pending: int = 10_000) -> tuple[SiemFirehose, str]:
+              max_attempts: int, max_pending: int = 10_000,
+              schedule: DeliverySchedule = DeliverySchedule()) -> tuple[SiemFirehose, str]:
     group = f"siem-{uuid.uuid4().hex[:8]}"
     policy = SiemPolicy(max_attempts=max_attempts, backoff=FAST_RETRIES, request_timeout_s=5.0, commit_interval_s=0.1,
-                        drain_timeout_s=2.0, max_pending=max_pending)
+                        drain_timeout_s=2.0, max_pending=max_pending, schedule=schedule)
     firehose = SiemFirehose(tenants, bootstrap=bootstrap, topic=topic, group_id=group, dead_letter_topic=dead_letters,
                             policy=policy, metrics=tally, rng=random.Random(11))
     return firehose, group
@@ -91,7 +93,7 @@ def test_flaky_receivers_end_with_every_event_exactly_once_per_practice(
 
 
 @pytest.mark.broker
-def test_gone_endpoints_are_disabled_and_exhausted_budgets_dead_letter(
+def test_gone_endpoints_are_disabled_and_outages_past_the_horizon_dead_letter(
     kafka_bootstrap: str, topic_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     dead_letters = f"{topic_name}-dlq"
@@ -120,21 +122,23 @@ def test_gone_endpoints_are_disabled_and_exhausted_budgets_dead_letter(
         ]))
         tally = DeliveryTally()
         firehose, group = _firehose(tenant_directory(endpoints), kafka_bootstrap, topic_name, dead_letters, tally,
-                                    max_attempts=3)
+                                    max_attempts=3, schedule=DeliverySchedule(backlog_delays_s=(0.1,), horizon_s=0.5))
         with run_in_thread(firehose.run):
             wait_until(lambda: committed_offsets(kafka_bootstrap, group, topic_name, PARTITIONS)
                        == {partition: messages.ends.get(partition, 0) for partition in range(PARTITIONS)},
                        30, "every message settled and committed")
+            wait_until(lambda: tally.total(SiemOutcome.FAILED, "down-practice") == 4, 30,
+                       "the down practice's backlog dead-lettered past the horizon")
 
     gone, down, healthy = (receiver.practices[p] for p in ("gone-practice", "down-practice", "healthy-practice"))
     assert gone.requests == 1, "a 410 endpoint must not be called again"
     assert firehose.endpoints.disabled == {"gone-practice": "endpoint answered 410 Gone"}
-    assert down.requests == 3 + 3, "one full budget, then one attempt per event while degraded"
+    assert down.requests >= 3 + 2, "three live attempts, then parked attempts until the horizon passed"
     assert len(healthy.unique()) == 4 and str(mislabelled.event_id) not in healthy.unique()
     assert receiver.bad_signatures == 0 and receiver.cross_deliveries == 0
     assert tally.total(SiemOutcome.DISABLED, "gone-practice") == 4
     assert tally.total(SiemOutcome.FAILED, "down-practice") == 4
-    assert tally.total(SiemOutcome.RETRIED, "down-practice") == 2
+    assert tally.total(SiemOutcome.RETRIED, "down-practice") == down.requests
     assert tally.total(SiemOutcome.FAILED, "bad-secret-practice") == 4
 
     letters = read_dead_letters(kafka_bootstrap, dead_letters, expected=14)
@@ -143,8 +147,9 @@ def test_gone_endpoints_are_disabled_and_exhausted_budgets_dead_letter(
         by_class.setdefault(letter.error_class, []).append(letter)
     assert {(letter.practice_id, letter.attempts) for letter in by_class["EndpointGone"]} == {("gone-practice", 1)}
     assert len(by_class["EndpointDisabled"]) == 3
-    assert sorted(letter.attempts for letter in by_class["RetryBudgetExhausted"]) == [1, 1, 1, 3]
-    assert "retry budget of 3 attempts exhausted (last: HTTP 503)" in by_class["RetryBudgetExhausted"][0].reason
+    horizon_letters = by_class["OutageHorizonPassed"]
+    assert [letter.practice_id for letter in horizon_letters] == ["down-practice"] * 4
+    assert all("outage horizon" in letter.reason and letter.attempts >= 2 for letter in horizon_letters)
     assert len(by_class["WebhookSecretError"]) == 4
     assert all("SIEM_SECRET_UNSET" in letter.reason for letter in by_class["WebhookSecretError"])
     assert [letter.reason for letter in by_class["PracticeKeyMismatch"]] == ["message key does not match the event's practice_id"]
