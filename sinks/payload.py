@@ -15,8 +15,14 @@ hostile producer could still smuggle through:
 - Machine names (states, guard names, error class) that look like a date, a phone number or a
   secret are dropped.
 - References and the deep link lose URL credentials and query strings (where presigned
-  signatures and session tokens live) and are dropped when they contain spaces (free text such
-  as a transcript) or a secret marker.
+  signatures and session tokens live, and where careless stores put patient names) and are
+  dropped when they contain spaces (free text such as a transcript) or a secret marker.
+- Every path or fragment segment of a reference (percent-decoded) that holds a birth-date-like
+  date, a phone number, an e-mail address or a capitalised name pair ("Romero-Gabriel") is
+  replaced by `redacted`, keeping the rest of the reference: a transcript store that names its
+  folders after patients (`s3://…/Romero-Gabriel-1947-07-17/call-9.json`) leaves callstream as
+  `s3://…/redacted/call-9.json`. A lower-case name alone is not recognisable; a store that writes
+  one without a date next to it must not be used for `transcript_ref`.
 
 What was removed is listed by field name only in `AuditRecord.redactions`, never by value.
 """
@@ -29,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from callstream.tenants import ApiTrack, AuthMethod, GoLivePhase
 from schemas.models import AuditEvent, Intent
@@ -98,6 +104,16 @@ _SECRET_MARKERS = re.compile(
     re.IGNORECASE,
 )
 """Secret values, not words: "TokenExpired" is a fine error class, "token=abc" or "whsec_..." is not."""
+_SEGMENT_DATE = re.compile(
+    r"(?<!\d)(?:\d{4}[-_.]\d{1,2}[-_.]\d{1,2}|\d{1,2}[-_.]\d{1,2}[-_.]\d{2,4}"
+    r"|(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01]))(?!\d)"
+)
+"""Dates inside one segment (1947-07-17, 07.17.1947, 19470717); date-partitioned paths (2026/03/14) are
+separate segments and stay."""
+_SEGMENT_PHONE = re.compile(r"(?<!\d)\+?\d(?:[-. ()]?\d){9,}(?!\d)")
+_SEGMENT_EMAIL = re.compile(r"[^@\s/]+@[^@\s/]+\.[A-Za-z]{2,}")
+_SEGMENT_NAME = re.compile(r"[A-Z][a-z]+(?:[-_ .,+]+[A-Z][a-z]+)+")
+REDACTED_SEGMENT = "redacted"
 REDACTED_FIELD_ORDER = ("state_from", "state_to", "error_class", "guards_fired", "ema_deep_link", "task_refs",
                         "transcript_ref", "detail")
 
@@ -251,7 +267,20 @@ def _clean_reference(value: str) -> str | None:
             return None
         netloc = parts.hostname if port is None else f"{parts.hostname}:{port}"
         fragment = "" if "=" in parts.fragment else parts.fragment
-        value = urlunsplit((parts.scheme, netloc, parts.path, "", fragment))
+        value = urlunsplit((parts.scheme, netloc, _scrub_segments(parts.path), "", _scrub_segments(fragment)))
     elif not _REFERENCE.match(value):
         return None
+    else:
+        value = _scrub_segments(value)
     return None if _SECRET_MARKERS.search(value) else value
+
+
+def _scrub_segments(path: str) -> str:
+    """Replace each `/`-separated segment that names or dates a person, or holds a phone number or an
+    e-mail address, by `redacted`."""
+    return "/".join(REDACTED_SEGMENT if _segment_identifies(segment) else segment for segment in path.split("/"))
+
+
+def _segment_identifies(segment: str) -> bool:
+    text = unquote(segment)
+    return any(pattern.search(text) for pattern in (_SEGMENT_DATE, _SEGMENT_PHONE, _SEGMENT_EMAIL, _SEGMENT_NAME))
