@@ -162,6 +162,15 @@ def latest_backlogs(records: list[tuple[str, bytes | None]]) -> dict[str, bytes]
     return latest
 
 
+@dataclass(frozen=True, slots=True)
+class BacklogFigures:
+    """One parked practice, as the gauges show it."""
+
+    practice_id: str
+    events: int
+    oldest_age_s: float
+
+
 class AlarmTransition(StrEnum):
     FIRING = "FIRING"
     CLEARED = "CLEARED"

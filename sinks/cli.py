@@ -20,13 +20,16 @@ from pathlib import Path
 
 from callstream.devstack import ensure_topics, wait_for_broker
 from callstream.errors import CallstreamError, ConfigError
+from callstream.metrics_server import serve_metrics
 from callstream.settings import Settings, load_settings
 from callstream.tenants import TenantDirectory, load_tenant_directory
 from schemas.registry import SchemaRegistryClient
-from schemas.topics import AUDIT, DEAD_LETTER, SIEM_DEAD_LETTER, topic_named
+from schemas.topics import ALARMS, AUDIT, DEAD_LETTER, SIEM_DEAD_LETTER, topic_named
 from sinks.clickhouse_store import AuditRowProcessor, AuditStore
 from sinks.consumer import ClickHouseAuditSink
 from sinks.kafka_io import AuditDecoder
+from schemas.models import AlarmKind
+from sinks.metrics import SinkMetrics
 from sinks.siem import DeliveryTally, SiemFirehose, SiemMetrics
 
 logger = logging.getLogger(__name__)
@@ -67,6 +70,8 @@ def sinks_main(argv: list[str]) -> int:
     parser.add_argument("--only", choices=SINK_NAMES, help="run one sink instead of both")
     parser.add_argument("--tenants", type=Path, help="tenant directory (default CALLSTREAM_TENANTS_FILE)")
     parser.add_argument("--database", help="ClickHouse database (default: the DSN's, else 'callstream')")
+    parser.add_argument("--metrics-host", default="0.0.0.0", help="address of /metrics, /healthz, /readyz")
+    parser.add_argument("--metrics-port", type=int, help="default CALLSTREAM_METRICS_PORT; 0 picks a free port")
     options = parser.parse_args(argv)
     settings = load_settings()
     if not logging.getLogger().handlers:
@@ -82,7 +87,11 @@ def sinks_main(argv: list[str]) -> int:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    run_sinks(settings, stop, tenants=tenants, database=options.database, only=options.only)
+    port = settings.metrics_port if options.metrics_port is None else options.metrics_port
+    if not 0 <= port <= 65535:
+        raise ConfigError("--metrics-port must be 0-65535")
+    run_sinks(settings, stop, tenants=tenants, database=options.database, only=options.only,
+              serve=(options.metrics_host, port))
     return 0
 
 
@@ -94,8 +103,13 @@ def run_sinks(
     database: str | None = None,
     only: str | None = None,
     metrics: SiemMetrics | None = None,
+    serve: tuple[str, int] | None = None,
+    on_serving: Callable[[int], None] | None = None,
 ) -> None:
     """Run the sinks in threads until `stop` is set; a sink that dies stops the others and re-raises.
+
+    With `serve` (host, port) the process serves /metrics (`SinkMetrics`), /healthz (every sink thread
+    alive) and /readyz (every sink thread running); `on_serving` is told the bound port.
 
     Raises:
         ConfigError: SIEM wanted without a tenant directory, or an unknown sink name.
@@ -108,10 +122,11 @@ def run_sinks(
         raise ConfigError("the SIEM firehose needs a tenant directory")
     bootstrap = settings.bootstrap_servers
     wait_for_broker(bootstrap)
-    ensure_topics(bootstrap, [(name, topic_named(name).partitions) for name in (AUDIT, DEAD_LETTER, SIEM_DEAD_LETTER)])
+    ensure_topics(bootstrap, [(name, topic_named(name).partitions)
+                              for name in (AUDIT, DEAD_LETTER, SIEM_DEAD_LETTER, ALARMS)])
     registry = SchemaRegistryClient(settings.schema_registry_url) if settings.schema_registry_url else None
     try:
-        _run_until_stopped(settings, stop, wanted, tenants, database, metrics, registry)
+        _run_until_stopped(settings, stop, wanted, tenants, database, metrics, registry, serve, on_serving)
     finally:
         if registry is not None:  # also when the store cannot open or migrate: no leaked pool
             registry.close()
@@ -125,22 +140,33 @@ def _run_until_stopped(
     database: str | None,
     metrics: SiemMetrics | None,
     registry: SchemaRegistryClient | None,
+    serve: tuple[str, int] | None,
+    on_serving: Callable[[int], None] | None,
 ) -> None:
     """Build the wanted sinks, run each in its own thread and re-raise the first failure."""
     bootstrap = settings.bootstrap_servers
     runners: dict[str, Callable[[threading.Event], None]] = {}
     tally = DeliveryTally()
+    exported = SinkMetrics() if serve is not None else None
+    siem_metrics: SiemMetrics = metrics or exported or tally
     if "clickhouse" in wanted:
         store = AuditStore.open(settings.effective_clickhouse_dsn, database)
         applied = store.migrate()
         logger.info("audit store %s ready (migrations applied now: %s)", store.database, applied or "none")
         sink = ClickHouseAuditSink(store, bootstrap=bootstrap, processor=AuditRowProcessor(AuditDecoder(registry)),
-                                   session_timeout_ms=settings.consumer_session_timeout_ms)
+                                   session_timeout_ms=settings.consumer_session_timeout_ms,
+                                   on_insert=exported.observe_insert if exported is not None else None)
         runners["clickhouse"] = sink.run
     if "siem" in wanted:
         assert tenants is not None
-        firehose = SiemFirehose(tenants, bootstrap=bootstrap, metrics=metrics or tally, decoder=AuditDecoder(registry),
-                                session_timeout_ms=settings.consumer_session_timeout_ms)
+        on_alarm = None
+        if exported is not None:
+            def on_alarm(practice_id: str, firing: bool, gauge: SinkMetrics = exported) -> None:
+                gauge.set_alarm_state(practice_id, AlarmKind.SIEM_DELIVERY.value, firing)
+        firehose = SiemFirehose(tenants, bootstrap=bootstrap, metrics=siem_metrics, decoder=AuditDecoder(registry),
+                                session_timeout_ms=settings.consumer_session_timeout_ms, on_alarm=on_alarm)
+        if exported is not None:
+            exported.watch_backlogs(firehose.backlog_figures)
         runners["siem"] = firehose.run
     failures: list[BaseException] = []
 
@@ -155,8 +181,27 @@ def _run_until_stopped(
     threads = [threading.Thread(target=guarded, args=(name, runner), name=f"sink-{name}") for name, runner in runners.items()]
     for thread in threads:
         thread.start()
+    server = None
+    if serve is not None and exported is not None:
+        def running() -> bool:
+            return not failures and all(thread.is_alive() for thread in threads)
+
+        server = serve_metrics(exported.registry, serve[0], serve[1], readiness=running, liveness=running)
+        if on_serving is not None:
+            on_serving(server.port)
+    try:
+        _wait(stop, threads, failures, runners, siem_metrics, tally)
+    finally:
+        if server is not None:
+            server.close()
+
+
+def _wait(stop: threading.Event, threads: list[threading.Thread], failures: list[BaseException],
+          runners: dict[str, Callable[[threading.Event], None]], metrics: SiemMetrics | None,
+          tally: DeliveryTally) -> None:
+    """Log a delivery summary now and then until `stop`; join the sinks and re-raise the first failure."""
     while not stop.wait(SUMMARY_INTERVAL_S):
-        if "siem" in runners and metrics is None:
+        if "siem" in runners and metrics is tally:
             logger.info("SIEM deliveries so far: %s", tally.summary())
     for thread in threads:
         thread.join()

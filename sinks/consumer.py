@@ -20,6 +20,7 @@ import random
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
@@ -108,7 +109,9 @@ class ClickHouseAuditSink:
         backoff: Backoff = DEFAULT_BACKOFF,
         session_timeout_ms: int = 6000,
         rng: random.Random | None = None,
+        on_insert: Callable[[float], None] | None = None,
     ) -> None:
+        """`on_insert` is told the newest inserted event's time (epoch seconds) after every insert: the lag gauge."""
         if max_rows < 1 or max_wait_s <= 0:
             raise ValueError("max_rows must be >= 1 and max_wait_s > 0")
         self.store = store
@@ -123,6 +126,7 @@ class ClickHouseAuditSink:
         kafka_logger = logging.getLogger("sinks.kafka")
         self._consumer = Consumer({**consumer_config(bootstrap, group_id, session_timeout_ms), "logger": kafka_logger})
         self._dead_letters = DeadLetterWriter(Producer({**producer_config(bootstrap), "logger": kafka_logger}))
+        self._on_insert = on_insert
         self._batch = _Batch()
         self._held: deque[Message] = deque()
         self._paused = False
@@ -245,6 +249,8 @@ class ClickHouseAuditSink:
         self._commit_batch()
 
     def _commit_batch(self) -> None:
+        if self._on_insert is not None and self._batch.rows:
+            self._on_insert(max(row[1] for _, row in self._batch.rows).timestamp())
         rows, offsets = len(self._batch.rows), dict(self._batch.next_offsets)
         self.stats.rows_inserted += rows
         self.stats.batches_inserted += 1 if rows else 0

@@ -37,9 +37,11 @@ import logging
 import random
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Protocol
 
@@ -51,9 +53,10 @@ from callstream.devstack import ensure_topics
 from callstream.errors import ServiceUnavailableError
 from callstream.tenants import SiemFormat, TenantDirectory
 from schemas.errors import SchemaError, SchemaRegistryError
-from schemas.models import UNRESOLVED_PRACTICE_ID, AuditEvent
-from schemas.topics import AUDIT, SIEM_DEAD_LETTER
-from sinks.backlog import Backlog, Clock, DeliverySchedule, SystemClock
+from schemas.models import UNRESOLVED_PRACTICE_ID, Alarm, AlarmKind, AlarmState, AuditEvent
+from schemas.serde import AvroSerde
+from schemas.topics import ALARMS, AUDIT, SIEM_DEAD_LETTER
+from sinks.backlog import Backlog, BacklogFigures, Clock, DeliverySchedule, OutageAlarms, SystemClock
 from sinks.backlog_io import BacklogStore, PartitionReader, state_topic_for
 from sinks.formats import render_body
 from sinks.kafka_io import (
@@ -76,6 +79,7 @@ MAX_RESPONSE_BYTES = 64 * 1024
 MAX_MESSAGES_PER_TURN = 500
 """Messages routed before the loop yields to the delivery chains."""
 DEFAULT_SIEM_BACKOFF = Backoff(base_s=1.0, cap_s=8.0)
+ALARM_CHECK_INTERVAL_S = 1.0
 PERSIST_INTERVAL_S = 1.0
 """How often a draining backlog's progress is written (a stale one only re-sends duplicates)."""
 
@@ -326,6 +330,9 @@ class SiemFirehose:
         rng: random.Random | None = None,
         clock: Clock | None = None,
         backlog_topic: str | None = None,
+        alarms: OutageAlarms | None = None,
+        alarm_topic: str = ALARMS,
+        on_alarm: Callable[[str, bool], None] | None = None,
     ) -> None:
         self.topic = topic
         self.dead_letter_topic = dead_letter_topic
@@ -352,6 +359,12 @@ class SiemFirehose:
         self._skip_below: dict[str, tuple[int, int]] = {}
         """Practice → (partition, offset): events below it were already settled by its backlog task."""
         self._paused = False
+        self.alarms = alarms or OutageAlarms()
+        self.alarm_topic = alarm_topic
+        self._alarm_serde = AvroSerde.for_topic(ALARMS)
+        self._producer = producer
+        self._on_alarm = on_alarm
+        """Told (practice id, firing) on every SIEM_DELIVERY transition: the sinks' alarm gauge."""
         self._transport: httpx.AsyncHTTPTransport | None = None
         self._timeout = httpx.Timeout(policy.request_timeout_s, pool=None).as_dict()
         self._orphans: set[asyncio.Task[None]] = set()
@@ -380,8 +393,40 @@ class SiemFirehose:
                 self._dead_letters.flush(5.0)
                 logger.info("SIEM firehose stopped: %s", self._summary())
 
+    def backlog_figures(self) -> list[BacklogFigures]:
+        """Parked practices now (any thread: a metrics scrape)."""
+        now = self.clock.now()
+        return [BacklogFigures(parked.backlog.practice_id, parked.backlog.pending, parked.backlog.age_s(now))
+                for parked in list(self._parked.values()) if parked.active]
+
+    def _check_alarms(self) -> None:
+        """SIEM_DELIVERY on callstream.alarms.v1: FIRING when a practice's oldest owed event waits past the
+        threshold, CLEARED once it owes nothing."""
+        now = self.clock.now()
+        ages = {figures.practice_id: figures.oldest_age_s for figures in self.backlog_figures()}
+        for practice_id in sorted(set(ages) | self.alarms.firing):
+            transition = self.alarms.observe(practice_id, ages.get(practice_id))
+            if transition is None:
+                continue
+            age = ages.get(practice_id, 0.0)
+            moment = datetime.fromtimestamp(now, UTC)
+            alarm = Alarm(alarm_id=uuid.uuid4(), practice_id=practice_id, kind=AlarmKind.SIEM_DELIVERY,
+                          state=AlarmState(transition.value), value=age, threshold=self.alarms.threshold_s,
+                          window_start=moment - timedelta(seconds=age), window_end=moment, raised_at=moment)
+            try:
+                self._producer.produce(self.alarm_topic, key=practice_id.encode(),
+                                       value=self._alarm_serde.encode(alarm.to_avro()))
+            except (KafkaException, BufferError) as exc:
+                logger.warning("SIEM_DELIVERY alarm for practice %s not published (%s)", practice_id,
+                               type(exc).__name__)
+            if self._on_alarm is not None:
+                self._on_alarm(practice_id, transition.value == "FIRING")
+            logger.warning("SIEM_DELIVERY %s for practice %s (oldest owed event %.0f s old)", transition.value,
+                           practice_id, age)
+
     async def _consume_until(self, stop: threading.Event) -> None:
         last_commit = time.monotonic()
+        last_alarm_check = time.monotonic()
         registry_retry = 0
         while not stop.is_set():
             self._dead_letters.poll()
@@ -390,6 +435,9 @@ class SiemFirehose:
             if time.monotonic() - last_commit >= self.policy.commit_interval_s:
                 self._commit(synchronous=False)
                 last_commit = time.monotonic()
+            if time.monotonic() - last_alarm_check >= ALARM_CHECK_INTERVAL_S:
+                self._check_alarms()
+                last_alarm_check = time.monotonic()
             if rewound:
                 await asyncio.sleep(self.policy.backoff.delay(registry_retry, self._rng))
                 registry_retry += 1

@@ -6,6 +6,7 @@ import json
 import random
 import threading
 
+import httpx
 import pytest
 
 from callstream.devstack import TansuBroker, free_port
@@ -122,9 +123,12 @@ def test_run_sinks_feeds_clickhouse_and_the_siem(clickhouse_dsn: str, clickhouse
                                                            "ocsf")})
             settings = load_settings(kafka_bootstrap_servers=broker.bootstrap, clickhouse_dsn=clickhouse_dsn)
 
+            ports: list[int] = []
+
             def run() -> None:
                 try:
-                    run_sinks(settings, stop, tenants=tenants, database=clickhouse_database)
+                    run_sinks(settings, stop, tenants=tenants, database=clickhouse_database,
+                              serve=("127.0.0.1", 0), on_serving=ports.append)
                 except BaseException as exc:  # noqa: BLE001 - re-raised below
                     failures.append(exc)
 
@@ -136,6 +140,14 @@ def test_run_sinks_feeds_clickhouse_and_the_siem(clickhouse_dsn: str, clickhouse
                 store = AuditStore(clickhouse_client, clickhouse_database)
                 wait_until(lambda: store.count_events() == 6, 30, "six events in ClickHouse")
                 wait_until(lambda: len(receiver.practices["northside-pain"].unique()) == 6, 30, "six events at the SIEM")
+                base = f"http://127.0.0.1:{ports[0]}"
+                assert httpx.get(f"{base}/healthz").status_code == 200
+                assert httpx.get(f"{base}/readyz").status_code == 200
+                exposition = httpx.get(f"{base}/metrics").text
+                assert 'callstream_siem_deliveries_total{outcome="delivered",practice_id="northside-pain"} 6.0' \
+                    in exposition
+                assert "callstream_clickhouse_insert_lag_seconds " in exposition
+                assert "callstream_siem_backlog_events" in exposition
             finally:
                 stop.set()
                 runner.join(30)

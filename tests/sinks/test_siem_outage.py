@@ -72,12 +72,14 @@ class Setup:
         self.sent_at: dict[str, float] = {}
         self.index = 0
 
-    def firehose(self, clock: ScaledClock, schedule: DeliverySchedule, tally: DeliveryTally) -> SiemFirehose:
+    def firehose(self, clock: ScaledClock, schedule: DeliverySchedule, tally: DeliveryTally,
+                 alarms: list[tuple[str, bool]] | None = None) -> SiemFirehose:
         policy = SiemPolicy(max_attempts=3, backoff=FAST_RETRIES, request_timeout_s=5.0, commit_interval_s=0.1,
                             drain_timeout_s=2.0, schedule=schedule)
         return SiemFirehose(self.tenants, bootstrap=self.bootstrap, topic=self.topic, group_id=self.group,
                             dead_letter_topic=self.dead_letters, policy=policy, metrics=tally, clock=clock,
-                            rng=random.Random(5))
+                            rng=random.Random(5), alarm_topic=f"{self.topic}-alarms",
+                            on_alarm=None if alarms is None else lambda *transition: alarms.append(transition))
 
     def send(self, rounds: int) -> int:
         """One event of each practice per round; returns the partition's log end."""
@@ -123,7 +125,8 @@ def test_a_ten_minute_outage_delivers_everything_once_in_order_and_never_holds_u
         setup = Setup(kafka_bootstrap, topic_name, monkeypatch, receiver)
         down = receiver.practices["down-clinic"]
         tally = DeliveryTally()
-        with run_in_thread(setup.firehose(clock, DeliverySchedule(), tally).run):
+        alarms: list[tuple[str, bool]] = []
+        with run_in_thread(setup.firehose(clock, DeliverySchedule(), tally, alarms).run):
             setup.send(5)
             wait_until(lambda: setup.delivered_once_in_order("down-clinic"), 15, "the first events, before the outage")
             setup.sent_at.clear()  # latencies from here on: the consumer has joined its group
@@ -141,7 +144,9 @@ def test_a_ten_minute_outage_delivers_everything_once_in_order_and_never_holds_u
             wait_until(lambda: setup.delivered_once_in_order("down-clinic"), 20,
                        "every event of the recovered practice, once, in order")
             wait_until(lambda: setup.delivered_once_in_order("healthy-clinic"), 10, "every healthy event")
+            wait_until(lambda: len(alarms) == 2, 10, "SIEM_DELIVERY fired past 15 minutes and cleared once caught up")
 
+    assert alarms == [("down-clinic", True), ("down-clinic", False)]
     assert receiver.bad_signatures == 0 and receiver.cross_deliveries == 0
     assert max(setup.healthy_latencies()) < 1.0, "the healthy practice waited on the failing one"
     assert tally.total(SiemOutcome.FAILED) == 0 and tally.total(SiemOutcome.DISABLED) == 0
