@@ -115,7 +115,7 @@ def test_workers_run_the_callstream_commands(manifests_with_ema: list[dict[str, 
     assert commands == {
         "cs-callstream-worker": ["callstream", "worker"],
         "cs-callstream-sinks": ["callstream", "sinks", "run"],
-        "cs-callstream-ema": ["callstream", "worker", "--role", "ema"],
+        "cs-callstream-ema": ["callstream", "worker"],
     }
     replicas = {
         d["metadata"]["name"]: d["spec"]["replicas"]
