@@ -22,6 +22,7 @@ import random
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, Protocol, TypeVar
 from urllib.parse import parse_qsl, urlsplit
@@ -34,6 +35,8 @@ from fhir.resources.R4B.resource import Resource
 from fhir.resources.R4B.task import Task
 from pydantic import ValidationError
 
+from callstream import deadline as turn_deadline
+from callstream.deadline import Deadline
 from callstream.errors import ConfigError, TenantDirectoryError
 from callstream.tenants import ApiTrack, Credentials, Practice
 from connectors.auth import AccessToken, TokenCache, grant_for, parse_token_response
@@ -54,7 +57,7 @@ from connectors.errors import (
     error_for_status,
 )
 from connectors.http_transport import AiohttpTransport
-from connectors.ratelimit import RateLimiter, RateLimiterRegistry
+from connectors.ratelimit import RateLimiter, RateLimiterRegistry, WaitPastDeadline
 from connectors.vocabulary import COMPLIANCE_SYSTEM, PDMP_CHECK_CODE
 from sinks.webhooks import retry_after_seconds
 
@@ -452,7 +455,10 @@ class ModMedClient:
         label = self._authorize(session, method, url, params)
         practice_id = session.practice_id
         idempotent = method in ("GET", "PUT", "DELETE") or form is not None
+        turn = turn_deadline.current()  # a caller's turn (None: background work)
         deadline = time.monotonic() + self.config.request_budget_s
+        if turn is not None:
+            deadline = min(deadline, turn.at)
         reauthenticated = False
         attempt = 0
         while True:
@@ -470,7 +476,7 @@ class ModMedClient:
                     "circuit open after repeated failures", practice_id=practice_id, resource_type=label, method=method
                 )
             try:
-                response = await self._attempt(session, method, url, label, params, json_body, form, headers)
+                response = await self._attempt(session, method, url, label, params, json_body, form, headers, turn)
             except RetryableError as exc:
                 session.breaker.on_failure()
                 if not (idempotent or isinstance(exc, RequestNotSentError)):
@@ -478,6 +484,9 @@ class ModMedClient:
                 await self._back_off_or_raise(exc, attempt, deadline)
                 continue
             except asyncio.CancelledError:
+                session.breaker.on_abandon()
+                raise
+            except RateLimitedError:  # the limiter's own refusal before the caller's deadline: nothing was sent
                 session.breaker.on_abandon()
                 raise
             except ModMedError:  # ModMed answered, only not usably (e.g. oversize): it is alive
@@ -580,16 +589,21 @@ class ModMedClient:
         json_body: Mapping[str, Any] | None,
         form: Mapping[str, str] | None,
         headers: dict[str, str],
+        turn: Deadline | None,
     ) -> _Received:
-        """One HTTP exchange under the practice's in-flight cap and rate limiter; body size is capped."""
+        """One HTTP exchange under the practice's in-flight cap and rate limiter; body size is capped.
+
+        Raises:
+            RateLimitedError: the rate limiter's next slot comes after the caller's deadline (nothing sent).
+        """
         practice_id = session.practice_id
         content: bytes | None = None
         if json_body is not None:
             content = json.dumps(json_body, separators=(",", ":")).encode("utf-8")
             headers["Content-Type"] = FHIR_JSON
         request = self._http.build_request(method, url, params=params, content=content, data=form, headers=headers)
-        status: int | None = None
-        async with session.in_flight, session.limiter.slot():
+        async with session.in_flight, _rate_slot(session, turn, label, method):
+            status: int | None = None
             started = time.monotonic()
             try:
                 response = await self._http.send(request, stream=True)
@@ -695,6 +709,20 @@ class _FileStream:
 
 
 _UNPARSEABLE = object()
+
+
+@asynccontextmanager
+async def _rate_slot(session: PracticeSession, turn: Deadline | None, label: str, method: str) -> AsyncIterator[None]:
+    """The practice's rate-limit slot; a slot past the caller's deadline is a typed refusal (nothing sent)."""
+    async with AsyncExitStack() as stack:
+        try:
+            await stack.enter_async_context(session.limiter.slot(turn))
+        except WaitPastDeadline as exc:
+            raise RateLimitedError(
+                "the practice's rate budget has no slot before the caller's deadline", retry_after=exc.wait_s,
+                practice_id=session.practice_id, resource_type=label, method=method,
+            ) from None
+        yield
 
 
 def resource_url(practice: Practice, resource_type: str, resource_id: str | None = None) -> str:

@@ -6,6 +6,11 @@ until one window after its response arrived: ModMed counted the call somewhere i
 next call that reuses the slot reaches ModMed at least one full window later, whatever the latency.
 A GCRA pacer in front spreads the calls evenly (with a small burst for a practice's quiet moments)
 instead of sending the whole minute's budget in the first second.
+
+A caller's turn has a deadline (``callstream.deadline``): a wait that would end past it — the pacing
+queue, a 429 pause — fails at once with ``WaitPastDeadline`` instead of sleeping, so the caller hears an
+honest answer in time. Work without a deadline (review-queue retries, exports) waits behind every call
+with one: a practice's budget goes to callers on the line first.
 """
 
 from __future__ import annotations
@@ -18,10 +23,20 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+from callstream.deadline import Deadline
+
 DEFAULT_WINDOW_S = 60.0
 DEFAULT_BURST_FRACTION = 0.05
 """Share of the window's budget that may go out back to back (50 of 1,000/min) before pacing applies."""
 MAX_PENALTY_S = 120.0
+
+
+class WaitPastDeadline(Exception):
+    """The key's next free slot comes after the caller's deadline; nothing was sent."""
+
+    def __init__(self, wait_s: float) -> None:
+        self.wait_s = wait_s
+        super().__init__(f"the rate limit's next slot is {wait_s:.2f}s away, past the turn's deadline")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +77,9 @@ class RateLimiter:
         self._released: deque[float] = deque()
         self._lock = asyncio.Lock()
         self._slot_freed = asyncio.Event()
+        self._live_waiting = 0
+        self._no_live_waiting = asyncio.Event()
+        self._no_live_waiting.set()
         self._paused_until = 0.0
         self._consecutive_429 = 0
         self._sent = 0
@@ -95,9 +113,16 @@ class RateLimiter:
         )
 
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Hold one call's slot while the request is in flight; the window starts when it completes."""
-        await self._acquire()
+    async def slot(self, deadline: Deadline | None = None) -> AsyncIterator[None]:
+        """Hold one call's slot while the request is in flight; the window starts when it completes.
+
+        Raises:
+            WaitPastDeadline: with a ``deadline``, when the slot would come after it (nothing is sent).
+        """
+        if deadline is None:
+            await self._acquire_background()
+        else:
+            await self._acquire_live(deadline)
         try:
             yield
         finally:
@@ -122,21 +147,60 @@ class RateLimiter:
         """A response other than 429 arrived: the key is in good standing again."""
         self._consecutive_429 = 0
 
-    async def _acquire(self) -> None:
-        async with self._lock:  # FIFO: waiters are served in arrival order
-            while True:
-                now = self._clock()
-                delay = self._delay(now)
-                if delay is None:
-                    self._slot_freed.clear()
-                    await self._slot_freed.wait()
-                elif delay > 0:
-                    await asyncio.sleep(delay)
-                else:
-                    break
-            self._theoretical_arrival = max(self._theoretical_arrival, now) + self._interval
-            self._in_flight += 1
-            self._sent += 1
+    async def _acquire_live(self, deadline: Deadline) -> None:
+        self._live_waiting += 1
+        self._no_live_waiting.clear()
+        try:
+            # FIFO among waiters (background waiters step aside, below); never queue past the deadline
+            try:
+                await asyncio.wait_for(self._lock.acquire(), max(0.0, deadline.remaining()))
+            except TimeoutError:
+                raise WaitPastDeadline(0.0) from None
+            try:
+                await self._wait_for_slot(deadline)
+            finally:
+                self._lock.release()
+        finally:
+            self._live_waiting -= 1
+            if not self._live_waiting:
+                self._no_live_waiting.set()
+
+    async def _acquire_background(self) -> None:
+        while True:
+            await self._no_live_waiting.wait()
+            async with self._lock:
+                if self._live_waiting:
+                    continue  # a caller's request arrived while this one queued: it goes first
+                if await self._wait_for_slot(None, yield_to_live=True):
+                    return
+
+    async def _wait_for_slot(self, deadline: Deadline | None, *, yield_to_live: bool = False) -> bool:
+        """Wait (holding the lock) until a call may start, and take it; False if a live call came first."""
+        while True:
+            now = self._clock()
+            delay = self._delay(now)
+            if delay is not None and delay <= 0:
+                break
+            if deadline is not None and (delay is None or not deadline.allows(delay)):
+                if delay is not None:
+                    raise WaitPastDeadline(delay)
+                self._slot_freed.clear()
+                try:
+                    await asyncio.wait_for(self._slot_freed.wait(), max(0.0, deadline.remaining()))
+                except TimeoutError:
+                    raise WaitPastDeadline(max(0.0, deadline.remaining())) from None
+                continue
+            if delay is None:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+            else:
+                await asyncio.sleep(delay)
+            if yield_to_live and self._live_waiting:
+                return False
+        self._theoretical_arrival = max(self._theoretical_arrival, now) + self._interval
+        self._in_flight += 1
+        self._sent += 1
+        return True
 
     def _delay(self, now: float) -> float | None:
         """Seconds until a call may start, 0 for now, None for "when an in-flight call completes"."""

@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from callstream.deadline import Deadline, within
 from callstream.tenants import Practice
 from connectors.errors import (
     AuthError,
@@ -229,3 +230,29 @@ async def test_write_answered_by_location_only_is_read_back(evil: tuple[Hostile,
     async with make_client() as client:
         written = await client.write(practice, "POST", new)
     assert written.id == "appt-77"
+
+
+async def test_a_429_pause_past_the_callers_deadline_fails_fast_and_sends_nothing_more(
+    evil: tuple[Hostile, Practice],
+) -> None:
+    """ModMed asks for 40 s of quiet; a caller has 4 s: the turn gets a typed refusal at once (the caller
+    hears an honest answer), and no request goes out during the pause."""
+    state, practice = evil
+    sent: list[str] = []
+
+    def answer(request: Request) -> Response:
+        sent.append(request.method)
+        return Response(status_code=429, headers={"Retry-After": "40"})
+
+    state.fhir = answer
+    async with make_client() as client:
+        started = time.monotonic()
+        with within(Deadline.after(4.0)):
+            with pytest.raises(RateLimitedError) as answered:
+                await client.read(practice, Patient, "pt-1")
+            with pytest.raises(RateLimitedError) as refused:
+                await client.read(practice, Patient, "pt-2")
+        elapsed = time.monotonic() - started
+    assert answered.value.status == 429 and refused.value.status is None
+    assert refused.value.retry_after is not None and refused.value.retry_after > 30
+    assert sent == ["GET"] and elapsed < 2.0

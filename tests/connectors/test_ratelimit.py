@@ -11,7 +11,8 @@ import random
 
 import pytest
 
-from connectors.ratelimit import MAX_PENALTY_S, RateLimiter, RateLimiterRegistry, limiter_key
+from callstream.deadline import Deadline
+from connectors.ratelimit import MAX_PENALTY_S, RateLimiter, RateLimiterRegistry, WaitPastDeadline, limiter_key
 from tests.connectors.helpers import VirtualTimeLoop, run_in_virtual_time
 
 
@@ -112,3 +113,71 @@ def test_registry_shares_one_limiter_per_api_key_and_never_stores_the_key() -> N
     assert registry.limiter("practice-d", None, 1000) is not first
     assert "secret-api-key-123" not in limiter_key("practice-a", "secret-api-key-123")
     assert "secret-api-key-123" not in repr(registry.__dict__)
+
+
+def test_a_429_pause_past_the_callers_deadline_fails_at_once_and_sends_nothing() -> None:
+    """The reported failure: Retry-After 40 s, and callers waited 30 s in silence."""
+
+    async def main(loop: VirtualTimeLoop) -> tuple[float, float, int]:
+        limiter = RateLimiter(1000, window_s=60, clock=loop.time)
+        limiter.record_429(40.0)
+        with pytest.raises(WaitPastDeadline) as refused:
+            async with limiter.slot(Deadline.after(4.0, loop.time)):
+                pass
+        return loop.time(), refused.value.wait_s, limiter.stats().sent
+
+    failed_at, wait_s, sent = run_in_virtual_time(main)
+    assert failed_at == 0.0 and wait_s == pytest.approx(40.0) and sent == 0
+
+
+def test_a_pause_that_ends_in_time_is_waited_out() -> None:
+    async def main(loop: VirtualTimeLoop) -> float:
+        limiter = RateLimiter(1000, window_s=60, clock=loop.time)
+        limiter.record_429(1.0)
+        async with limiter.slot(Deadline.after(4.0, loop.time)):
+            return loop.time()
+
+    assert run_in_virtual_time(main) == pytest.approx(1.0)
+
+
+def test_a_caller_never_queues_behind_the_pacer_past_the_deadline() -> None:
+    async def main(loop: VirtualTimeLoop) -> tuple[list[float], list[float]]:
+        limiter = RateLimiter(60, window_s=60, burst_fraction=1 / 60, clock=loop.time)  # one a second, no burst
+        entered: list[float] = []
+        refused: list[float] = []
+        deadline = Deadline.after(1.5, loop.time)
+
+        async def call() -> None:
+            try:
+                async with limiter.slot(deadline):
+                    entered.append(loop.time())
+            except WaitPastDeadline:
+                refused.append(loop.time())
+
+        await asyncio.gather(*(call() for _ in range(4)))
+        return entered, refused
+
+    entered, refused = run_in_virtual_time(main)
+    assert entered == pytest.approx([0.0, 1.0])
+    assert len(refused) == 2 and max(refused) <= 1.5
+
+
+def test_callers_on_the_line_go_before_background_work() -> None:
+    async def main(loop: VirtualTimeLoop) -> list[str]:
+        limiter = RateLimiter(100, window_s=1.0, burst_fraction=0.01, clock=loop.time)  # one every 10 ms
+        order: list[str] = []
+
+        async def call(name: str, deadline: Deadline | None, start_at: float) -> None:
+            await asyncio.sleep(start_at)
+            async with limiter.slot(deadline):
+                order.append(name)
+
+        background = [call(f"retry-{n}", None, 0.0) for n in range(4)]
+        live = [call(f"caller-{n}", Deadline.after(4.0, loop.time), 0.001) for n in range(3)]
+        await asyncio.gather(*background, *live)
+        return order
+
+    order = run_in_virtual_time(main)
+    assert order[0] == "retry-0"  # it was alone and went at once
+    assert sorted(order[1:4]) == ["caller-0", "caller-1", "caller-2"]
+    assert sorted(order[4:]) == ["retry-1", "retry-2", "retry-3"]

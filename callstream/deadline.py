@@ -1,0 +1,63 @@
+"""The caller's turn deadline: one value from the call event to every wait on its behalf.
+
+A caller on the line waits for each turn. The processor sets the turn's deadline when it starts the
+work (``within``); the connectors read it (``current``) before every wait they control — the rate
+limiter's pacing and 429 pause, back-off between retries, the token fetch, the HTTP exchange — and fail
+fast with a typed error when the wait cannot end in time, instead of sleeping past the caller's patience.
+Work without a caller (review-queue retries, exports, pollers) runs without a deadline, and the rate
+limiter serves it after every live call waiting on the same practice.
+
+The value rides in a context variable because asyncio copies the context into every task the work
+spawns (the dispatcher's sub-tasks included): the connectors read it, they never call back up.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+DEFAULT_HOLD_AFTER_S = 0.7
+"""No reply by then (after the event was produced): the caller hears PLEASE_HOLD at once."""
+DEFAULT_TURN_BUDGET_S = 4.0
+"""No answer by then: the caller hears an honest closed-set reply and the work is handed to staff."""
+
+
+@dataclass(frozen=True, slots=True)
+class Deadline:
+    """A point on the monotonic clock by which the work must be done."""
+
+    at: float
+    clock: Callable[[], float] = time.monotonic
+
+    @classmethod
+    def after(cls, seconds: float, clock: Callable[[], float] = time.monotonic) -> Deadline:
+        return cls(clock() + seconds, clock)
+
+    def remaining(self) -> float:
+        """Seconds left (negative once passed)."""
+        return self.at - self.clock()
+
+    def allows(self, wait_s: float) -> bool:
+        """Whether a wait of ``wait_s`` seconds still ends before the deadline."""
+        return self.clock() + wait_s < self.at
+
+
+_current: ContextVar[Deadline | None] = ContextVar("callstream_turn_deadline", default=None)
+
+
+def current() -> Deadline | None:
+    """The deadline of the work being done, or None for background work."""
+    return _current.get()
+
+
+@contextmanager
+def within(deadline: Deadline | None) -> Iterator[None]:
+    """Run the block (and every task it starts) under ``deadline``."""
+    token = _current.set(deadline)
+    try:
+        yield
+    finally:
+        _current.reset(token)
