@@ -28,6 +28,7 @@ import httpx
 
 from callstream.devstack import ensure_topics, wait_for_broker
 from callstream.errors import ConfigError, ServiceUnavailableError
+from callstream.metrics_server import serve_metrics
 from callstream.settings import Settings, load_settings
 from callstream.tenants import load_tenant_directory
 from connectors.dispatch import Dispatcher
@@ -61,6 +62,8 @@ def main(argv: list[str]) -> int:
     run.add_argument("--attempt-lease", type=float, default=ATTEMPT_LEASE.total_seconds(),
                      help="seconds an attempt owns its item; a killed attempt's item is retried after it (90)")
     run.add_argument("--tick", type=float, default=1.0, help="seconds between intake/retry/alarm rounds")
+    run.add_argument("--metrics-host", default="0.0.0.0", help="address of /metrics, /healthz, /readyz (not the API)")
+    run.add_argument("--metrics-port", type=int, help="default CALLSTREAM_METRICS_PORT; 0 picks a free port")
     listing = commands.add_parser("list", help="items, oldest first")
     listing.add_argument("--practice")
     listing.add_argument("--state", choices=STATES)
@@ -118,6 +121,9 @@ def _run(options: argparse.Namespace) -> int:
             or options.attempt_lease <= 0:
         raise ConfigError("--stale-after, --retry-base, --attempt-lease and --tick must be positive, "
                           "--retry-cap at least --retry-base")
+    metrics_port = settings.metrics_port if options.metrics_port is None else options.metrics_port
+    if not 0 <= metrics_port <= 65535:
+        raise ConfigError("--metrics-port must be 0-65535")
     tenants = load_tenant_directory(tenants_file)
     bootstrap = settings.bootstrap_servers
     wait_for_broker(bootstrap)
@@ -129,9 +135,10 @@ def _run(options: argparse.Namespace) -> int:
                                  backoff=Backoff(base_s=options.retry_base, cap_s=options.retry_cap),
                                  lease=timedelta(seconds=options.attempt_lease),
                                  session_timeout_ms=settings.consumer_session_timeout_ms)
+    metrics_at = (options.metrics_host, metrics_port)
     registry = SchemaRegistryClient(settings.schema_registry_url) if settings.schema_registry_url else None
     try:
-        asyncio.run(_serve(settings, store, tenants, queue_options, registry))
+        asyncio.run(_serve(settings, store, tenants, queue_options, registry, metrics_at))
     finally:
         if registry is not None:
             registry.close()
@@ -139,7 +146,7 @@ def _run(options: argparse.Namespace) -> int:
 
 
 async def _serve(settings: Settings, store: ReviewStore, tenants: Any, options: QueueOptions,
-                 registry: SchemaRegistryClient | None) -> None:
+                 registry: SchemaRegistryClient | None, metrics_at: tuple[str, int]) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -152,7 +159,13 @@ async def _serve(settings: Settings, store: ReviewStore, tenants: Any, options: 
             # Not write-ahead: every attempt asks ModMed for a Task with the key before it writes one.
             ledger = InMemoryLedger()
             dispatcher = Dispatcher(ModMedConnector(client, ledger), ledger)
-            await serve(ReviewQueue(store, tenants, dispatcher, outputs, commands, options), stop)
+            queue = ReviewQueue(store, tenants, dispatcher, outputs, commands, options)
+            server = serve_metrics(queue.metrics.registry, *metrics_at, readiness=queue.rounds.ready,
+                                   liveness=queue.rounds.live)
+            try:
+                await serve(queue, stop)
+            finally:
+                server.close()
     finally:
         commands.close()
         await outputs.close()

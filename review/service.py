@@ -13,7 +13,10 @@ One asyncio loop does four things, all against the one store this process owns:
 - **age alarm**: REVIEW_QUEUE_STALE per practice on callstream.alarms.v1 and as metrics;
 - **HTTP API** on 127.0.0.1 (``/items``, ``/items/{id}``, ``/items/{id}/resolve``, ``/metrics``,
   ``/healthz``): the staff CLI goes through it, so the store keeps a single writer and the embedded
-  chDB (one process per data directory) stays usable while this process runs.
+  chDB (one process per data directory) stays usable while this process runs. The API has no
+  authentication, so it never leaves the loopback interface; Prometheus and the kubelet read
+  ``/metrics``, ``/healthz`` and ``/readyz`` from the separate metrics endpoint (review/cli.py),
+  whose probes ask ``Rounds`` whether the loop still turns.
 """
 
 from __future__ import annotations
@@ -78,6 +81,9 @@ class QueueOptions:
     lease: timedelta = core.ATTEMPT_LEASE
     session_timeout_ms: int = 6000
 
+
+STALL_AFTER_S = 120.0
+"""A loop that has not finished a round (intake, retries, age alarm) for this long is stuck: not live, not ready."""
 
 Clock = Callable[[], datetime]
 
@@ -183,6 +189,30 @@ class QueueMetrics:
 
 
 @dataclass
+class Rounds:
+    """When the serve loop last finished a round: the probes' evidence that intake, retries and the age
+    alarm still run (a hung ClickHouse or broker call stops the loop, not the metrics thread)."""
+
+    stall_after_s: float = STALL_AFTER_S
+    monotonic: Callable[[], float] = time.monotonic
+    last: float | None = None
+
+    def __post_init__(self) -> None:
+        self._started = self.monotonic()
+
+    def done(self) -> None:
+        self.last = self.monotonic()
+
+    def live(self) -> bool:
+        """Still turning; before the first round, the start counts as one (the consumer may take a while to join)."""
+        return self.monotonic() - (self._started if self.last is None else self.last) <= self.stall_after_s
+
+    def ready(self) -> bool:
+        """Has finished a round, recently."""
+        return self.last is not None and self.live()
+
+
+@dataclass
 class ReviewQueue:
     """Intake, retries, age alarm and the staff operations over one store (see the module docstring)."""
 
@@ -196,6 +226,7 @@ class ReviewQueue:
     clock: Clock = utc_now
     rng: random.Random = field(default_factory=random.Random)
     metrics: QueueMetrics = field(default_factory=QueueMetrics)
+    rounds: Rounds = field(default_factory=Rounds)
 
     def __post_init__(self) -> None:
         self.alarms = core.StaleAlarms(self.options.stale_after)
@@ -435,6 +466,7 @@ async def serve(queue: ReviewQueue, stop: asyncio.Event) -> None:
             await queue.intake()
             queue.start_due()
             await queue.check_staleness()
+            queue.rounds.done()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), queue.options.tick_s)
         await queue.settle()

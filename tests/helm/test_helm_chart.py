@@ -88,6 +88,8 @@ def test_rendered_kinds(
             "ConfigMap",
             "Deployment",
             "Deployment",
+            "Deployment",
+            "Service",
             "Service",
             "Service",
             "ServiceAccount",
@@ -98,13 +100,15 @@ def test_rendered_kinds(
     assert {d["metadata"]["name"] for d in of_kind(manifests, "Deployment")} == {
         "cs-callstream-worker",
         "cs-callstream-sinks",
+        "cs-callstream-queue",
     }
     assert {d["metadata"]["name"] for d in of_kind(manifests_with_ema, "Deployment")} == {
         "cs-callstream-worker",
         "cs-callstream-sinks",
+        "cs-callstream-queue",
         "cs-callstream-ema",
     }
-    assert len(of_kind(manifests_with_ema, "Service")) == 3
+    assert len(of_kind(manifests_with_ema, "Service")) == 4
 
 
 def test_workers_run_the_callstream_commands(manifests_with_ema: list[dict[str, Any]]) -> None:
@@ -115,13 +119,24 @@ def test_workers_run_the_callstream_commands(manifests_with_ema: list[dict[str, 
     assert commands == {
         "cs-callstream-worker": ["callstream", "worker"],
         "cs-callstream-sinks": ["callstream", "sinks", "run"],
+        "cs-callstream-queue": ["callstream", "queue", "run"],
         "cs-callstream-ema": ["callstream", "worker"],
     }
     replicas = {
         d["metadata"]["name"]: d["spec"]["replicas"]
         for d in of_kind(manifests_with_ema, "Deployment")
     }
-    assert replicas == {"cs-callstream-worker": 3, "cs-callstream-sinks": 2, "cs-callstream-ema": 1}
+    assert replicas == {"cs-callstream-worker": 3, "cs-callstream-sinks": 2, "cs-callstream-queue": 1,
+                        "cs-callstream-ema": 1}
+
+
+def test_the_review_queue_never_runs_two_writers(manifests: list[dict[str, Any]]) -> None:
+    """The queue process is its store's only writer: one replica, and no rolling update overlapping two pods."""
+    strategies = {d["metadata"]["name"]: d["spec"].get("strategy") for d in of_kind(manifests, "Deployment")}
+    assert strategies == {"cs-callstream-worker": None, "cs-callstream-sinks": None,
+                          "cs-callstream-queue": {"type": "Recreate"}}
+    report = helm.lint(CHART, {"components": {"queue": {"replicas": 2}}})
+    assert any("/components/queue/replicas" in error for error in report["errors"]), report["errors"]
 
 
 def test_probes_resources_and_hardening(manifests_with_ema: list[dict[str, Any]]) -> None:

@@ -12,24 +12,17 @@ import httpx
 import yaml
 
 from callstream.metrics_server import PROBE_PATHS, serve_metrics
-from review.service import QueueMetrics
-from sinks.metrics import SinkMetrics
 from streams.metrics import Metrics
 from tests.helm.test_helm_chart import containers, render
-from tests.helm.test_helm_rules import METRIC_NAME, RULES
+from tests.helm.test_helm_rules import METRIC_NAME, RULES, process_registries, series_names
 
-SUFFIXES = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count")}
-PROCESS_METRICS = {"worker": Metrics().registry, "sinks": SinkMetrics().registry, "queue": QueueMetrics().registry}
-"""The registry each `callstream <command>` serves on /metrics."""
-PROBED = {"worker", "sinks"}
-"""Commands whose process serves /healthz and /readyz (callstream.metrics_server)."""
+PROBED = {"worker", "sinks", "queue"}
+"""Commands whose process serves /healthz and /readyz (callstream.metrics_server; the queue's probes ask
+review.service.Rounds, tests/review/test_rounds.py)."""
 
 
 def exported(process: str) -> set[str]:
-    sinks = SinkMetrics()
-    sinks.watch_backlogs(list)  # the scrape-time gauges exist with or without parked practices
-    registry = sinks.registry if process == "sinks" else PROCESS_METRICS[process]
-    return {family.name + suffix for family in registry.collect() for suffix in SUFFIXES[family.type]}
+    return series_names(process_registries()[process])
 
 
 def test_every_container_runs_a_command_that_exists() -> None:
@@ -62,11 +55,13 @@ def test_every_probe_path_is_served_by_the_process_it_targets() -> None:
 
 def test_every_metric_a_rule_uses_is_exported_by_some_process() -> None:
     rules: dict[str, Any] = yaml.safe_load(RULES.read_text())
-    everywhere = set().union(*(exported(process) for process in PROCESS_METRICS))
+    everywhere = set().union(*(exported(process) for process in process_registries()))
     for group in rules["groups"]:
         for rule in group["rules"]:
             used = set(METRIC_NAME.findall(rule["expr"]))
             assert used <= everywhere, (rule.get("alert") or rule.get("record"), used - everywhere)
-    siem_rule = next(rule for group in rules["groups"] for rule in group["rules"]
-                     if rule.get("alert") == "SiemDeliveryFailing")
-    assert set(METRIC_NAME.findall(siem_rule["expr"])) <= exported("sinks"), "the SIEM alert reads the sinks' metrics"
+    for alert, process in (("SiemDeliveryFailing", "sinks"), ("SiemDeliveryDelayed", "sinks"),
+                           ("ReviewQueueStale", "queue")):
+        rule = next(rule for group in rules["groups"] for rule in group["rules"] if rule.get("alert") == alert)
+        used = set(METRIC_NAME.findall(rule["expr"]))
+        assert used <= exported(process), f"{alert} reads what `callstream {process}` exports"

@@ -52,7 +52,7 @@ class QueueProcess:
                     "CALLSTREAM_QUEUE_DSN": f"chdb://{data_dir / 'review-store'}", "CALLSTREAM_LOG_LEVEL": "INFO"}
         self.command = [sys.executable, "-m", "callstream.cli", "queue", "run", "--tenants", str(tenants_file),
                         "--api-port", str(self.port), "--stale-after", "3", "--retry-base", "0.5", "--retry-cap", "1",
-                        "--attempt-lease", "4", "--tick", "0.3"]
+                        "--attempt-lease", "4", "--tick", "0.3", "--metrics-port", "0"]
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
