@@ -40,6 +40,7 @@ from review.service import DEFAULT_API_PORT, CommandLog, QueueOptions, ReviewQue
 from review.store import ReviewStore
 from schemas.registry import SchemaRegistryClient
 from schemas.topics import ALARMS, AUDIT, COMMANDS, topic_named
+from sinks.clickhouse_store import cluster_from_env
 from sinks.kafka_io import Backoff
 from streams.outputs import KafkaOutputs
 
@@ -128,7 +129,7 @@ def _run(options: argparse.Namespace) -> int:
     bootstrap = settings.bootstrap_servers
     wait_for_broker(bootstrap)
     ensure_topics(bootstrap, [(name, topic_named(name).partitions) for name in (COMMANDS, AUDIT, ALARMS)])
-    store = ReviewStore.open(queue_dsn(settings), options.database)
+    store = ReviewStore.open(queue_dsn(settings), options.database, cluster_from_env())
     store.migrate()
     queue_options = QueueOptions(api_port=options.api_port, tick_s=options.tick,
                                  stale_after=timedelta(seconds=options.stale_after),

@@ -13,12 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
-from callstream.devstack import open_clickhouse
-from callstream.settings import redact_dsn
 from review.core import ItemKind, ItemNotFound, ItemState, Reason, ReviewItem
-from sinks.clickhouse_store import AuditStore, Migration, database_for_dsn
+from sinks.clickhouse_store import AuditStore, Migration
 
 ITEMS_TABLE = "review_items"
 COLUMNS: tuple[str, ...] = (
@@ -69,10 +67,8 @@ class ReviewStore(AuditStore):
     """Reads and writes of ``review_items`` (the audit store's connection, DDL and error handling)."""
 
     migrations_table = "review_queue_migrations"
-
-    @classmethod
-    def open(cls, dsn: str, database: str | None = None) -> ReviewStore:
-        return cls(open_clickhouse(dsn), database_for_dsn(dsn, database), redact_dsn(dsn))
+    sharding_keys: ClassVar[dict[str, str]] = {ITEMS_TABLE: "cityHash64(item_id)"}
+    """An item's revisions share a shard, so FINAL sees them all."""
 
     def migrate(self, migrations: Sequence[Migration] = MIGRATIONS) -> list[int]:
         return super().migrate(migrations)

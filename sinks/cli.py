@@ -25,7 +25,7 @@ from callstream.settings import Settings, load_settings
 from callstream.tenants import TenantDirectory, load_tenant_directory
 from schemas.registry import SchemaRegistryClient
 from schemas.topics import ALARMS, AUDIT, DEAD_LETTER, SIEM_DEAD_LETTER, topic_named
-from sinks.clickhouse_store import AuditRowProcessor, AuditStore
+from sinks.clickhouse_store import AuditRowProcessor, AuditStore, cluster_from_env
 from sinks.consumer import ClickHouseAuditSink
 from sinks.kafka_io import AuditDecoder
 from schemas.models import AlarmKind
@@ -150,7 +150,7 @@ def _run_until_stopped(
     exported = SinkMetrics() if serve is not None else None
     siem_metrics: SiemMetrics = metrics or exported or tally
     if "clickhouse" in wanted:
-        store = AuditStore.open(settings.effective_clickhouse_dsn, database)
+        store = AuditStore.open(settings.effective_clickhouse_dsn, database, cluster_from_env())
         applied = store.migrate()
         logger.info("audit store %s ready (migrations applied now: %s)", store.database, applied or "none")
         sink = ClickHouseAuditSink(store, bootstrap=bootstrap, processor=AuditRowProcessor(AuditDecoder(registry)),

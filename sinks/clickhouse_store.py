@@ -15,6 +15,10 @@ Design choices, and why:
 - De-duplication happens at merge time, so every read uses FINAL: duplicates never show.
 - Migrations are an ordered list in code recorded in ``schema_migrations``; a database whose
   schema is newer than this build is refused rather than written with an old row shape.
+- On a cluster (``CLICKHOUSE_CLUSTER``), each table is a Replicated local table ``<table>_local`` created
+  ON CLUSTER with a Distributed table of the original name over it, sharded so that rows that must
+  collapse (one event, one review item) share a shard; reads and writes keep using the original name.
+  Inserts wait for the shards (``insert_distributed_sync``), so a read after a write sees it.
 
 `AuditRowProcessor` (bytes → row or typed rejection) has no I/O so it can be tested on bytes; the
 Kafka loop in sinks/consumer.py is thin wiring around it and `AuditStore.insert`.
@@ -23,11 +27,12 @@ Kafka loop in sinks/consumer.py is thin wiring around it and `AuditStore.insert`
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 from urllib.parse import urlsplit
 
 from callstream.devstack import open_clickhouse
@@ -49,6 +54,9 @@ DEFAULT_DATABASE = "callstream"
 AUDIT_TABLE = "audit_events"
 MIGRATIONS_TABLE = "schema_migrations"
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
+CLUSTER_ENV = "CLICKHOUSE_CLUSTER"
+_CREATE_TABLE = re.compile(
+    r"\s*CREATE TABLE IF NOT EXISTS (\w+)\.(\w+)\s*(\(.*\))\s*ENGINE = (\w*MergeTree)(?:\(([^)]*)\))?(.*)\Z", re.DOTALL)
 
 INSERT_COLUMNS: tuple[str, ...] = (
     "event_id", "occurred_at", "practice_id", "call_id", "caller_number", "action", "outcome", "state_from",
@@ -295,21 +303,73 @@ def validate_identifier(name: str) -> str:
     return name
 
 
+def cluster_from_env() -> str | None:
+    """The cluster the DDL targets (``CLICKHOUSE_CLUSTER``, as in the server's remote_servers); unset: one node."""
+    name = os.environ.get(CLUSTER_ENV, "").strip()
+    if name and not _IDENTIFIER.match(name):
+        raise ConfigError(f"{CLUSTER_ENV} {name[:70]!r} must be letters, digits and underscores")
+    return name or None
+
+
+def replicated_engine(engine: str, table: str, database: str, arguments: str = "") -> str:
+    """``Replicated<engine>`` keeping its arguments, one replica set per shard (``{shard}``, ``{replica}`` macros)."""
+    path = f"'/clickhouse/tables/{{shard}}/{database}/{table}', '{{replica}}'"
+    return f"Replicated{engine}({', '.join(filter(None, (path, arguments.strip())))})"
+
+
+def clustered_ddl(statement: str, cluster: str, sharding_key: str) -> tuple[str, str]:
+    """A migration's ``CREATE TABLE IF NOT EXISTS db.t (...) ENGINE = *MergeTree ...`` as a Replicated
+    ``db.t_local`` on every node of ``cluster`` and a Distributed ``db.t`` over it, sharded by ``sharding_key``.
+
+    Raises:
+        ConfigError: the statement is not such a CREATE TABLE (nothing else can be made clustered here).
+    """
+    match = _CREATE_TABLE.match(statement)
+    if match is None:
+        raise ConfigError("only CREATE TABLE IF NOT EXISTS ... ENGINE = *MergeTree migrations can run ON CLUSTER")
+    database, table, columns, engine, arguments, rest = match.groups()
+    local = f"{table}_local"
+    return (
+        f"CREATE TABLE IF NOT EXISTS {database}.{local} ON CLUSTER {cluster}\n{columns}\n"
+        f"ENGINE = {replicated_engine(engine, local, database, arguments or '')}{rest.rstrip()}",
+        f"CREATE TABLE IF NOT EXISTS {database}.{table} ON CLUSTER {cluster} AS {database}.{local} "
+        f"ENGINE = Distributed({cluster}, {database}, {local}, {sharding_key})",
+    )
+
+
 class AuditStore:
     """Migrations, inserts and reads of the audit tables in one database."""
 
     migrations_table = MIGRATIONS_TABLE
     """Where applied versions are recorded; another store in the same database keeps its own (review/store.py)."""
+    sharding_keys: ClassVar[dict[str, str]] = {AUDIT_TABLE: "cityHash64(practice_id)"}
+    """On a cluster, the shard of each table's rows: a function of what its ReplacingMergeTree collapses on."""
 
-    def __init__(self, client: Client, database: str = DEFAULT_DATABASE, description: str = "ClickHouse") -> None:
+    def __init__(self, client: Client, database: str = DEFAULT_DATABASE, description: str = "ClickHouse",
+                 cluster: str | None = None) -> None:
         self.client = client
         self.database = validate_identifier(database)
         self.description = description
+        self.cluster = cluster
 
     @classmethod
-    def open(cls, dsn: str, database: str | None = None) -> AuditStore:
-        """Connect by DSN (chdb:// embedded, http(s):// server or cluster endpoint)."""
-        return cls(open_clickhouse(dsn), database_for_dsn(dsn, database), redact_dsn(dsn))
+    def open(cls, dsn: str, database: str | None = None, cluster: str | None = None) -> Self:
+        """Connect by DSN (chdb:// embedded, http(s):// server or cluster endpoint); ``cluster`` makes the DDL
+        clustered (see the module docstring)."""
+        if cluster and dsn.startswith("chdb://"):
+            raise ConfigError(f"{CLUSTER_ENV} needs a ClickHouse server DSN, not embedded chDB")
+        return cls(open_clickhouse(dsn), database_for_dsn(dsn, database), redact_dsn(dsn), cluster)
+
+    def ddl(self, statement: str) -> tuple[str, ...]:
+        """What one migration statement becomes here: itself on one node, the clustered pair on a cluster."""
+        statement = statement.format(database=self.database)
+        if self.cluster is None:
+            return (statement,)
+        match = _CREATE_TABLE.match(statement)
+        table = match.group(2) if match else ""
+        if table not in self.sharding_keys:
+            raise ConfigError(f"no sharding key for table {table or '?'} on cluster {self.cluster}")
+        return clustered_ddl(statement, self.cluster, self.sharding_keys[table])
 
     def migrate(self, migrations: Sequence[Migration] = MIGRATIONS) -> list[int]:
         """Apply the migrations this database lacks, in order; returns the versions applied now.
@@ -321,11 +381,16 @@ class AuditStore:
         versions = [migration.version for migration in migrations]
         if versions != sorted(set(versions)):
             raise ConfigError("migration versions must be unique and ascending")
-        self._run(f"CREATE DATABASE IF NOT EXISTS {self.database}")
+        on_cluster = f" ON CLUSTER {self.cluster}" if self.cluster else ""
+        engine = (replicated_engine("ReplacingMergeTree", self.migrations_table, self.database) if self.cluster
+                  else "ReplacingMergeTree")
+        self._run(f"CREATE DATABASE IF NOT EXISTS {self.database}{on_cluster}")
+        # Per shard on a cluster: a node of another shard may find a version unrecorded and re-run its
+        # statements, which are idempotent.
         self._run(
-            f"CREATE TABLE IF NOT EXISTS {self.database}.{self.migrations_table} "
+            f"CREATE TABLE IF NOT EXISTS {self.database}.{self.migrations_table}{on_cluster} "
             "(version UInt32, description String, applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) "
-            "ENGINE = ReplacingMergeTree ORDER BY version"
+            f"ENGINE = {engine} ORDER BY version"
         )
         applied = set(self.applied_versions())
         newest_known = versions[-1] if versions else 0
@@ -339,7 +404,8 @@ class AuditStore:
             if migration.version in applied:
                 continue
             for statement in migration.statements:
-                self._run(statement.format(database=self.database))
+                for ddl in self.ddl(statement):
+                    self._run(ddl)
             self._insert(self.migrations_table, [(migration.version, migration.description)], ("version", "description"))
             done.append(migration.version)
         return done
@@ -406,7 +472,8 @@ class AuditStore:
 
     def _insert(self, table: str, rows: Sequence[tuple[Any, ...]], columns: Sequence[str]) -> None:
         try:
-            self.client.insert(f"{self.database}.{table}", list(rows), column_names=list(columns))
+            self.client.insert(f"{self.database}.{table}", list(rows), column_names=list(columns),
+                               settings={"insert_distributed_sync": 1} if self.cluster else None)
         except Exception as exc:  # noqa: BLE001 - the driver raises many types; all mean "not stored"
             raise StoreUnavailableError(f"{self.description}: insert into {table} failed: {_describe_failure(exc)}") from None
 

@@ -354,3 +354,14 @@ def test_a_secret_reference_in_extra_env_is_accepted() -> None:
     env = {name: container["env"] for name, container in containers(documents)}
     assert reference in env["cs-callstream-worker"]
     assert reference not in env["cs-callstream-sinks"]
+
+
+def test_a_clickhouse_cluster_name_reaches_the_processes_only_when_set() -> None:
+    def config(values: dict[str, Any]) -> dict[str, str]:
+        [config_map] = [c for c in of_kind(render(values), "ConfigMap") if c["metadata"]["name"] == "cs-callstream-config"]
+        return config_map["data"]
+
+    assert "CLICKHOUSE_CLUSTER" not in config({})
+    assert config({"clickhouse": {"cluster": "prod_eu"}})["CLICKHOUSE_CLUSTER"] == "prod_eu"
+    report = helm.lint(CHART, {"clickhouse": {"cluster": "prod; DROP DATABASE x"}})
+    assert any("/clickhouse/cluster" in error for error in report["errors"]), report["errors"]
