@@ -48,6 +48,9 @@ class ReplyTemplate(StrEnum):
     INTAKE_STAFF_WILL_SEND = "INTAKE_STAFF_WILL_SEND"
     TRANSFER_TO_STAFF = "TRANSFER_TO_STAFF"
     """The call could not be handled at all (its event was dead-lettered): a person takes over."""
+    STILL_WORKING_STAFF_WILL_FOLLOW_UP = "STILL_WORKING_STAFF_WILL_FOLLOW_UP"
+    """The turn's budget passed while a ModMed write was still under way: honest, and true whatever its
+    outcome (the write lands, or its failure becomes a review-queue item staff follow up)."""
 
     @property
     def text(self) -> str:
@@ -60,6 +63,9 @@ class ReplyTemplate(StrEnum):
         return frozenset(name for _, name, _, _ in Formatter().parse(_TEXTS[self]) if name)
 
 
+INTERIM_TEMPLATES = frozenset({ReplyTemplate.PLEASE_HOLD, ReplyTemplate.STILL_WORKING_STAFF_WILL_FOLLOW_UP})
+"""Replies a slow turn gets while its work still runs; the turn's final reply follows them (docs/events.md)."""
+
 _CLOSED_OFFICE = "The office is closed right now. "
 _EMERGENCY = " If this is a medical emergency, please hang up and dial 911."
 _ANYTHING_ELSE = " Is there anything else I can help you with?"
@@ -68,6 +74,10 @@ _PROVIDER_REVIEWS = "Medication requests are reviewed by your provider"
 _TEXTS: dict[ReplyTemplate, str] = {
     ReplyTemplate.ASK_IDENTITY: "I can help with that. First, may I have your full name and date of birth?",
     ReplyTemplate.PLEASE_HOLD: "Thank you. One moment while I pull up your information.",
+    ReplyTemplate.STILL_WORKING_STAFF_WILL_FOLLOW_UP: (
+        "I'm sorry, our system is slower than usual right now. Your request is recorded with the details "
+        "of this call, and our staff will follow up with you."
+    ),
     ReplyTemplate.ASK_VISIT_REASON: (
         "Which visit is this for? For example, a follow-up, a consultation, or a procedure."
     ),

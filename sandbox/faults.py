@@ -31,6 +31,7 @@ class PracticeFaults(BaseModel):
         default=0.0, ge=0.0, le=1.0, description="successful writes whose response is replaced by 500 (write kept)"
     )
     burst_429: int = Field(default=0, ge=0, le=1_000_000, description="the next N API calls get 429")
+    burst_retry_after_s: int = Field(default=1, ge=0, le=86_400, description="Retry-After of the injected 429s")
     revoke_tokens: bool = Field(default=False, description="on apply: every issued token of the practice stops working")
     screen_login_failure: bool = Field(default=False, description="EMA login refuses every attempt (counts toward lockout)")
 

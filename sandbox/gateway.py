@@ -53,9 +53,11 @@ class Gateway:
                 429, f"rate limit of {tenant.settings.rate_limit_per_minute} calls per minute exceeded",
                 headers={"Retry-After": str(retry_after)},
             )
+        faults = self.faults.get(tenant.practice_id)
         if self.faults.take_burst(tenant.practice_id):
-            raise FhirError(429, "too many requests (injected burst)", headers={"Retry-After": "1"})
-        if self.faults.roll(self.faults.get(tenant.practice_id).error_5xx_ratio):
+            raise FhirError(429, "too many requests (injected burst)",
+                            headers={"Retry-After": str(faults.burst_retry_after_s)})
+        if self.faults.roll(faults.error_5xx_ratio):
             raise FhirError(500, "internal error (injected)")
 
     def lose_write_response(self, tenant: Tenant) -> bool:

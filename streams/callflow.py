@@ -58,7 +58,7 @@ from guards import (
     render_reply,
 )
 from guards.model import FrozenModel
-from guards.replies import adapt_reply
+from guards.replies import INTERIM_TEMPLATES, adapt_reply
 from schemas.models import (
     AuditAction,
     AuditOutcome,
@@ -553,6 +553,36 @@ def _reply(
         detail={"template": template.value, "phase": practice.phase.value},
     )
     return state.model_copy(update={"last_reply": reply}), (ReplyOut(reply), audit)
+
+
+def awaits_reply(state: CallState) -> bool:
+    """Whether the caller waits on the turn's answer: a request or a chosen slot is being handled. A chart
+    lookup right after identification runs while the conversation goes on, and needs no hold message."""
+    return state.pending is not None or (state.offer is not None and state.offer.chosen is not None)
+
+
+def interim_reply(state: CallState, template: ReplyTemplate, practice: Practice, now: datetime) -> tuple[Output, ...]:
+    """A reply sent while the turn's work still runs (``INTERIM_TEMPLATES``), with its audit record.
+
+    Its id derives from the event and the template, apart from the final reply's, so a redelivered event
+    repeats it rather than adding one. It is not remembered as the call's last reply: a redelivery of a
+    finished turn re-sends the final answer only."""
+    if template not in INTERIM_TEMPLATES:
+        raise ValueError(f"{template.value} is not an interim reply")
+    reply = SentReply(
+        reply_id=str(uuid.uuid5(REPLY_NAMESPACE, f"{state.last_event_id}:{template.value}")),
+        in_reply_to=state.last_event_id,
+        template=template,
+        text=render_reply(template, ReplyValues()),
+        escalated=False,
+        created_at=now,
+    )
+    audit = AuditOut(
+        action=AuditAction.REPLY_SENT,
+        outcome=AuditOutcome.SUCCESS,
+        detail={"template": template.value, "phase": practice.phase.value, "interim": "true"},
+    )
+    return ReplyOut(reply), audit
 
 
 def _review(state: CallState, kind: CommandKind, target: str, params: dict[str, str], reason: str) -> tuple[Output, ...]:

@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from connectors.fhir import ModMedClient
 from connectors.ledger import idempotency_key
 from connectors.vocabulary import CALL_REFERENCE_SYSTEM
 from guards.model import Command
+from guards.replies import INTERIM_TEMPLATES, ReplyTemplate
 from schemas.models import Alarm, AuditAction, AuditEvent, AuditOutcome, DeadLetter, Reply
 from schemas.serde import AvroSerde
 from schemas.topics import ALARMS, AUDIT, CALL_EVENTS, DEAD_LETTER
@@ -59,6 +61,11 @@ def audit(pipeline_broker: str) -> Iterator[TopicReader]:
 async def modmed() -> AsyncIterator[ModMedClient]:
     async with ModMedClient() as client:
         yield client
+
+
+def final_reply_to(event: Any, reply: Reply) -> bool:
+    """The turn's answer, not a hold message sent while it was slow (guards.replies.INTERIM_TEMPLATES)."""
+    return reply.in_reply_to == event.event_id and ReplyTemplate(reply.template) not in INTERIM_TEMPLATES
 
 
 def called(call_id: str, action: AuditAction, records: list[AuditEvent]) -> list[AuditEvent]:
@@ -389,9 +396,9 @@ async def test_a_worker_killed_mid_call_resumes_the_call_and_books_once(
     pipeline_worker.start()
 
     replies: list[Reply] = await asyncio.to_thread(
-        telephony.replies_for, [script.call_id], until=lambda found: any(r.in_reply_to == chosen.event_id for r in found),
+        telephony.replies_for, [script.call_id], until=lambda found: any(final_reply_to(chosen, r) for r in found),
         timeout_s=60)
-    [confirmation] = {r.reply_id: r for r in replies if r.in_reply_to == chosen.event_id}.values()
+    [confirmation] = {r.reply_id: r for r in replies if final_reply_to(chosen, r)}.values()
     assert confirmation.template == "BOOKING_CONFIRMED"
     booked = await appointments_of(modmed, pipeline_tenants[1], "pain-1002", script.call_id, caller.patient_id)
     assert len(booked) == 1 and booked[0].start == offer.offered_slots[0].start
@@ -446,7 +453,7 @@ async def test_a_worker_killed_after_its_task_post_landed_unrecorded_creates_the
     assert pipeline_worker.starts == starts + 1
     final = (await asyncio.to_thread(changelog_values, pipeline_broker, "ledger", key))[-1]
     assert final is not None and final["state"] == "done" and final["resource_id"] == mine[0].id
-    assert len({r.reply_id for r in replies if r.in_reply_to == asked.event_id}) == 1
+    assert len({r.reply_id for r in replies if final_reply_to(asked, r)}) == 1
 
     def task_audits(records: list[AuditEvent]) -> set[uuid.UUID]:
         return {r.event_id for r in called(script.call_id, AuditAction.FHIR_WRITE, records)

@@ -470,3 +470,30 @@ def test_audit_actions_are_contract_symbols() -> None:
     driver, call = identified_driver()
     outputs = driver.send(call.intent("REFILL_REQUEST", medication_mentioned=True))
     assert {a.action for a in audits(outputs)} <= set(AuditAction)
+
+
+def test_only_a_turn_the_caller_waits_on_gets_interim_replies() -> None:
+    call, driver = Call(), Driver()
+    driver.send(call.started())
+    lookup = callflow.on_event(driver.state, call.identified(), driver.practice, NOW)
+    assert lookup.work is not None and not callflow.awaits_reply(lookup.state), "a lookup runs while the call goes on"
+    driver.send(call.identified())
+    request = callflow.on_event(driver.state, call.intent("BOOK_APPOINTMENT", visit_reason="esi"), driver.practice, NOW)
+    assert request.work is not None and callflow.awaits_reply(request.state)
+
+
+def test_an_interim_reply_has_its_own_id_and_never_becomes_the_calls_last_reply() -> None:
+    call, driver = Call(), Driver()
+    driver.send(call.started())
+    driver.send(call.identified())
+    step = callflow.on_event(driver.state, call.intent("BOOK_APPOINTMENT", visit_reason="esi"), driver.practice, NOW)
+    hold, audit = callflow.interim_reply(step.state, ReplyTemplate.PLEASE_HOLD, driver.practice, NOW)
+    assert isinstance(hold, callflow.ReplyOut) and isinstance(audit, callflow.AuditOut)
+    assert hold.reply.in_reply_to == step.state.last_event_id
+    assert hold.reply.reply_id != callflow.reply_id_for(step.state.last_event_id)
+    assert audit.action is AuditAction.REPLY_SENT and audit.detail["interim"] == "true"
+    assert step.state.last_reply is None or step.state.last_reply.reply_id != hold.reply.reply_id
+    again, _ = callflow.interim_reply(step.state, ReplyTemplate.PLEASE_HOLD, driver.practice, NOW)
+    assert again.reply.reply_id == hold.reply.reply_id, "a redelivered event repeats its hold message"
+    with pytest.raises(ValueError):
+        callflow.interim_reply(step.state, ReplyTemplate.BOOKING_CONFIRMED, driver.practice, NOW)
