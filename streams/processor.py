@@ -35,6 +35,7 @@ from typing import Any, Protocol
 
 from pydantic import TypeAdapter, ValidationError
 
+from callstream.deadline import Deadline, TurnBudget, within
 from callstream.tenants import Practice, TenantDirectory
 from connectors.dispatch import Dispatcher
 from connectors.errors import ConflictError, InvalidResponseError
@@ -114,6 +115,8 @@ _WORK_COMMANDS: dict[type, CommandKind] = {
     CancelAppointment: CommandKind.CANCEL_APPOINTMENT,
     CreateTask: CommandKind.CREATE_TASK,
 }
+WRITE_WORK = (WriteAppointment, CancelAppointment, CreateTask)
+"""Work that changes the chart: never cut once it left (its outcome would be unknown)."""
 _DEEP_LINK = re.compile(EMA_DEEP_LINK_PATTERN)
 _MATCH_KINDS = {MatchKind.UNIQUE: LookupKind.UNIQUE, MatchKind.NONE: LookupKind.NONE,
                 MatchKind.AMBIGUOUS: LookupKind.AMBIGUOUS}
@@ -128,6 +131,14 @@ class RawEvent:
     offset: int
     key: bytes | None = field(repr=False)
     value: bytes | None = field(repr=False)
+
+
+@dataclass(slots=True)
+class _TurnProgress:
+    """What the turn's work is doing now: the STILL_WORKING reply is for a write under way, not a read
+    (a read cut at the deadline gets the core's own hand-off reply at that moment)."""
+
+    writing: bool = False
 
 
 @dataclass
@@ -279,6 +290,7 @@ class CallProcessor:
         drift: DriftSink | None = None,
         registry: SchemaRegistryClient | None = None,
         clock: Clock = utc_now,
+        turns: TurnBudget = TurnBudget(),
     ) -> None:
         self.tenants = tenants
         self.dispatcher = dispatcher
@@ -288,6 +300,7 @@ class CallProcessor:
         self._drift = drift
         self._serde = AvroSerde.for_topic(CALL_EVENTS, registry=registry)
         self._clock = clock
+        self._turns = turns
         self._events_counted = metrics.events_processed.labels(CALL_EVENTS)
         self._reply_latency: dict[str, Any] = {}
 
@@ -330,15 +343,8 @@ class CallProcessor:
             await self._dead_letter(raw, str(exc), type(exc).__name__, practice.practice_id, event.call_id, now)
             return
         outputs = list(step.outputs)
-        for _ in range(MAX_WORK_STEPS):
-            if step.work is None:
-                break
-            result = await self._run(practice, event.call_id, step.work)
-            assert step.state is not None
-            step = callflow.on_result(step.state, result, practice, now)
-            outputs.extend(step.outputs)
-        else:
-            log.error("practice %s call %s: the turn did not settle; left for staff", practice.practice_id, event.call_id)
+        if step.work is not None:
+            step = await self._turn(event, practice, step, outputs, now)
         await self._publish(event, practice, step.state or state, outputs, writes, received, now)
         stored = None if step.state is None else step.state.model_dump_json().encode()
         await self.states.put(event.call_id, raw.partition, stored)
@@ -363,12 +369,72 @@ class CallProcessor:
 
     # ---------------------------------------------------------------------------------- dispatch
 
-    async def _run(self, practice: Practice, call_id: str, work: Work) -> WorkResult:
-        """One piece of work through the dispatcher; every failure becomes a WorkFailed the core handles."""
+    async def _turn(self, event: CallEvent, practice: Practice, step: callflow.Step, outputs: list[Output],
+                    now: datetime) -> callflow.Step:
+        """Run the turn's work under its deadline (``callstream.deadline``), telling the caller meanwhile:
+        PLEASE_HOLD once the hold threshold passes, and an honest STILL_WORKING reply if the budget passes
+        while a write is under way. Reads are cut at the deadline (the core hands the request to staff);
+        a write that left is never cut, so its outcome is known and audited (its reply follows the
+        interim ones). What is said early holds the event's acknowledgement, not the turn."""
+        times = self._turns.start(event.occurred_at, now)
+        progress = _TurnProgress()
+        state = step.state
+        assert state is not None
+        timers = [] if not callflow.awaits_reply(state) else [
+            asyncio.ensure_future(self._say_when(times.hold.remaining(), ReplyTemplate.PLEASE_HOLD, event, practice,
+                                                 state, lambda: True)),
+            asyncio.ensure_future(self._say_when(times.deadline.remaining(),
+                                                 ReplyTemplate.STILL_WORKING_STAFF_WILL_FOLLOW_UP, event, practice,
+                                                 state, lambda: progress.writing)),
+        ]
+        try:
+            with within(times.deadline):
+                for _ in range(MAX_WORK_STEPS):
+                    if step.work is None:
+                        break
+                    result = await self._run(practice, event.call_id, step.work, times.deadline, progress)
+                    assert step.state is not None
+                    step = callflow.on_result(step.state, result, practice, now)
+                    outputs.extend(step.outputs)
+                else:
+                    log.error("practice %s call %s: the turn did not settle; left for staff", practice.practice_id,
+                              event.call_id)
+        finally:
+            for timer in timers:
+                timer.cancel()
+        return step
+
+    async def _say_when(self, delay_s: float, template: ReplyTemplate, event: CallEvent, practice: Practice,
+                        state: CallState, still_needed: Callable[[], bool]) -> None:
+        """After ``delay_s``, send an interim reply (and its audit record) if the turn still needs it."""
+        await asyncio.sleep(max(0.0, delay_s))
+        if not still_needed():
+            return
+        at = self._clock()
+        for output in callflow.interim_reply(state, template, practice, at):
+            if isinstance(output, ReplyOut):
+                reply = reply_record(output.reply, event.call_id, practice.practice_id)
+                hold_event_ack(lambda: self.outputs.reply(reply))
+            elif isinstance(output, AuditOut):
+                record = audit_record(output, f"{event.event_id}:{template.value}", practice.practice_id,
+                                      event.call_id, state.caller_number, at)
+                hold_event_ack(lambda: self.outputs.audit(record))
+
+    async def _run(self, practice: Practice, call_id: str, work: Work, deadline: Deadline,
+                   progress: _TurnProgress) -> WorkResult:
+        """One piece of work through the dispatcher; every failure becomes a WorkFailed the core handles.
+
+        A read gets what is left of the turn's deadline (none left: it fails at once, unsent); a write is
+        bounded only by ``DISPATCH_TIMEOUT_S``, since cutting one that left would leave its outcome unknown."""
         command = _command_of(work)
         started = time.perf_counter()
+        writing = isinstance(work, WRITE_WORK)
+        timeout_s = DISPATCH_TIMEOUT_S if writing else min(DISPATCH_TIMEOUT_S, deadline.remaining())
+        if timeout_s <= 0:
+            return WorkFailed(command, "TimeoutError", latency_ms=0.0)
+        progress.writing = writing
         try:
-            result = await asyncio.wait_for(self._dispatch(practice, call_id, work, started), DISPATCH_TIMEOUT_S)
+            result = await asyncio.wait_for(self._dispatch(practice, call_id, work, started), timeout_s)
         except ConflictError as exc:
             return WorkFailed(command, type(exc).__name__, slot_taken=True, latency_ms=_ms(started))
         except OutputDeliveryError:
@@ -377,6 +443,8 @@ class CallProcessor:
             log.warning("practice %s call %s: %s failed with %s", practice.practice_id, call_id, command.value,
                         type(exc).__name__)
             return WorkFailed(command, type(exc).__name__, latency_ms=_ms(started))
+        finally:
+            progress.writing = False
         return result
 
     async def _dispatch(self, practice: Practice, call_id: str, work: Work, started: float) -> WorkResult:

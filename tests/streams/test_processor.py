@@ -7,10 +7,11 @@ import asyncio
 import hashlib
 import json
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -617,3 +618,106 @@ def test_an_audit_record_keeps_only_links_the_schema_takes(link: str, kept: bool
     record = audit_record(audit, "event-1:0", "pain-1001", "call-1", None, NOW)
     assert record.ema_deep_link == (link if kept else None)
     assert record.resource_ids == ["pat-1"]
+
+
+# ------------------------------------------------------------------------ the caller's time budget
+
+HAND_OFF_TEMPLATES = {"ROUTED_TO_CARE_TEAM", "ROUTED_TO_CARE_TEAM_AFTER_HOURS"}
+
+
+def turn_replies(readers: dict[str, TopicReader], event: Any, count: int) -> list[Reply]:
+    found = readers[REPLIES].wait_for(
+        lambda rs: len([r for r in rs if r is not None and r.in_reply_to == event.event_id]) >= count, timeout_s=30)
+    return [r for r in found if r is not None and r.in_reply_to == event.event_id]  # one partition: in order
+
+
+def produced_now(event: Any) -> Any:
+    return event.model_copy(update={"occurred_at": datetime.now(UTC)})
+
+
+async def test_a_slow_practice_gets_the_caller_a_hold_message_then_an_honest_answer_within_the_budget(
+    harness: Harness, readers: dict[str, TopicReader], pipeline_cast: dict[str, PracticeCast], sandbox: SandboxServer,
+) -> None:
+    """ModMed answers after 6 s: PLEASE_HOLD at 0.7 s, then at the 4 s budget the slot search is cut and the
+    request goes to staff, honestly; the caller is never told they were not found."""
+    cast = pipeline_cast["pain-1002"]
+    script = Script(cast.called_number).started().identified(cast.plain[12]).intent(
+        "BOOK_APPOINTMENT", visit_reason="follow-up")
+    for event in script.events[:2]:
+        await harness.send(event)
+    intent = produced_now(script.events[2])
+    sandbox.set_faults("pain-1002", latency_ms=6000)
+    try:
+        started = time.monotonic()
+        await harness.send(intent)
+        took = time.monotonic() - started
+    finally:
+        sandbox.clear_faults("pain-1002")
+    hold, answer = turn_replies(readers, intent, 2)
+    assert hold.template == "PLEASE_HOLD" and not hold.escalated
+    assert 0.6 <= (hold.created_at - intent.occurred_at).total_seconds() <= 1.5
+    assert answer.template in HAND_OFF_TEMPLATES and answer.escalated and not broken_promises(answer.text)
+    assert 3.5 <= took <= 5.0, "the answer went out at the budget"
+    commands = readers[COMMANDS].wait_for(lambda rs: any(r is not None and r.call_id == script.call_id for r in rs))
+    [queued] = [r for r in commands if r is not None and r.call_id == script.call_id]
+    assert queued.params["reason"] == "TimeoutError"
+
+
+async def test_a_429_pause_past_the_budget_answers_at_once_and_sends_nothing_during_the_pause(
+    harness: Harness, readers: dict[str, TopicReader], pipeline_cast: dict[str, PracticeCast], sandbox: SandboxServer,
+) -> None:
+    """The reported failure: Retry-After 40 s kept callers 30 s in silence. Now the first 429 hands the
+    request to staff at once, and the next caller's request is refused by the limiter, unsent."""
+    cast = pipeline_cast["pain-1002"]
+    first, second = (Script(cast.called_number).started().identified(caller).intent(
+        "BOOK_APPOINTMENT", visit_reason="follow-up") for caller in (cast.plain[13], cast.plain[14]))
+    for script in (first, second):
+        for event in script.events[:2]:
+            await harness.send(event)
+    calls_before = sandbox.stats("pain-1002")["calls"]
+    sandbox.set_faults("pain-1002", burst_429=1000, burst_retry_after_s=40)
+    try:
+        started = time.monotonic()
+        for script in (first, second):
+            await harness.send(produced_now(script.events[2]))
+        took = time.monotonic() - started
+        calls = sandbox.stats("pain-1002")["calls"] - calls_before
+    finally:
+        sandbox.clear_faults("pain-1002")
+    for script in (first, second):
+        [answer] = turn_replies(readers, script.events[2], 1)
+        assert answer.template in HAND_OFF_TEMPLATES and not broken_promises(answer.text)
+    assert took < 1.5, "no wait on the 40 s pause"
+    assert calls == 1, "only the request that met the 429 reached ModMed"
+
+
+async def test_a_write_under_way_at_the_budget_gets_an_honest_reply_then_its_outcome(
+    harness: Harness, readers: dict[str, TopicReader], pipeline_cast: dict[str, PracticeCast], sandbox: SandboxServer,
+) -> None:
+    """A booking that left is never cut (its outcome would be unknown): the caller hears PLEASE_HOLD, then at
+    the budget that the request is recorded and staff will follow up, then the booking itself, audited."""
+    cast = pipeline_cast["pain-1002"]
+    caller = cast.plain[15]
+    script = booking(cast, caller, visit_reason="follow-up")
+    for event in script.events[:3]:
+        await harness.send(event)
+    offer = callflow.CallState.model_validate_json(harness.states[script.call_id]).offer
+    assert offer is not None
+    chosen = produced_now(script.events[3].model_copy(update={"payload": script.events[3].payload.model_copy(
+        update={"slot_id": offer.slots[0].slot_id})}))
+    sandbox.set_faults("pain-1002", latency_ms=1800)
+    try:
+        await harness.send(chosen)
+    finally:
+        sandbox.clear_faults("pain-1002")
+    replies = turn_replies(readers, chosen, 3)
+    assert [r.template for r in replies] == ["PLEASE_HOLD", "STILL_WORKING_STAFF_WILL_FOLLOW_UP", "BOOKING_CONFIRMED"]
+    assert 3.8 <= (replies[1].created_at - chosen.occurred_at).total_seconds() <= 4.8, "at the budget"
+    assert not broken_promises(replies[1].text)
+    audits = readers[AUDIT].wait_for(lambda rs: any(r is not None and r.call_id == script.call_id
+                                                    and r.action is AuditAction.FHIR_WRITE for r in rs))
+    [written] = [r for r in audits if r is not None and r.call_id == script.call_id and r.action is AuditAction.FHIR_WRITE]
+    assert written.outcome is AuditOutcome.SUCCESS and written.resource_ids
+    interim = [r for r in audits if r is not None and r.call_id == script.call_id and r.action is AuditAction.REPLY_SENT
+               and r.detail.get("interim") == "true"]
+    assert {r.detail["template"] for r in interim} == {"PLEASE_HOLD", "STILL_WORKING_STAFF_WILL_FOLLOW_UP"}
