@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -61,6 +61,14 @@ class Settings(BaseSettings):
     sandbox_port: int = Field(default=18080, ge=1, le=65535)
     metrics_port: int = Field(default=9464, ge=0, le=65535)
     consumer_session_timeout_ms: int = Field(default=6000, ge=1000)
+    turn_hold_after_ms: int = Field(
+        default=700, ge=50, description="No answer this long after a call event was produced: the caller hears PLEASE_HOLD.")
+    turn_budget_ms: int = Field(
+        default=4000, ge=500, description="The turn's deadline: reads are cut and the caller gets an honest answer (callstream.deadline).")
+    rate_budget_reserve: float = Field(
+        default=0.1, gt=0.0, lt=1.0,
+        description="Share of each practice's ModMed rate budget kept for background work (the review queue); the "
+                    "workers split the rest by the call-events partitions they own (connectors.ratelimit).")
     alert_webhook_url: str | None = Field(default=None, repr=False, description="Slack-compatible; its path is a secret")
     log_level: str = "INFO"
 
@@ -88,6 +96,12 @@ class Settings(BaseSettings):
         if scheme not in DSN_SCHEMES:
             raise ValueError(f"must start with chdb://, http:// or https:// (got scheme {scheme or 'none'!r})")
         return dsn
+
+    @model_validator(mode="after")
+    def _hold_inside_the_turn(self) -> Settings:
+        if self.turn_hold_after_ms >= self.turn_budget_ms:
+            raise ValueError("turn_hold_after_ms must be below turn_budget_ms")
+        return self
 
     @property
     def uses_embedded_broker(self) -> bool:

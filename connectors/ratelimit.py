@@ -7,6 +7,11 @@ next call that reuses the slot reaches ModMed at least one full window later, wh
 A GCRA pacer in front spreads the calls evenly (with a small burst for a practice's quiet moments)
 instead of sending the whole minute's budget in the first second.
 
+An API key's budget is shared by every process that uses it. Each process takes a **share** of it
+(``RateLimiterRegistry.set_share``): a worker takes the fraction of the call-events partitions it owns
+(a practice's calls spread over all partitions by call id), less a reserve for background processes
+(the review queue's retries), so N workers together never exceed the practice's limit.
+
 A caller's turn has a deadline (``callstream.deadline``): a wait that would end past it — the pacing
 queue, a 429 pause — fails at once with ``WaitPastDeadline`` instead of sleeping, so the caller hears an
 honest answer in time. Work without a deadline (review-queue retries, exports) waits behind every call
@@ -68,6 +73,8 @@ class RateLimiter:
             raise ValueError("rate-limit window must be positive")
         if not 0 < burst_fraction <= 1:
             raise ValueError("burst_fraction must be in (0, 1]")
+        self._configured = limit
+        self._share = 1.0
         self._limit = limit
         self._window_s = window_s
         self._burst_fraction = burst_fraction
@@ -91,8 +98,19 @@ class RateLimiter:
 
     def tighten(self, limit: int) -> None:
         """Lower the budget when another practice shares this key with a smaller configured limit."""
-        if 1 <= limit < self._limit:
-            self._limit = limit
+        if 1 <= limit < self._configured:
+            self._configured = limit
+            self._resize()
+
+    def take_share(self, share: float) -> None:
+        """Use ``share`` (0 < share <= 1) of the key's configured budget: the rest belongs to other processes."""
+        if not 0 < share <= 1:
+            raise ValueError("a rate-budget share must be in (0, 1]")
+        self._share = share
+        self._resize()
+
+    def _resize(self) -> None:
+        self._limit = max(1, int(self._configured * self._share))
 
     @property
     def _interval(self) -> float:
@@ -236,6 +254,7 @@ class RateLimiterRegistry:
         self._window_s = window_s
         self._burst_fraction = burst_fraction
         self._limiters: dict[str, RateLimiter] = {}
+        self._share = 1.0
 
     def limiter(self, practice_id: str, api_key: str | None, limit_per_window: int) -> RateLimiter:
         key = limiter_key(practice_id, api_key)
@@ -244,6 +263,26 @@ class RateLimiterRegistry:
             existing = self._limiters[key] = RateLimiter(
                 limit_per_window, window_s=self._window_s, burst_fraction=self._burst_fraction
             )
+            existing.take_share(self._share)
         else:
             existing.tighten(limit_per_window)
         return existing
+
+    def set_share(self, share: float) -> None:
+        """This process's share of every key's budget, now and for keys first used later."""
+        if not 0 < share <= 1:
+            raise ValueError("a rate-budget share must be in (0, 1]")
+        self._share = share
+        for limiter in self._limiters.values():
+            limiter.take_share(share)
+
+
+def worker_share(owned_partitions: int, total_partitions: int, reserve: float) -> float:
+    """A worker's share of each practice's budget: its fraction of the call-events partitions, less the
+    ``reserve`` kept for background processes. A worker that owns nothing keeps a sliver for calls it is
+    still finishing (its partitions were just revoked)."""
+    if total_partitions < 1 or not 0 <= owned_partitions <= total_partitions:
+        raise ValueError("owned partitions must be between 0 and the topic's partitions")
+    if not 0 <= reserve < 1:
+        raise ValueError("the background reserve must be in [0, 1)")
+    return max(owned_partitions, 1) / total_partitions * (1 - reserve)

@@ -35,6 +35,7 @@ from connectors.dispatch import Dispatcher
 from connectors.fhir import ModMedClient
 from connectors.ledger import InMemoryLedger
 from connectors.operations import ModMedConnector
+from connectors.ratelimit import RateLimiterRegistry
 from review.core import ATTEMPT_LEASE, RETRY_BACKOFF, STALE_AFTER
 from review.service import DEFAULT_API_PORT, CommandLog, QueueOptions, ReviewQueue, serve
 from review.store import ReviewStore
@@ -156,7 +157,9 @@ async def _serve(settings: Settings, store: ReviewStore, tenants: Any, options: 
     outputs.start(loop)
     commands = CommandLog(settings.bootstrap_servers, options.session_timeout_ms, registry)
     try:
-        async with ModMedClient() as client:
+        limiters = RateLimiterRegistry()
+        limiters.set_share(settings.rate_budget_reserve)  # the workers split the rest (connectors.ratelimit)
+        async with ModMedClient(limiters=limiters) as client:
             # Not write-ahead: every attempt asks ModMed for a Task with the key before it writes one.
             ledger = InMemoryLedger()
             dispatcher = Dispatcher(ModMedConnector(client, ledger), ledger)

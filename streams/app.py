@@ -41,12 +41,14 @@ import mode
 from faust.types import TP
 from mode.signals import BaseSignalT
 
+from callstream.deadline import TurnBudget
 from callstream.settings import Settings
 from callstream.tenants import TenantDirectory, unresolvable_credentials
 from connectors.dispatch import DEFAULT_PRACTICE_CONCURRENCY, Dispatcher, EmaPort
 from connectors.fhir import ModMedClient
 from connectors.ledger import LedgerEntry, LedgerState, MappingLedger
 from connectors.operations import ModMedConnector
+from connectors.ratelimit import RateLimiterRegistry, worker_share
 from schemas.models import Alarm, AlarmKind, AlarmState
 from schemas.registry import SchemaRegistryClient
 from schemas.topics import CALL_EVENTS, topic_named
@@ -217,7 +219,7 @@ class PipelineRuntime(mode.Service):
         self.outputs = KafkaOutputs(settings.bootstrap_servers, registry=registry,
                                     idempotent=pipeline.options.idempotent_outputs)
         self.outputs.start(asyncio.get_running_loop())
-        self._client = ModMedClient(observer=FhirRequestMetrics(pipeline.metrics))
+        self._client = ModMedClient(limiters=pipeline.limiters, observer=FhirRequestMetrics(pipeline.metrics))
         ledger = pipeline.write_ledger
         ema = await self._ema(settings, self._client) if pipeline.options.use_ema else None
         dispatcher = Dispatcher(ModMedConnector(self._client, ledger), ledger, ema,
@@ -225,6 +227,7 @@ class PipelineRuntime(mode.Service):
         self.processor = CallProcessor(
             tenants=pipeline.tenants, dispatcher=dispatcher, outputs=self.outputs, states=pipeline.call_states,
             metrics=pipeline.metrics, drift=pipeline.count_drift, registry=registry,
+            turns=TurnBudget(settings.turn_hold_after_ms / 1000, settings.turn_budget_ms / 1000),
         )
         if settings.alert_webhook_url:
             self.webhook = AlertWebhook(settings.alert_webhook_url)
@@ -305,6 +308,8 @@ class Pipeline:
             table_standby_replicas=0,
         )
         self.offsets = self.app.track_offsets(frozenset({CALL_EVENTS}))
+        self.limiters = RateLimiterRegistry()
+        self.limiters.set_share(worker_share(0, partitions, settings.rate_budget_reserve))
         self.source = self.app.topic(CALL_EVENTS, key_type=bytes, value_type=bytes, key_serializer="raw",
                                      value_serializer="raw", partitions=partitions)
         # Call state and ledger entries as the JSON pydantic writes (raw bytes): no dict round trip through
@@ -369,6 +374,9 @@ class Pipeline:
         offsets now (at or past those at assignment) mark where fresh events begin (ChangelogLedger)."""
         self._recovered.set()
         owned = self._owned()
+        # Each practice's ModMed budget is split among the workers by the partitions they own.
+        self.limiters.set_share(worker_share(len(owned), topic_named(CALL_EVENTS).partitions,
+                                             self.settings.rate_budget_reserve))
         if owned:
             ends = await self.app.consumer.highwaters(*owned)
             self.write_ledger.partitions_assigned({tp.partition: offset for tp, offset in ends.items()})

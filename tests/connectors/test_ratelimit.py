@@ -12,7 +12,14 @@ import random
 import pytest
 
 from callstream.deadline import Deadline
-from connectors.ratelimit import MAX_PENALTY_S, RateLimiter, RateLimiterRegistry, WaitPastDeadline, limiter_key
+from connectors.ratelimit import (
+    MAX_PENALTY_S,
+    RateLimiter,
+    RateLimiterRegistry,
+    WaitPastDeadline,
+    limiter_key,
+    worker_share,
+)
 from tests.connectors.helpers import VirtualTimeLoop, run_in_virtual_time
 
 
@@ -181,3 +188,29 @@ def test_callers_on_the_line_go_before_background_work() -> None:
     assert order[0] == "retry-0"  # it was alone and went at once
     assert sorted(order[1:4]) == ["caller-0", "caller-1", "caller-2"]
     assert sorted(order[4:]) == ["retry-1", "retry-2", "retry-3"]
+
+
+def test_workers_split_a_keys_budget_by_the_partitions_they_own() -> None:
+    """Three workers on one practice's key: each takes its partitions' share less the background reserve,
+    so together they stay under the practice's limit."""
+    shares = [worker_share(owned, 12, reserve=0.1) for owned in (4, 4, 4)]
+    registries = [RateLimiterRegistry() for _ in shares]
+    limiters = []
+    for registry, share in zip(registries, shares, strict=True):
+        registry.set_share(share)
+        limiters.append(registry.limiter("pain-1002", "shared-key", 1000))
+    assert [limiter.limit for limiter in limiters] == [300, 300, 300]
+    assert sum(limiter.limit for limiter in limiters) <= 1000 * 0.9
+    registries[0].set_share(worker_share(12, 12, reserve=0.1))  # the others left: it owns everything
+    assert limiters[0].limit == 900
+    limiters[0].tighten(500)  # another practice configured the same key lower
+    assert limiters[0].limit == 450
+    assert worker_share(0, 12, reserve=0.1) == pytest.approx(0.9 / 12)
+
+
+@pytest.mark.parametrize(("owned", "total", "reserve"), [(13, 12, 0.1), (-1, 12, 0.1), (1, 0, 0.1), (1, 12, 1.0)])
+def test_impossible_shares_are_refused(owned: int, total: int, reserve: float) -> None:
+    with pytest.raises(ValueError):
+        worker_share(owned, total, reserve)
+    with pytest.raises(ValueError):
+        RateLimiterRegistry().set_share(0.0)
