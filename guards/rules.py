@@ -218,7 +218,10 @@ def gather_facts(
         signals=(),
     )
     signals = bypass_signals(
-        text, controlled_request=facts.controlled_request, earlier_controlled_requests=ctx.refill_requests_earlier_in_call
+        text,
+        controlled_turn=facts.controlled_request or facts.controlled_visit,
+        earlier_controlled_requests=ctx.refill_requests_earlier_in_call,
+        controlled_request=facts.controlled_request,
     )
     return replace(facts, signals=signals)
 

@@ -1,9 +1,19 @@
-"""Canonical forms of hostile caller text, so a marker cannot hide behind case, width, lookalikes or invisible characters."""
+"""Canonical tokens of hostile caller text, so a marker cannot hide behind case, width, lookalikes,
+invisible characters, leetspeak, spacing or split words.
+
+`canonical_forms` gives two forms of a snippet: the plain one (folded words, leetspeak decoded per
+token) and, when it differs, the repaired one (letter runs like "o x y" segmented into words, split
+words like "dis regard" joined, near-misses of the lexicon's long words corrected). A marker counts
+if either form matches, so repairing can only add findings.
+"""
 
 from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import cached_property
 
 _INVISIBLE = dict.fromkeys(
     map(
@@ -18,35 +28,135 @@ _INVISIBLE = dict.fromkeys(
 _LOOKALIKES = str.maketrans(
     {
         "а": "a", "е": "e", "о": "o", "р": "p", "с": "c", "у": "y", "х": "x", "і": "i", "ј": "j",
-        "ѕ": "s", "ԁ": "d", "ӏ": "l", "к": "k", "м": "m", "т": "t", "н": "h", "в": "b",
+        "ѕ": "s", "ԁ": "d", "ӏ": "l", "к": "k", "м": "m", "т": "t", "н": "h", "в": "b", "ь": "b",
+        "ԛ": "q", "ԝ": "w", "һ": "h", "ɡ": "g", "ɑ": "a", "ı": "i", "ȷ": "j", "ℓ": "l",
         "α": "a", "ε": "e", "ο": "o", "ι": "i", "κ": "k", "ν": "v", "ρ": "p", "τ": "t", "υ": "u", "χ": "x",
+        "β": "b", "η": "n", "μ": "u", "ω": "w", "γ": "y", "σ": "o", "ς": "c",
     }
 )
-"""Cyrillic and Greek letters that read as Latin ones (lower case: applied after casefold)."""
+"""Cyrillic, Greek and Latin-extension letters that read as ASCII ones (lower case: applied after casefold)."""
 
-_DIGIT_SUBSTITUTES = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s"})
-"""Leetspeak: 'ign0re prev1ous' is read as 'ignore previous' in the second form."""
+_LEET = {"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s"}
+"""Leetspeak: 'ign0re prev1ous' reads as 'ignore previous'; '1' may also stand for 'l' (tried second)."""
 
 _APOSTROPHES = re.compile(r"['\u2018\u2019\u02bc`]")
-_SEPARATORS = re.compile(r"[\W_]+")
+_SPLIT = re.compile(r"(?:[^\w@$]|_)+")
+_MAX_RUN_WORD = 20
 
 
-def _fold(text: str) -> str:
+def fold(text: str) -> str:
     """Accents, stray combining marks and invisible characters dropped; NFKC; casefolded; lookalikes mapped."""
     decomposed = unicodedata.normalize("NFKD", text)
     visible = "".join(ch for ch in decomposed if not unicodedata.combining(ch) and unicodedata.category(ch) != "Cf")
     return unicodedata.normalize("NFKC", visible).translate(_INVISIBLE).casefold().translate(_LOOKALIKES)
 
 
-def _words(folded: str) -> str:
-    """Apostrophes dropped, every other run of punctuation or whitespace turned into one space."""
-    return _SEPARATORS.sub(" ", _APOSTROPHES.sub("", folded)).strip()
+@dataclass(frozen=True)
+class Lexicon:
+    """The words the markers are made of: what repairs (segmentation, joins, corrections) may produce."""
+
+    words: frozenset[str]
+    correctable: frozenset[str]
+    """Long words a one-letter slip is corrected to (drug names, 'instructions', ...)."""
+
+    @cached_property
+    def _near(self) -> dict[str, str]:
+        """Each correctable word under itself and each one-letter deletion (a symmetric-deletion index)."""
+        index: dict[str, str] = {}
+        for word in sorted(self.correctable):
+            for variant in (word, *_deletions(word)):
+                index.setdefault(variant, word)
+        return index
+
+    @cached_property
+    def _longest(self) -> int:
+        return max((len(word) for word in self.words), default=1)
+
+    def correct(self, token: str) -> str:
+        """The lexicon word one edit away from a long unknown token, else the token."""
+        if token in self.words or len(token) < 6:
+            return token
+        for variant in (token, *_deletions(token)):
+            word = self._near.get(variant)
+            if word is not None:
+                return word
+        return token
+
+    def segment(self, letters: str) -> list[str]:
+        """A run of spaced-out letters ('ignoreyourrules') as words, longest lexicon match first."""
+        out: list[str] = []
+        i = 0
+        limit = min(self._longest, _MAX_RUN_WORD)
+        while i < len(letters):
+            for end in range(min(len(letters), i + limit), i, -1):
+                if letters[i:end] in self.words:
+                    out.append(letters[i:end])
+                    i = end
+                    break
+            else:
+                out.append(letters[i])
+                i += 1
+        return out
 
 
-def canonical_forms(text: str) -> tuple[str, ...]:
+def _deletions(word: str) -> Iterable[str]:
+    return (word[:i] + word[i + 1:] for i in range(len(word)))
+
+
+def _decode(token: str, lexicon: Lexicon) -> str:
+    """Leetspeak decoded in a token that mixes letters with digits or @/$; plain numbers stay numbers."""
+    if not any(ch in _LEET for ch in token) or not any(ch.isalpha() for ch in token):
+        return token.replace("@", "").replace("$", "")
+    as_i = "".join(_LEET.get(ch, ch) for ch in token)
+    if as_i in lexicon.words or "1" not in token:
+        return as_i
+    as_l = "".join("l" if ch == "1" else _LEET.get(ch, ch) for ch in token)
+    return as_l if as_l in lexicon.words else as_i
+
+
+def _tokens(text: str, lexicon: Lexicon) -> list[str]:
+    """Folded, apostrophes dropped ("I'm" -> "im"), split on anything not a letter or digit, leetspeak decoded."""
+    raw = _SPLIT.split(_APOSTROPHES.sub("", fold(text)))
+    return [token for token in (_decode(t, lexicon) for t in raw) if token]
+
+
+def _repair(tokens: list[str], lexicon: Lexicon) -> list[str]:
+    """Runs of single letters segmented, split words joined, one-letter slips of long words corrected."""
+    despaced: list[str] = []
+    i = 0
+    while i < len(tokens):
+        j = i
+        while j < len(tokens) and len(tokens[j]) == 1 and tokens[j].isalpha():
+            j += 1
+        if j - i >= 2:
+            despaced.extend(lexicon.segment("".join(tokens[i:j])))
+            i = j
+        else:
+            despaced.append(tokens[i])
+            i += 1
+    joined: list[str] = []
+    i = 0
+    while i < len(despaced):
+        for width in (3, 2):
+            parts = despaced[i:i + width]
+            if len(parts) < width or not all(p.isalpha() for p in parts):
+                continue
+            word = "".join(parts)
+            unknown = [p for p in parts if p not in lexicon.words]
+            if word in lexicon.words and len(word) >= 5 and (unknown if width == 2 else len(word) >= 8):
+                joined.append(word)
+                i += width
+                break
+        else:
+            joined.append(lexicon.correct(despaced[i]))
+            i += 1
+    return joined
+
+
+def canonical_forms(text: str, lexicon: Lexicon) -> tuple[str, ...]:
     """Lower-case words separated by single spaces ("I'm" -> "im", "IGNORE.previous" -> "ignore previous"),
-    plus, when it differs, the leetspeak-decoded form: a marker counts if either form matches."""
-    folded = _fold(text)
-    plain = _words(folded)
-    decoded = _words(folded.translate(_DIGIT_SUBSTITUTES))
-    return (plain,) if decoded == plain else (plain, decoded)
+    plus, when it differs, the repaired form: a marker counts if either form matches."""
+    tokens = _tokens(text, lexicon)
+    plain = " ".join(tokens)
+    repaired = " ".join(_repair(tokens, lexicon))
+    return (plain,) if repaired == plain else (plain, repaired)
