@@ -42,6 +42,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from callstream.devstack import TansuBroker, ensure_topics, free_port
 from connectors.vocabulary import CALL_REFERENCE_SYSTEM, TASK_KIND_SYSTEM
+from guards.replies import INTERIM_TEMPLATES
 from schemas.errors import SchemaError
 from schemas.models import AuditEvent, CallEvent, IntentRecognised, Reply, SlotChosen
 from schemas.serde import AvroSerde
@@ -63,6 +64,9 @@ QUICK_PRACTICE = "pain-1003"
 """Read-only phase: its calls make no ModMed write, so they stay quick while pain-1002 is slowed."""
 PROVIDER_TASK_CODES = ("refill-review-", "cs-review-")
 """FHIR Task code prefixes of the provider tasks (connectors.dispatch.TASK_KIND_CODES)."""
+INTERIM = frozenset(template.value for template in INTERIM_TEMPLATES)
+"""Replies a slow turn gets while its work still runs (the turn deadline): the turn's answer follows them, so
+they never count as the turn's reply here. A caller who heard only "please hold" was left in silence."""
 PROCESS_STOP_TIMEOUT_S = 20.0
 SINK_READY_TIMEOUT_S = 60.0
 
@@ -429,16 +433,19 @@ class ChaosRun:
             self.unexpected_exits.append(f"audit sink exited with {self.sinks.process.returncode}")
             self.sinks.start()
 
-    def replied_turns(self) -> dict[str, list[Reply]]:
+    def replies_by_turn(self, *, interim: bool = False) -> dict[str, list[Reply]]:
+        """Replies per event id: the turns' answers, or with ``interim`` also the replies said meanwhile."""
         replies: dict[str, list[Reply]] = defaultdict(list)
         for reply in self.replies.values():
-            replies[str(reply.in_reply_to)].append(reply)
+            if interim or reply.template not in INTERIM:
+                replies[str(reply.in_reply_to)].append(reply)
         return replies
 
     def unanswered(self, calls: Iterable[PlayedCall] | None = None) -> list[CallEvent]:
-        replied = self.replied_turns()
+        """Turns of ``calls`` (all calls when None) without an answer so far (interim replies do not count)."""
+        answered = self.replies_by_turn()
         return [turn for call in (self.book.calls if calls is None else calls) for turn in call.turns()
-                if str(turn.event_id) not in replied]
+                if str(turn.event_id) not in answered]
 
     def wait_for_replies(self, calls: Iterable[PlayedCall] | None, timeout_s: float) -> None:
         """Until every turn of ``calls`` (all calls when None) has a reply; the invariants report what is missing."""
@@ -619,14 +626,18 @@ def verify(run: ChaosRun) -> Verdict:
     calls = run.book.calls
     placed = {str(r.value.event_id): (r.partition, r.offset) for r in run.events.records if r.value is not None}
 
-    # Every turn got a reply.
-    replied = run.replied_turns()
+    # Every turn got a reply (its answer, not only "please hold").
+    answered = run.replies_by_turn()
+    said = run.replies_by_turn(interim=True)
     turns = [(call, turn) for call in calls for turn in call.turns()]
     for call, turn in turns:
         where = placed.get(str(turn.event_id))
-        verdict.check(str(turn.event_id) in replied,
+        heard = sorted({r.template for r in said.get(str(turn.event_id), ())})
+        commits = [kill.committed.get(where[0], 0) for kill in run.kills] if where else []
+        verdict.check(str(turn.event_id) in answered,
                       f"no reply to turn {turn.event_id} (seq {turn.seq}) of call {call.call_id} ({call.kind} at "
-                      f"{call.practice_id}), call-events partition/offset {where}")
+                      f"{call.practice_id}), call-events partition/offset {where}; interim replies heard: {heard}; "
+                      f"the partition's committed offset at each worker kill: {commits}")
 
     # The audit store holds exactly the distinct audit events of the topic.
     on_topic = {str(event.event_id) for event in run.audit.values()}
@@ -677,11 +688,13 @@ def verify(run: ChaosRun) -> Verdict:
     finally:
         records.close()
 
-    multiple = {turn_id: {r.reply_id for r in found} for turn_id, found in replied.items() if len(found) > 1}
+    multiple = {turn_id: {r.reply_id for r in found} for turn_id, found in answered.items() if len(found) > 1}
     verdict.figures.update({
-        "calls": len(calls), "turns": len(turns), "turns_replied": sum(str(t.event_id) in replied for _, t in turns),
-        "replies_redelivered_for_turns": len(multiple),
-        "turns_with_several_distinct_replies": sum(len(ids) > 1 for ids in multiple.values()),
+        "calls": len(calls), "turns": len(turns), "turns_answered": sum(str(t.event_id) in answered for _, t in turns),
+        "turns_with_interim_replies": sum(len(said.get(str(t.event_id), ())) > len(answered.get(str(t.event_id), ()))
+                                          for _, t in turns),
+        "turns_answered_more_than_once": len(multiple),
+        "turns_with_several_distinct_answers": sum(len(ids) > 1 for ids in multiple.values()),
         "audit_events_on_topic": len(on_topic), "audit_rows_stored": len(stored_ids),
         "tasks": tasks_total, "appointments": appointments_total,
         "worker_kills": len(run.kills), "worker_starts": run.worker.starts, "worker_restart_s": run.restart_s,

@@ -27,29 +27,30 @@ from tests.chaos.harness import (
 
 pytestmark = [pytest.mark.broker, pytest.mark.chaos]
 
-COMMIT_INTERVAL_S = 2.8
-"""faust-streaming's default broker_commit_interval: a commit follows acknowledgements within this long."""
 QUICK_CALLS_PER_PARTITION = 3
 
 
 @dataclass(frozen=True)
 class Round:
     partitions: tuple[int, ...]
+    """Call-events partitions shared by one slow refill and the quick calls."""
+    probe: int
+    """A partition of its own for a probe call: its committed offset moving shows a commit round passed."""
     faults: dict[str, Any]
     kill_when: str
-    """"timed": a seeded moment after a commit could have passed the slow events, before their write;
-    "write_landed": once each slow event's Task POST landed in ModMed and its answer was lost (the worker is
-    then asking the practice whether it landed), so the write exists and its audit record does not yet."""
+    """"timed": a seeded moment after a commit round passed the quick events' acknowledgements; "write_landed":
+    once each slow Task POST landed in ModMed and its answer was lost (the worker is then asking the practice
+    whether it landed), so the write exists and its audit record does not yet."""
 
 
+# In both rounds the slow refill intent sits exactly at its partition's committed offset and the next offsets
+# are acknowledged first: the case faust-streaming 0.15.3's gap check (`min(acked) - committed > 1`) misses.
+# Each write's answer is lost (the write is kept), so every slow intent is in flight for two latency-bound
+# calls (its POST, then the "did it land?" search), whatever else its turn does. Round 2 runs on the worker
+# restarted after round 1's kill.
 ROUNDS = (
-    # In both rounds the slow intent sits exactly at the partition's committed offset and the next offsets are
-    # acknowledged first: the case faust-streaming 0.15.3's gap check (`min(acked) - committed > 1`) misses.
-    # Round 1 kills before the slow Task POSTs land: each refill intent makes two latency-bound ModMed calls
-    # (7 s), the kill comes at most ~5.5 s after it was published.
-    Round((2, 7), {"latency_ms": 3500}, "timed"),
-    # Round 2 runs on a worker restarted after round 1's kill, and kills once the writes exist in ModMed.
-    Round((4, 10), {"latency_ms": 2500, "error_5xx_after_write_ratio": 1.0}, "write_landed"),
+    Round((2, 7), 11, {"latency_ms": 3500, "error_5xx_after_write_ratio": 1.0}, "timed"),
+    Round((4, 10), 9, {"latency_ms": 3000, "error_5xx_after_write_ratio": 1.0}, "write_landed"),
 )
 
 
@@ -85,8 +86,9 @@ def placed(run: ChaosRun, event_id: str) -> tuple[int, int]:
     return found
 
 
-def first_reply(run: ChaosRun, event_id: str) -> Reply | None:
-    replies = run.replied_turns().get(event_id, [])
+def first_answer(run: ChaosRun, event_id: str) -> Reply | None:
+    """The turn's first reply that is its answer (not an interim one)."""
+    replies = run.replies_by_turn().get(event_id, [])
     return min(replies, key=lambda r: r.created_at) if replies else None
 
 
@@ -95,7 +97,8 @@ def test_a_worker_killed_while_later_events_passed_an_in_flight_one_loses_no_tur
 ) -> None:
     """A slow practice (sandbox latency) and a quick one share call-events partitions: the quick calls are
     answered, so their later offsets are acknowledged, while the slow refill intents are still at ModMed;
-    then kill -9. Two rounds on two partitions each: one kill before the slow writes, one after they landed.
+    then kill -9 once a commit round has passed. Two rounds on two partitions each: one kill at a seeded moment,
+    one once the slow writes landed in ModMed (their answers lost, the worker asking whether they landed).
 
     From the outside: the group's committed offset at the kill never passed an event still in flight, and
     after recovery every invariant holds (every turn answered, one provider Task per refill with its
@@ -119,6 +122,7 @@ def test_a_worker_killed_while_later_events_passed_an_in_flight_one_loses_no_tur
     for number, (round_, slow) in enumerate(zip(ROUNDS, slow_of_round, strict=True), start=1):
         quick = [run.book.question(partition) for partition in round_.partitions
                  for _ in range(QUICK_CALLS_PER_PARTITION)]
+        probe = run.book.question(round_.probe)
         lost_answers = run.sandbox.stats(WRITE_PRACTICE)["status_5xx"]
         run.sandbox.set_faults(WRITE_PRACTICE, **round_.faults)
         try:
@@ -127,15 +131,17 @@ def test_a_worker_killed_while_later_events_passed_an_in_flight_one_loses_no_tur
             run.wait_for_replies(quick, 30)
             assert not run.unanswered(quick), f"round {number}: the quick calls were not answered while the slow " \
                                               f"ones waited: {[str(t.event_id) for t in run.unanswered(quick)]}"
-            quick_done = time.monotonic()
+            publish(run, probe.events)
+            probe_end = placed(run, str(probe.events[-1].event_id))[1] + 1
+            wait_until(lambda: run.committed().get(round_.probe, 0) >= probe_end, 30,
+                       f"round {number}: a commit round after the quick events were acknowledged", step_s=0.1)
             if round_.kill_when == "timed":
-                kill_at = quick_done + COMMIT_INTERVAL_S + rng.uniform(0.3, 1.2)
+                moment = time.monotonic() + rng.uniform(0.0, 0.8)
+                while time.monotonic() < moment:
+                    run.poll(0.05)
             else:
                 wait_until(lambda: run.sandbox.stats(WRITE_PRACTICE)["status_5xx"] >= lost_answers + len(slow), 30,
                            f"round {number}: the slow Task POSTs to land", step_s=0.03)
-                kill_at = max(time.monotonic(), quick_done + COMMIT_INTERVAL_S + 0.4)
-            while time.monotonic() < kill_at:
-                run.poll(0.05)
             run.poll(0.05)
             assert run.unanswered(slow), f"round {number}: the slow refills finished before the kill (setup too fast)"
             kill = run.kill_worker()
@@ -148,13 +154,13 @@ def test_a_worker_killed_while_later_events_passed_an_in_flight_one_loses_no_tur
         for call in quick:
             assert placed(run, str(call.turns()[0].event_id))[0] == partition_of(call.call_id)
         run.restart_worker()
-        run.wait_for_replies([*slow, *quick], 45)
+        run.wait_for_replies([*slow, *quick, probe], 45)
         publish(run, [call.events[3] for call in slow])  # the callers hang up
 
     run.settle()
     verdict = verify(run)
     for event in slow_events:
-        reply = first_reply(run, str(event.call.events[2].event_id))
+        reply = first_answer(run, str(event.call.events[2].event_id))
         if reply is not None and reply.created_at <= event.kill.at:
             continue  # finished before the kill: its offset was fair to commit
         committed = event.kill.committed.get(event.partition, 0)
