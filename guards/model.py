@@ -318,6 +318,8 @@ class TaskSpec(FrozenModel):
     transcript_ref: TranscriptRef | None = None
     after_hours: StrictBool = False
     pdmp_last_checked: AwareDatetime | None = None
+    merged_reasons: tuple[TaskReason, ...] = ()
+    """Further reasons of the same turn for the same team: one task per kind per call, its reasons merged."""
 
     @model_validator(mode="after")
     def _audience_and_pdmp(self) -> Self:
@@ -329,6 +331,12 @@ class TaskSpec(FrozenModel):
         return self
 
     @property
+    def reasons(self) -> tuple[TaskReason, ...]:
+        """Every reason this task carries, the first one first."""
+        return (self.reason, *self.merged_reasons)
+
+    @property
     def idempotency_key(self) -> str:
-        """Stable per call, kind, reason and patient: a re-decided turn must not create the task twice."""
-        return f"{self.call_id}:{self.kind}:{self.reason}:{self.patient_id or 'unmatched'}"
+        """Stable per call, kind and patient: one task per kind per call (a second reason for the same team
+        merges into the turn's task, and a later turn never creates another one)."""
+        return f"{self.call_id}:{self.kind}:{self.patient_id or 'unmatched'}"

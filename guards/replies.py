@@ -40,6 +40,10 @@ class ReplyTemplate(StrEnum):
     NEW_PATIENT_CONSULT_OFFER = "NEW_PATIENT_CONSULT_OFFER"
     NEW_PATIENT_CONSULT_OFFER_STAFF_WILL_CONFIRM = "NEW_PATIENT_CONSULT_OFFER_STAFF_WILL_CONFIRM"
     NO_SLOTS_FOUND = "NO_SLOTS_FOUND"
+    OFFER_SLOTS_MEDICATION_FORWARDED = "OFFER_SLOTS_MEDICATION_FORWARDED"
+    """A booking asked for together with a refill: the refill went to the provider, the booking goes on."""
+    OFFER_SLOTS_MEDICATION_FORWARDED_STAFF_WILL_CONFIRM = "OFFER_SLOTS_MEDICATION_FORWARDED_STAFF_WILL_CONFIRM"
+    NO_SLOTS_MEDICATION_FORWARDED = "NO_SLOTS_MEDICATION_FORWARDED"
     BOOKING_CONFIRMED = "BOOKING_CONFIRMED"
     BOOKING_QUEUED_FOR_REVIEW = "BOOKING_QUEUED_FOR_REVIEW"
     CANCELLATION_CONFIRMED = "CANCELLATION_CONFIRMED"
@@ -140,6 +144,21 @@ _TEXTS: dict[ReplyTemplate, str] = {
     ReplyTemplate.NO_SLOTS_FOUND: (
         "I don't see an opening for your {visit_label} in that time frame. Would you like me to check other dates?"
     ),
+    ReplyTemplate.OFFER_SLOTS_MEDICATION_FORWARDED: (
+        "I've sent your medication request to your provider's care team with the details of this call. "
+        f"{_PROVIDER_REVIEWS}. For your {{visit_label}}, I found these openings: {{slot_list}}. "
+        "Which one works best for you?"
+    ),
+    ReplyTemplate.OFFER_SLOTS_MEDICATION_FORWARDED_STAFF_WILL_CONFIRM: (
+        "I've sent your medication request to your provider's care team with the details of this call. "
+        f"{_PROVIDER_REVIEWS}. For your {{visit_label}}, I found these openings: {{slot_list}}. "
+        "Once you choose one, our staff will confirm the appointment with you."
+    ),
+    ReplyTemplate.NO_SLOTS_MEDICATION_FORWARDED: (
+        "I've sent your medication request to your provider's care team with the details of this call. "
+        f"{_PROVIDER_REVIEWS}. I don't see an opening for your {{visit_label}} in that time frame. "
+        "Would you like me to check other dates?"
+    ),
     ReplyTemplate.BOOKING_CONFIRMED: (
         f"You're all set. Your {{visit_label}} is booked for {{appointment_time}}.{_ANYTHING_ELSE}"
     ),
@@ -187,6 +206,7 @@ _STAFF_WILL_CONFIRM_VARIANT: dict[ReplyTemplate, ReplyTemplate] = {
     ReplyTemplate.NEW_PATIENT_CONSULT_OFFER: ReplyTemplate.NEW_PATIENT_CONSULT_OFFER_STAFF_WILL_CONFIRM,
     ReplyTemplate.CANCELLATION_CONFIRMED: ReplyTemplate.CHANGE_STAFF_WILL_CONFIRM,
     ReplyTemplate.INTAKE_LINK_SENT: ReplyTemplate.INTAKE_STAFF_WILL_SEND,
+    ReplyTemplate.OFFER_SLOTS_MEDICATION_FORWARDED: ReplyTemplate.OFFER_SLOTS_MEDICATION_FORWARDED_STAFF_WILL_CONFIRM,
 }
 """In the read-only phase nothing is written while the caller waits, so the reply says staff will confirm."""
 
@@ -197,6 +217,9 @@ _SLOT_OFFERS = frozenset(
         ReplyTemplate.NEW_PATIENT_CONSULT_OFFER,
         ReplyTemplate.NEW_PATIENT_CONSULT_OFFER_STAFF_WILL_CONFIRM,
     }
+)
+_MEDICATION_AND_SLOT_OFFERS = frozenset(
+    {ReplyTemplate.OFFER_SLOTS_MEDICATION_FORWARDED, ReplyTemplate.OFFER_SLOTS_MEDICATION_FORWARDED_STAFF_WILL_CONFIRM}
 )
 
 
@@ -210,9 +233,12 @@ def adapt_reply(template: ReplyTemplate, *, after_hours: bool, writes_queued: bo
 
 
 def after_slot_search(template: ReplyTemplate, *, slots_found: int) -> ReplyTemplate:
-    """What to say once SEARCH_SLOTS has run: the offer the guard chose, or NO_SLOTS_FOUND if nothing fits."""
+    """What to say once SEARCH_SLOTS has run: the offer the guard chose, or NO_SLOTS_FOUND if nothing fits
+    (still saying where a medication request asked for in the same breath went)."""
     if template in _SLOT_OFFERS and slots_found == 0:
         return ReplyTemplate.NO_SLOTS_FOUND
+    if template in _MEDICATION_AND_SLOT_OFFERS and slots_found == 0:
+        return ReplyTemplate.NO_SLOTS_MEDICATION_FORWARDED
     return template
 
 

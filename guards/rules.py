@@ -279,8 +279,13 @@ class Draft:
             after_hours=ctx.after_hours,
             pdmp_last_checked=pdmp_checked,
         )
-        if all((t.kind, t.reason) != (kind, reason) for t in self.tasks):
-            self.tasks.append(task)
+        for index, existing in enumerate(self.tasks):
+            if existing.kind is kind:
+                if reason not in existing.reasons:
+                    merged = existing.merged_reasons + (reason,)
+                    self.tasks[index] = existing.model_copy(update={"merged_reasons": merged})
+                return
+        self.tasks.append(task)
 
     def escalate_to_provider(self, kind: TaskKind, reason: TaskReason) -> None:
         """ESCALATE with a provider task: the only way a controlled-substance request is answered."""
@@ -309,6 +314,8 @@ class Draft:
             commands = tuple(c for c in commands if c not in WRITE_COMMANDS)
         proposals = [*self.proposed_replies, INTENT_REPLY[self.facts.intent]]
         spoken = min(proposals, key=REPLY_PRECEDENCE.index)
+        if spoken is ReplyTemplate.MEDICATION_REQUEST_FORWARDED and Command.SEARCH_SLOTS in commands:
+            spoken = ReplyTemplate.OFFER_SLOTS_MEDICATION_FORWARDED  # a booking kept beside a medication request
         provider_first = sorted(self.tasks, key=lambda t: list(TaskAudience).index(t.audience))
         return Decision(
             outcome=self.outcome,
@@ -386,9 +393,10 @@ def refill_escalates_to_provider(f: Facts, d: Draft) -> None:
 def controlled_substance_escalates(f: Facts, d: Draft) -> None:
     """A controlled substance or refill raised under any other intent escalates too.
 
-    A controlled substance merely named while booking, moving or cancelling a visit escalates and
-    the scheduling goes on (the visit is where the provider decides); a refill or prescription
-    change asked for in words takes the whole turn, so the caller hears where the request went.
+    A controlled substance or a refill named while booking or moving a visit escalates and the booking
+    goes on (offered, or queued in the read-only phase), and the reply says both; a prescription change
+    ("call it in", "change my dose") or a refill under any other intent takes the whole turn, so the
+    caller hears where the request went.
     """
     if f.intent is Intent.REFILL_REQUEST or not f.controlled_request:
         return
@@ -399,7 +407,10 @@ def controlled_substance_escalates(f: Facts, d: Draft) -> None:
         d.escalate_to_provider(TaskKind.PROVIDER_REFILL_REVIEW, TaskReason.REFILL_REQUESTED)
     else:
         d.escalate_to_provider(TaskKind.PROVIDER_CONTROLLED_SUBSTANCE_REVIEW, TaskReason.CONTROLLED_SUBSTANCE_MENTIONED)
-    if f.refill_request or f.intent not in SCHEDULING_INTENTS:
+    if f.intent in BOOKING_INTENTS and not f.text.medication_write:
+        if f.refill_request:  # the booking goes on; the reply says both (Draft.to_decision)
+            d.propose(_medication_acknowledgement(f))
+    elif f.refill_request or f.intent not in SCHEDULING_INTENTS:
         d.forbid_intent_commands()
         d.propose(_medication_acknowledgement(f))
 
@@ -498,10 +509,19 @@ def pdmp_timestamp_only(f: Facts, d: Draft) -> None:
 
 
 def uds_question_to_coordinator(f: Facts, d: Draft) -> None:
-    """UDS questions go to the controlled-substance coordinator; the system never schedules a UDS."""
-    if f.intent is Intent.UDS_QUESTION and f.plain_request:
+    """UDS questions go to the controlled-substance coordinator; the system never schedules a UDS.
+
+    A chronic-opioid patient's UDS question reaches the coordinator whatever else the turn does (results
+    withheld, a restriction, a controlled request), and with an aberrant-UDS flag their provider too (a
+    task, not an escalation: nothing controlled was asked for)."""
+    if f.intent is not Intent.UDS_QUESTION or not f.ready:
+        return
+    chronic = f.chart is not None and f.chart.chronic_opioid
+    if f.plain_request or chronic:
         d.fire(GuardName.UDS_QUESTION_TO_COORDINATOR)
         d.add_task(TaskKind.CS_COORDINATOR_UDS, TaskReason.UDS_QUESTION)
+    if chronic and f.chart is not None and f.chart.aberrant_uds:
+        d.add_task(TaskKind.PROVIDER_CONTROLLED_SUBSTANCE_REVIEW, TaskReason.ABERRANT_UDS)
 
 
 def uds_due_to_coordinator(f: Facts, d: Draft) -> None:
@@ -571,13 +591,13 @@ RULES: tuple[Rule, ...] = (
     aberrant_uds_routes,
     phone_restriction_honoured,
     protected_results_withheld,
-    pdmp_timestamp_only,
     uds_question_to_coordinator,
     uds_due_to_coordinator,
     message_routed_to_team,
+    pdmp_timestamp_only,
     unrecognised_intent_clarified,
     after_hours_policy,
     read_only_writes_queued,
     bypass_attempt_recorded,
 )
-"""Run in this order; the last three look at what the others built."""
+"""Run in this order; pdmp_timestamp_only and the last three look at what the others built."""

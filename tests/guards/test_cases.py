@@ -189,10 +189,21 @@ CASES = [
          signals=(B.AUTHORITY_CLAIM, B.MEDICATION_WRITE_ATTEMPT)),
     Case("refill from a new patient escalates without any chart", NEW_PATIENT, ask(I.REFILL_REQUEST), None,
          O.ESCALATE, TASK, (REFILL_TASK,), R.MEDICATION_REQUEST_FORWARDED, (G.REFILL_ESCALATES_TO_PROVIDER,)),
-    Case("a refill asked for while booking takes the turn; the booking waits", ESTABLISHED,
+    Case("a refill asked for while booking escalates; the booking is kept and the reply says both", ESTABLISHED,
          ask(I.BOOK_APPOINTMENT, V.FOLLOW_UP, "book my follow up and I need a refill of my oxycodone"), CHRONIC,
-         O.ESCALATE, TASK, (REFILL_TASK,), R.MEDICATION_REQUEST_FORWARDED,
+         O.ESCALATE, (*SLOTS_AND_BOOK, C.CREATE_TASK), (REFILL_TASK,), R.OFFER_SLOTS_MEDICATION_FORWARDED,
          (G.CONTROLLED_SUBSTANCE_ESCALATES, G.PDMP_TIMESTAMP_ONLY), visit_reason=V.FOLLOW_UP),
+    Case("read-only phase: booking and refill together, the booking and the task wait for staff", ESTABLISHED,
+         ask(I.BOOK_APPOINTMENT, V.ESI, "I need my percocet refilled and an injection next week"), CLEAN,
+         O.ESCALATE, (C.SEARCH_SLOTS,), (REFILL_TASK,), R.OFFER_SLOTS_MEDICATION_FORWARDED_STAFF_WILL_CONFIRM,
+         (G.CONTROLLED_SUBSTANCE_ESCALATES, G.READ_ONLY_WRITES_QUEUED), phase=GoLivePhase.READ_ONLY,
+         queued=(C.BOOK_APPOINTMENT, C.CREATE_TASK), visit_reason=V.ESI),
+    Case("'call it in' while booking takes the turn: nothing is booked", ESTABLISHED,
+         ask(I.BOOK_APPOINTMENT, V.FOLLOW_UP, "book a follow up and call it in to my pharmacy"), CLEAN,
+         O.ESCALATE, TASK, ((K.PROVIDER_CONTROLLED_SUBSTANCE_REVIEW, W.MEDICATION_CHANGE_REQUESTED),),
+         R.MEDICATION_REQUEST_FORWARDED,
+         (G.CONTROLLED_SUBSTANCE_ESCALATES, G.MEDICATION_WRITE_REFUSED, G.BYPASS_ATTEMPT_RECORDED),
+         signals=(B.MEDICATION_WRITE_ATTEMPT,), visit_reason=V.FOLLOW_UP),
     Case("a controlled substance merely named while booking escalates and the booking goes on", ESTABLISHED,
          ask(I.BOOK_APPOINTMENT, V.FOLLOW_UP, controlled=True), CLEAN,
          O.ESCALATE, (*SLOTS_AND_BOOK, C.CREATE_TASK), (CS_MENTION_TASK,), R.OFFER_SLOTS,
@@ -271,9 +282,29 @@ CASES = [
          O.ALLOW, (*SLOTS_AND_BOOK, C.CREATE_TASK), ((K.CS_COORDINATOR_UDS, W.UDS_DUE),), R.OFFER_SLOTS,
          (G.UDS_DUE_TO_COORDINATOR,), visit_reason=V.FOLLOW_UP),
     Case("'did I pass my drug test' is a results request, not a coordinator question", ESTABLISHED,
-         ask(I.UDS_QUESTION, snippet="did I pass my drug test?"), CHRONIC,
+         ask(I.UDS_QUESTION, snippet="did I pass my drug test?"), CLEAN,
          O.BLOCK_AND_ROUTE, TASK, (RESULTS_TASK,), R.RESULTS_NOT_SHARED_BY_PHONE,
          (G.PROTECTED_RESULTS_WITHHELD, G.BYPASS_ATTEMPT_RECORDED), signals=(B.PROTECTED_CONTENT_REQUEST,)),
+    Case("a chronic-opioid patient's 'did I pass my drug test' is withheld and still reaches the coordinator",
+         ESTABLISHED, ask(I.UDS_QUESTION, snippet="did I pass my drug test?"), CHRONIC,
+         O.BLOCK_AND_ROUTE, TASK, (RESULTS_TASK, (K.CS_COORDINATOR_UDS, W.UDS_QUESTION)), R.RESULTS_NOT_SHARED_BY_PHONE,
+         (G.PROTECTED_RESULTS_WITHHELD, G.UDS_QUESTION_TO_COORDINATOR, G.BYPASS_ATTEMPT_RECORDED),
+         signals=(B.PROTECTED_CONTENT_REQUEST,)),
+    Case("a chronic-opioid patient's UDS question with UDS due: one coordinator task, both reasons", ESTABLISHED,
+         ask(I.UDS_QUESTION), UDS_DUE,
+         O.ALLOW, TASK, ((K.CS_COORDINATOR_UDS, W.UDS_QUESTION), (K.CS_COORDINATOR_UDS, W.UDS_DUE)), R.MESSAGE_FORWARDED,
+         (G.UDS_QUESTION_TO_COORDINATOR, G.UDS_DUE_TO_COORDINATOR)),
+    Case("aberrant UDS: a UDS question reaches the coordinator and the provider", ESTABLISHED,
+         ask(I.UDS_QUESTION), ABERRANT,
+         O.ALLOW, TASK, ((K.PROVIDER_CONTROLLED_SUBSTANCE_REVIEW, W.ABERRANT_UDS), (K.CS_COORDINATOR_UDS, W.UDS_QUESTION)),
+         R.MESSAGE_FORWARDED, (G.UDS_QUESTION_TO_COORDINATOR, G.PDMP_TIMESTAMP_ONLY)),
+    Case("aberrant UDS: asking for the result is withheld, and still reaches coordinator and provider", ESTABLISHED,
+         ask(I.UDS_QUESTION, snippet="what did my last urine test show?"), ABERRANT,
+         O.BLOCK_AND_ROUTE, TASK,
+         ((K.PROVIDER_CONTROLLED_SUBSTANCE_REVIEW, W.ABERRANT_UDS), RESULTS_TASK, (K.CS_COORDINATOR_UDS, W.UDS_QUESTION)),
+         R.RESULTS_NOT_SHARED_BY_PHONE,
+         (G.PROTECTED_RESULTS_WITHHELD, G.UDS_QUESTION_TO_COORDINATOR, G.PDMP_TIMESTAMP_ONLY, G.BYPASS_ATTEMPT_RECORDED),
+         signals=(B.PROTECTED_CONTENT_REQUEST,)),
     Case("aberrant UDS on a refill: provider task plus clinical review, nothing said", ESTABLISHED, ask(I.REFILL_REQUEST),
          ABERRANT, O.ESCALATE, TASK, (REFILL_TASK, (K.CLINICAL_TEAM_REVIEW, W.ABERRANT_UDS)), R.MEDICATION_REQUEST_FORWARDED,
          (G.REFILL_ESCALATES_TO_PROVIDER, G.ABERRANT_UDS_ROUTES, G.PDMP_TIMESTAMP_ONLY)),
@@ -364,7 +395,7 @@ def test_scenario(case: Case) -> None:
     assert decision.outcome is case.outcome
     assert decision.commands == case.commands
     assert decision.queued_commands == case.queued
-    assert [(task.kind, task.reason) for task in decision.tasks] == list(case.tasks)
+    assert [(task.kind, reason) for task in decision.tasks for reason in task.reasons] == list(case.tasks)
     assert decision.reply is case.reply
     assert decision.guards_fired == case.guards
     assert decision.bypass_signals == case.signals
@@ -427,7 +458,7 @@ def test_no_command_can_write_a_prescription() -> None:
 def test_task_spec_has_no_field_for_pdmp_content_or_uds_results() -> None:
     assert set(TaskSpec.model_fields) == {
         "kind", "audience", "reason", "call_id", "practice_id", "patient_id", "transcript_ref", "after_hours",
-        "pdmp_last_checked",
+        "pdmp_last_checked", "merged_reasons",
     }
     assert {"pdmp_last_checked"} == {name for name in ChartFlags.model_fields if "pdmp" in name}
     assert not [name for name in ChartFlags.model_fields if "result" in name or "note" in name]
@@ -497,12 +528,18 @@ def test_task_spec_invariants(task: dict[str, object], problem: str) -> None:
         TaskSpec.model_validate({"reason": W.REFILL_REQUESTED, "call_id": "c", "practice_id": "p", **task})
 
 
-def test_task_idempotency_key_is_stable_per_call_kind_reason_and_patient() -> None:
+def test_task_idempotency_key_is_stable_per_call_kind_and_patient() -> None:
     decision = decide(ESTABLISHED, ask(I.REFILL_REQUEST), CHRONIC, GoLivePhase.WRITE, NOW)
     again = decide(ESTABLISHED, ask(I.REFILL_REQUEST), CHRONIC, GoLivePhase.WRITE, NOW)
     assert decision == again
     assert decision.task is not None
-    assert decision.task.idempotency_key == "call-1001:PROVIDER_REFILL_REVIEW:REFILL_REQUESTED:pat-77"
+    assert decision.task.idempotency_key == "call-1001:PROVIDER_REFILL_REVIEW:pat-77"
+
+
+def test_one_task_per_kind_carries_every_reason() -> None:
+    decision = decide(ESTABLISHED, ask(I.UDS_QUESTION), UDS_DUE, GoLivePhase.WRITE, NOW)
+    [task] = decision.tasks
+    assert task.reasons == (W.UDS_QUESTION, W.UDS_DUE)
 
 
 @pytest.mark.parametrize(
