@@ -143,6 +143,23 @@ class AuditOutcome(StrEnum):
     QUEUED = "QUEUED"
 
 
+class GuardAction(StrEnum):
+    """What a guard hit truly did to the caller's request (a GUARD_HIT record's guard_action)."""
+
+    BLOCKED = "BLOCKED"
+    """The request's path was refused and handed to nobody (e.g. a prescription change)."""
+    ROUTED = "ROUTED"
+    """The request went to a team instead of (or besides) being handled on the phone."""
+    ESCALATED = "ESCALATED"
+    """A provider task was created (controlled substances, refills)."""
+    NOTED = "NOTED"
+    """Recorded or asked for information only: nothing was blocked."""
+
+
+DialoguePath = Annotated[str, StringConstraints(pattern=r"^[A-Z][A-Z_]{0,47}(?:/[a-z0-9][a-z0-9-]{0,47})?$")]
+"""A dialogue path: the intent, with the visit-reason code when one is set (``BOOK_APPOINTMENT/medication-management``)."""
+
+
 class AlarmKind(StrEnum):
     """The sentinels of the production-write phase plus the SRE ones."""
 
@@ -299,6 +316,7 @@ class CallStarted(AvroModel):
     AVRO_NAME: ClassVar[str] = f"{NAMESPACE}.CallStarted"
     type: Literal["call_started"] = "call_started"
     caller_number: E164Number = Field(repr=False)
+    transcript_ref: Reference | None = None
 
 
 class CallerIdentified(AvroModel):
@@ -504,6 +522,9 @@ class AuditEvent(AvroModel):
     error_class: Code | None = None
     latency_ms: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] | None = None
     detail: DetailMap = Field(default_factory=dict)
+    guard_action: GuardAction | None = None
+    dialogue_path: DialoguePath | None = None
+    slot_id: Identifier | None = None
 
 
 class Alarm(AvroModel):

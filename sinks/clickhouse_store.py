@@ -57,11 +57,12 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
 CLUSTER_ENV = "CLICKHOUSE_CLUSTER"
 _CREATE_TABLE = re.compile(
     r"\s*CREATE TABLE IF NOT EXISTS (\w+)\.(\w+)\s*(\(.*\))\s*ENGINE = (\w*MergeTree)(?:\(([^)]*)\))?(.*)\Z", re.DOTALL)
+_ALTER_ADD_COLUMNS = re.compile(r"\s*ALTER TABLE (\w+)\.(\w+)\s+(ADD COLUMN IF NOT EXISTS .*?)\s*\Z", re.DOTALL)
 
 INSERT_COLUMNS: tuple[str, ...] = (
     "event_id", "occurred_at", "practice_id", "call_id", "caller_number", "action", "outcome", "state_from",
     "state_to", "resource_type", "resource_ids", "ema_deep_link", "task_refs", "transcript_ref", "guards_fired",
-    "command", "error_class", "latency_ms", "detail", "redactions",
+    "command", "error_class", "latency_ms", "detail", "redactions", "guard_action", "dialogue_path", "slot_id",
 )
 AuditRow = tuple[Any, ...]
 """One row in INSERT_COLUMNS order."""
@@ -122,6 +123,18 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        version=2,
+        description="audit_events: guard_action and dialogue_path of guard hits, slot_id of booking steps",
+        statements=(
+            """
+            ALTER TABLE {database}.audit_events
+                ADD COLUMN IF NOT EXISTS guard_action LowCardinality(Nullable(String)),
+                ADD COLUMN IF NOT EXISTS dialogue_path LowCardinality(Nullable(String)),
+                ADD COLUMN IF NOT EXISTS slot_id Nullable(String)
+            """,
+        ),
+    ),
 )
 
 
@@ -156,6 +169,9 @@ def row_from_record(record: AuditRecord) -> AuditRow:
         record.latency_ms,
         dict(record.detail),
         list(record.redactions),
+        record.guard_action,
+        record.dialogue_path,
+        record.slot_id,
     )
 
 
@@ -194,13 +210,33 @@ class TaskReference:
 
 @dataclass(frozen=True, slots=True)
 class GuardHit:
-    """Which guardrail fired on which step, so the blocked dialogue path can be reconstructed."""
+    """Which guardrail fired, what it truly did and which dialogue path it acted on (blocked, when
+    ``guard_action`` is BLOCKED or ROUTED)."""
 
     at: datetime
     guard: str
     action: str
     outcome: str
     command: str | None
+    guard_action: str | None = None
+    dialogue_path: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedWrite:
+    """A write handed to the review queue, with what it targets: the appointment of a reschedule or cancel,
+    the slot the caller chose."""
+
+    at: datetime
+    command: str | None
+    reason: str | None
+    resource_type: str | None
+    resource_ids: tuple[str, ...]
+    slot_id: str | None
+
+
+SLOT_ROLES = ("offered", "booked", "queued", "failed")
+"""How a call touched a Slot: offered to the caller, booked, queued for staff to book, chosen but not booked."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +256,9 @@ class CallAuditRecord:
     transcript_ref: str | None
     guards_fired: tuple[GuardHit, ...]
     outcomes: Mapping[str, int] = field(default_factory=dict)
+    slots: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """Slot ids by SLOT_ROLES (every one is also under fhir_resources["Slot"])."""
+    queued_writes: tuple[QueuedWrite, ...] = ()
 
     def to_json_dict(self) -> dict[str, Any]:
         """The record for `callstream audit call --json`."""
@@ -234,14 +273,21 @@ class CallAuditRecord:
                 {"at": _iso(step.at), "from": step.state_from, "to": step.state_to} for step in self.state_transitions
             ],
             "fhir_resources": {kind: list(ids) for kind, ids in self.fhir_resources.items()},
+            "slots": {role: list(ids) for role, ids in self.slots.items()},
             "ema_deep_links": list(self.ema_deep_links),
             "tasks": [
                 {"at": _iso(task.at), "task_ref": task.task_ref, "transcript_ref": task.transcript_ref} for task in self.tasks
             ],
             "transcript_ref": self.transcript_ref,
             "guards_fired": [
-                {"at": _iso(hit.at), "guard": hit.guard, "action": hit.action, "outcome": hit.outcome, "command": hit.command}
+                {"at": _iso(hit.at), "guard": hit.guard, "action": hit.action, "outcome": hit.outcome, "command": hit.command,
+                 "guard_action": hit.guard_action, "dialogue_path": hit.dialogue_path}
                 for hit in self.guards_fired
+            ],
+            "queued_writes": [
+                {"at": _iso(item.at), "command": item.command, "reason": item.reason,
+                 "resource_type": item.resource_type, "resource_ids": list(item.resource_ids), "slot_id": item.slot_id}
+                for item in self.queued_writes
             ],
             "outcomes": dict(self.outcomes),
         }
@@ -256,6 +302,8 @@ class CallAuditRecord:
             *(f"  {_iso(step.at)}  {step.state_from or '-'} -> {step.state_to or '-'}" for step in self.state_transitions),
             "FHIR resources touched:",
             *(f"  {kind}: {', '.join(ids)}" for kind, ids in self.fhir_resources.items()),
+            "slots:",
+            *(f"  {role}: {', '.join(ids)}" for role, ids in self.slots.items()),
             "EMA chart links:",
             *(f"  {link}" for link in self.ema_deep_links),
             "provider tasks:",
@@ -263,8 +311,16 @@ class CallAuditRecord:
             f"transcript: {self.transcript_ref or '-'}",
             "guards fired:",
             *(
-                f"  {_iso(hit.at)}  {hit.guard}  ({hit.action} {hit.outcome}{f', {hit.command}' if hit.command else ''})"
+                f"  {_iso(hit.at)}  {hit.guard}  {hit.guard_action or '-'} {hit.dialogue_path or '-'}"
+                f"  ({hit.action} {hit.outcome}{f', {hit.command}' if hit.command else ''})"
                 for hit in self.guards_fired
+            ),
+            "queued for staff:",
+            *(
+                f"  {_iso(item.at)}  {item.command or '-'}  {item.reason or '-'}"
+                f"{f'  {item.resource_type}: ' + ', '.join(item.resource_ids) if item.resource_ids else ''}"
+                f"{f'  slot {item.slot_id}' if item.slot_id else ''}"
+                for item in self.queued_writes
             ),
         ]
         return "\n".join(_with_none_marker(lines))
@@ -317,6 +373,21 @@ def replicated_engine(engine: str, table: str, database: str, arguments: str = "
     return f"Replicated{engine}({', '.join(filter(None, (path, arguments.strip())))})"
 
 
+def clustered_alter(statement: str, cluster: str) -> tuple[str, str]:
+    """A migration's ``ALTER TABLE db.t ADD COLUMN IF NOT EXISTS ...`` on ``cluster``: the Replicated local tables
+    first, then the Distributed table over them (which must know the columns to read and insert them).
+
+    Raises:
+        ConfigError: the statement is not such an ALTER.
+    """
+    match = _ALTER_ADD_COLUMNS.match(statement)
+    if match is None:
+        raise ConfigError("only ALTER TABLE ... ADD COLUMN IF NOT EXISTS migrations can run ON CLUSTER")
+    database, table, columns = match.groups()
+    return (f"ALTER TABLE {database}.{table}_local ON CLUSTER {cluster} {columns}",
+            f"ALTER TABLE {database}.{table} ON CLUSTER {cluster} {columns}")
+
+
 def clustered_ddl(statement: str, cluster: str, sharding_key: str) -> tuple[str, str]:
     """A migration's ``CREATE TABLE IF NOT EXISTS db.t (...) ENGINE = *MergeTree ...`` as a Replicated
     ``db.t_local`` on every node of ``cluster`` and a Distributed ``db.t`` over it, sharded by ``sharding_key``.
@@ -365,6 +436,9 @@ class AuditStore:
         statement = statement.format(database=self.database)
         if self.cluster is None:
             return (statement,)
+        alter = _ALTER_ADD_COLUMNS.match(statement)
+        if alter is not None and alter.group(2) in self.sharding_keys:
+            return clustered_alter(statement, self.cluster)
         match = _CREATE_TABLE.match(statement)
         table = match.group(2) if match else ""
         if table not in self.sharding_keys:
@@ -444,7 +518,8 @@ class AuditStore:
         practice_filter = " AND practice_id = {practice_id:String}" if practice_id else ""
         rows = self._query(
             "SELECT occurred_at, practice_id, caller_number, action, outcome, state_from, state_to, resource_type, "
-            "resource_ids, ema_deep_link, task_refs, transcript_ref, guards_fired, command "
+            "resource_ids, ema_deep_link, task_refs, transcript_ref, guards_fired, command, error_class, guard_action, "
+            "dialogue_path, slot_id, detail['operation'] "
             f"FROM {self.database}.{AUDIT_TABLE} FINAL WHERE call_id = {{call_id:String}}{practice_filter} "
             "ORDER BY occurred_at, event_id",
             {"call_id": call_id, "practice_id": practice_id or ""},
@@ -497,26 +572,40 @@ def _assemble_call_record(call_id: str, practice_id: str, rows: list[tuple[Any, 
     caller_number: str | None = None
     transitions: list[StateTransition] = []
     resources: dict[str, list[str]] = {}
+    slots: dict[str, list[str]] = {}
     links: list[str] = []
-    tasks: list[TaskReference] = []
+    tasks: dict[str, TaskReference] = {}
     transcript_ref: str | None = None
     guards: list[GuardHit] = []
+    queued: list[QueuedWrite] = []
     outcomes: dict[str, int] = {}
     for (occurred_at, _practice, number, action, outcome, state_from, state_to, resource_type, resource_ids, link,
-         task_refs, row_transcript_ref, guards_fired, command) in rows:
+         task_refs, row_transcript_ref, guards_fired, command, error_class, guard_action, dialogue_path, slot_id,
+         operation) in rows:
         at = _utc(occurred_at)
         caller_number = caller_number or number
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
         if action == "CALL_STATE_TRANSITION":
             transitions.append(StateTransition(at, state_from, state_to))
         if resource_ids:
-            known = resources.setdefault(resource_type or "Resource", [])
-            known.extend(rid for rid in resource_ids if rid not in known)
+            _add(resources, resource_type or "Resource", resource_ids)
+        if resource_type == "Slot" and action in ("FHIR_READ", "EMA_READ"):
+            _add(slots, "offered", resource_ids)
+        if slot_id:
+            _add(resources, "Slot", (slot_id,))
+            role = "queued" if action == "REVIEW_QUEUED" else "booked" if outcome == "SUCCESS" else "failed"
+            _add(slots, role, (slot_id,))
         if link and link not in links:
             links.append(link)
         transcript_ref = row_transcript_ref or transcript_ref
-        tasks.extend(TaskReference(at, ref, row_transcript_ref) for ref in task_refs)
-        guards.extend(GuardHit(at, guard, action, outcome, command) for guard in guards_fired)
+        for ref in task_refs:  # the write and its escalation record name the same task: once, earliest
+            if ref not in tasks or (tasks[ref].transcript_ref is None and row_transcript_ref):
+                tasks[ref] = TaskReference(tasks[ref].at if ref in tasks else at, ref, row_transcript_ref)
+        if action in ("GUARD_HIT", "BYPASS_ATTEMPT"):
+            names = guards_fired or ([error_class] if error_class else [])
+            guards.extend(GuardHit(at, guard, action, outcome, command, guard_action, dialogue_path) for guard in names)
+        if action == "REVIEW_QUEUED":
+            queued.append(QueuedWrite(at, command, operation or None, resource_type, tuple(resource_ids), slot_id))
     return CallAuditRecord(
         call_id=call_id,
         practice_id=practice_id,
@@ -527,8 +616,16 @@ def _assemble_call_record(call_id: str, practice_id: str, rows: list[tuple[Any, 
         state_transitions=tuple(transitions),
         fhir_resources={kind: tuple(ids) for kind, ids in resources.items()},
         ema_deep_links=tuple(links),
-        tasks=tuple(TaskReference(task.at, task.task_ref, task.transcript_ref or transcript_ref) for task in tasks),
+        tasks=tuple(TaskReference(task.at, task.task_ref, task.transcript_ref or transcript_ref)
+                    for task in tasks.values()),
         transcript_ref=transcript_ref,
         guards_fired=tuple(guards),
         outcomes=outcomes,
+        slots={role: tuple(slots[role]) for role in SLOT_ROLES if role in slots},
+        queued_writes=tuple(queued),
     )
+
+
+def _add(groups: dict[str, list[str]], key: str, ids: Sequence[str]) -> None:
+    known = groups.setdefault(key, [])
+    known.extend(rid for rid in ids if rid not in known)

@@ -79,6 +79,8 @@ def ocsf_api_activity(record: AuditRecord) -> dict[str, Any]:
         response["code"] = int(record.detail["http_status"])
     resources = [{"uid": uid, "type": record.resource_type or "Resource"} for uid in record.resource_ids]
     resources += [{"uid": ref, "type": "Task"} for ref in record.task_refs]
+    if record.slot_id:
+        resources.append({"uid": record.slot_id, "type": "Slot"})
     event: dict[str, Any] = {
         "class_uid": OCSF_CLASS_UID,
         "class_name": "API Activity",
@@ -121,7 +123,8 @@ def _unmapped(record: AuditRecord) -> dict[str, Any]:
     """Callstream's reconciliation fields that OCSF has no attribute for, nulls left out."""
     fields = record.to_json_dict()
     keep = ("practice_id", "call_id", "caller_number", "action", "outcome", "state_from", "state_to", "resource_type",
-            "ema_deep_link", "task_refs", "transcript_ref", "guards_fired", "detail", "redactions")
+            "ema_deep_link", "task_refs", "transcript_ref", "guards_fired", "guard_action", "dialogue_path", "slot_id",
+            "detail", "redactions")
     return {name: fields[name] for name in keep if fields[name] not in (None, [], {})}
 
 

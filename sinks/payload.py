@@ -2,8 +2,9 @@
 
 Both sinks (ClickHouse and every practice's SIEM) store or send an `AuditRecord`, never the raw
 event, so the rule of issue 7 point 3 is enforced once: a record keeps what the seeds list for
-chart reconciliation (call id, caller number, state-transition timestamps, FHIR resource ids, EMA
-deep link, task references with the transcript reference, guards fired) plus the event's own
+chart reconciliation (call id, caller number, state-transition timestamps, FHIR resource ids, the
+slot chosen, EMA deep link, task references with the transcript reference, guards fired with their
+action and the dialogue path) plus the event's own
 bookkeeping (id, practice, action, outcome, command, error class, latency), and nothing else.
 
 The schema already bounds every field; this module removes what a well-formed but careless or
@@ -22,7 +23,8 @@ hostile producer could still smuggle through:
   replaced by `redacted`, keeping the rest of the reference: a transcript store that names its
   folders after patients (`s3://…/Romero-Gabriel-1947-07-17/call-9.json`) leaves callstream as
   `s3://…/redacted/call-9.json`. A lower-case name alone is not recognisable; a store that writes
-  one without a date next to it must not be used for `transcript_ref`.
+  one without a date next to it must not be used for `transcript_ref`. (The scrubber is
+  callstream.references, shared with the ModMed Tasks that carry the transcript reference.)
 
 What was removed is listed by field name only in `AuditRecord.redactions`, never by value.
 """
@@ -35,8 +37,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
 
+from callstream.references import SECRET_MARKERS, clean_reference
 from callstream.tenants import ApiTrack, AuthMethod, GoLivePhase
 from schemas.models import AuditEvent, Intent
 
@@ -94,26 +96,9 @@ DETAIL_GRAMMARS: Mapping[str, Callable[[str], bool]] = MappingProxyType({
 """Keys whose values have a known shape or vocabulary; anything else under them is dropped."""
 
 _DETAIL_VALUE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/\-]{0,127}\Z")
-_REFERENCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/#@\-]{0,511}\Z")
 _DATE_LIKE = re.compile(r"\d{4}-\d{1,2}-\d{1,2}|\d{1,2}/\d{1,2}/\d{2,4}")
 _PHONE_LIKE = re.compile(r"\d(?:[-.]?\d){6,}")
 _OPAQUE_RUN = re.compile(r"[A-Za-z0-9+=]{24,}")
-_SECRET_MARKERS = re.compile(
-    r"whsec_|bearer|eyJ[A-Za-z0-9_\-]{8,}|sk_live|-----begin"
-    r"|(?:passw(?:or)?d|secret|token|api[_-]?key|credentials?|auth)[=:]",
-    re.IGNORECASE,
-)
-"""Secret values, not words: "TokenExpired" is a fine error class, "token=abc" or "whsec_..." is not."""
-_SEGMENT_DATE = re.compile(
-    r"(?<!\d)(?:\d{4}[-_.]\d{1,2}[-_.]\d{1,2}|\d{1,2}[-_.]\d{1,2}[-_.]\d{2,4}"
-    r"|(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01]))(?!\d)"
-)
-"""Dates inside one segment (1947-07-17, 07.17.1947, 19470717); date-partitioned paths (2026/03/14) are
-separate segments and stay."""
-_SEGMENT_PHONE = re.compile(r"(?<!\d)\+?\d(?:[-. ()]?\d){9,}(?!\d)")
-_SEGMENT_EMAIL = re.compile(r"[^@\s/]+@[^@\s/]+\.[A-Za-z]{2,}")
-_SEGMENT_NAME = re.compile(r"[A-Z][a-z]+(?:[-_ .,+]+[A-Z][a-z]+)+")
-REDACTED_SEGMENT = "redacted"
 REDACTED_FIELD_ORDER = ("state_from", "state_to", "error_class", "guards_fired", "ema_deep_link", "task_refs",
                         "transcript_ref", "detail")
 
@@ -143,6 +128,12 @@ class AuditRecord:
     detail: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     redactions: tuple[str, ...] = ()
     """Names of fields something was removed from (never the removed values)."""
+    guard_action: str | None = None
+    """What a guard hit truly did (BLOCKED, ROUTED, ESCALATED, NOTED)."""
+    dialogue_path: str | None = None
+    """The dialogue path a guard hit acted on (``BOOK_APPOINTMENT/medication-management``)."""
+    slot_id: str | None = None
+    """The Slot a booking step booked, tried or queued (offered slots are a Slot read's resource_ids)."""
 
     @property
     def occurred_at_ms(self) -> int:
@@ -172,6 +163,9 @@ class AuditRecord:
             "latency_ms": self.latency_ms,
             "detail": dict(self.detail),
             "redactions": list(self.redactions),
+            "guard_action": self.guard_action,
+            "dialogue_path": self.dialogue_path,
+            "slot_id": self.slot_id,
         }
 
 
@@ -188,7 +182,7 @@ def audit_record(event: AuditEvent) -> AuditRecord:
     def reference(value: str | None, name: str) -> str | None:
         if value is None:
             return None
-        cleaned = _clean_reference(value)
+        cleaned = clean_reference(value)
         if cleaned != value:
             redacted.add(name)
         return cleaned
@@ -219,12 +213,15 @@ def audit_record(event: AuditEvent) -> AuditRecord:
         latency_ms=event.latency_ms,
         detail=MappingProxyType(detail),
         redactions=tuple(name for name in REDACTED_FIELD_ORDER if name in redacted),
+        guard_action=event.guard_action.value if event.guard_action is not None else None,
+        dialogue_path=event.dialogue_path,
+        slot_id=event.slot_id,
     )
 
 
 def _looks_sensitive(value: str) -> bool:
     """A date (DOB), a phone-like digit run, a secret marker or an opaque token inside a machine name."""
-    if _DATE_LIKE.search(value) or _PHONE_LIKE.search(value) or _SECRET_MARKERS.search(value):
+    if _DATE_LIKE.search(value) or _PHONE_LIKE.search(value) or SECRET_MARKERS.search(value):
         return True
     return _has_opaque_token(value)
 
@@ -247,40 +244,3 @@ def _detail_entry_allowed(key: str, value: str) -> bool:
     if grammar is not None:
         return grammar(value)
     return bool(_DETAIL_VALUE.match(value)) and not _looks_sensitive(value)
-
-
-def _clean_reference(value: str) -> str | None:
-    """A reference without URL credentials or query; None when it is free text or carries a secret.
-
-    The fragment is kept (EMA routes to a chart in it) unless it holds key=value pairs, which is
-    where implicit-flow tokens travel.
-    """
-    if any(character.isspace() for character in value):
-        return None
-    parts = urlsplit(value)
-    if parts.scheme and parts.netloc:
-        try:
-            port = parts.port
-        except ValueError:  # a non-numeric or out-of-range port: not a usable link
-            return None
-        if not parts.hostname:
-            return None
-        netloc = parts.hostname if port is None else f"{parts.hostname}:{port}"
-        fragment = "" if "=" in parts.fragment else parts.fragment
-        value = urlunsplit((parts.scheme, netloc, _scrub_segments(parts.path), "", _scrub_segments(fragment)))
-    elif not _REFERENCE.match(value):
-        return None
-    else:
-        value = _scrub_segments(value)
-    return None if _SECRET_MARKERS.search(value) else value
-
-
-def _scrub_segments(path: str) -> str:
-    """Replace each `/`-separated segment that names or dates a person, or holds a phone number or an
-    e-mail address, by `redacted`."""
-    return "/".join(REDACTED_SEGMENT if _segment_identifies(segment) else segment for segment in path.split("/"))
-
-
-def _segment_identifies(segment: str) -> bool:
-    text = unquote(segment)
-    return any(pattern.search(text) for pattern in (_SEGMENT_DATE, _SEGMENT_PHONE, _SEGMENT_EMAIL, _SEGMENT_NAME))

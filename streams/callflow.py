@@ -68,6 +68,7 @@ from schemas.models import (
     CallStarted,
     CommandKind,
     CommandRoute,
+    GuardAction,
     IntentRecognised,
     SlotChosen,
 )
@@ -137,6 +138,16 @@ _BLOCKING_GUARDS = frozenset({
     GuardName.MEDICATION_WRITE_REFUSED,
 })
 """Guards that stop the caller's request itself, even when an escalation outranks the block."""
+_GUARD_ACTIONS: dict[GuardName, GuardAction] = {
+    GuardName.MEDICATION_WRITE_REFUSED: GuardAction.BLOCKED,
+    **dict.fromkeys((GuardName.AGREEMENT_BLOCKS_CONTROLLED_VISIT, GuardName.AGREEMENT_REVIEW_GATED,
+                     GuardName.PHONE_RESTRICTION_HONOURED, GuardName.PROTECTED_RESULTS_WITHHELD,
+                     GuardName.ABERRANT_UDS_ROUTES, GuardName.UDS_QUESTION_TO_COORDINATOR,
+                     GuardName.UDS_DUE_TO_COORDINATOR, GuardName.MESSAGE_ROUTED_TO_TEAM), GuardAction.ROUTED),
+    **dict.fromkeys((GuardName.REFILL_ESCALATES_TO_PROVIDER, GuardName.CONTROLLED_SUBSTANCE_ESCALATES,
+                     GuardName.CONTROLLED_VISIT_ESCALATES), GuardAction.ESCALATED),
+}
+"""What each guard does to the request when it fires; every other guard only notes or asks (NOTED)."""
 _HANDOFF_REPLY = ReplyTemplate.ROUTED_TO_CARE_TEAM
 
 
@@ -264,8 +275,12 @@ class CallState(FrozenModel):
     tasks_queued: tuple[str, ...] = ()
     """The subset of tasks_done that went to the review queue instead of ModMed."""
     cs_requests: tuple[str, ...] = ()
+    task_refs: tuple[str, ...] = ()
+    """ModMed references ("Task/123") of the tasks this call created; the ended record lists them with the
+    transcript reference."""
     last_reply: SentReply | None = None
     transcript_ref: str | None = None
+    """Where the telephony side keeps the transcript: from CallStarted when known, CallEnded's is final."""
 
     @property
     def ended(self) -> bool:
@@ -421,6 +436,9 @@ class AuditOut:
     latency_ms: float | None = None
     detail: dict[str, str] = field(default_factory=dict)
     transcript_ref: str | None = None
+    guard_action: GuardAction | None = None
+    dialogue_path: str | None = None
+    slot_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -467,7 +485,9 @@ def reply_id_for(event_id: str) -> str:
 
 
 def task_note(task: TaskSpec) -> str:
-    """What a task says: codes and the call reference only, never the caller's words or chart content."""
+    """What a task says: codes and the call reference only, never the caller's words or chart content. The
+    context is the transcript itself: the connector adds its reference (``TaskSpec.transcript_ref``), scrubbed
+    by callstream.references."""
     lines = [
         f"Phone request routed by callstream: {task.reason.value.replace('_', ' ').lower()}.",
         f"Call reference: {task.call_id}.",
@@ -478,6 +498,12 @@ def task_note(task: TaskSpec) -> str:
     if task.pdmp_last_checked is not None:
         lines.append(f"PDMP last checked: {task.pdmp_last_checked.astimezone(UTC).isoformat(timespec='minutes')}.")
     return " ".join(lines)
+
+
+def dialogue_path(intent: Intent | str, visit_reason: VisitReason | None = None) -> str:
+    """The dialogue path a guard acted on, as audited: the intent, with the visit reason when one is set."""
+    name = intent.value if isinstance(intent, Intent) else intent
+    return f"{name}/{visit_reason.value}" if visit_reason is not None else name
 
 
 def _remember(ids: tuple[str, ...], new: str) -> tuple[str, ...]:
@@ -585,8 +611,11 @@ def interim_reply(state: CallState, template: ReplyTemplate, practice: Practice,
     return ReplyOut(reply), audit
 
 
-def _review(state: CallState, kind: CommandKind, target: str, params: dict[str, str], reason: str) -> tuple[Output, ...]:
-    """A review-queue entry and its audit record."""
+def _review(state: CallState, kind: CommandKind, target: str, params: dict[str, str], reason: str, *,
+            resource_type: str | None = None, resource_ids: tuple[str, ...] = (), slot_id: str | None = None,
+            ) -> tuple[Output, ...]:
+    """A review-queue entry and its audit record, naming what the queued write is about (the appointment a
+    reschedule or cancel targets, the slot chosen) so the per-call record shows it."""
     review = ReviewOut(
         kind=kind,
         idempotency_key=f"{state.call_id}:{kind.value}:{target}"[:256],
@@ -596,6 +625,9 @@ def _review(state: CallState, kind: CommandKind, target: str, params: dict[str, 
         action=AuditAction.REVIEW_QUEUED,
         outcome=AuditOutcome.QUEUED,
         command=kind,
+        resource_type=resource_type if resource_ids else None,
+        resource_ids=resource_ids,
+        slot_id=slot_id,
         detail={"queue": "review", "operation": reason},
     )
     return review, audit
@@ -659,7 +691,8 @@ def on_event(state: CallState, event: CallEvent, practice: Practice, now: dateti
     state = state.model_copy(update={"last_seq": event.seq, "last_event_id": event_id, "updated_at": now, "turn": None})
     payload = event.payload
     if isinstance(payload, CallStarted):
-        return Step(state.model_copy(update={"caller_number": payload.caller_number}))
+        return Step(state.model_copy(update={"caller_number": payload.caller_number,
+                                             "transcript_ref": payload.transcript_ref or state.transcript_ref}))
     if isinstance(payload, CallerIdentified):
         return _on_identified(state, payload)
     if isinstance(payload, IntentRecognised):
@@ -713,6 +746,8 @@ def _on_intent(state: CallState, event_id: str, payload: IntentRecognised, pract
                 action=AuditAction.GUARD_HIT,
                 outcome=AuditOutcome.SUCCESS,
                 error_class="UnknownVisitReason",
+                guard_action=GuardAction.NOTED,
+                dialogue_path=dialogue_path(pending.intent),
                 detail={"intent": pending.intent.value},
             ),
         )
@@ -729,6 +764,8 @@ def _on_slot_chosen(state: CallState, payload: SlotChosen, practice: Practice, n
             action=AuditAction.GUARD_HIT,
             outcome=AuditOutcome.BLOCKED,
             error_class="SlotNotOffered" if offer else "NoOpenOffer",
+            guard_action=GuardAction.BLOCKED,
+            dialogue_path=dialogue_path(offer.write.value, offer.visit_reason) if offer else None,
         )
         state, outputs = _reply(state, ReplyTemplate.CLARIFY, practice, now)
         state, moved = _transition(state, CallPhase.CLARIFYING)
@@ -758,8 +795,10 @@ def _on_ended(state: CallState, payload: CallEnded) -> Step:
         transcript_ref=payload.transcript_ref,
     )
     marker, moved = _transition(marker, CallPhase.ENDED)
+    # The call's tasks with the final transcript reference, on the record every sink receives.
     audits = tuple(
-        replace(audit, detail={"disposition": payload.disposition.value}) if isinstance(audit, AuditOut) else audit
+        replace(audit, detail={"disposition": payload.disposition.value}, task_refs=state.task_refs)
+        if isinstance(audit, AuditOut) else audit
         for audit in moved
     )
     return Step(marker, outputs=audits)
@@ -801,12 +840,13 @@ def on_result(state: CallState, result: WorkResult, practice: Practice, now: dat
 
 
 def _read_audit(resource_type: str, ids: Iterable[str], route: CommandRoute, latency_ms: float, command: CommandKind,
-                **detail: str) -> AuditOut:
+                deep_link: str | None = None, **detail: str) -> AuditOut:
     return AuditOut(
         action=AuditAction.EMA_READ if route is CommandRoute.EMA else AuditAction.FHIR_READ,
         outcome=AuditOutcome.SUCCESS,
         resource_type=resource_type,
         resource_ids=tuple(ids)[:100],
+        deep_link=deep_link,
         command=command,
         latency_ms=latency_ms,
         detail={"route": route.value, **detail},
@@ -814,9 +854,12 @@ def _read_audit(resource_type: str, ids: Iterable[str], route: CommandRoute, lat
 
 
 def _on_lookup(state: CallState, result: PatientLookedUp, practice: Practice, now: datetime) -> Step:
+    # A chart read is reconciled like a write: a unique match carries the link that opens the chart.
+    chart = result.patient_id if result.kind is LookupKind.UNIQUE else None
     audit = _read_audit(
         "Patient", [result.patient_id] if result.patient_id else [], result.route, result.latency_ms,
-        CommandKind.SEARCH_PATIENT, operation=f"match_{result.kind.value}",
+        CommandKind.SEARCH_PATIENT, practice.chart_deep_link(chart) if chart else None,
+        operation=f"match_{result.kind.value}",
     )
     state = state.model_copy(update={"lookup": result.kind, "patient_id": result.patient_id})
     state, moved = _transition(state, CallPhase.IDENTIFIED)
@@ -829,7 +872,7 @@ def _on_lookup(state: CallState, result: PatientLookedUp, practice: Practice, no
 def _on_flags(state: CallState, result: ChartFlagsRead, practice: Practice, now: datetime) -> Step:
     audit = _read_audit(
         "Flag", [state.patient_id] if state.patient_id else [], result.route, result.latency_ms,
-        CommandKind.READ_COMPLIANCE_FLAGS,
+        CommandKind.READ_COMPLIANCE_FLAGS, practice.chart_deep_link(state.patient_id) if state.patient_id else None,
     )
     state = state.model_copy(update={"chart": result.flags})
     step = _decide(state, practice, now) if state.pending is not None else Step(state)
@@ -895,27 +938,45 @@ def _decide(state: CallState, practice: Practice, now: datetime) -> Step:
 
 
 def _decision_audits(decision: Decision, pending: PendingIntent) -> Iterable[AuditOut]:
-    if decision.guards_fired:
-        blocked = decision.outcome is Outcome.BLOCK_AND_ROUTE or bool(set(decision.guards_fired) & _BLOCKING_GUARDS)
-        outcome = AuditOutcome.BLOCKED if blocked else {
-            Outcome.REVIEW_QUEUE: AuditOutcome.QUEUED,
-        }.get(decision.outcome, AuditOutcome.SUCCESS)
-        detail = {"intent": pending.intent.value, "template": decision.reply.value}
-        if decision.visit_reason is not None:
-            detail["visit_reason"] = decision.visit_reason.value
+    """One GUARD_HIT record per guard that fired, with what it truly did (``guard_action``) and the dialogue path
+    it acted on: BLOCKED only for a guard that stopped the request, never for one that merely noted or asked."""
+    path = dialogue_path(pending.intent, pending.visit_reason or decision.visit_reason)
+    detail = {"intent": pending.intent.value, "template": decision.reply.value}
+    if decision.visit_reason is not None:
+        detail["visit_reason"] = decision.visit_reason.value
+    for guard in decision.guards_fired:
+        if guard is GuardName.BYPASS_ATTEMPT_RECORDED:
+            continue  # one BYPASS_ATTEMPT record per signal below
         yield AuditOut(
             action=AuditAction.GUARD_HIT,
-            outcome=outcome,
-            guards_fired=tuple(guard.value for guard in decision.guards_fired),
+            outcome=_guard_outcome(guard, decision, pending),
+            guards_fired=(guard.value,),
+            guard_action=_GUARD_ACTIONS.get(guard, GuardAction.NOTED),
+            dialogue_path=path,
             detail=detail,
         )
     for signal in decision.bypass_signals:
+        # The attempt itself is refused: nothing a caller says changes what the guards decide.
         yield AuditOut(
             action=AuditAction.BYPASS_ATTEMPT,
             outcome=AuditOutcome.BLOCKED,
             guards_fired=(GuardName.BYPASS_ATTEMPT_RECORDED.value,),
+            guard_action=GuardAction.BLOCKED,
+            dialogue_path=path,
             detail={"signal": signal.value, "intent": pending.intent.value},
         )
+
+
+def _guard_outcome(guard: GuardName, decision: Decision, pending: PendingIntent) -> AuditOutcome:
+    """BLOCKED when this guard stopped the caller's request (an aberrant-UDS flag only when it routed a
+    controlled visit), QUEUED for the read-only phase's queueing, SUCCESS for everything else."""
+    routed_visit = (guard is GuardName.ABERRANT_UDS_ROUTES and decision.outcome is Outcome.BLOCK_AND_ROUTE
+                    and pending.intent in (Intent.BOOK_APPOINTMENT, Intent.RESCHEDULE_APPOINTMENT))
+    if guard in _BLOCKING_GUARDS or routed_visit:
+        return AuditOutcome.BLOCKED
+    if guard is GuardName.READ_ONLY_WRITES_QUEUED:
+        return AuditOutcome.QUEUED
+    return AuditOutcome.SUCCESS
 
 
 def _queue_task(state: CallState, task: TaskSpec, reason: str) -> tuple[Output, ...]:
@@ -993,10 +1054,14 @@ def _finish(state: CallState, practice: Practice, now: datetime, template: Reply
         return _search_failed(state, state.lookup_failure, practice, now)
     template = template or decision.reply
     outputs: list[Output] = list(_escalation_audit(state))
+    # Only an appointment proved the caller's (its ownership is checked once the chart is known) is named.
+    target = (pending.appointment_id,) if pending.appointment_id and state.patient_id else ()
     for command in decision.queued_commands:
         if command is not Command.CREATE_TASK:
             outputs.extend(_review(state, _WRITE_COMMAND_KINDS[command], pending.event_id,
-                                   {"intent": pending.intent.value, **_identity_params(state)}, "read_only_phase"))
+                                   {"intent": pending.intent.value, **dict(zip(("appointment_id",), target)),
+                                    **_identity_params(state)},
+                                   "read_only_phase", resource_type="Appointment", resource_ids=target))
     if Command.CREATE_DOCUMENT_REFERENCE in decision.commands:
         # No intake-form URL is configured for practices: staff send the secure link, and the reply says so.
         outputs.extend(_review(state, CommandKind.CREATE_DOCUMENT_REFERENCE, pending.event_id,
@@ -1183,7 +1248,8 @@ def _offer(state: CallState, choices: tuple[SlotChoice, ...], practice: Practice
 
 def _write_audit(route: CommandRoute, outcome: AuditOutcome, command: CommandKind, resource_type: str,
                  ids: tuple[str, ...], latency_ms: float, deep_link: str | None = None,
-                 error_class: str | None = None, task_refs: tuple[str, ...] = (), **detail: str) -> AuditOut:
+                 error_class: str | None = None, task_refs: tuple[str, ...] = (), slot_id: str | None = None,
+                 transcript_ref: str | None = None, **detail: str) -> AuditOut:
     return AuditOut(
         action=AuditAction.EMA_WRITE if route is CommandRoute.EMA else AuditAction.FHIR_WRITE,
         outcome=outcome,
@@ -1195,6 +1261,8 @@ def _write_audit(route: CommandRoute, outcome: AuditOutcome, command: CommandKin
         error_class=error_class,
         latency_ms=latency_ms,
         detail={"route": route.value, **detail},
+        slot_id=slot_id,
+        transcript_ref=transcript_ref,
     )
 
 
@@ -1205,7 +1273,8 @@ def _on_task_written(state: CallState, result: TaskWritten, practice: Practice, 
     ref = f"{result.resource_type}/{result.resource_id}"
     audits = (
         _write_audit(result.route, AuditOutcome.SUCCESS, CommandKind.CREATE_TASK, result.resource_type,
-                     (result.resource_id,), result.latency_ms, result.deep_link, task_refs=(ref,)),
+                     (result.resource_id,), result.latency_ms, result.deep_link, task_refs=(ref,),
+                     transcript_ref=state.transcript_ref),
         AuditOut(
             action=AuditAction.ESCALATION,
             outcome=AuditOutcome.SUCCESS,
@@ -1215,8 +1284,10 @@ def _on_task_written(state: CallState, result: TaskWritten, practice: Practice, 
             deep_link=result.deep_link,
             command=CommandKind.CREATE_TASK,
             detail={"escalation_kind": task.audience.value, "rule": task.reason.value},
+            transcript_ref=state.transcript_ref,
         ),
     )
+    state = state.model_copy(update={"task_refs": _remember(state.task_refs, ref)})
     step = _continue(_task_settled(state, task, "done"), practice, now)
     return Step(step.state, step.work, (*audits, *step.outputs))
 
@@ -1231,8 +1302,10 @@ def _on_cancelled(state: CallState, result: AppointmentWritten, practice: Practi
 def _on_appointment_written(state: CallState, result: AppointmentWritten, practice: Practice, now: datetime) -> Step:
     offer = state.offer
     assert offer is not None
+    # A reschedule names the appointment it moved as well as the one it wrote (the same id when moved in place).
+    ids = tuple(dict.fromkeys(filter(None, (result.appointment_id, offer.appointment_id))))
     audit = _write_audit(result.route, AuditOutcome.SUCCESS, _WRITE_COMMAND_KINDS[offer.write], "Appointment",
-                         (result.appointment_id,), result.latency_ms, result.deep_link,
+                         ids, result.latency_ms, result.deep_link, slot_id=offer.chosen_slot_id,
                          visit_reason=result.visit_reason.value)
     state, replies = _reply(state, after_booking(guard_phase(practice)), practice, now,
                             visit_reason=result.visit_reason, appointment_time=result.start)
@@ -1253,19 +1326,22 @@ def _on_failure(state: CallState, failure: WorkFailed, practice: Practice, now: 
         step = _continue(_task_settled(state, task, "queued"), practice, now)
         return Step(step.state, step.work, (*outputs, *step.outputs))
     if failure.command in (CommandKind.BOOK_APPOINTMENT, CommandKind.RESCHEDULE_APPOINTMENT):
-        audit = _write_audit(route, AuditOutcome.FAILURE, failure.command, "Appointment", (), failure.latency_ms,
-                             error_class=failure.error_class)
+        offer = state.offer
+        audit = _write_audit(route, AuditOutcome.FAILURE, failure.command, "Appointment",
+                             (offer.appointment_id,) if offer and offer.appointment_id else (), failure.latency_ms,
+                             error_class=failure.error_class, slot_id=offer.chosen_slot_id if offer else None)
         step = _slot_taken(state, practice, now) if failure.slot_taken else _booking_to_staff(
             state, failure.error_class, practice, now)
         return Step(step.state, step.work, (audit, *step.outputs))
     if failure.command is CommandKind.CANCEL_APPOINTMENT:
         pending = state.pending
         assert pending is not None
-        audit = _write_audit(route, AuditOutcome.FAILURE, CommandKind.CANCEL_APPOINTMENT, "Appointment", (),
+        target = (pending.appointment_id,) if pending.appointment_id else ()
+        audit = _write_audit(route, AuditOutcome.FAILURE, CommandKind.CANCEL_APPOINTMENT, "Appointment", target,
                              failure.latency_ms, error_class=failure.error_class)
         queued = _review(state, CommandKind.CANCEL_APPOINTMENT, pending.event_id,
                          {"appointment_id": pending.appointment_id or "", **_identity_params(state)},
-                         failure.error_class)
+                         failure.error_class, resource_type="Appointment", resource_ids=target)
         step = _finish(state, practice, now, ReplyTemplate.CHANGE_STAFF_WILL_CONFIRM)
         return Step(step.state, step.work, (audit, *queued, *step.outputs))
     resource = {CommandKind.SEARCH_PATIENT: "Patient", CommandKind.READ_COMPLIANCE_FLAGS: "Flag"}.get(
@@ -1326,7 +1402,9 @@ def _booking_to_staff(state: CallState, reason: str, practice: Practice, now: da
         **({"appointment_id": offer.appointment_id} if offer.appointment_id else {}),
         **({"patient_id": state.patient_id} if state.patient_id else _identity_params(state)),
     }
-    queued = _review(state, _WRITE_COMMAND_KINDS[offer.write], chosen.slot_id, params, reason)
+    queued = _review(state, _WRITE_COMMAND_KINDS[offer.write], chosen.slot_id, params, reason,
+                     resource_type="Appointment", slot_id=chosen.slot_id,
+                     resource_ids=(offer.appointment_id,) if offer.appointment_id and state.patient_id else ())
     state, replies = _reply(state, after_booking(GoLivePhase.READ_ONLY), practice, now,
                             visit_reason=chosen.visit_reason, appointment_time=chosen.start)
     state, moved = _transition(state.model_copy(update={"offer": None}), CallPhase.REVIEW_QUEUED)

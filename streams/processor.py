@@ -652,6 +652,9 @@ def audit_record(audit: AuditOut, id_seed: str, practice_id: str, call_id: str, 
         error_class=audit.error_class,
         latency_ms=audit.latency_ms,
         detail=dict(audit.detail),
+        guard_action=audit.guard_action,
+        dialogue_path=audit.dialogue_path,
+        slot_id=audit.slot_id,
     )
 
 

@@ -12,7 +12,7 @@ import pytest
 from callstream.devstack import TansuBroker, free_port
 from callstream.errors import ConfigError, ServiceUnavailableError
 from callstream.settings import load_settings
-from schemas.models import AuditAction, AuditOutcome, CommandKind
+from schemas.models import AuditAction, AuditOutcome, CommandKind, GuardAction
 from schemas.registry import SchemaRegistryClient
 from schemas.topics import AUDIT
 from sinks.cli import audit_main, run_sinks, sinks_main
@@ -43,6 +43,9 @@ def seeded_store(clickhouse_client, clickhouse_database: str, clickhouse_dsn: st
         make_event("northside-pain", 1, call_id="call-5", action=AuditAction.ESCALATION, command=CommandKind.CREATE_TASK,
                    resource_type="Task", resource_ids=["task-1"], task_refs=["Task/task-1"], transcript_ref="tr:5",
                    guards_fired=["refill_escalates"], ema_deep_link="https://ema.example/chart/pat-1"),
+        make_event("northside-pain", 1, call_id="call-5", action=AuditAction.GUARD_HIT, resource_type=None,
+                   resource_ids=[], guards_fired=["refill_escalates"], guard_action=GuardAction.ESCALATED,
+                   dialogue_path="REFILL_REQUEST"),
         make_event("northside-pain", 2, call_id="twice", outcome=AuditOutcome.FAILURE),
         make_event("southside-pain", 3, call_id="twice"),
     )])
@@ -57,10 +60,12 @@ def test_audit_call_prints_the_record_as_json_and_text(seeded_store: AuditStore,
     assert record["tasks"] == [{"at": "2026-03-14T15:09:27.000Z", "task_ref": "Task/task-1", "transcript_ref": "tr:5"}]
     assert record["fhir_resources"] == {"Task": ["task-1"]}
     assert record["ema_deep_links"] == ["https://ema.example/chart/pat-1"]
-    assert record["guards_fired"][0]["guard"] == "refill_escalates"
+    [hit] = record["guards_fired"]
+    assert (hit["guard"], hit["guard_action"], hit["dialogue_path"]) == ("refill_escalates", "ESCALATED", "REFILL_REQUEST")
     assert audit_main(["call", "call-5", "--database", seeded_store.database]) == 0
     text = capsys.readouterr().out
     assert "RINGING -> IDENTIFIED" in text and "Task/task-1  transcript tr:5" in text
+    assert "refill_escalates  ESCALATED REFILL_REQUEST" in text
 
 
 def test_audit_call_failures_are_clear(seeded_store: AuditStore, capsys: pytest.CaptureFixture[str],

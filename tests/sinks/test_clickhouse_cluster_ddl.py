@@ -10,7 +10,14 @@ import pytest
 from callstream.errors import ConfigError
 from review.store import MIGRATIONS as REVIEW_MIGRATIONS
 from review.store import ReviewStore
-from sinks.clickhouse_store import CLUSTER_ENV, MIGRATIONS, AuditStore, cluster_from_env, clustered_ddl
+from sinks.clickhouse_store import (
+    CLUSTER_ENV,
+    MIGRATIONS,
+    AuditStore,
+    cluster_from_env,
+    clustered_alter,
+    clustered_ddl,
+)
 
 
 class RecordingClient:
@@ -38,16 +45,17 @@ def migrated(store_class: type[AuditStore], cluster: str | None) -> RecordingCli
 
 def test_a_single_node_gets_the_statements_as_written() -> None:
     client = migrated(AuditStore, None)
-    expected = " ".join(MIGRATIONS[0].statements[0].format(database="audit").split())
+    expected = [" ".join(statement.format(database="audit").split())
+                for migration in MIGRATIONS for statement in migration.statements]
     assert client.statements[0] == "CREATE DATABASE IF NOT EXISTS audit"
-    assert client.statements[-1] == expected
+    assert client.statements[-len(expected):] == expected
     assert not any("ON CLUSTER" in s or "Replicated" in s or "Distributed" in s for s in client.statements)
-    assert client.insert_settings == [None]
+    assert client.insert_settings == [None] * len(MIGRATIONS)
 
 
 def test_the_audit_tables_on_a_cluster_are_replicated_with_a_distributed_table_sharded_by_practice() -> None:
     client = migrated(AuditStore, "prod")
-    database, migrations, local, distributed = client.statements
+    database, migrations, local, distributed, alter_local, alter_distributed = client.statements
     assert database == "CREATE DATABASE IF NOT EXISTS audit ON CLUSTER prod"
     assert migrations.startswith("CREATE TABLE IF NOT EXISTS audit.schema_migrations ON CLUSTER prod (")
     assert migrations.endswith("ENGINE = ReplicatedReplacingMergeTree("
@@ -58,7 +66,10 @@ def test_the_audit_tables_on_a_cluster_are_replicated_with_a_distributed_table_s
     assert "INDEX call_id_bloom call_id TYPE bloom_filter(0.01) GRANULARITY 4 )" in local
     assert distributed == ("CREATE TABLE IF NOT EXISTS audit.audit_events ON CLUSTER prod AS audit.audit_events_local "
                            "ENGINE = Distributed(prod, audit, audit_events_local, cityHash64(practice_id))")
-    assert client.insert_settings == [{"insert_distributed_sync": 1}], "a read after a write must see it"
+    assert alter_local.startswith("ALTER TABLE audit.audit_events_local ON CLUSTER prod ADD COLUMN IF NOT EXISTS guard_action")
+    assert alter_distributed.startswith("ALTER TABLE audit.audit_events ON CLUSTER prod ADD COLUMN IF NOT EXISTS")
+    assert alter_distributed.endswith("ADD COLUMN IF NOT EXISTS slot_id Nullable(String)")
+    assert client.insert_settings == [{"insert_distributed_sync": 1}] * 2, "a read after a write must see it"
 
 
 def test_review_items_on_a_cluster_keep_their_version_column_and_shard_by_item() -> None:
@@ -77,9 +88,11 @@ def test_the_engine_parses_every_clustered_statement(clickhouse_client) -> None:
         clickhouse_client.query(f"EXPLAIN AST {statement}")
 
 
-def test_only_create_table_migrations_can_be_clustered() -> None:
+def test_only_create_table_and_add_column_migrations_can_be_clustered() -> None:
     with pytest.raises(ConfigError, match="ON CLUSTER"):
         clustered_ddl("ALTER TABLE audit.audit_events ADD COLUMN x String", "prod", "rand()")
+    with pytest.raises(ConfigError, match="ON CLUSTER"):
+        clustered_alter("ALTER TABLE audit.audit_events DROP COLUMN x", "prod")
     with pytest.raises(ConfigError, match="sharding key"):
         AuditStore(RecordingClient(), "audit", cluster="prod").ddl(REVIEW_MIGRATIONS[0].statements[0])  # type: ignore[arg-type]
 

@@ -8,9 +8,10 @@ from datetime import timedelta
 import pytest
 
 from callstream.errors import ConfigError
-from schemas.models import AuditAction, AuditOutcome, CallEvent, CallStarted, CommandKind
+from schemas.models import AuditAction, AuditOutcome, CallEvent, CallStarted, CommandKind, GuardAction
 from schemas.serde import AvroSerde
 from sinks.clickhouse_store import (
+    INSERT_COLUMNS,
     MIGRATIONS,
     AmbiguousCallError,
     AuditRowProcessor,
@@ -39,8 +40,8 @@ def _rows(events) -> list[tuple]:  # type: ignore[no-untyped-def]
 
 def test_migrations_are_versioned_and_idempotent(clickhouse_client, clickhouse_database: str) -> None:  # type: ignore[no-untyped-def]
     store = AuditStore(clickhouse_client, clickhouse_database)
-    assert store.migrate() == [1]
-    assert store.migrate() == []
+    assert store.migrate(MIGRATIONS[:1]) == [1]
+    assert store.migrate(MIGRATIONS[:1]) == []
     assert store.applied_versions() == [1]
     engine, partition_key, sorting_key = clickhouse_client.query(
         "SELECT engine, partition_key, sorting_key FROM system.tables WHERE database = {db:String} AND name = 'audit_events'",
@@ -49,12 +50,25 @@ def test_migrations_are_versioned_and_idempotent(clickhouse_client, clickhouse_d
     assert engine == "ReplacingMergeTree"
     assert partition_key == "toYYYYMM(occurred_at)"
     assert sorting_key == "practice_id, call_id, event_id"
-    later = Migration(2, "test: an extra column", (
+    later = Migration(3, "test: an extra column", (
         "ALTER TABLE {database}.audit_events ADD COLUMN IF NOT EXISTS note String DEFAULT ''",))
-    assert store.migrate([*MIGRATIONS, later]) == [2]
-    assert store.applied_versions() == [1, 2]
-    with pytest.raises(ConfigError, match="newer than this build's 1"):
+    assert store.migrate([*MIGRATIONS, later]) == [2, 3]
+    assert store.applied_versions() == [1, 2, 3]
+    with pytest.raises(ConfigError, match="newer than this build's 2"):
         store.migrate()
+
+
+def test_a_version_1_store_gains_the_guard_and_slot_columns_and_keeps_its_rows(  # type: ignore[no-untyped-def]
+        clickhouse_client, clickhouse_database: str) -> None:
+    store = AuditStore(clickhouse_client, clickhouse_database)
+    store.migrate(MIGRATIONS[:1])
+    old_columns = INSERT_COLUMNS[:-3]
+    store._insert("audit_events", [row[:-3] for row in _rows([make_event("p1", 0)])], old_columns)
+    assert store.migrate() == [2]
+    store.insert(_rows([make_event("p1", 1, slot_id="slot-9")]))
+    record = store.call_record("call-p1-0")
+    assert record is not None and record.event_count == 2
+    assert record.slots == {"booked": ("slot-9",)}
 
 
 def test_migration_lists_must_ascend(clickhouse_client, clickhouse_database: str) -> None:  # type: ignore[no-untyped-def]
@@ -133,9 +147,18 @@ def _call_events(practice_id: str, call_id: str) -> list:  # type: ignore[type-a
         step(4, action=AuditAction.FHIR_READ, outcome=AuditOutcome.SUCCESS, command=CommandKind.SEARCH_SLOTS,
              resource_type="Slot", resource_ids=["slot-1", "slot-2"]),
         step(5, action=AuditAction.GUARD_HIT, outcome=AuditOutcome.BLOCKED, guards_fired=["opioid_agreement_expired"],
-             command=CommandKind.BOOK_APPOINTMENT),
+             guard_action=GuardAction.ROUTED, dialogue_path="BOOK_APPOINTMENT/medication-management"),
+        step(5, action=AuditAction.GUARD_HIT, outcome=AuditOutcome.SUCCESS, guards_fired=["refill_escalates"],
+             guard_action=GuardAction.ESCALATED, dialogue_path="BOOK_APPOINTMENT/medication-management"),
+        step(6, action=AuditAction.FHIR_WRITE, outcome=AuditOutcome.SUCCESS, command=CommandKind.CREATE_TASK,
+             resource_type="Task", resource_ids=["task-3"], task_refs=["Task/task-3"]),
         step(6, action=AuditAction.ESCALATION, outcome=AuditOutcome.SUCCESS, command=CommandKind.CREATE_TASK,
              resource_type="Task", resource_ids=["task-3"], task_refs=["Task/task-3"], guards_fired=["refill_escalates"]),
+        step(7, action=AuditAction.FHIR_WRITE, outcome=AuditOutcome.SUCCESS, command=CommandKind.BOOK_APPOINTMENT,
+             resource_type="Appointment", resource_ids=["appt-5"], slot_id="slot-2",
+             ema_deep_link="https://ema.example/chart/pat-7"),
+        step(8, action=AuditAction.REVIEW_QUEUED, outcome=AuditOutcome.QUEUED, command=CommandKind.CANCEL_APPOINTMENT,
+             resource_type="Appointment", resource_ids=["appt-1"], detail={"queue": "review", "operation": "Timeout"}),
         step(9, action=AuditAction.CALL_STATE_TRANSITION, outcome=AuditOutcome.SUCCESS, state_from="IDENTIFIED",
              state_to="ENDED", transcript_ref="tr:call-77"),
     ]
@@ -148,19 +171,30 @@ def test_call_record_has_everything_the_seeds_list(store: AuditStore) -> None:
     record = store.call_record("call-77")
     assert record is not None
     assert (record.call_id, record.practice_id, record.caller_number) == ("call-77", "northside-pain", "+15551230000")
-    assert record.event_count == 7 and record.first_event_at == BASE_TIME
+    assert record.event_count == 11 and record.first_event_at == BASE_TIME
     assert [(t.state_from, t.state_to) for t in record.state_transitions] == [
         ("RINGING", "GREETING"), ("GREETING", "IDENTIFIED"), ("IDENTIFIED", "ENDED")]
     assert record.state_transitions[-1].at == BASE_TIME + timedelta(seconds=9)
-    assert dict(record.fhir_resources) == {"Patient": ("pat-7",), "Slot": ("slot-1", "slot-2"), "Task": ("task-3",)}
+    assert dict(record.fhir_resources) == {"Patient": ("pat-7",), "Slot": ("slot-1", "slot-2"), "Task": ("task-3",),
+                                           "Appointment": ("appt-5", "appt-1")}
+    assert dict(record.slots) == {"offered": ("slot-1", "slot-2"), "booked": ("slot-2",)}
     assert record.ema_deep_links == ("https://ema.example/chart/pat-7",)
     assert [(task.task_ref, task.transcript_ref) for task in record.tasks] == [("Task/task-3", "tr:call-77")]
-    assert [(hit.guard, hit.outcome) for hit in record.guards_fired] == [
-        ("opioid_agreement_expired", "BLOCKED"), ("refill_escalates", "SUCCESS")]
+    assert sorted((hit.guard, hit.outcome, hit.guard_action, hit.dialogue_path) for hit in record.guards_fired) == [
+        ("opioid_agreement_expired", "BLOCKED", "ROUTED", "BOOK_APPOINTMENT/medication-management"),
+        ("refill_escalates", "SUCCESS", "ESCALATED", "BOOK_APPOINTMENT/medication-management")]
+    [queued] = record.queued_writes
+    assert (queued.command, queued.reason, queued.resource_ids) == ("CANCEL_APPOINTMENT", "Timeout", ("appt-1",))
     text = record.render_text()
     for expected in ("call call-77", "+15551230000", "RINGING -> GREETING", "Slot: slot-1, slot-2",
-                     "https://ema.example/chart/pat-7", "Task/task-3  transcript tr:call-77", "opioid_agreement_expired"):
+                     "offered: slot-1, slot-2", "booked: slot-2",
+                     "https://ema.example/chart/pat-7", "Task/task-3  transcript tr:call-77",
+                     "opioid_agreement_expired  ROUTED BOOK_APPOINTMENT/medication-management",
+                     "CANCEL_APPOINTMENT  Timeout  Appointment: appt-1"):
         assert expected in text
+    as_json = record.to_json_dict()
+    assert as_json["slots"] == {"offered": ["slot-1", "slot-2"], "booked": ["slot-2"]}
+    assert {hit["guard_action"] for hit in as_json["guards_fired"]} == {"ROUTED", "ESCALATED"}
     assert record.to_json_dict()["state_transitions"][0] == {"at": "2026-03-14T15:09:26.000Z", "from": "RINGING",
                                                              "to": "GREETING"}
 

@@ -152,6 +152,6 @@ def test_record_json_is_the_schema_fields_only() -> None:
     assert set(record.to_json_dict()) == {
         "event_id", "occurred_at", "practice_id", "call_id", "caller_number", "action", "outcome", "state_from",
         "state_to", "resource_type", "resource_ids", "ema_deep_link", "task_refs", "transcript_ref", "guards_fired",
-        "command", "error_class", "latency_ms", "detail", "redactions",
+        "command", "error_class", "latency_ms", "detail", "redactions", "guard_action", "dialogue_path", "slot_id",
     }
     assert record.to_json_dict()["occurred_at"] == "2026-03-14T15:09:26.000Z"

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from guards import AgreementStatus, ChartFlags, PhoneRestriction, ReplyTemplate, TaskAudience, TaskKind
-from schemas.models import AuditAction, AuditOutcome, CommandKind, CommandRoute
+from schemas.models import AuditAction, AuditOutcome, CommandKind, CommandRoute, GuardAction
 from streams import callflow
 from streams.callflow import (
     CallFlowError,
@@ -106,9 +106,13 @@ def test_expired_agreement_blocks_the_controlled_visit_and_routes_to_the_clinica
     audiences = [work.task.audience for work in works(driver.answers, CreateTask)]
     assert TaskAudience.CLINICAL_TEAM in audiences
     assert not list(works(driver.answers, SearchSlots)) and not list(works(driver.answers, WriteAppointment))
-    [guard] = audits(outputs, "GUARD_HIT")
-    assert "AGREEMENT_BLOCKS_CONTROLLED_VISIT" in guard.guards_fired
+    hits = {audit.guards_fired: audit for audit in audits(outputs, "GUARD_HIT")}
+    guard = hits[("AGREEMENT_BLOCKS_CONTROLLED_VISIT",)]
     assert guard.outcome is AuditOutcome.BLOCKED, "blocked even though the escalation outranks the block"
+    assert guard.guard_action is GuardAction.ROUTED
+    assert guard.dialogue_path == "BOOK_APPOINTMENT/medication-management"
+    escalated = hits[("CONTROLLED_VISIT_ESCALATES",)]
+    assert (escalated.outcome, escalated.guard_action) == (AuditOutcome.SUCCESS, GuardAction.ESCALATED)
     [reply] = replies(outputs)
     assert reply.template is ReplyTemplate.ROUTED_OFFER_AGREEMENT_REVIEW
 
