@@ -30,7 +30,7 @@ from fhir.resources.R4B.appointment import Appointment
 
 from callstream.tenants import ApiTrack, Practice
 from connectors.compliance import ComplianceFlags
-from connectors.errors import CapabilityMissing, TerminalError
+from connectors.errors import CapabilityMissing, NotFoundError, TerminalError
 from connectors.ledger import IdempotencyLedger, LedgerState, idempotency_key
 from connectors.operations import ModMedConnector, PatientMatch, SlotOffer
 from connectors.vocabulary import VISIT_REASON_SYSTEM
@@ -270,6 +270,15 @@ class Dispatcher:
             raise
         await self._ledger.complete(key, result.resource_type, result.resource_id)
         return Written(result.resource_type, result.resource_id, CommandRoute.EMA, result.deep_link)
+
+    async def owns_appointment(self, practice: Practice, *, patient_id: str, appointment_id: str) -> bool:
+        """Whether the appointment the caller named is this patient's at this practice; an id the practice does
+        not know (404) is not theirs either. Other failures raise: whose it is stays unknown."""
+        try:
+            await self._gated(practice, lambda: self._require_patients_appointment(practice, patient_id, appointment_id))
+        except (AppointmentNotForPatient, NotFoundError):
+            return False
+        return True
 
     async def _require_patients_appointment(self, practice: Practice, patient_id: str, appointment_id: str) -> None:
         """A caller may only move or cancel their own appointment (the id came from the voice agent)."""

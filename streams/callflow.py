@@ -246,6 +246,8 @@ class Turn(FrozenModel):
     provider_escalated: Literal["no", "done", "queued"] = "no"
     counts_cs_request: bool = False
     """First decision of a controlled-substance request: this turn emits the escalation sentinel record."""
+    appointment_check: Literal["no", "running", "owned"] = "no"
+    """Whether the appointment the caller named was proved theirs (before any slot is offered or queued)."""
 
 
 class CallState(FrozenModel):
@@ -336,12 +338,22 @@ class CancelAppointment:
 
 
 @dataclass(frozen=True, slots=True)
+class CheckAppointment:
+    """Read the appointment the caller named: is it this practice's, and this patient's? (a read; ``command``
+    is the change it is checked for)."""
+
+    patient_id: str
+    appointment_id: str
+    command: Command
+
+
+@dataclass(frozen=True, slots=True)
 class CreateTask:
     task: TaskSpec
     note: str
 
 
-Work = SearchPatient | ReadChartFlags | SearchSlots | WriteAppointment | CancelAppointment | CreateTask
+Work = SearchPatient | ReadChartFlags | SearchSlots | WriteAppointment | CancelAppointment | CheckAppointment | CreateTask
 
 
 @dataclass(frozen=True, slots=True)
@@ -407,7 +419,17 @@ class WorkFailed:
     latency_ms: float = 0.0
 
 
-WorkResult = PatientLookedUp | ChartFlagsRead | SlotsFound | AppointmentWritten | TaskWritten | WorkFailed
+@dataclass(frozen=True, slots=True)
+class AppointmentChecked:
+    owned: bool
+    """False: no such appointment at this practice, or not this patient's."""
+    appointment_id: str
+    route: CommandRoute = CommandRoute.FHIR
+    latency_ms: float = 0.0
+
+
+WorkResult = (PatientLookedUp | ChartFlagsRead | SlotsFound | AppointmentWritten | AppointmentChecked | TaskWritten
+              | WorkFailed)
 
 
 # ------------------------------------------------------------------------------------------ outputs
@@ -832,6 +854,8 @@ def on_result(state: CallState, result: WorkResult, practice: Practice, now: dat
         return _on_slots(state, result, practice, now)
     if isinstance(result, TaskWritten):
         return _on_task_written(state, result, practice, now)
+    if isinstance(result, AppointmentChecked):
+        return _on_appointment_checked(state, result, practice, now)
     if isinstance(result, AppointmentWritten):
         if result.command is Command.CANCEL_APPOINTMENT:
             return _on_cancelled(state, result, practice, now)
@@ -1019,6 +1043,10 @@ def _continue(state: CallState, practice: Practice, now: datetime) -> Step:
             step = _continue(_task_settled(state, task, "queued"), practice, now)
             return Step(step.state, step.work, (*outputs, *step.outputs))
         return Step(state, work=CreateTask(task, task_note(task)))
+    check = _ownership_check(state)
+    if check is not None:
+        state = state.model_copy(update={"turn": turn.model_copy(update={"appointment_check": "running"})})
+        return Step(state, work=check)
     if Command.SEARCH_SLOTS in decision.commands and not turn.slots_searched and decision.visit_reason is not None:
         window = _search_window(pending.requested_dates, practice, now)
         if window is None:  # the caller's dates are all in the past
@@ -1032,6 +1060,49 @@ def _continue(state: CallState, practice: Practice, now: datetime) -> Step:
         step = _finish(state, practice, now, ReplyTemplate.CHANGE_STAFF_WILL_CONFIRM)
         return Step(step.state, step.work, (*outputs, *step.outputs))
     return _finish(state, practice, now)
+
+
+_CHANGES = (Command.RESCHEDULE_APPOINTMENT, Command.CANCEL_APPOINTMENT)
+
+
+def _ownership_check(state: CallState) -> CheckAppointment | None:
+    """Ownership before words: an appointment the caller names (the id comes from the voice agent) is read and
+    proved the caller's before a slot is offered, a change promised or anything queued with its id."""
+    turn, pending = state.turn, state.pending
+    assert turn is not None and pending is not None
+    if turn.appointment_check != "no" or pending.appointment_id is None or state.patient_id is None:
+        return None
+    wanted = [c for c in _CHANGES if c in turn.decision.commands or c in turn.decision.queued_commands]
+    if not wanted:
+        return None
+    return CheckAppointment(state.patient_id, pending.appointment_id, wanted[0])
+
+
+def _on_appointment_checked(state: CallState, result: AppointmentChecked, practice: Practice, now: datetime) -> Step:
+    turn = state.turn
+    assert turn is not None
+    if result.owned:
+        audit = _read_audit("Appointment", (result.appointment_id,), result.route, result.latency_ms,
+                            CommandKind.RESCHEDULE_APPOINTMENT if Command.RESCHEDULE_APPOINTMENT in turn.decision.commands
+                            or Command.RESCHEDULE_APPOINTMENT in turn.decision.queued_commands
+                            else CommandKind.CANCEL_APPOINTMENT, operation="ownership_proved")
+        state = state.model_copy(update={"turn": turn.model_copy(update={"appointment_check": "owned"})})
+        step = _continue(state, practice, now)
+        return Step(step.state, step.work, (audit, *step.outputs))
+    # Not the caller's (or not this practice's): ask again; nothing is promised, and no id the caller named is
+    # kept in the record or queued for staff.
+    refusal = AuditOut(
+        action=AuditAction.FHIR_READ if result.route is CommandRoute.FHIR else AuditAction.EMA_READ,
+        outcome=AuditOutcome.FAILURE,
+        resource_type="Appointment",
+        error_class="AppointmentNotForPatient",
+        latency_ms=result.latency_ms,
+        detail={"operation": "ownership_refused"},
+    )
+    state = state.model_copy(update={"turn": None, "pending": None, "offer": None})
+    state, outputs = _reply(state, ReplyTemplate.CLARIFY, practice, now)
+    state, moved = _transition(state, CallPhase.CLARIFYING)
+    return Step(state, outputs=(refusal, *outputs, *moved))
 
 
 def _search_window(requested: DateRange | None, practice: Practice, now: datetime) -> tuple[date, date] | None:
@@ -1316,6 +1387,14 @@ def _on_appointment_written(state: CallState, result: AppointmentWritten, practi
 def _on_failure(state: CallState, failure: WorkFailed, practice: Practice, now: datetime) -> Step:
     """ModMed (or EMA) could not do the work: a taken slot is searched again; anything else goes to staff."""
     route = failure.route or CommandRoute.FHIR
+    if state.turn is not None and state.turn.appointment_check == "running":
+        # Whose appointment it is stays unknown: staff take the request, without the id the caller named.
+        audit = AuditOut(action=AuditAction.FHIR_READ, outcome=AuditOutcome.FAILURE, resource_type="Appointment",
+                         command=failure.command, error_class=failure.error_class, latency_ms=failure.latency_ms)
+        state = state.model_copy(update={"pending": state.pending.model_copy(update={"appointment_id": None})
+                                         if state.pending is not None else None})
+        step = _hand_off(state, practice, now, failure.error_class, failure.command)
+        return Step(step.state, step.work, (audit, *step.outputs))
     if failure.command is CommandKind.CREATE_TASK:
         turn = state.turn
         assert turn is not None and turn.pending_tasks

@@ -65,12 +65,14 @@ from schemas.serde import AvroSerde
 from schemas.topics import CALL_EVENTS, DEAD_LETTER
 from streams import callflow
 from streams.callflow import (
+    AppointmentChecked,
     AppointmentWritten,
     AuditOut,
     CallFlowError,
     CallState,
     CancelAppointment,
     ChartFlagsRead,
+    CheckAppointment,
     CreateTask,
     FoundSlot,
     LookupKind,
@@ -479,6 +481,10 @@ class CallProcessor:
             return AppointmentWritten(work.command, written.resource_id, written.start or work.slot.start,
                                       written.visit_reason or work.slot.visit_reason, written.route,
                                       written.deep_link, _ms(started))
+        if isinstance(work, CheckAppointment):
+            owned = await dispatcher.owns_appointment(practice, patient_id=work.patient_id,
+                                                      appointment_id=work.appointment_id)
+            return AppointmentChecked(owned, work.appointment_id, latency_ms=_ms(started))
         if isinstance(work, CancelAppointment):
             written = await dispatcher.cancel(practice, call_id=call_id, patient_id=work.patient_id,
                                               appointment_id=work.appointment_id)
@@ -874,7 +880,7 @@ def _retrieve(future: asyncio.Future[None]) -> None:
 
 
 def _command_of(work: Work) -> CommandKind:
-    if isinstance(work, WriteAppointment):
+    if isinstance(work, WriteAppointment | CheckAppointment):
         return CommandKind(work.command.value)
     return _WORK_COMMANDS[type(work)]
 

@@ -15,10 +15,12 @@ from guards.scheduling import BlockKind, Equipment, RoomKind
 from schemas.models import CallEvent, CommandRoute
 from streams import callflow
 from streams.callflow import (
+    AppointmentChecked,
     AppointmentWritten,
     CallState,
     CancelAppointment,
     ChartFlagsRead,
+    CheckAppointment,
     CreateTask,
     FoundSlot,
     LookupKind,
@@ -132,6 +134,8 @@ class Answers:
     slots: tuple[FoundSlot, ...] = field(default_factory=lambda: (esi_slot("slot-1", 2), esi_slot("slot-2", 3),
                                                                    esi_slot("slot-3", 4), esi_slot("slot-4", 5)))
     overrides: dict[type, Responder] = field(default_factory=dict)
+    owned_appointments: frozenset[str] = frozenset({"appt-1001-000007", "appt-1001-000777"})
+    """Appointment ids that are the caller's (an ownership check of any other id fails)."""
     seen: list[Work] = field(default_factory=list)
 
     def __call__(self, work: Work) -> WorkResult:
@@ -147,6 +151,8 @@ class Answers:
         if isinstance(work, WriteAppointment):
             return AppointmentWritten(work.command, "appt-1001-009001", work.slot.start, work.slot.visit_reason,
                                       CommandRoute.FHIR)
+        if isinstance(work, CheckAppointment):
+            return AppointmentChecked(work.appointment_id in self.owned_appointments, work.appointment_id)
         if isinstance(work, CancelAppointment):
             return AppointmentWritten(callflow.Command.CANCEL_APPOINTMENT, work.appointment_id,
                                       NOW + timedelta(days=6), callflow.VisitReason.FOLLOW_UP, CommandRoute.FHIR)

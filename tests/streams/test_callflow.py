@@ -15,6 +15,7 @@ from streams.callflow import (
     CallFlowError,
     CallPhase,
     CallState,
+    CancelAppointment,
     CreateTask,
     LookupKind,
     SearchSlots,
@@ -501,3 +502,42 @@ def test_an_interim_reply_has_its_own_id_and_never_becomes_the_calls_last_reply(
     assert again.reply.reply_id == hold.reply.reply_id, "a redelivered event repeats its hold message"
     with pytest.raises(ValueError):
         callflow.interim_reply(step.state, ReplyTemplate.BOOKING_CONFIRMED, driver.practice, NOW)
+
+
+@pytest.mark.parametrize("intent", ["RESCHEDULE_APPOINTMENT", "CANCEL_APPOINTMENT"])
+@pytest.mark.parametrize("phase", ["write", "read_only"])
+def test_an_appointment_that_is_not_the_callers_gets_a_clarifying_reply_before_anything_is_promised_or_queued(
+    intent: str, phase: str,
+) -> None:
+    """The reported failure: "I've noted Monday ... staff will confirm" for another practice's appointment, and
+    review items carrying the foreign id. Ownership is proved before a slot is offered or anything queued."""
+    driver, call = identified_driver()
+    driver.practice = practice(phase)
+    outputs = driver.send(call.intent(intent, appointment_id="appt-2002-000123", visit_reason="follow-up"))
+    [reply] = replies(outputs)
+    assert reply.template is ReplyTemplate.CLARIFY and not reply.offered_slots
+    assert not reviews(outputs), "nothing queued"
+    assert not list(works(driver.answers, SearchSlots)) and not list(works(driver.answers, WriteAppointment))
+    assert not list(works(driver.answers, CancelAppointment))
+    assert all("appt-2002-000123" not in a.resource_ids for a in audits(outputs))
+    [checked] = list(works(driver.answers, callflow.CheckAppointment))
+    assert checked.appointment_id == "appt-2002-000123"
+
+
+def test_an_appointment_proved_the_callers_is_moved_as_before() -> None:
+    driver, call = identified_driver()
+    outputs = driver.send(call.intent("RESCHEDULE_APPOINTMENT", appointment_id="appt-1001-000777",
+                                      visit_reason="esi"))
+    assert replies(outputs)[0].template is ReplyTemplate.OFFER_SLOTS
+    assert any(a.detail.get("operation") == "ownership_proved" for a in audits(outputs, "FHIR_READ"))
+
+
+def test_when_modmed_cannot_say_whose_appointment_it_is_staff_get_the_request_without_the_id() -> None:
+    driver, call = identified_driver()
+    driver.answers.overrides[callflow.CheckAppointment] = lambda work: WorkFailed(
+        CommandKind.CANCEL_APPOINTMENT, "RetryableError")
+    outputs = driver.send(call.intent("CANCEL_APPOINTMENT", appointment_id="appt-1001-000777"))
+    [reply] = replies(outputs)
+    assert reply.template in (ReplyTemplate.ROUTED_TO_CARE_TEAM, ReplyTemplate.ROUTED_TO_CARE_TEAM_AFTER_HOURS)
+    [queued] = reviews(outputs)
+    assert "appointment_id" not in queued.params and queued.params["reason"] == "RetryableError"

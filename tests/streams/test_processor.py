@@ -721,3 +721,23 @@ async def test_a_write_under_way_at_the_budget_gets_an_honest_reply_then_its_out
     interim = [r for r in audits if r is not None and r.call_id == script.call_id and r.action is AuditAction.REPLY_SENT
                and r.detail.get("interim") == "true"]
     assert {r.detail["template"] for r in interim} == {"PLEASE_HOLD", "STILL_WORKING_STAFF_WILL_FOLLOW_UP"}
+
+
+async def test_a_reschedule_naming_another_practices_appointment_is_clarified_and_nothing_is_queued(
+    harness: Harness, readers: dict[str, TopicReader], pipeline_cast: dict[str, PracticeCast],
+) -> None:
+    """Nothing is offered, promised or queued with an id that is not the practice's own (pain-1002 does not
+    know pain-1003's appointment)."""
+    cast = pipeline_cast["pain-1002"]
+    foreign = "appt-1003-000001"
+    script = Script(cast.called_number).started().identified(cast.plain[5]).intent(
+        "RESCHEDULE_APPOINTMENT", appointment_id=foreign, visit_reason="follow-up")
+    for event in script.events:
+        await harness.send(event)
+    [answer] = turn_replies(readers, script.events[2], 1)
+    assert answer.template == "CLARIFY" and not answer.offered_slots and not broken_promises(answer.text)
+    readers[COMMANDS].poll(1.0)
+    assert not [r for r in readers[COMMANDS].records if r is not None and r.call_id == script.call_id]
+    audits = readers[AUDIT].wait_for(lambda rs: any(r is not None and r.call_id == script.call_id
+                                                    and r.error_class == "AppointmentNotForPatient" for r in rs))
+    assert all(foreign not in r.resource_ids for r in audits if r is not None and r.call_id == script.call_id)
