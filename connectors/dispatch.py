@@ -226,6 +226,7 @@ class Dispatcher:
                 task_code=task_code(task),
                 description=note,
                 pdmp_last_checked=task.pdmp_last_checked if task.audience is TaskAudience.PROVIDER else None,
+                transcript_ref=task.transcript_ref,
             ))
             assert created.id is not None
             return Written("Task", created.id, CommandRoute.FHIR, practice.chart_deep_link(patient_id))

@@ -28,6 +28,7 @@ from fhir.resources.R4B.schedule import Schedule
 from fhir.resources.R4B.slot import Slot
 from fhir.resources.R4B.task import Task
 
+from callstream.references import clean_reference
 from callstream.tenants import ApiTrack, GoLivePhase, Practice
 from connectors.compliance import ComplianceFlags, compliance_flags
 from connectors.errors import (
@@ -64,6 +65,8 @@ DIRECTORY_TTL_S = 600.0
 WRITE_PHASES = frozenset({GoLivePhase.SANDBOX, GoLivePhase.WRITE})
 """Go-live phases in which callstream writes to ModMed, over FHIR and on the EMA screens alike."""
 TASK_CODE = re.compile(r"^[a-z][a-z0-9-]{1,63}\Z")
+TRANSCRIPT_INPUT = "transcript-reference"
+"""Task.input type text of the call's transcript reference (where the telephony side keeps the transcript)."""
 W = TypeVar("W", Appointment, Task, DocumentReference)
 BLOCK_KIND_OF_REASON: dict[VisitReason, BlockKind] = {
     VisitReason.NEW_PATIENT_CONSULT: BlockKind.CONSULT,
@@ -431,11 +434,14 @@ class ModMedConnector:
         description: str,
         owner_id: str | None = None,
         pdmp_last_checked: dt.datetime | None = None,
+        transcript_ref: str | None = None,
     ) -> Task:
         """A task in the practice's queue; CapabilityMissing where ModMed has no FHIR Task create (use EMA).
 
         ``description`` comes from the guard's templates (call context, never clinical content); the
-        PDMP last-check time is the only clinical-adjacent value a task may carry.
+        PDMP last-check time is the only clinical-adjacent value a task may carry. The task carries the call
+        reference (an identifier) and ``transcript_ref`` (an input, and a line of the description), scrubbed
+        like every reference that leaves callstream; one the scrubber refuses is left out.
         """
         self._require_writes(practice, "Task")
         if not practice.capabilities.fhir_task_create:
@@ -470,8 +476,16 @@ class ModMedConnector:
         }
         if owner_id is not None:
             body["owner"] = {"reference": f"Practitioner/{owner_id}"}
+        inputs: list[dict[str, object]] = []
         if pdmp_last_checked is not None:
-            body["input"] = [{"type": {"text": "pdmp-last-checked"}, "valueDateTime": pdmp_last_checked.isoformat()}]
+            inputs.append({"type": {"text": "pdmp-last-checked"}, "valueDateTime": pdmp_last_checked.isoformat()})
+        transcript = clean_reference(transcript_ref) if transcript_ref else None
+        if transcript is not None:
+            inputs.append({"type": {"text": TRANSCRIPT_INPUT}, "valueString": transcript})
+            line = f" Transcript reference: {transcript}"
+            body["description"] = description[: 1000 - len(line)] + line if len(line) < 1000 else description[:1000]
+        if inputs:
+            body["input"] = inputs
         task = Task.model_validate(body)
 
         async def landed() -> Task | None:

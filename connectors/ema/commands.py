@@ -28,6 +28,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fhir.resources.R4B.slot import Slot
 
+from callstream.references import clean_reference
 from callstream.tenants import Practice
 from connectors.compliance import ComplianceFlags
 from connectors.ema.directory import EmaDirectory, EmaRoom
@@ -532,8 +533,9 @@ def _task_note(practice: Practice, note: object, task: TaskSpec) -> str:
             "the task note must be text without control characters", practice_id=practice.practice_id
         )
     lines = [note.strip()]
-    if task.transcript_ref is not None:
-        lines.append(f"Transcript reference: {task.transcript_ref}")
+    transcript = clean_reference(task.transcript_ref) if task.transcript_ref is not None else None
+    if transcript is not None:  # scrubbed like every reference that leaves callstream
+        lines.append(f"Transcript reference: {transcript}")
     if task.pdmp_last_checked is not None:
         lines.append(f"PDMP last checked: {task.pdmp_last_checked.isoformat()}")
     lines.append(f"{TASK_KEY_LINE}{task.idempotency_key}")

@@ -15,8 +15,8 @@ from callstream.tenants import GoLivePhase, Practice
 from connectors.errors import CapabilityMissing, ConflictError, InvalidRequestError, VisitReasonMismatch, WriteNotAllowed
 from connectors.fhir import ClientConfig, ModMedClient
 from connectors.ledger import InMemoryLedger, LedgerState, MappingLedger, idempotency_key
-from connectors.operations import MatchKind, ModMedConnector, SlotOffer
-from connectors.vocabulary import IDEMPOTENCY_KEY_SYSTEM
+from connectors.operations import TRANSCRIPT_INPUT, MatchKind, ModMedConnector, SlotOffer
+from connectors.vocabulary import CALL_REFERENCE_SYSTEM, IDEMPOTENCY_KEY_SYSTEM
 from guards.model import Command, VisitReason
 from guards.scheduling import BlockKind, Equipment, RoomKind, slot_rejections
 from sandbox.world import SandboxWorld
@@ -341,3 +341,22 @@ async def test_certified_track_reads_with_smart_backend_services(client: ModMedC
     with pytest.raises(CapabilityMissing):
         await ModMedConnector(client, InMemoryLedger()).read_compliance_flags(certified, patients[0].id)
 
+
+
+async def test_a_task_carries_the_call_reference_and_the_scrubbed_transcript_reference(
+    client: ModMedClient, task_practice: Practice,
+) -> None:
+    """Issue 18 item 4: provider and clinical Tasks carry the call and transcript references; a transcript
+    store that names its folders after the patient leaves callstream scrubbed, as in the SIEM bodies."""
+    patient = (await some_patients(client, task_practice))[1]
+    task = await ModMedConnector(client, InMemoryLedger()).create_task(
+        task_practice, call_id="call-task-tr", patient_id=patient.id, task_code="refill-request",
+        description="Phone request routed by callstream.",
+        transcript_ref="s3://transcripts/Romero-Gabriel-1947-07-17/call-task-tr.json?X-Amz-Signature=abc",
+    )
+    stored = await client.read(task_practice, Task, task.id)
+    [transcript] = [i.valueString for i in stored.input or () if i.type.text == TRANSCRIPT_INPUT]
+    assert transcript == "s3://transcripts/redacted/call-task-tr.json"
+    assert stored.description.endswith(f"Transcript reference: {transcript}")
+    assert "Romero" not in stored.model_dump_json() and "1947" not in stored.model_dump_json()
+    assert {(i.system, i.value) for i in stored.identifier} >= {(CALL_REFERENCE_SYSTEM, "call-task-tr")}
