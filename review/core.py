@@ -30,7 +30,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from callstream.errors import CallstreamError
-from guards.model import TaskAudience, TaskKind
+from guards.model import TaskAudience, TaskKind, TaskReason
 from schemas.models import AlarmKind, AlarmState, CommandMessage
 from sinks.kafka_io import Backoff
 
@@ -44,9 +44,15 @@ MAX_NOTE_CHARS = 500
 
 DETAIL_KEYS = frozenset({
     "intent", "task_kind", "task_reason", "audience", "patient_id", "pdmp_last_checked", "slot_id", "start",
-    "visit_reason", "practitioner_id", "appointment_id", "controlled_substance",
+    "visit_reason", "practitioner_id", "appointment_id", "controlled_substance", "merged_reasons",
 })
-"""Params copied into an item: ids, codes and the slot offered. Never names, dates of birth or numbers."""
+"""Params copied into an item: ids, codes and the slot offered. Never names, dates of birth or numbers.
+
+``merged_reasons`` (comma-separated TaskReason codes beside ``task_reason``, when one task of a call carries
+several) may be absent: commands written before it existed carry only ``task_reason``."""
+DETAIL_MAX_CHARS = 64
+LONG_DETAIL_KEYS = {"merged_reasons": 512}
+"""Keys whose values may run past DETAIL_MAX_CHARS (a list of codes; every TaskReason together fits)."""
 
 
 class ReviewQueueError(CallstreamError):
@@ -224,7 +230,8 @@ def item_from_command(command: CommandMessage, partition: int, offset: int, now:
         source_partition=partition,
         source_offset=offset,
         last_error_class=raw if raw in _REASONS and reason in TRANSIENT else None,
-        detail={key: value[:64] for key, value in params.items() if key in DETAIL_KEYS},
+        detail={key: value[:LONG_DETAIL_KEYS.get(key, DETAIL_MAX_CHARS)] for key, value in params.items()
+                if key in DETAIL_KEYS},
     )
     return replace(item, next_attempt_at=now if retries and retryable(item) else None)
 
@@ -235,6 +242,14 @@ def retryable(item: ReviewItem) -> bool:
     wait for staff: a slot offered minutes ago may be gone, and the caller was told staff would confirm."""
     return (item.command == "CREATE_TASK" and item.kind is not ItemKind.CALLBACK and item.reason in TRANSIENT
             and "task_kind" in item.detail and "task_reason" in item.detail)
+
+
+def merged_reasons(detail: Mapping[str, str]) -> tuple[TaskReason, ...]:
+    """The further reasons a task item carries beside ``task_reason`` (codes this version does not know are
+    skipped rather than failing the delivery; none when the item predates the key)."""
+    codes = (code.strip() for code in detail.get("merged_reasons", "").split(","))
+    known = {reason.value for reason in TaskReason}
+    return tuple(TaskReason(code) for code in codes if code in known and code != detail.get("task_reason"))
 
 
 def due(item: ReviewItem, now: datetime) -> bool:

@@ -311,7 +311,7 @@ class ReviewQueue:
                 pdmp = (await self.dispatcher.read_flags(practice, patient_id)).value.pdmp_last_checked
         task = TaskSpec(kind=kind, audience=TaskAudience(detail["audience"]), reason=TaskReason(detail["task_reason"]),
                         call_id=item.call_id, practice_id=item.practice_id, patient_id=patient_id,
-                        pdmp_last_checked=pdmp)
+                        pdmp_last_checked=pdmp, merged_reasons=core.merged_reasons(detail))
         return await self.dispatcher.create_task(practice, call_id=item.call_id, task=task, note=task_note(task))
 
     async def _search_again(self, practice: Practice, item: ReviewItem) -> str | None:

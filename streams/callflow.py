@@ -510,8 +510,9 @@ def task_note(task: TaskSpec) -> str:
     """What a task says: codes and the call reference only, never the caller's words or chart content. The
     context is the transcript itself: the connector adds its reference (``TaskSpec.transcript_ref``), scrubbed
     by callstream.references."""
+    reasons = "; ".join(reason.value.replace("_", " ").lower() for reason in task.reasons)
     lines = [
-        f"Phone request routed by callstream: {task.reason.value.replace('_', ' ').lower()}.",
+        f"Phone request routed by callstream: {reasons}.",
         f"Call reference: {task.call_id}.",
         f"For: {task.audience.value.replace('_', ' ')}.",
     ]
@@ -1008,6 +1009,7 @@ def _queue_task(state: CallState, task: TaskSpec, reason: str) -> tuple[Output, 
         "task_kind": task.kind.value,
         "audience": task.audience.value,
         "task_reason": task.reason.value,
+        **({"merged_reasons": ",".join(merged.value for merged in task.merged_reasons)} if task.merged_reasons else {}),
         **({"patient_id": task.patient_id} if task.patient_id else _identity_params(state)),
         **({"pdmp_last_checked": task.pdmp_last_checked.isoformat()} if task.pdmp_last_checked else {}),
     }
