@@ -337,6 +337,7 @@ class TaskSpec(FrozenModel):
 
     @property
     def idempotency_key(self) -> str:
-        """Stable per call, kind and patient: one task per kind per call (a second reason for the same team
-        merges into the turn's task, and a later turn never creates another one)."""
-        return f"{self.call_id}:{self.kind}:{self.patient_id or 'unmatched'}"
+        """Stable per call, kind, reasons and patient: a turn's reasons for one team make one task, the same
+        task decided again (a redelivery, a later turn asking the same) is that task, and a later turn with
+        another reason gets a task of its own, never swallowed by a task already written without it."""
+        return f"{self.call_id}:{self.kind}:{'+'.join(self.reasons)}:{self.patient_id or 'unmatched'}"

@@ -528,18 +528,19 @@ def test_task_spec_invariants(task: dict[str, object], problem: str) -> None:
         TaskSpec.model_validate({"reason": W.REFILL_REQUESTED, "call_id": "c", "practice_id": "p", **task})
 
 
-def test_task_idempotency_key_is_stable_per_call_kind_and_patient() -> None:
+def test_task_idempotency_key_is_stable_per_call_kind_reasons_and_patient() -> None:
     decision = decide(ESTABLISHED, ask(I.REFILL_REQUEST), CHRONIC, GoLivePhase.WRITE, NOW)
     again = decide(ESTABLISHED, ask(I.REFILL_REQUEST), CHRONIC, GoLivePhase.WRITE, NOW)
     assert decision == again
     assert decision.task is not None
-    assert decision.task.idempotency_key == "call-1001:PROVIDER_REFILL_REVIEW:pat-77"
+    assert decision.task.idempotency_key == "call-1001:PROVIDER_REFILL_REVIEW:REFILL_REQUESTED:pat-77"
 
 
 def test_one_task_per_kind_carries_every_reason() -> None:
     decision = decide(ESTABLISHED, ask(I.UDS_QUESTION), UDS_DUE, GoLivePhase.WRITE, NOW)
     [task] = decision.tasks
     assert task.reasons == (W.UDS_QUESTION, W.UDS_DUE)
+    assert task.idempotency_key.endswith(":UDS_QUESTION+UDS_DUE:pat-77"), "one key for the merged task"
 
 
 @pytest.mark.parametrize(
