@@ -1,7 +1,10 @@
 """decide() latency: `python -m guards.bench [--rounds N]` prints p50/p99/max in microseconds, JSON on the last line.
 
 Turns mix every intent, chart state and phase with caller snippets of ordinary length (benign, hostile,
-obfuscated) and, apart, snippets at the 4,000-character limit, so the bypass scan's cost shows.
+obfuscated) and, apart, snippets at the 4,000-character limit, so the bypass scan's cost shows: the hostile
+snippets repeated (the headline figure), and the costlier shapes for the scan: benign talk (no marker
+ends a search early), talk spelled out letter by letter (every word repaired), leetspeak and lookalikes,
+and one unbroken token.
 """
 
 from __future__ import annotations
@@ -39,6 +42,24 @@ CHARTS = (
     ChartFlags(chronic_opioid=True, agreement_status=AgreementStatus.EXPIRED, aberrant_uds=True),
 )
 NOW = datetime(2026, 3, 3, 15, 30, tzinfo=UTC)
+BENIGN = (
+    "Hi, I'm calling to move my appointment next week because my daughter has a school play on Thursday. "
+    "Could you tell me what times Dr. Rivera has on Friday morning or the Monday after? Also my address "
+    "changed last month, we moved to the apartment on Elm Street, and my insurance card is new this year. "
+)
+
+
+def at_limit(text: str) -> str:
+    return (text * (4000 // len(text) + 1))[:4000]
+
+
+LIMIT_SNIPPETS = {
+    "hostile": at_limit(" ".join(s for s in SNIPPETS if s)),
+    "benign": at_limit(BENIGN),
+    "spelled_out": at_limit(" ".join(BENIGN)),
+    "leet_lookalikes": at_limit(BENIGN.translate(str.maketrans("aeiost", "4310$7")).replace("o", "о")),
+    "one_token": "x" * 4000,
+}
 
 
 def _turns() -> list[tuple[CallContext, IntentRequest, ChartFlags | None, GoLivePhase]]:
@@ -78,13 +99,17 @@ def main(argv: list[str]) -> int:
     rounds = int(argv[argv.index("--rounds") + 1]) if "--rounds" in argv else 20
     turns = _turns()
     typical = _percentiles(measure(turns, rounds))
-    longest = " ".join(s for s in SNIPPETS if s)
-    longest = (longest * (4000 // len(longest) + 1))[:4000]
-    long_turns = [(c, r.model_copy(update={"transcript_snippet": longest}), ch, p) for c, r, ch, p in turns[::7]]
-    at_limit = _percentiles(measure(long_turns, max(1, rounds // 4)))
+    limits = {}
+    for name, text in LIMIT_SNIPPETS.items():
+        long_turns = [(c, r.model_copy(update={"transcript_snippet": text}), ch, p) for c, r, ch, p in turns[::7]]
+        limits[name] = _percentiles(measure(long_turns, max(1, rounds // 4)))
+    at_limit = limits["hostile"]
     print(f"decide(): typical snippets p50 {typical['p50_us']} us, p99 {typical['p99_us']} us; "
           f"4,000-character snippets p50 {at_limit['p50_us']} us, p99 {at_limit['p99_us']} us")
-    print(json.dumps({"typical": typical, "snippet_at_limit": at_limit, "turns": len(turns), "rounds": rounds}))
+    for name, figures in limits.items():
+        print(f"  at the limit, {name}: p50 {figures['p50_us']} us, p99 {figures['p99_us']} us")
+    print(json.dumps({"typical": typical, "snippet_at_limit": at_limit, "limit_cases": limits, "turns": len(turns),
+                      "rounds": rounds}))
     return 0
 
 

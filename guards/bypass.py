@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 
 from guards.model import BypassSignal
-from guards.text import Lexicon, canonical_forms, fold
+from guards.text import Lexicon, canonical_forms_of_folded, fold
 
 
 def _words(*groups: str) -> tuple[str, ...]:
@@ -23,8 +23,25 @@ def _words(*groups: str) -> tuple[str, ...]:
 
 
 def _alt(words: tuple[str, ...]) -> str:
-    """One alternation of words or phrases (longest first), for use inside a pattern."""
-    return "(?:" + "|".join(re.escape(w) for w in sorted(set(words), key=len, reverse=True)) + ")"
+    """One alternation of words or phrases, for use inside a pattern, compiled as a trie ("oxy(?:codone|contin)?"
+    rather than "oxycodone|oxycontin|oxy"): it matches exactly the same strings (longer ones tried first), but
+    the regex engine leaves a position at its first mismatched letter instead of trying every word in turn."""
+    trie: dict[str, dict] = {}
+    for word in set(words):
+        node = trie
+        for ch in word:
+            node = node.setdefault(ch, {})
+        node[""] = {}
+    return _trie_pattern(trie)
+
+
+def _trie_pattern(node: dict[str, dict]) -> str:
+    ends = "" in node
+    branches = [re.escape(ch) + _trie_pattern(child) for ch, child in sorted(node.items()) if ch]
+    if not branches:
+        return ""
+    body = branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
+    return f"(?:{body})?" if ends else body
 
 
 def _near(first: str, second: str, within: int) -> str:
@@ -282,13 +299,14 @@ def scan_snippet(snippet: str | None) -> SnippetFindings:
     """Match every marker family against the snippet's canonical forms."""
     if not snippet:
         return SnippetFindings()
-    forms = canonical_forms(snippet, LEXICON)
+    folded = fold(snippet)
+    forms = canonical_forms_of_folded(folded, LEXICON)
 
     def found(pattern: re.Pattern[str]) -> bool:
         return any(pattern.search(form) for form in forms)
 
     return SnippetFindings(
-        prompt_injection=found(PROMPT_INJECTION) or bool(_ROLE_PREFIX.search(fold(snippet))),
+        prompt_injection=found(PROMPT_INJECTION) or bool(_ROLE_PREFIX.search(folded)),
         authority_claim=found(AUTHORITY_CLAIM),
         pressure=found(CALLER_PRESSURE),
         urgency=found(URGENCY),

@@ -44,10 +44,27 @@ _SPLIT = re.compile(r"(?:[^\w@$]|_)+")
 _MAX_RUN_WORD = 20
 
 
+class _Hidden(dict[int, int | None]):
+    """str.translate table dropping combining marks and format characters, filled as characters are met
+    (one unicodedata look-up per distinct character rather than per character; at most _HIDDEN_CACHE kept)."""
+
+    def __missing__(self, code: int) -> int | None:
+        ch = chr(code)
+        value = None if unicodedata.combining(ch) or unicodedata.category(ch) == "Cf" else code
+        if len(self) < _HIDDEN_CACHE:
+            self[code] = value
+        return value
+
+
+_HIDDEN_CACHE = 8192
+_HIDDEN = _Hidden()
+
+
 def fold(text: str) -> str:
     """Accents, stray combining marks and invisible characters dropped; NFKC; casefolded; lookalikes mapped."""
-    decomposed = unicodedata.normalize("NFKD", text)
-    visible = "".join(ch for ch in decomposed if not unicodedata.combining(ch) and unicodedata.category(ch) != "Cf")
+    if text.isascii():  # nothing to decompose, drop or map: the same result, without the per-character work
+        return text.lower()
+    visible = unicodedata.normalize("NFKD", text).translate(_HIDDEN)
     return unicodedata.normalize("NFKC", visible).translate(_INVISIBLE).casefold().translate(_LOOKALIKES)
 
 
@@ -72,9 +89,19 @@ class Lexicon:
     def _longest(self) -> int:
         return max((len(word) for word in self.words), default=1)
 
+    @cached_property
+    def _prefixes(self) -> frozenset[str]:
+        return frozenset(word[:end] for word in self.words for end in range(1, len(word) + 1))
+
+    @cached_property
+    def _correctable_lengths(self) -> range:
+        """Lengths a token one edit away from a correctable word can have (longer ones are never corrected)."""
+        lengths = [len(word) for word in self.correctable] or [0]
+        return range(min(lengths) - 1, max(lengths) + 2)
+
     def correct(self, token: str) -> str:
         """The lexicon word one edit away from a long unknown token, else the token."""
-        if token in self.words or len(token) < 6:
+        if token in self.words or len(token) < 6 or len(token) not in self._correctable_lengths:
             return token
         for variant in (token, *_deletions(token)):
             word = self._near.get(variant)
@@ -87,12 +114,19 @@ class Lexicon:
         out: list[str] = []
         i = 0
         limit = min(self._longest, _MAX_RUN_WORD)
+        words, prefixes = self.words, self._prefixes
         while i < len(letters):
-            for end in range(min(len(letters), i + limit), i, -1):
-                if letters[i:end] in self.words:
-                    out.append(letters[i:end])
-                    i = end
-                    break
+            # the longest lexicon word starting here: extend only while the letters still begin some word
+            found = 0
+            end = i + 1
+            stop = min(len(letters), i + limit)
+            while end <= stop and letters[i:end] in prefixes:
+                if letters[i:end] in words:
+                    found = end
+                end += 1
+            if found:
+                out.append(letters[i:found])
+                i = found
             else:
                 out.append(letters[i])
                 i += 1
@@ -103,9 +137,14 @@ def _deletions(word: str) -> Iterable[str]:
     return (word[:i] + word[i + 1:] for i in range(len(word)))
 
 
+_LEET_CHAR = re.compile("[" + re.escape("".join(_LEET)) + "]")
+
+
 def _decode(token: str, lexicon: Lexicon) -> str:
     """Leetspeak decoded in a token that mixes letters with digits or @/$; plain numbers stay numbers."""
-    if not any(ch in _LEET for ch in token) or not any(ch.isalpha() for ch in token):
+    if token.isalpha():
+        return token
+    if not _LEET_CHAR.search(token) or not any(ch.isalpha() for ch in token):
         return token.replace("@", "").replace("$", "")
     as_i = "".join(_LEET.get(ch, ch) for ch in token)
     if as_i in lexicon.words or "1" not in token:
@@ -114,9 +153,9 @@ def _decode(token: str, lexicon: Lexicon) -> str:
     return as_l if as_l in lexicon.words else as_i
 
 
-def _tokens(text: str, lexicon: Lexicon) -> list[str]:
-    """Folded, apostrophes dropped ("I'm" -> "im"), split on anything not a letter or digit, leetspeak decoded."""
-    raw = _SPLIT.split(_APOSTROPHES.sub("", fold(text)))
+def _tokens(folded: str, lexicon: Lexicon) -> list[str]:
+    """Apostrophes dropped ("I'm" -> "im"), split on anything not a letter or digit, leetspeak decoded."""
+    raw = _SPLIT.split(_APOSTROPHES.sub("", folded))
     return [token for token in (_decode(t, lexicon) for t in raw) if token]
 
 
@@ -135,15 +174,18 @@ def _repair(tokens: list[str], lexicon: Lexicon) -> list[str]:
             despaced.append(tokens[i])
             i += 1
     joined: list[str] = []
+    words = lexicon.words
     i = 0
     while i < len(despaced):
         for width in (3, 2):
             parts = despaced[i:i + width]
-            if len(parts) < width or not all(p.isalpha() for p in parts):
+            if len(parts) < width:
                 continue
             word = "".join(parts)
-            unknown = [p for p in parts if p not in lexicon.words]
-            if word in lexicon.words and len(word) >= 5 and (unknown if width == 2 else len(word) >= 8):
+            if len(word) < 5 or word not in words or not all(p.isalpha() for p in parts):  # cheapest test first
+                continue
+            unknown = [p for p in parts if p not in words]
+            if unknown if width == 2 else len(word) >= 8:
                 joined.append(word)
                 i += width
                 break
@@ -156,7 +198,12 @@ def _repair(tokens: list[str], lexicon: Lexicon) -> list[str]:
 def canonical_forms(text: str, lexicon: Lexicon) -> tuple[str, ...]:
     """Lower-case words separated by single spaces ("I'm" -> "im", "IGNORE.previous" -> "ignore previous"),
     plus, when it differs, the repaired form: a marker counts if either form matches."""
-    tokens = _tokens(text, lexicon)
+    return canonical_forms_of_folded(fold(text), lexicon)
+
+
+def canonical_forms_of_folded(folded: str, lexicon: Lexicon) -> tuple[str, ...]:
+    """canonical_forms of text already folded (a caller that needs the folded text too folds it once)."""
+    tokens = _tokens(folded, lexicon)
     plain = " ".join(tokens)
     repaired = " ".join(_repair(tokens, lexicon))
     return (plain,) if repaired == plain else (plain, repaired)
