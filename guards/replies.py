@@ -44,6 +44,12 @@ class ReplyTemplate(StrEnum):
     """A booking asked for together with a refill: the refill went to the provider, the booking goes on."""
     OFFER_SLOTS_MEDICATION_FORWARDED_STAFF_WILL_CONFIRM = "OFFER_SLOTS_MEDICATION_FORWARDED_STAFF_WILL_CONFIRM"
     NO_SLOTS_MEDICATION_FORWARDED = "NO_SLOTS_MEDICATION_FORWARDED"
+    OFFER_SLOTS_MEDICATION_FORWARDED_AFTER_HOURS = "OFFER_SLOTS_MEDICATION_FORWARDED_AFTER_HOURS"
+    """The same after hours: the office is closed, the request is recorded, emergencies dial 911."""
+    OFFER_SLOTS_MEDICATION_FORWARDED_STAFF_WILL_CONFIRM_AFTER_HOURS = (
+        "OFFER_SLOTS_MEDICATION_FORWARDED_STAFF_WILL_CONFIRM_AFTER_HOURS"
+    )
+    NO_SLOTS_MEDICATION_FORWARDED_AFTER_HOURS = "NO_SLOTS_MEDICATION_FORWARDED_AFTER_HOURS"
     BOOKING_CONFIRMED = "BOOKING_CONFIRMED"
     BOOKING_QUEUED_FOR_REVIEW = "BOOKING_QUEUED_FOR_REVIEW"
     CANCELLATION_CONFIRMED = "CANCELLATION_CONFIRMED"
@@ -159,6 +165,21 @@ _TEXTS: dict[ReplyTemplate, str] = {
         f"{_PROVIDER_REVIEWS}. I don't see an opening for your {{visit_label}} in that time frame. "
         "Would you like me to check other dates?"
     ),
+    ReplyTemplate.OFFER_SLOTS_MEDICATION_FORWARDED_AFTER_HOURS: (
+        f"{_CLOSED_OFFICE}I've recorded your medication request for your provider's care team with the details "
+        f"of this call. {_PROVIDER_REVIEWS}.{_EMERGENCY} For your {{visit_label}}, I found these openings: "
+        "{slot_list}. Which one works best for you?"
+    ),
+    ReplyTemplate.OFFER_SLOTS_MEDICATION_FORWARDED_STAFF_WILL_CONFIRM_AFTER_HOURS: (
+        f"{_CLOSED_OFFICE}I've recorded your medication request for your provider's care team with the details "
+        f"of this call. {_PROVIDER_REVIEWS}.{_EMERGENCY} For your {{visit_label}}, I found these openings: "
+        "{slot_list}. Once you choose one, our staff will confirm the appointment with you."
+    ),
+    ReplyTemplate.NO_SLOTS_MEDICATION_FORWARDED_AFTER_HOURS: (
+        f"{_CLOSED_OFFICE}I've recorded your medication request for your provider's care team with the details "
+        f"of this call. {_PROVIDER_REVIEWS}.{_EMERGENCY} I don't see an opening for your {{visit_label}} in that "
+        "time frame. Would you like me to check other dates?"
+    ),
     ReplyTemplate.BOOKING_CONFIRMED: (
         f"You're all set. Your {{visit_label}} is booked for {{appointment_time}}.{_ANYTHING_ELSE}"
     ),
@@ -198,6 +219,11 @@ _AFTER_HOURS_VARIANT: dict[ReplyTemplate, ReplyTemplate] = {
     ReplyTemplate.ROUTED_TO_CARE_TEAM: ReplyTemplate.ROUTED_TO_CARE_TEAM_AFTER_HOURS,
     ReplyTemplate.RESULTS_NOT_SHARED_BY_PHONE: ReplyTemplate.ROUTED_TO_CARE_TEAM_AFTER_HOURS,
     ReplyTemplate.MESSAGE_FORWARDED: ReplyTemplate.MESSAGE_FORWARDED_AFTER_HOURS,
+    ReplyTemplate.OFFER_SLOTS_MEDICATION_FORWARDED: ReplyTemplate.OFFER_SLOTS_MEDICATION_FORWARDED_AFTER_HOURS,
+    ReplyTemplate.OFFER_SLOTS_MEDICATION_FORWARDED_STAFF_WILL_CONFIRM: (
+        ReplyTemplate.OFFER_SLOTS_MEDICATION_FORWARDED_STAFF_WILL_CONFIRM_AFTER_HOURS
+    ),
+    ReplyTemplate.NO_SLOTS_MEDICATION_FORWARDED: ReplyTemplate.NO_SLOTS_MEDICATION_FORWARDED_AFTER_HOURS,
 }
 """After hours a forwarded request says the office is closed and points emergencies to 911."""
 
@@ -221,6 +247,10 @@ _SLOT_OFFERS = frozenset(
 _MEDICATION_AND_SLOT_OFFERS = frozenset(
     {ReplyTemplate.OFFER_SLOTS_MEDICATION_FORWARDED, ReplyTemplate.OFFER_SLOTS_MEDICATION_FORWARDED_STAFF_WILL_CONFIRM}
 )
+_MEDICATION_AND_SLOT_OFFERS_AFTER_HOURS = frozenset(
+    {ReplyTemplate.OFFER_SLOTS_MEDICATION_FORWARDED_AFTER_HOURS,
+     ReplyTemplate.OFFER_SLOTS_MEDICATION_FORWARDED_STAFF_WILL_CONFIRM_AFTER_HOURS}
+)
 
 
 def adapt_reply(template: ReplyTemplate, *, after_hours: bool, writes_queued: bool) -> ReplyTemplate:
@@ -239,6 +269,8 @@ def after_slot_search(template: ReplyTemplate, *, slots_found: int) -> ReplyTemp
         return ReplyTemplate.NO_SLOTS_FOUND
     if template in _MEDICATION_AND_SLOT_OFFERS and slots_found == 0:
         return ReplyTemplate.NO_SLOTS_MEDICATION_FORWARDED
+    if template in _MEDICATION_AND_SLOT_OFFERS_AFTER_HOURS and slots_found == 0:
+        return ReplyTemplate.NO_SLOTS_MEDICATION_FORWARDED_AFTER_HOURS
     return template
 
 

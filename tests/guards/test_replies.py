@@ -148,6 +148,13 @@ def test_every_visit_reason_has_a_spoken_label() -> None:
         (ReplyTemplate.CANCELLATION_CONFIRMED, False, True, ReplyTemplate.CHANGE_STAFF_WILL_CONFIRM),
         (ReplyTemplate.INTAKE_LINK_SENT, True, True, ReplyTemplate.INTAKE_STAFF_WILL_SEND),
         (ReplyTemplate.ASK_IDENTITY, True, True, ReplyTemplate.ASK_IDENTITY),
+        (ReplyTemplate.OFFER_SLOTS_MEDICATION_FORWARDED, True, False,
+         ReplyTemplate.OFFER_SLOTS_MEDICATION_FORWARDED_AFTER_HOURS),
+        (ReplyTemplate.OFFER_SLOTS_MEDICATION_FORWARDED, True, True,
+         ReplyTemplate.OFFER_SLOTS_MEDICATION_FORWARDED_STAFF_WILL_CONFIRM_AFTER_HOURS),
+        (ReplyTemplate.OFFER_SLOTS_MEDICATION_FORWARDED, False, True,
+         ReplyTemplate.OFFER_SLOTS_MEDICATION_FORWARDED_STAFF_WILL_CONFIRM),
+        (ReplyTemplate.NO_SLOTS_MEDICATION_FORWARDED, True, False, ReplyTemplate.NO_SLOTS_MEDICATION_FORWARDED_AFTER_HOURS),
     ],
 )
 def test_reply_variants_for_after_hours_and_review_queue(
@@ -168,6 +175,10 @@ def test_replies_after_the_slot_search_and_the_booking() -> None:
     assert after_slot_search(consult_offer, slots_found=0) is ReplyTemplate.NO_SLOTS_FOUND
     assert after_slot_search(ReplyTemplate.OFFER_SLOTS, slots_found=2) is ReplyTemplate.OFFER_SLOTS
     assert after_slot_search(ReplyTemplate.ROUTED_TO_CARE_TEAM, slots_found=0) is ReplyTemplate.ROUTED_TO_CARE_TEAM
+    for offer in (ReplyTemplate.OFFER_SLOTS_MEDICATION_FORWARDED_AFTER_HOURS,
+                  ReplyTemplate.OFFER_SLOTS_MEDICATION_FORWARDED_STAFF_WILL_CONFIRM_AFTER_HOURS):
+        assert after_slot_search(offer, slots_found=0) is ReplyTemplate.NO_SLOTS_MEDICATION_FORWARDED_AFTER_HOURS
+        assert after_slot_search(offer, slots_found=1) is offer
     assert after_booking(GoLivePhase.WRITE) is ReplyTemplate.BOOKING_CONFIRMED
     assert after_booking(GoLivePhase.SANDBOX) is ReplyTemplate.BOOKING_CONFIRMED
     assert after_booking(GoLivePhase.READ_ONLY) is ReplyTemplate.BOOKING_QUEUED_FOR_REVIEW

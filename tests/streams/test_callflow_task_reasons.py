@@ -101,3 +101,21 @@ async def test_the_review_queue_delivers_a_queued_task_with_every_reason_in_its_
     assert await ReviewQueue._deliver(service, practice(), item) == "written"  # type: ignore[arg-type]
     [(task, note)] = written
     assert task.reasons == (TaskReason.UDS_QUESTION, TaskReason.UDS_DUE) and "uds question; uds due" in note
+
+
+def test_after_hours_a_booking_kept_beside_a_refill_says_the_office_is_closed_with_or_without_openings() -> None:
+    from guards import ReplyTemplate
+
+    from tests.streams.callflow_helpers import replies
+
+    for slots, spoken in ((None, ReplyTemplate.OFFER_SLOTS_MEDICATION_FORWARDED_AFTER_HOURS),
+                          ((), ReplyTemplate.NO_SLOTS_MEDICATION_FORWARDED_AFTER_HOURS)):
+        answers = Answers() if slots is None else Answers(slots=slots)
+        driver, call = Driver(answers=answers, now=NOW.replace(hour=2)), Call()
+        driver.send(call.started())
+        driver.send(call.identified())
+        outputs = driver.send(call.intent("BOOK_APPOINTMENT", visit_reason="esi",
+                                          transcript_snippet="book my follow up and I need a refill of my oxycodone"))
+        [reply] = replies(outputs)
+        assert reply.template is spoken and "dial 911" in reply.text and "closed" in reply.text
+        assert [w for w in works(driver.answers, CreateTask) if w.task.audience is TaskAudience.PROVIDER]
