@@ -21,6 +21,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from callstream.errors import ConfigError, ServiceUnavailableError
+from guards.replies import INTERIM_TEMPLATES
 from schemas.errors import SchemaError
 from schemas.models import CallerIdentified, CallEvent, IntentRecognised, Reply, SlotChosen
 from schemas.registry import SchemaRegistryClient
@@ -29,6 +30,7 @@ from schemas.topics import CALL_EVENTS, REPLIES, topic_named
 
 OFFERED_SLOT = re.compile(r"^OFFERED\.([1-9][0-9]?)\Z")
 IDENTITY_REQUESTS = frozenset({"ASK_IDENTITY", "MEDICATION_REQUEST_FORWARDED_NEED_IDENTITY"})
+INTERIM_TEMPLATE_NAMES = frozenset(template.value for template in INTERIM_TEMPLATES)
 DEFAULT_REPLY_TIMEOUT_S = 30.0
 MAX_SCRIPT_BYTES = 64 * 1024 * 1024
 
@@ -202,6 +204,12 @@ class Telephony:
             try:
                 reply = Reply.from_avro(self._replies.decode(value))
             except SchemaError:
+                continue
+            if reply.template in INTERIM_TEMPLATE_NAMES:
+                # "Please hold" is heard, but the turn's answer is still to come: keep waiting for it.
+                call = by_event.get(str(reply.in_reply_to))
+                if call is not None:
+                    call.replies.append(reply)
                 continue
             call = by_event.pop(str(reply.in_reply_to), None)
             if call is not None:
