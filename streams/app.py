@@ -348,6 +348,8 @@ class Pipeline:
             message = event.message
             raw = RawEvent(message.topic, message.partition, message.offset, event.key, event.value)
             delivered = self.offsets.started(message.tp, message.offset)
+            if sequencer.busy(event.key):
+                processor.queued(raw)  # its caller may hear PLEASE_HOLD while it waits
             await sequencer.submit(event.key, _bind(processor.handle, raw), _acker(self, event, delivered))
 
     def _failed(self, error: BaseException) -> None:

@@ -19,7 +19,14 @@ lifted and no injected latency, one `callstream worker` without EMA automation.
    ``modmed_request_ms`` is the sandbox's mean answer time during the mixed load: it shows how far the
    sandbox, on the same machine, stayed from answering at once; ``modmed_requests_per_call`` is how many
    requests each identified caller's call made.
-4. CPU: ``worker_cpu_ms_per_event`` (burst) and ``worker_cpu_ms_per_event_mixed`` (the mixed load), the
+4. Faults, in the same run: 2 s of latency at one sandbox practice, a 429 storm (Retry-After 40 s) at a
+   second, 30 % 5xx at a third, the fourth healthy; identified callers asking a question at each, at
+   ``FAULT_RATE_PER_PRACTICE`` events/s per practice for ``FAULT_SECONDS``. ``first_reply_p99_ms_faults``:
+   event produced → first reply of each turn (PLEASE_HOLD counts: the caller is no longer in silence) at
+   the faulty practices (target ≤ 1,000); ``healthy_p99_ms_during_faults``: the healthy practice's reply
+   p99 meanwhile (target ≤ 50: no head-of-line blocking); ``silent_turns``: turns with no reply within
+   ``SILENCE_S`` (target 0).
+5. CPU: ``worker_cpu_ms_per_event`` (burst) and ``worker_cpu_ms_per_event_mixed`` (the mixed load), the
    worker process's CPU time (all threads) per call event. On a shared machine the time figures above
    swing with the neighbours' load; these swing less (about ±20 % here), so compare them first.
 
@@ -53,9 +60,10 @@ from sandbox.generator import build_world
 from schemas.models import CallEvent, Reply
 from schemas.serde import AvroSerde
 from schemas.topics import CALL_EVENTS, REPLIES, TOPICS, topic_named
-from streams.cast import Caller, Script, cast_of
+from streams.cast import Caller, PracticeCast, Script, cast_of
 from streams.sandbox_tenants import sandbox_listing, write_sandbox_directory
 from streams.services import sandbox_process, worker_process
+from streams.telephony import INTERIM_TEMPLATE_NAMES
 
 BENCH_PRACTICE = "pain-1002"
 BENCH_PATIENTS = 200
@@ -65,6 +73,16 @@ UNLIMITED_RATE = 100_000
 STEP_GAP_S = 0.2
 """Time between a caller's steps in the latency load (a turn of the voice agent is a few hundred ms)."""
 BENCH_SEED = 7
+BENCH_PRACTICES = 4
+FAULTS: dict[str, dict[str, object]] = {
+    "pain-1001": {"latency_ms": 2000},
+    "pain-1003": {"burst_429": 1_000_000, "burst_retry_after_s": 40},
+    "pain-1004": {"error_5xx_ratio": 0.3},
+}
+"""The fault phase's practices; BENCH_PRACTICE stays healthy."""
+FAULT_RATE_PER_PRACTICE = 8.0
+FAULT_SECONDS = 10.0
+SILENCE_S = 5.0
 
 
 def main(argv: list[str]) -> int:
@@ -80,13 +98,16 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="callstream-bench-") as scratch, contextlib.ExitStack() as stack:
         work = Path(scratch)
         bootstrap = stack.enter_context(_broker(settings.kafka_bootstrap_servers, work))
-        sandbox_url = stack.enter_context(sandbox_process(work, seed=7, patients=BENCH_PATIENTS))
+        sandbox_url = stack.enter_context(sandbox_process(work, seed=7, patients=BENCH_PATIENTS,
+                                                          practices=BENCH_PRACTICES))
         for listing in sandbox_listing(sandbox_url):
             httpx.put(f"{sandbox_url}/_admin/practices/{listing['practice_id']}/settings",
                       json={"rate_limit_per_minute": UNLIMITED_RATE}, timeout=5, trust_env=False).raise_for_status()
-        tenants = write_sandbox_directory(sandbox_url, work, phases={BENCH_PRACTICE: "write"},
+        tenants = write_sandbox_directory(sandbox_url, work,
+                                          phases={practice: "write" for practice in (BENCH_PRACTICE, *FAULTS)},
                                           rate_limit_per_min=UNLIMITED_RATE)
-        cast = cast_of(build_world(seed=7, practices=3, patients_per_practice=BENCH_PATIENTS))[BENCH_PRACTICE]
+        casts = cast_of(build_world(seed=7, practices=BENCH_PRACTICES, patients_per_practice=BENCH_PATIENTS))
+        cast = casts[BENCH_PRACTICE]
         baseline = _passthrough(bootstrap, _burst(cast.called_number, options.burst_calls))
         print(f"baseline pass-through: {baseline:,.0f} events/s", file=sys.stderr)
         metrics_port = free_port()
@@ -108,6 +129,10 @@ def main(argv: list[str]) -> int:
         after = _modmed_seconds(metrics_port)
         _report("with ModMed calls", mixed, mixed_rate)
         print(f"worker CPU with ModMed calls: {mixed_cpu_ms:.3f} ms/event", file=sys.stderr)
+        faults = _fault_phase(bootstrap, sandbox_url, casts)
+        print(f"faults: first reply p99 {faults['first_reply_p99_ms_faults']:.0f} ms at the faulty practices, "
+              f"healthy p99 {faults['healthy_p99_ms_during_faults']:.1f} ms, {faults['silent_turns']} silent turns",
+              file=sys.stderr)
     modmed_ms = 1000 * (after[0] - before[0]) / max(1, after[1] - before[1])
     print(json.dumps({
         "events_per_s": round(throughput, 1),
@@ -123,6 +148,7 @@ def main(argv: list[str]) -> int:
         "burst_events": options.burst_calls * 2,
         "worker_cpu_ms_per_event": round(burst_cpu_ms, 3),
         "worker_cpu_ms_per_event_mixed": round(mixed_cpu_ms, 3),
+        **faults,
     }))
     return 0
 
@@ -312,6 +338,84 @@ def _latency(bootstrap: str, called_number: str, callers: tuple[Caller, ...], ra
     if len(latencies) < expected:
         raise ServiceUnavailableError(f"only {len(latencies)} of {expected} replies arrived")
     return latencies, sent_rate, len(encoded), identified
+
+
+def _fault_phase(bootstrap: str, sandbox_url: str, casts: dict[str, PracticeCast]) -> dict[str, float | int]:
+    """Identified callers asking a question at every practice while three of them fail (``FAULTS``)."""
+    practices = (BENCH_PRACTICE, *FAULTS)
+    scripts = []
+    per_practice = int(FAULT_RATE_PER_PRACTICE * FAULT_SECONDS / 4)  # four events a call
+    for practice in practices:
+        cast = casts[practice]
+        for number in range(per_practice):
+            caller = cast.plain[number % len(cast.plain)]
+            scripts.append(Script(cast.called_number).started().identified(caller).intent("GENERAL_QUESTION").ended())
+    plan = _interleaved(scripts, FAULT_RATE_PER_PRACTICE * len(practices))
+    practice_of = {script.call_id: practice for practice in practices for script in scripts
+                   if script.events[0].called_number == casts[practice].called_number}
+    turns = {str(event.event_id): event.call_id for event in plan if event.payload.type == "intent_recognised"}
+    for practice, faults in FAULTS.items():
+        httpx.put(f"{sandbox_url}/_admin/practices/{practice}/faults", json=faults, timeout=5,
+                  trust_env=False).raise_for_status()
+    try:
+        first, final = _replies_to(bootstrap, plan, turns, FAULT_RATE_PER_PRACTICE * len(practices))
+    finally:
+        for practice in FAULTS:
+            httpx.delete(f"{sandbox_url}/_admin/practices/{practice}/faults", timeout=5, trust_env=False)
+    faulty_first = [ms for turn, ms in first.items() if practice_of[turns[turn]] != BENCH_PRACTICE]
+    healthy = [ms for turn, ms in final.items() if practice_of[turns[turn]] == BENCH_PRACTICE]
+    silent = sum(1 for turn in turns if first.get(turn, SILENCE_S * 1000 + 1) > SILENCE_S * 1000)
+    return {
+        "first_reply_p99_ms_faults": round(_percentile(faulty_first, 99), 1),
+        "healthy_p99_ms_during_faults": round(_percentile(healthy, 99), 2),
+        "silent_turns": silent,
+        "fault_turns": len(turns),
+    }
+
+
+def _replies_to(bootstrap: str, plan: list[CallEvent], turns: dict[str, str],
+                rate: float) -> tuple[dict[str, float], dict[str, float]]:
+    """Send ``plan`` at ``rate``; per turn (event id), milliseconds to its first reply and to its answer."""
+    serde = AvroSerde.for_topic(CALL_EVENTS)
+    reply_serde = AvroSerde.for_topic(REPLIES)
+    sent: dict[str, float] = {}
+    first: dict[str, float] = {}
+    final: dict[str, float] = {}
+    replies = _consumer_at_end(bootstrap, REPLIES)
+    done = threading.Event()
+
+    def collect() -> None:
+        while not done.is_set() and len(final) < len(turns):
+            message = replies.poll(0.05)
+            value = message.value() if message is not None and message.error() is None else None
+            if value is None:
+                continue
+            arrived = time.perf_counter()
+            reply = Reply.from_avro(reply_serde.decode(value))
+            turn = str(reply.in_reply_to)
+            if turn not in turns or turn not in sent:
+                continue
+            first.setdefault(turn, (arrived - sent[turn]) * 1000)
+            if reply.template not in INTERIM_TEMPLATE_NAMES:
+                final.setdefault(turn, (arrived - sent[turn]) * 1000)
+
+    collector = threading.Thread(target=collect, name="bench-fault-replies", daemon=True)
+    collector.start()
+    producer = _producer(bootstrap)
+    interval = 1.0 / rate
+    started = time.perf_counter()
+    for number, event in enumerate(plan):
+        due = started + number * interval
+        while (pause := due - time.perf_counter()) > 0:
+            time.sleep(min(pause, 0.002))
+        sent[str(event.event_id)] = time.perf_counter()
+        producer.produce(CALL_EVENTS, key=event.call_id.encode(), value=serde.encode(event.to_avro()))
+        producer.poll(0)
+    producer.flush(30)
+    collector.join(timeout=SILENCE_S + 30)
+    done.set()
+    replies.close()
+    return first, final
 
 
 def _interleaved(scripts: list[Script], rate: float) -> list[CallEvent]:

@@ -616,11 +616,16 @@ def interim_reply(state: CallState, template: ReplyTemplate, practice: Practice,
     Its id derives from the event and the template, apart from the final reply's, so a redelivered event
     repeats it rather than adding one. It is not remembered as the call's last reply: a redelivery of a
     finished turn re-sends the final answer only."""
+    return interim_reply_for(state.last_event_id, template, practice, now)
+
+
+def interim_reply_for(event_id: str, template: ReplyTemplate, practice: Practice, now: datetime) -> tuple[Output, ...]:
+    """``interim_reply`` for an event not yet run (it waits behind its call's previous event)."""
     if template not in INTERIM_TEMPLATES:
         raise ValueError(f"{template.value} is not an interim reply")
     reply = SentReply(
-        reply_id=str(uuid.uuid5(REPLY_NAMESPACE, f"{state.last_event_id}:{template.value}")),
-        in_reply_to=state.last_event_id,
+        reply_id=str(uuid.uuid5(REPLY_NAMESPACE, f"{event_id}:{template.value}")),
+        in_reply_to=event_id,
         template=template,
         text=render_reply(template, ReplyValues()),
         escalated=False,

@@ -57,6 +57,7 @@ from schemas.models import (
     DeadLetter,
     Identifier,
     IntentRecognised,
+    SlotChosen,
     OfferedSlot,
     Reply,
 )
@@ -303,6 +304,8 @@ class CallProcessor:
         self._serde = AvroSerde.for_topic(CALL_EVENTS, registry=registry)
         self._clock = clock
         self._turns = turns
+        self._waiting_holds: dict[str, asyncio.TimerHandle] = {}
+        self._held_early: set[str] = set()
         self._events_counted = metrics.events_processed.labels(CALL_EVENTS)
         self._reply_latency: dict[str, Any] = {}
 
@@ -323,6 +326,40 @@ class CallProcessor:
         finally:
             _event_writes.reset(token)
             _held_acks.reset(held_token)
+
+    def queued(self, raw: RawEvent) -> None:
+        """An event that waits behind its call's previous one: if the caller asked something, they hear
+        PLEASE_HOLD at the hold threshold even while it waits (its turn's own timers start when it runs).
+        Called only for events that must wait, so the common path decodes each event once."""
+        try:
+            event = self._decode(raw)
+        except SchemaError:
+            return  # dead-lettered (and answered) when its turn comes
+        if not isinstance(event.payload, IntentRecognised | SlotChosen):
+            return
+        practice = self.tenants.resolve_called_number(event.called_number)
+        if practice is None:
+            return
+        times = self._turns.start(event.occurred_at, self._clock())
+        event_id = str(event.event_id)
+        self._waiting_holds[event_id] = asyncio.get_running_loop().call_later(
+            max(0.0, times.hold.remaining()), self._hold_while_queued, event, practice)
+
+    def _hold_while_queued(self, event: CallEvent, practice: Practice) -> None:
+        event_id = str(event.event_id)
+        if self._waiting_holds.pop(event_id, None) is None:
+            return
+        self._held_early.add(event_id)
+        at = self._clock()
+        reply = callflow.interim_reply_for(event_id, ReplyTemplate.PLEASE_HOLD, practice, at)
+        for output in reply:
+            if isinstance(output, ReplyOut):
+                sent = self.outputs.reply(reply_record(output.reply, event.call_id, practice.practice_id))
+            else:
+                assert isinstance(output, AuditOut)
+                sent = self.outputs.audit(audit_record(output, f"{event_id}:{ReplyTemplate.PLEASE_HOLD.value}",
+                                                       practice.practice_id, event.call_id, None, at))
+            sent.add_done_callback(_retrieve)  # best effort: the turn's answer follows in any case
 
     async def _handle(self, raw: RawEvent, writes: WriteRequests) -> None:
         received = time.perf_counter()
@@ -345,8 +382,14 @@ class CallProcessor:
             await self._dead_letter(raw, str(exc), type(exc).__name__, practice.practice_id, event.call_id, now)
             return
         outputs = list(step.outputs)
+        event_id = str(event.event_id)
+        waiting = self._waiting_holds.pop(event_id, None)
+        if waiting is not None:
+            waiting.cancel()
+        held_already = event_id in self._held_early
+        self._held_early.discard(event_id)
         if step.work is not None:
-            step = await self._turn(event, practice, step, outputs, now)
+            step = await self._turn(event, practice, step, outputs, now, held_already)
         await self._publish(event, practice, step.state or state, outputs, writes, received, now)
         stored = None if step.state is None else step.state.model_dump_json().encode()
         await self.states.put(event.call_id, raw.partition, stored)
@@ -372,7 +415,7 @@ class CallProcessor:
     # ---------------------------------------------------------------------------------- dispatch
 
     async def _turn(self, event: CallEvent, practice: Practice, step: callflow.Step, outputs: list[Output],
-                    now: datetime) -> callflow.Step:
+                    now: datetime, held_already: bool = False) -> callflow.Step:
         """Run the turn's work under its deadline (``callstream.deadline``), telling the caller meanwhile:
         PLEASE_HOLD once the hold threshold passes, and an honest STILL_WORKING reply if the budget passes
         while a write is under way. Reads are cut at the deadline (the core hands the request to staff);
@@ -384,7 +427,7 @@ class CallProcessor:
         assert state is not None
         timers = [] if not callflow.awaits_reply(state) else [
             asyncio.ensure_future(self._say_when(times.hold.remaining(), ReplyTemplate.PLEASE_HOLD, event, practice,
-                                                 state, lambda: True)),
+                                                 state, lambda: not held_already)),
             asyncio.ensure_future(self._say_when(times.deadline.remaining(),
                                                  ReplyTemplate.STILL_WORKING_STAFF_WILL_FOLLOW_UP, event, practice,
                                                  state, lambda: progress.writing)),
@@ -860,6 +903,10 @@ class CallSequencer:
         task = asyncio.ensure_future(run())
         self._running.add(task)
         task.add_done_callback(self._running.discard)
+
+    def busy(self, key: bytes | None) -> bool:
+        """Whether an event submitted now for ``key`` would wait behind an earlier one of its call."""
+        return key is not None and key in self._tails
 
     @property
     def in_flight(self) -> int:

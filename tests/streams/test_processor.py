@@ -23,7 +23,7 @@ from connectors.dispatch import Dispatcher
 from connectors.fhir import ModMedClient
 from connectors.ledger import InMemoryLedger, LedgerEntry, LedgerState
 from connectors.operations import ModMedConnector
-from guards.replies import ReplyTemplate
+from guards.replies import INTERIM_TEMPLATES, ReplyTemplate
 from schemas.models import AuditAction, AuditEvent, AuditOutcome, CommandMessage, DeadLetter, Reply
 from schemas.serde import AvroSerde
 from schemas.topics import AUDIT, CALL_EVENTS, COMMANDS, DEAD_LETTER, REPLIES
@@ -741,3 +741,26 @@ async def test_a_reschedule_naming_another_practices_appointment_is_clarified_an
     audits = readers[AUDIT].wait_for(lambda rs: any(r is not None and r.call_id == script.call_id
                                                     and r.error_class == "AppointmentNotForPatient" for r in rs))
     assert all(foreign not in r.resource_ids for r in audits if r is not None and r.call_id == script.call_id)
+
+
+async def test_a_question_waiting_behind_its_calls_previous_event_hears_a_hold_message_while_it_waits(
+    harness: Harness, readers: dict[str, TopicReader], pipeline_cast: dict[str, PracticeCast],
+) -> None:
+    """The sequencer runs a call's events in order: a question asked while the chart lookup is still at a
+    slow ModMed waits, and its caller hears PLEASE_HOLD at the hold threshold, not when its turn starts."""
+    cast = pipeline_cast["pain-1002"]
+    script = Script(cast.called_number).started().identified(cast.plain[16]).intent("GENERAL_QUESTION")
+    for event in script.events[:2]:
+        await harness.send(event)
+    intent = produced_now(script.events[2])
+    raw = RawEvent(CALL_EVENTS, 4, 10_000, intent.call_id.encode(), EVENTS.encode(intent.to_avro()))
+    harness.processor.queued(raw)  # the agent saw the call busy
+    await asyncio.sleep(1.2)  # the event loop runs the hold timer (the topic reader below blocks it)
+    [hold] = turn_replies(readers, intent, 1)
+    assert hold.template == "PLEASE_HOLD"
+    assert 0.6 <= (hold.created_at - intent.occurred_at).total_seconds() <= 1.5
+    await harness.processor.handle(raw)
+    replies = turn_replies(readers, intent, 2)
+    assert [r.template for r in replies][0] == "PLEASE_HOLD"
+    assert ReplyTemplate(replies[-1].template) not in INTERIM_TEMPLATES
+    assert len([r for r in replies if r.template == "PLEASE_HOLD"]) == 1, "held once, not again when it ran"
