@@ -469,8 +469,10 @@ class CallProcessor:
                    progress: _TurnProgress) -> WorkResult:
         """One piece of work through the dispatcher; every failure becomes a WorkFailed the core handles.
 
-        A read gets what is left of the turn's deadline (none left: it fails at once, unsent); a write is
-        bounded only by ``DISPATCH_TIMEOUT_S``, since cutting one that left would leave its outcome unknown."""
+        A read gets what is left of the turn's deadline (none left: it fails at once, unsent). A write gets a
+        deadline of its own, ``DISPATCH_TIMEOUT_S`` (the client's retry budget applies inside it): cutting one
+        that left would leave its outcome unknown, and one that starts late (after a paused broker, a slow
+        lookup) still deserves its retries; the caller has had the honest answer meanwhile."""
         command = _command_of(work)
         started = time.perf_counter()
         writing = isinstance(work, WRITE_WORK)
@@ -479,7 +481,8 @@ class CallProcessor:
             return WorkFailed(command, "TimeoutError", latency_ms=0.0)
         progress.writing = writing
         try:
-            result = await asyncio.wait_for(self._dispatch(practice, call_id, work, started), timeout_s)
+            with within(Deadline.after(DISPATCH_TIMEOUT_S) if writing else deadline):
+                result = await asyncio.wait_for(self._dispatch(practice, call_id, work, started), timeout_s)
         except ConflictError as exc:
             return WorkFailed(command, type(exc).__name__, slot_taken=True, latency_ms=_ms(started))
         except OutputDeliveryError:

@@ -85,8 +85,13 @@ class ReplayReport:
     calls: int
     events_sent: int
     replies: dict[str, list[Reply]]
+    """Everything each call's caller heard, hold messages included."""
     timeouts: int
     seconds: float
+
+    def answers(self, call_id: str) -> list[Reply]:
+        """The call's answers: what it heard without the hold messages of slow turns."""
+        return [reply for reply in self.replies.get(call_id, []) if reply.template not in INTERIM_TEMPLATE_NAMES]
 
 
 class Telephony:

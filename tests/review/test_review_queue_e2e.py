@@ -128,7 +128,7 @@ async def test_refills_at_a_failing_practice_wait_as_open_items_then_each_become
     try:
         report = await asyncio.to_thread(phone.replay, [script.events for script in scripts])
         for script in scripts:
-            [reply] = report.replies[script.call_id]
+            [reply] = report.answers(script.call_id)
             assert reply.template in ("ROUTED_TO_CARE_TEAM", "ROUTED_TO_CARE_TEAM_AFTER_HOURS") and reply.escalated
             assert not any(word in reply.text.lower() for word in PROMISES)
 
