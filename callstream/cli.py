@@ -23,7 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tenants": ("callstream.cli:tenants_main", "validate a practice (tenant) directory file"),
     "sandbox": ("sandbox.cli:main", "run the ModMed sandbox emulator (FHIR + EMA screens) on 127.0.0.1"),
     "export": ("connectors.bulk:main", "bulk-export a certified-track practice's data as ndjson"),
-    "bench": ("callstream.cli:bench_main", "benchmarks: fhir-rate (connector rate limiter), pipeline"),
+    "bench": ("callstream.cli:bench_main",
+              "benchmarks: fhir-rate (connector rate limiter), pipeline, ledger (restore with the redelivery horizon)"),
     "worker": ("streams.cli:worker_main", "run the stream pipeline (call events → guards → ModMed → replies, audit)"),
     "replay": ("streams.cli:replay_main", "publish scripted calls (JSONL) as the telephony side would"),
     "audit": ("sinks.cli:audit_main", "the per-call audit record from ClickHouse (`audit call CALL_ID`)"),
@@ -38,6 +39,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 BENCHMARKS: dict[str, str] = {
     "fhir-rate": "connectors.bench:main",
     "pipeline": "streams.bench:main",
+    "ledger": "streams.ledger_bench:main",
 }
 
 

@@ -69,6 +69,11 @@ class Settings(BaseSettings):
         default=0.1, gt=0.0, lt=1.0,
         description="Share of each practice's ModMed rate budget kept for background work (the review queue); the "
                     "workers split the rest by the call-events partitions they own (connectors.ratelimit).")
+    redelivery_horizon_ms: int | None = Field(
+        default=None, ge=3_600_000,
+        description="Call events older than this are dead-lettered, and idempotency-ledger entries unused for this "
+                    "long (plus a margin) are forgotten (streams.horizon); unset: the call-events retention (7 days).",
+    )
     alert_webhook_url: str | None = Field(default=None, repr=False, description="Slack-compatible; its path is a secret")
     log_level: str = "INFO"
 

@@ -16,7 +16,8 @@ Changelogged tables (Faust's own JSON, docs/events.md):
   written by the outputs producer (``ChangelogCallStates``) and acknowledged before their event is;
 - ``ledger``: the idempotency ledger of every write (``ChangelogLedger``), so a redelivered or
   duplicated event never books or queues twice, even on another worker. It is write-ahead: an entry is
-  acknowledged by the broker before its ModMed write leaves;
+  acknowledged by the broker before its ModMed write leaves. Entries past the redelivery horizon are
+  tombstoned by a timer (``streams.horizon``), so memory and restore time stay bounded;
 - ``drift``: tumbling windows of per-practice counters (writes, controlled-substance requests and
   escalations, bypass attempts) that feed ``streams.drift.DriftMonitor``;
 - ``drift-state``: each practice's DriftMonitor state, so alarms survive a restart.
@@ -30,7 +31,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -54,6 +55,7 @@ from schemas.registry import SchemaRegistryClient
 from schemas.topics import CALL_EVENTS, topic_named
 from sinks.alerts import Alert, AlertWebhook
 from streams.drift import DriftInputError, DriftMonitor, PracticeDriftState, WindowStats
+from streams.horizon import SWEEP_CHUNK, RedeliveryHorizon, past_horizon
 from streams.metrics import Metrics, MetricsServer, serve_metrics
 from streams.observers import FhirRequestMetrics
 from streams.offsets import InFlight
@@ -79,6 +81,7 @@ class WorkerOptions:
     metrics_port: int = 9464
     drift_window_s: float = 60.0
     ttl_sweep_s: float = 60.0
+    ledger_sweep_s: float = 3600.0
     lag_interval_s: float = 15.0
     max_in_flight: int = 2000
     per_practice_concurrency: int = DEFAULT_PRACTICE_CONCURRENCY
@@ -96,6 +99,7 @@ class RawTableChangelog:
         self.table = table
         self._runtime = runtime
         self._topic = table.changelog_topic.get_topic_name()
+        self.partitions = _key_partitions(table)
 
     def write(self, key: str, partition: int, value: bytes | None, *,
               on_callers_clock: bool = False) -> asyncio.Future[None]:
@@ -105,8 +109,10 @@ class RawTableChangelog:
         record_key, _ = self.table.changelog_topic.prepare_key(key, "json")
         if value is None:
             self.table.data.pop(key, None)
+            self.partitions.pop(key, None)
         else:
             self.table.data[key] = value
+            self.partitions[key] = partition
         return outputs.changelog(self._topic, partition, record_key, value, on_callers_clock=on_callers_clock)
 
 
@@ -144,17 +150,50 @@ class ChangelogLedger(MappingLedger):
     An outcome (``done``, ``failed``) holds back the event's acknowledgement, not the reply: were it lost,
     the entry would read ``pending`` and the practice would be asked, which is always safe. Records of one
     key reach the changelog in order: a record waits for the key's previous one to be acknowledged.
-    Entries are never deleted: a purge would void the proof for a late duplicate of the event that wrote
-    them. The proof also needs acknowledged records to survive a broker failure: the producers use acks=all,
-    so in production the changelog topics need replication with ``min.insync.replicas`` of 2 or more."""
+
+    Entries are forgotten (tombstoned) only past the redelivery horizon, and an entry an event reads is
+    written again once it is older than the horizon's margin: no event old enough to need a forgotten entry
+    is processed (``streams.horizon`` states the bound), so forgetting keeps the proof for late duplicates.
+    The proof also needs acknowledged records to survive a broker failure: the producers use acks=all, so in
+    production the changelog topics need replication with ``min.insync.replicas`` of 2 or more."""
 
     write_ahead = True
 
-    def __init__(self, table: faust.Table, runtime: PipelineRuntime) -> None:
+    def __init__(self, table: faust.Table, runtime: PipelineRuntime, horizon: RedeliveryHorizon) -> None:
         super().__init__(table.data)
         self._changelog = RawTableChangelog(table, runtime)
+        self._horizon = horizon
         self._fresh_from: dict[int, int] = {}
         self._unsettled: dict[str, asyncio.Future[None]] = {}
+
+    def get(self, key: str) -> LedgerEntry | None:
+        """The entry; read while an event is handled and older than the horizon's margin, it is written again
+        with the time of reading (the event's acknowledgement waits for it), so copies of this event find it
+        for as long as the horizon lets them through."""
+        entry = super().get(key)
+        event = faust.current_event()
+        now = datetime.now(UTC)
+        if entry is None or event is None or not self._horizon.refresh_due(entry.updated_at, now):
+            return entry
+        value = entry.model_copy(update={"updated_at": now}).model_dump_json().encode()
+        partition = event.message.partition
+        hold_event_ack(lambda: self._settling(key, self._changelog.write(key, partition, value)))
+        return entry
+
+    async def forget_past_horizon(self, owned: set[int], now: datetime, *, chunk: int = SWEEP_CHUNK) -> int:
+        """Tombstone the entries of the ``owned`` partitions past the horizon; returns how many, once the broker
+        acknowledged them all. ``chunk`` entries at a time are read and their stale ones tombstoned in one
+        step (no event can write an entry in between), then acknowledged before the next chunk."""
+        cutoff = self._horizon.ledger_cutoff(now)
+        keys = tuple(self._store)
+        forgotten = 0
+        for start in range(0, len(keys), chunk):
+            await asyncio.sleep(0)
+            stale = past_horizon(keys[start:start + chunk], self._store, self._changelog.partitions, owned, cutoff)
+            await asyncio.gather(*(self._settling(key, self._changelog.write(key, partition, None))
+                                   for key, partition in stale))
+            forgotten += len(stale)
+        return forgotten
 
     def partitions_assigned(self, end_offsets: dict[int, int]) -> None:
         """Call-event partition → its end offset when this worker took it (events from there on are fresh)."""
@@ -186,7 +225,7 @@ class ChangelogLedger(MappingLedger):
         return entry
 
     def _settling(self, key: str, acknowledged: asyncio.Future[None]) -> asyncio.Future[None]:
-        """Track the key's outcome record until the broker acknowledged it."""
+        """Track the key's record (an outcome, a refresh, a tombstone) until the broker acknowledged it."""
         self._unsettled[key] = acknowledged
 
         def settled(done: asyncio.Future[None]) -> None:
@@ -228,6 +267,7 @@ class PipelineRuntime(mode.Service):
             tenants=pipeline.tenants, dispatcher=dispatcher, outputs=self.outputs, states=pipeline.call_states,
             metrics=pipeline.metrics, drift=pipeline.count_drift, registry=registry,
             turns=TurnBudget(settings.turn_hold_after_ms / 1000, settings.turn_budget_ms / 1000),
+            horizon=pipeline.horizon,
         )
         if settings.alert_webhook_url:
             self.webhook = AlertWebhook(settings.alert_webhook_url)
@@ -325,7 +365,8 @@ class Pipeline:
         self.monitor = DriftMonitor()
         self.runtime = PipelineRuntime(self, loop=None)
         self.call_states = ChangelogCallStates(self.calls, self.runtime)
-        self.write_ledger = ChangelogLedger(self.ledger, self.runtime)
+        self.horizon = RedeliveryHorizon.of(settings)
+        self.write_ledger = ChangelogLedger(self.ledger, self.runtime, self.horizon)
         self.app.add_dependency(self.runtime)
         self._practices_counted: set[str] = set()
         self._recovered = threading.Event()
@@ -334,6 +375,7 @@ class Pipeline:
         self._background: set[asyncio.Future[Any]] = set()
         self.app.agent(self.source, name="call-events")(self._agent)
         self.app.timer(options.ttl_sweep_s)(self._sweep_expired)
+        self.app.timer(options.ledger_sweep_s)(self._sweep_ledger)
         self.app.timer(max(0.5, options.drift_window_s / 4))(self._close_drift_windows)
         self.app.timer(options.lag_interval_s)(self._record_lag)
 
@@ -467,6 +509,15 @@ class Pipeline:
         owned = {tp.partition for tp in self._owned()}
         await purge_expired(self.call_states, owned, self.runtime.outputs, datetime.now(UTC))
 
+    async def _sweep_ledger(self) -> None:
+        """Forget the ledger entries past the redelivery horizon on the partitions this worker owns."""
+        if not self.is_ready():
+            return
+        owned = {tp.partition for tp in self._owned()}
+        forgotten = await self.write_ledger.forget_past_horizon(owned, datetime.now(UTC))
+        if forgotten:
+            log.info("ledger: %d entries past the redelivery horizon tombstoned", forgotten)
+
     async def _record_lag(self) -> None:
         if not self.is_ready():
             return
@@ -479,6 +530,16 @@ class Pipeline:
             if position is not None and tp in highwaters:
                 self.metrics.set_consumer_lag(tp.topic, tp.partition, self.options.app_id,
                                               max(0, highwaters[tp] - position))
+
+
+def _key_partitions(table: faust.Table) -> MutableMapping[str, int]:
+    """The table store's key → changelog partition map. Faust's memory store fills it as it restores a
+    table and drops the keys of partitions this worker no longer holds once a recovery completes; writes
+    through ``RawTableChangelog`` keep it too, and the ledger's horizon sweep reads it."""
+    partitions = getattr(table.data, "_key_partition", None)
+    if not isinstance(partitions, MutableMapping):
+        raise RuntimeError("the table store keeps no key partitions (faust-streaming's memory store does)")
+    return partitions
 
 
 def _bind(handle: Callable[[RawEvent], Any], raw: RawEvent) -> Callable[[], Any]:

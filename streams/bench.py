@@ -97,7 +97,7 @@ def main(argv: list[str]) -> int:
     settings = load_settings()
     with tempfile.TemporaryDirectory(prefix="callstream-bench-") as scratch, contextlib.ExitStack() as stack:
         work = Path(scratch)
-        bootstrap = stack.enter_context(_broker(settings.kafka_bootstrap_servers, work))
+        bootstrap = stack.enter_context(bench_broker(settings.kafka_bootstrap_servers, work))
         sandbox_url = stack.enter_context(sandbox_process(work, seed=7, patients=BENCH_PATIENTS,
                                                           practices=BENCH_PRACTICES))
         for listing in sandbox_listing(sandbox_url):
@@ -180,7 +180,8 @@ def _modmed_seconds(port: int) -> tuple[float, int]:
 
 
 @contextlib.contextmanager
-def _broker(external: str | None, work: Path) -> Iterator[str]:
+def bench_broker(external: str | None, work: Path) -> Iterator[str]:
+    """The configured broker if any, else a private Tansu broker; either with every catalogue topic."""
     if external:
         wait_for_broker(external)
         ensure_topics(external, [(t.name, t.partitions) for t in TOPICS])

@@ -5,7 +5,8 @@
 1. ingest: decode and validate (Avro + the event model), check the key is the call id; anything
    malformed, unknown or hostile goes to the dead-letter topic with a PHI-free reason and is audited;
 2. resolve the practice from the called number (unknown numbers are dead-lettered and audited under
-   practice ``unresolved``);
+   practice ``unresolved``); an event outside the redelivery horizon (``streams.horizon``) is dead-lettered
+   too, since the idempotency ledger may have forgotten its writes;
 3. run the core (``streams.callflow``), executing the work it asks for through the dispatcher (guard
    decisions, FHIR first, EMA where the practice needs it) and feeding results back;
 4. publish the reply first (it is on the caller's clock), then the audit records and review-queue
@@ -93,6 +94,7 @@ from streams.callflow import (
     WriteAppointment,
 )
 from streams.metrics import MetricLabelError, Metrics
+from streams.horizon import DEFAULT_HORIZON, REFUSAL_CLASS, RedeliveryHorizon
 from streams.outputs import OutputDeliveryError
 
 log = logging.getLogger(__name__)
@@ -294,6 +296,7 @@ class CallProcessor:
         registry: SchemaRegistryClient | None = None,
         clock: Clock = utc_now,
         turns: TurnBudget = TurnBudget(),
+        horizon: RedeliveryHorizon = DEFAULT_HORIZON,
     ) -> None:
         self.tenants = tenants
         self.dispatcher = dispatcher
@@ -306,6 +309,7 @@ class CallProcessor:
         self._turns = turns
         self._waiting_holds: dict[str, asyncio.TimerHandle] = {}
         self._held_early: set[str] = set()
+        self._horizon = horizon
         self._events_counted = metrics.events_processed.labels(CALL_EVENTS)
         self._reply_latency: dict[str, Any] = {}
 
@@ -374,6 +378,10 @@ class CallProcessor:
         if practice is None:
             await self._dead_letter(raw, "called number matches no practice", "UnknownCalledNumber", None,
                                     event.call_id, now)
+            return
+        refusal = self._horizon.refusal(event.occurred_at, now)
+        if refusal is not None:  # the ledger may have forgotten its writes (streams.horizon)
+            await self._dead_letter(raw, refusal, REFUSAL_CLASS, practice.practice_id, event.call_id, now)
             return
         state = self._load(event, practice, raw.partition, now)
         try:

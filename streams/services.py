@@ -42,10 +42,10 @@ def sandbox_process(run_dir: Path, *, seed: int, patients: int, practices: int =
 
 @contextlib.contextmanager
 def worker_process(bootstrap: str, tenants_file: Path, run_dir: Path, *, app_id: str, port: int,
-                   extra_args: tuple[str, ...] = (), log_level: str = "INFO") -> Iterator[int]:
-    """`callstream worker` against ``bootstrap``, ready once its /readyz answers; logs to run_dir/worker.log.
-
-    Yields the worker's process id."""
+                   extra_args: tuple[str, ...] = (), log_level: str = "INFO",
+                   ready_timeout_s: float = SERVICE_TIMEOUT_S) -> Iterator[int]:
+    """`callstream worker` against ``bootstrap``, ready once its /readyz answers (its tables restored) within
+    ``ready_timeout_s``; logs to run_dir/worker.log. Yields the worker's process id."""
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "CALLSTREAM_DATA_DIR": str(run_dir),
            "CALLSTREAM_LOG_LEVEL": log_level}
     command = [sys.executable, "-m", "callstream.cli", "worker", "--tenants", str(tenants_file), "--app-id", app_id,
@@ -56,7 +56,7 @@ def worker_process(bootstrap: str, tenants_file: Path, run_dir: Path, *, app_id:
                                    stdin=subprocess.DEVNULL)
     try:
         wait_until(lambda: answers(f"http://127.0.0.1:{port}/readyz"), f"the worker (log: {log_path})",
-                   lambda: process.poll() is not None)
+                   lambda: process.poll() is not None, ready_timeout_s)
         yield process.pid
     finally:
         stop(process)
@@ -68,15 +68,16 @@ def answers(url: str) -> bool:
     return False
 
 
-def wait_until(ready: Callable[[], bool], what: str, died: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + SERVICE_TIMEOUT_S
+def wait_until(ready: Callable[[], bool], what: str, died: Callable[[], bool],
+               timeout_s: float = SERVICE_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if died():
             raise ServiceUnavailableError(f"{what} exited during start-up")
         if ready():
             return
         time.sleep(0.2)
-    raise ServiceUnavailableError(f"{what} did not become ready within {SERVICE_TIMEOUT_S:.0f} s")
+    raise ServiceUnavailableError(f"{what} did not become ready within {timeout_s:.0f} s")
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
