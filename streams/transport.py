@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import faust
+from aiokafka.structs import TopicPartition as KafkaTopicPartition
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
@@ -60,6 +61,20 @@ class ShortWaitConsumer(faust_aiokafka.Consumer):
         self._acked[tp].clear()
         self._acked_index[tp].clear()
         return app.offsets.committable(tp)
+
+    async def perform_seek(self) -> None:
+        """Faust seeks each partition to its committed offset. A call-events partition with none (its worker
+        died before the first commit) must start at its beginning, as ``auto_offset_reset=earliest`` says;
+        seen under kill -9, the fetcher otherwise kept the position it stood at and events already in the
+        partition were never processed."""
+        await super().perform_seek()
+        app = self._tracker()
+        if app is None:
+            return
+        uncommitted = [KafkaTopicPartition(tp.topic, tp.partition) for tp in self.assignment()
+                       if tp.topic in app.tracked_topics and self._committed_offset.get(tp) is None]
+        if uncommitted:
+            await self._thread.seek_to_beginning(*uncommitted)
 
     async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
         app = self._tracker()

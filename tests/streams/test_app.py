@@ -94,3 +94,14 @@ def test_other_topics_keep_fausts_commit_rule(pipeline: Pipeline) -> None:
     consumer._acked[tp].extend([0, 1, 2])
     consumer._acked_index[tp].update([0, 1, 2])
     assert consumer._filter_committable_offsets([tp]) == {tp: 3}
+
+
+def test_the_faust_hooks_the_uncommitted_seek_relies_on_exist(pipeline: Pipeline) -> None:
+    """streams.transport starts call-events partitions without a committed offset at their beginning, through
+    Faust's perform_seek, its committed-offset map and the consumer thread's seek_to_beginning: an upgrade
+    that renames them fails here."""
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    consumer = pipeline.app.consumer
+    assert callable(consumer.perform_seek) and callable(AIOKafkaConsumerThread.seek_to_beginning)
+    assert consumer._committed_offset.get(TP(CALL_EVENTS, 0)) is None
