@@ -354,16 +354,21 @@ class CallProcessor:
         if self._waiting_holds.pop(event_id, None) is None:
             return
         self._held_early.add(event_id)
-        at = self._clock()
-        reply = callflow.interim_reply_for(event_id, ReplyTemplate.PLEASE_HOLD, practice, at)
-        for output in reply:
-            if isinstance(output, ReplyOut):
-                sent = self.outputs.reply(reply_record(output.reply, event.call_id, practice.practice_id))
-            else:
-                assert isinstance(output, AuditOut)
-                sent = self.outputs.audit(audit_record(output, f"{event_id}:{ReplyTemplate.PLEASE_HOLD.value}",
-                                                       practice.practice_id, event.call_id, None, at))
+        for sent in self._send_interim(ReplyTemplate.PLEASE_HOLD, event, practice, None):
             sent.add_done_callback(_retrieve)  # best effort: the turn's answer follows in any case
+
+    def _send_interim(self, template: ReplyTemplate, event: CallEvent, practice: Practice,
+                      caller_number: str | None) -> list[asyncio.Future[None]]:
+        """Publish an interim reply to ``event`` and its audit record; returns their acknowledgements."""
+        at = self._clock()
+        sent = []
+        for output in callflow.interim_reply_for(str(event.event_id), template, practice, at):
+            if isinstance(output, ReplyOut):
+                sent.append(self.outputs.reply(reply_record(output.reply, event.call_id, practice.practice_id)))
+            elif isinstance(output, AuditOut):
+                sent.append(self.outputs.audit(audit_record(output, f"{event.event_id}:{template.value}",
+                                                            practice.practice_id, event.call_id, caller_number, at)))
+        return sent
 
     async def _handle(self, raw: RawEvent, writes: WriteRequests) -> None:
         received = time.perf_counter()
@@ -463,15 +468,8 @@ class CallProcessor:
         await asyncio.sleep(max(0.0, delay_s))
         if not still_needed():
             return
-        at = self._clock()
-        for output in callflow.interim_reply(state, template, practice, at):
-            if isinstance(output, ReplyOut):
-                reply = reply_record(output.reply, event.call_id, practice.practice_id)
-                hold_event_ack(lambda: self.outputs.reply(reply))
-            elif isinstance(output, AuditOut):
-                record = audit_record(output, f"{event.event_id}:{template.value}", practice.practice_id,
-                                      event.call_id, state.caller_number, at)
-                hold_event_ack(lambda: self.outputs.audit(record))
+        for sent in self._send_interim(template, event, practice, state.caller_number):
+            hold_event_ack(lambda sent=sent: sent)
 
     async def _run(self, practice: Practice, call_id: str, work: Work, deadline: Deadline,
                    progress: _TurnProgress) -> WorkResult:
