@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
@@ -26,6 +26,7 @@ from callstream.errors import ConfigError
 
 CONFIG_FILE_ENV = "CALLSTREAM_CONFIG"
 DSN_SCHEMES = ("chdb", "http", "https")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class Settings(BaseSettings):
@@ -58,7 +59,7 @@ class Settings(BaseSettings):
     )
     broker_host: str = "127.0.0.1"
     broker_port: int = Field(default=19092, ge=1, le=65535)
-    sandbox_port: int = Field(default=18080, ge=1, le=65535)
+    sandbox_port: int = Field(default=18080, ge=1, le=65535, description="`callstream sandbox` listens here on 127.0.0.1.")
     metrics_port: int = Field(default=9464, ge=0, le=65535)
     consumer_session_timeout_ms: int = Field(default=6000, ge=1000)
     turn_hold_after_ms: int = Field(
@@ -75,7 +76,11 @@ class Settings(BaseSettings):
                     "long (plus a margin) are forgotten (streams.horizon); unset: the call-events retention (7 days).",
     )
     alert_webhook_url: str | None = Field(default=None, repr=False, description="Slack-compatible; its path is a secret")
-    log_level: str = "INFO"
+    log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR; below INFO, library chatter shows too.")
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="json: one JSON object per line, for log shippers (callstream.logs).")
+    connect_timeout_s: float = Field(
+        default=15.0, gt=0, description="How long a command waits for Kafka at start-up before it fails with one line.")
 
     @classmethod
     def settings_customise_sources(
@@ -101,6 +106,14 @@ class Settings(BaseSettings):
         if scheme not in DSN_SCHEMES:
             raise ValueError(f"must start with chdb://, http:// or https:// (got scheme {scheme or 'none'!r})")
         return dsn
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, level: str) -> str:
+        name = "WARNING" if level.upper() == "WARN" else level.upper()
+        if name not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)} (got {level!r})")
+        return name
 
     @model_validator(mode="after")
     def _hold_inside_the_turn(self) -> Settings:
