@@ -1,4 +1,4 @@
-"""`callstream worker`, `callstream replay FILE` and `callstream demo` (wired in callstream/cli.py).
+"""`callstream worker` and `callstream demo` (wired in callstream/cli.py; `callstream replay` is streams.replay).
 
 `callstream bench pipeline` lives in streams.bench.
 """
@@ -14,7 +14,6 @@ from callstream.devstack import ensure_topics, wait_for_broker
 from callstream.errors import ConfigError
 from callstream.settings import load_settings
 from callstream.tenants import load_tenant_directory
-from schemas.registry import SchemaRegistryClient
 from schemas.topics import TOPICS
 
 FAUST_LOG_LEVELS = {"DEBUG": "debug", "INFO": "info", "WARNING": "warn", "WARN": "warn", "ERROR": "error",
@@ -74,33 +73,6 @@ def _pipeline_worker_class() -> type:
             logger.setLevel(level or logging.WARNING)
 
     return Worker
-
-
-def replay_main(argv: list[str]) -> int:
-    """`callstream replay FILE`: publish scripted calls (JSONL) as the telephony producer would."""
-    from streams.telephony import Telephony, calls_of, load_script
-
-    parser = argparse.ArgumentParser(prog="callstream replay", description="Publish scripted calls (JSONL).")
-    parser.add_argument("file", type=Path, help="one CallEvent per line (docs/events.md)")
-    parser.add_argument("--no-wait", action="store_true",
-                        help="publish every event at once instead of pacing each call on its replies")
-    parser.add_argument("--reply-timeout", type=float, default=30.0, help="seconds to wait for one reply")
-    options = parser.parse_args(argv)
-    settings = load_settings()
-    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    calls = calls_of(load_script(options.file))
-    wait_for_broker(settings.bootstrap_servers)
-    ensure_topics(settings.bootstrap_servers, [(topic.name, topic.partitions) for topic in TOPICS])
-    registry = SchemaRegistryClient(settings.schema_registry_url) if settings.schema_registry_url else None
-    telephony = Telephony(settings.bootstrap_servers, registry=registry, reply_timeout_s=options.reply_timeout)
-    try:
-        report = telephony.replay(calls, wait_for_replies=not options.no_wait)
-    finally:
-        telephony.close()
-    replies = sum(len(found) for found in report.replies.values())
-    print(f"replayed {report.calls} calls ({report.events_sent} events) in {report.seconds:.1f} s; "
-          f"{replies} replies received, {report.timeouts} waits timed out")
-    return 0 if report.timeouts == 0 else 1
 
 
 def demo_main(argv: list[str]) -> int:
