@@ -8,6 +8,7 @@ reference (``env:VAR`` or ``file:/path``) resolved when a connector needs them.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
@@ -15,7 +16,7 @@ from collections.abc import Iterator, Mapping
 from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, get_args
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -25,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from callstream.errors import TenantDirectoryError
 from guards.model import VisitReason
 
-E164 = re.compile(r"^\+[1-9]\d{7,14}\Z")
+from schemas.phone import E164_RULE, is_e164
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
@@ -208,8 +209,8 @@ class Practice(_Frozen):
     @classmethod
     def _e164(cls, numbers: tuple[str, ...]) -> tuple[str, ...]:
         for number in numbers:
-            if not E164.match(number):
-                raise ValueError(f"{number!r} is not an E.164 number (+ and 8-15 digits)")
+            if not is_e164(number):
+                raise ValueError(f"{number!r} is not an E.164 number ({E164_RULE})")
         return numbers
 
     @field_validator("base_url")
@@ -321,15 +322,15 @@ def parse_tenant_directory(data: Any, source: str) -> TenantDirectory:
         try:
             practices.append(Practice.model_validate(entry))
         except ValidationError as exc:
-            first = exc.errors()[0]
-            field = ".".join(str(part) for part in first["loc"]) or "(entry)"
-            more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-            raise TenantDirectoryError(f"{source}: practice {label}: {field}: {first['msg']}{more}") from None
+            raise TenantDirectoryError(f"{source}: practice {label}: {_first_problem(exc)}") from None
     return TenantDirectory(practices, source)
 
 
 def load_tenant_directory(path: Path) -> TenantDirectory:
     """Load the directory from a .yaml/.yml or .json file."""
+    if set(data) != {"practices"}:
+        unknown = sorted(str(key) for key in data if key != "practices")
+        raise TenantDirectoryError(f"{source}: {_unknown_keys(unknown, ['practices'])}")
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -341,3 +342,44 @@ def load_tenant_directory(path: Path) -> TenantDirectory:
         line = f" at line {where.line + 1}" if hasattr(where, "line") else (f" at line {where}" if where else "")
         raise TenantDirectoryError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}{line}") from None
     return parse_tenant_directory(data, str(path))
+def _first_problem(error: ValidationError) -> str:
+    """The line to show for an invalid entry. Unknown keys come first: a misspelt key also makes the real
+    one missing, and "called_numbers: Field required" alone hides which key was wrong."""
+    problems = error.errors()
+    extra = sorted((problem for problem in problems if problem["type"] == "extra_forbidden"), key=lambda p: len(p["loc"]))
+    if extra:
+        where = extra[0]["loc"][:-1]
+        unknown = [".".join(str(part) for part in problem["loc"]) for problem in extra if problem["loc"][:-1] == where]
+        line = _unknown_keys(unknown, _keys_at(Practice, where))
+        rest = len(problems) - len(unknown)
+    else:
+        first = problems[0]
+        line = f"{'.'.join(str(part) for part in first['loc']) or '(entry)'}: {first['msg']}"
+        rest = len(problems) - 1
+    return line + (f" (+{rest} more)" if rest else "")
+
+
+def _unknown_keys(unknown: list[str], known: list[str]) -> str:
+    """'unknown key caled_numbers — did you mean called_numbers?' (the guess from the keys allowed there)."""
+    parts = []
+    for key in unknown:
+        guess = difflib.get_close_matches(key.rpartition(".")[2], known, n=1, cutoff=0.6)
+        parts.append(f"unknown key {key}" + (f" — did you mean {guess[0]}?" if guess else ""))
+    allowed = "" if any("did you mean" in part for part in parts) else f" (allowed: {', '.join(known)})"
+    return "; ".join(parts) + allowed
+
+
+def _keys_at(model: type[BaseModel], path: tuple[int | str, ...]) -> list[str]:
+    """The keys the model nested at ``path`` (e.g. ('auth',)) accepts; list indexes are skipped."""
+    for part in path:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            continue
+        nested = [arg for arg in (field.annotation, *get_args(field.annotation))
+                  if isinstance(arg, type) and issubclass(arg, BaseModel)]
+        if not nested:
+            return []
+        model = nested[0]
+    return list(model.model_fields)
+
+

@@ -35,7 +35,7 @@ class Gateway:
         self.world = world
         self.faults = faults
         self.limits = RateLimits()
-        self._stats: dict[str, PracticeStats] = {pid: PracticeStats() for pid in world.tenants}
+        self._stats: dict[str, PracticeStats] = {pid: PracticeStats() for pid in world.profiles}
         self._lock = threading.Lock()
 
     async def delay(self, tenant: Tenant) -> None:
@@ -72,7 +72,7 @@ class Gateway:
             else:
                 stats.api_calls += 1
             stats.by_status[status] += 1
-        log.info("%s %s %d", tenant.practice_id, route, status)
+        log.debug("%s %s %d", tenant.practice_id, route, status)
 
     def stats(self, tenant: Tenant) -> dict:
         with self._lock:

@@ -13,7 +13,6 @@ import random
 import re
 
 from sandbox import demographics as demo
-from sandbox.keys import deterministic_rsa_key, private_pem, public_pem
 from sandbox.profile import (
     CertifiedAccess,
     PracticeProfile,
@@ -207,12 +206,10 @@ def generate_profile(seed: int, index: int, track: str | None = None) -> Practic
     )
     certified = None
     if track == "certified":
-        key = deterministic_rsa_key(f"seed={seed}/practice={practice_id}")
         certified = CertifiedAccess(
             client_id=f"callstream-bulk-{firm_number}",
             key_id=f"callstream-{firm_number}-rs384",
-            private_key_pem=private_pem(key),
-            public_key_pem=public_pem(key),
+            key_label=f"seed={seed}/practice={practice_id}",
         )
     proprietary = track == "proprietary"
     return PracticeProfile(
@@ -686,11 +683,22 @@ def build_world(
     anchor: dt.date | None = None,
     profiles: list[PracticeProfile] | None = None,
     access_token_ttl_seconds: int = 3600,
+    generate_now: int | None = None,
 ) -> SandboxWorld:
-    """Generate `practices` seeded practices (or use the given profiles, e.g. after a mirror)."""
+    """Generate `practices` seeded practices (or use the given profiles, e.g. after a mirror).
+
+    The first `generate_now` practices' data is generated before this returns (None: all of them); the
+    others' on first use (SandboxWorld.tenant), with the same result.
+    """
     if practices < 1 or patients_per_practice < 0:
         raise ValueError("need at least one practice and a non-negative patient count")
     day = anchor or dt.datetime.now(dt.UTC).date()
     chosen = profiles if profiles is not None else [generate_profile(seed, i) for i in range(practices)]
-    tenants = [build_tenant(p, seed, patients_per_practice, day, access_token_ttl_seconds) for p in chosen]
-    return SandboxWorld(tenants, seed=seed)
+
+    def generate(profile: PracticeProfile) -> Tenant:
+        return build_tenant(profile, seed, patients_per_practice, day, access_token_ttl_seconds)
+
+    world = SandboxWorld(chosen, generate, seed=seed)
+    for practice_id in list(world.profiles)[:generate_now]:
+        world.tenant(practice_id)
+    return world

@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from sandbox.keys import key_pems
 from sandbox.vocabulary import (
     EQUIPMENT,
     PROCEDURE_VISIT_REASONS,
@@ -181,8 +182,15 @@ class CertifiedAccess(_Frozen):
 
     client_id: str
     key_id: str
-    private_key_pem: str
-    public_key_pem: str
+    key_label: str = Field(description="what the deterministic RSA key is derived from (sandbox.keys)")
+
+    @property
+    def private_key_pem(self) -> str:
+        return key_pems(self.key_label)[0]
+
+    @property
+    def public_key_pem(self) -> str:
+        return key_pems(self.key_label)[1]
 
 
 class PracticeProfile(_Frozen):

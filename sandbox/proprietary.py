@@ -61,7 +61,7 @@ class ProprietaryApi:
         self.world = world
         self.gateway = gateway
         self.tokens = tokens
-        self._tenants_by_key = {t.profile.api_key: t for t in world.tenants.values() if t.profile.api_key}
+        self._api_keys = frozenset(p.api_key for p in world.profiles.values() if p.api_key)
 
     def routes(self) -> list[Route]:
         return [
@@ -82,7 +82,7 @@ class ProprietaryApi:
             raise FhirError(401, "the x-api-key header is required", headers={"WWW-Authenticate": "ApiKey"})
         if _constant_time_equal(key, tenant.profile.api_key):
             return
-        if key in self._tenants_by_key:
+        if key in self._api_keys:
             raise FhirError(403, "this API key belongs to another practice")
         raise FhirError(401, "unknown API key", headers={"WWW-Authenticate": "ApiKey"})
 

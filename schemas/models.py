@@ -34,6 +34,7 @@ from pydantic import (
 from guards.model import Command, Intent  # one source for the domain vocabulary the Avro enums carry
 from schemas.catalogue import NAMESPACE
 from schemas.errors import SchemaError
+from schemas.phone import E164Number
 
 UNRESOLVED_PRACTICE_ID = "unresolved"
 """practice_id of audit records for calls whose called number matched no practice."""
@@ -43,7 +44,6 @@ FLEET_PRACTICE_ID = "fleet"
 _NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]*$"
 Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$")]
 """Ids from other systems (call ids, FHIR ids, practice ids): safe as Kafka keys and in logs."""
-E164Number = Annotated[str, StringConstraints(pattern=r"^\+[1-9][0-9]{6,14}$")]
 ShortText = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=_NO_CONTROL_CHARACTERS)]
 LongText = Annotated[str, StringConstraints(min_length=1, max_length=4000)]
 Reference = Annotated[str, StringConstraints(min_length=1, max_length=2048, pattern=_NO_CONTROL_CHARACTERS)]
