@@ -438,7 +438,7 @@ class CallProcessor:
         progress = _TurnProgress()
         state = step.state
         assert state is not None
-        timers = [] if not callflow.awaits_reply(state) else [
+        timers = [] if step.work is None or not callflow.awaits_reply(state) else [
             asyncio.ensure_future(self._say_when(times.hold.remaining(), ReplyTemplate.PLEASE_HOLD, event, practice,
                                                  state, lambda: not held_already)),
             asyncio.ensure_future(self._say_when(times.deadline.remaining(),
