@@ -34,6 +34,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "queue": ("review.cli:main", "the review queue: `queue run` (intake, retries, age alarm), `list`, `show`, `resolve`"),
     "ema": ("connectors.ema.cli:main", "EMA automation: lockout status and operator unlock"),
     "demo": ("streams.cli:demo_main", "run a morning of calls end to end on the embedded stack (what `make demo` runs)"),
+    "golive": ("callstream.golive.cli:main",
+               "go-live: `golive check` runs the scenario catalogue on a mirror, `golive promote P --to PHASE` gates phases"),
 }
 
 # benchmark name → module:function; each prints its figures as one JSON object on its last line

@@ -24,12 +24,13 @@ SERVICE_TIMEOUT_S = 60.0
 
 
 @contextlib.contextmanager
-def sandbox_process(run_dir: Path, *, seed: int, patients: int, practices: int = 3) -> Iterator[str]:
-    """`python -m sandbox` on a free 127.0.0.1 port; yields its base URL."""
+def sandbox_process(run_dir: Path, *, seed: int, patients: int, practices: int = 3,
+                    extra_args: tuple[str, ...] = ()) -> Iterator[str]:
+    """`python -m sandbox` on a free 127.0.0.1 port (``extra_args`` e.g. a mirror); yields its base URL."""
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "sandbox", "--port", str(port), "--seed", str(seed),
-               "--patients-per-practice", str(patients), "--practices", str(practices)]
+               "--patients-per-practice", str(patients), "--practices", str(practices), *extra_args]
     with (run_dir / "sandbox.log").open("wb") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:

@@ -1,0 +1,236 @@
+"""`callstream golive check`: the catalogue against a sandbox started from a practice's mirror.
+
+Starts a private broker, the sandbox (from the mirror, the example one when none is given), and a
+`callstream worker` whose tenant directory has each mirrored practice once per go-live phase; plays every
+applicable scenario (``harness``), prints one line per scenario as it is checked and a report of the
+failures, records the run for the phase gate (``runs``) and ends with one JSON line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+import httpx
+import yaml
+
+from callstream.devstack import TansuBroker, ensure_topics, free_port
+from callstream.errors import ConfigError
+from callstream.golive.catalogue import CATALOGUE_DIR, EXAMPLE_MIRROR, Scenario, load_catalogue
+from callstream.golive.harness import (
+    AuditCollector,
+    NotApplicable,
+    Planned,
+    Planner,
+    ScenarioResult,
+    check_all,
+    merge_reports,
+    phase_entries,
+    play,
+    set_faults,
+)
+from callstream.golive.runs import CheckRun, RunStore, code_version, sha256_file
+from callstream.settings import Settings
+from callstream.tenants import load_tenant_directory
+from sandbox.generator import build_world, generate_profile
+from sandbox.mirror import MirrorError, apply_mirror, load_mirror
+from schemas.topics import TOPICS
+from streams.sandbox_tenants import practice_entry, sandbox_listing
+from streams.services import sandbox_process, worker_process
+
+SEED = 7
+PATIENTS_PER_PRACTICE = 400
+CHECK_RATE_LIMIT_PER_MIN = 6000
+"""The check's calls reach one practice under several tenant entries (one per phase); the sandbox and the
+connector allow this much so the run measures behaviour, not the practice's 1,000-a-minute budget."""
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    run: CheckRun
+    results: list[ScenarioResult]
+    not_applicable: list[NotApplicable]
+
+    def summary(self) -> dict[str, Any]:
+        return {"scenarios": self.run.scenarios, "passed": self.run.passed, "failed": list(self.run.failed),
+                "mirror_sha256": self.run.mirror_sha256, "code_version": self.run.code_version}
+
+
+def run_check(settings: Settings, *, mirror: Path | None, practice: str | None, out: TextIO,
+              catalogue_dir: Path = CATALOGUE_DIR, json_output: bool = False, junit: Path | None = None) -> CheckOutcome:
+    """Run the catalogue; records the run under the data directory and returns it."""
+    mirror_path = (mirror or EXAMPLE_MIRROR).resolve()
+    scenarios = load_catalogue(catalogue_dir)
+    try:
+        mirror_file = load_mirror(mirror_path)
+    except MirrorError as exc:
+        raise ConfigError(str(exc)) from None
+    practices = [entry.practice_id for entry in mirror_file.practices]
+    if practice is not None:
+        if practice not in practices:
+            raise ConfigError(f"practice {practice} is not in the mirror {mirror_path} (it has {', '.join(practices)})")
+        practices = [practice]
+    say = _printer(out, quiet=json_output)
+    started = datetime.now(UTC)
+    clock = time.monotonic()
+    version = code_version()
+    run_dir = (settings.data_dir / "golive" / f"check-{started:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}").resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    anchor = started.date()
+    profiles = apply_mirror([generate_profile(SEED, 0)], mirror_file, SEED)
+    world = build_world(seed=SEED, patients_per_practice=PATIENTS_PER_PRACTICE, anchor=anchor, profiles=profiles)
+    say(f"catalogue {len(scenarios)} scenarios from {catalogue_dir}")
+    say(f"mirror    {mirror_path} ({', '.join(practices)})")
+    with ExitStack() as stack:
+        bootstrap = stack.enter_context(_broker(run_dir))
+        sandbox_url = stack.enter_context(sandbox_process(
+            run_dir, seed=SEED, patients=PATIENTS_PER_PRACTICE, practices=1,
+            extra_args=("--mirror", str(mirror_path), "--anchor-date", anchor.isoformat())))
+        say(f"sandbox   {sandbox_url}")
+        tenants_file = _tenant_directory(sandbox_url, run_dir, practices)
+        tenants = load_tenant_directory(tenants_file)
+        audit = AuditCollector(bootstrap)
+        stack.callback(audit.close)
+        stack.enter_context(worker_process(bootstrap, tenants_file, run_dir, app_id=f"callstream-golive-{uuid.uuid4().hex[:8]}",
+                                           port=free_port(), ready_timeout_s=90.0))
+        say(f"worker    ready ({time.monotonic() - clock:.1f} s)")
+        planner = Planner(world, tenants, anchor, started)
+        plans: list[Planned] = []
+        skipped: list[NotApplicable] = []
+        for practice_id in practices:
+            for scenario in scenarios:
+                planned = planner.plan(scenario, practice_id)
+                (plans if isinstance(planned, Planned) else skipped).append(planned)  # type: ignore[arg-type]
+        results = _play_and_check(plans, bootstrap, sandbox_url, audit, world, started, say)
+    seconds = time.monotonic() - clock
+    failed = sorted(r.label for r in results if not r.passed)
+    run = CheckRun(run_id=str(uuid.uuid4()), finished_at=datetime.now(UTC), practices=tuple(practices),
+                   mirror_sha256=sha256_file(mirror_path), code_version=version, scenarios=len(results),
+                   passed=sum(r.passed for r in results), failed=tuple(failed),
+                   not_applicable=tuple(n.label for n in skipped), seconds=round(seconds, 1))
+    RunStore(settings.data_dir).record_run(run)
+    outcome = CheckOutcome(run, sorted(results, key=lambda r: r.label), skipped)
+    _report(say, outcome, seconds)
+    if junit is not None:
+        write_junit(junit, outcome)
+    print(json.dumps(outcome.summary()), file=out, flush=True)
+    return outcome
+
+
+def _play_and_check(plans: list[Planned], bootstrap: str, sandbox_url: str, audit: AuditCollector, world: Any,
+                    started: datetime, say: Any) -> list[ScenarioResult]:
+    """Scenarios without faults all at once; then each group of fault scenarios with its faults set."""
+    stages: dict[str, list[Planned]] = defaultdict(list)
+    for plan in plans:
+        key = "" if plan.scenario.faults is None else plan.scenario.faults.model_dump_json(exclude_defaults=True)
+        stages[key].append(plan)
+    reports = []
+    for key, stage in sorted(stages.items()):
+        faults = stage[0].scenario.faults
+        practice_ids = sorted({plan.practice.practice_id for plan in stage})
+        say(f"playing   {len(stage)} calls" + (f" with faults {key}" if faults else ""))
+        try:
+            if faults is not None:
+                for practice_id in practice_ids:
+                    set_faults(sandbox_url, practice_id, faults.model_dump(exclude_defaults=True))
+            reports.append(play(bootstrap, stage))
+            open_calls = audit.wait_ended(plan.call_id for plan in stage)
+            if open_calls:
+                say(f"          {len(open_calls)} calls never audited their end")
+        finally:
+            if faults is not None:
+                for practice_id in practice_ids:
+                    set_faults(sandbox_url, practice_id, None)
+    report = merge_reports(reports)
+    total = len(plans)
+    done = Counter[str]()
+
+    def progress(result: ScenarioResult) -> None:
+        done["n"] += 1
+        say(f"[{done['n']:>3}/{total}] {'PASS' if result.passed else 'FAIL'} {result.label}")
+
+    return asyncio.run(check_all(plans, report, audit, world, started, progress))
+
+
+def _tenant_directory(sandbox_url: str, run_dir: Path, practices: list[str]) -> Path:
+    """Each mirrored practice once per phase (``harness.phase_entries``), credentials in 0600 files."""
+    secrets = run_dir / "secrets"
+    secrets.mkdir(mode=0o700, exist_ok=True)
+    entries: list[dict[str, Any]] = []
+    for index, listing in enumerate(item for item in sandbox_listing(sandbox_url) if item["practice_id"] in practices):
+        response = httpx.put(f"{sandbox_url}/_admin/practices/{listing['practice_id']}/settings",
+                             json={"rate_limit_per_minute": CHECK_RATE_LIMIT_PER_MIN}, timeout=10.0, trust_env=False)
+        response.raise_for_status()
+        entry = practice_entry(listing, secrets, rate_limit_per_min=CHECK_RATE_LIMIT_PER_MIN)
+        entries.extend(phase_entries(entry, index))
+    path = run_dir / "tenants.yaml"
+    path.write_text(yaml.safe_dump({"practices": entries}, sort_keys=False), encoding="utf-8")
+    return path
+
+
+@contextlib.contextmanager
+def _broker(run_dir: Path) -> Iterator[str]:
+    """A private embedded broker: the worker reads the call-events topic from its start, so no one else's calls."""
+    broker = TansuBroker(port=free_port(), log_path=run_dir / "tansu.log")
+    broker.start()
+    try:
+        ensure_topics(broker.bootstrap, [(t.name, t.partitions) for t in TOPICS])
+        yield broker.bootstrap
+    finally:
+        broker.stop()
+
+
+def _printer(out: TextIO, *, quiet: bool) -> Any:
+    def say(line: str) -> None:
+        if not quiet:
+            print(line, file=out, flush=True)
+    return say
+
+
+def _report(say: Any, outcome: CheckOutcome, seconds: float) -> None:
+    by_category: dict[str, list[ScenarioResult]] = defaultdict(list)
+    for result in outcome.results:
+        by_category[result.category].append(result)
+    say("")
+    say(f"{outcome.run.passed} of {outcome.run.scenarios} scenarios passed in {seconds:.1f} s")
+    for category, results in sorted(by_category.items()):
+        say(f"  {category:<14} {sum(r.passed for r in results):>3}/{len(results)}")
+    for result in outcome.results:
+        if not result.passed:
+            say(f"FAIL {result.label} ({result.call_id}); heard {' → '.join(result.heard) or 'nothing'}")
+            for problem in result.problems:
+                say(f"     - {problem}")
+    for skipped in outcome.not_applicable:
+        say(f"n/a  {skipped.label}: {skipped.reason}")
+
+
+def write_junit(path: Path, outcome: CheckOutcome) -> None:
+    """A JUnit XML report (one testcase per scenario, classname the category) for CI."""
+    suite = ET.Element("testsuite", name="callstream-golive", tests=str(len(outcome.results) + len(outcome.not_applicable)),
+                       failures=str(len(outcome.run.failed)), skipped=str(len(outcome.not_applicable)),
+                       time=f"{outcome.run.seconds:.1f}")
+    for result in outcome.results:
+        case = ET.SubElement(suite, "testcase", classname=f"golive.{result.category}", name=result.label)
+        if not result.passed:
+            failure = ET.SubElement(case, "failure", message=result.problems[0][:200])
+            failure.text = "\n".join(result.problems)
+    for skipped in outcome.not_applicable:
+        case = ET.SubElement(suite, "testcase", classname="golive.not-applicable", name=skipped.label)
+        ET.SubElement(case, "skipped", message=skipped.reason)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)
+
+
+def scenario_counts(scenarios: list[Scenario]) -> dict[str, int]:
+    return dict(sorted(Counter(s.category for s in scenarios).items()))

@@ -1,0 +1,573 @@
+"""Plays the catalogue through a real worker against the mirrored sandbox and checks what it left behind.
+
+One sandbox (started from the mirror), one private broker and one worker serve the whole run. Every
+scenario is its own call of its own patient, so they run side by side: first every scenario without
+faults at once, then the fault scenarios, grouped by the faults they set (faults are per practice).
+Each go-live phase a scenario needs gets its own tenant entry for the same sandbox practice (its own
+called number), so one mirror is checked in the sandbox, read-only and write phases alike.
+
+What is checked is what the practice would see: the replies the caller heard, the sandbox's
+Appointments (visit-reason code, room kind and equipment, start) and Tasks (kind and reason codes, PDMP
+check time) read over its FHIR API, and the call's audit records (guard hits with their action, bypass
+signals, escalations, review-queue entries), plus invariants every call keeps (``INVARIANTS``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import httpx
+from confluent_kafka import Consumer, TopicPartition
+
+from callstream.golive.callers import CallerPool, Chart
+from callstream.golive.catalogue import (
+    AppointmentExpectation,
+    CallerKind,
+    ChooseStep,
+    IdentifyStep,
+    IntentStep,
+    Phase,
+    Scenario,
+    TaskExpectation,
+)
+from callstream.tenants import Practice, TenantDirectory
+from connectors.dispatch import task_code
+from connectors.ema.commands import task_kind_code
+from connectors.fhir import ModMedClient
+from guards.model import TASK_AUDIENCE, Intent, TaskSpec, VisitReason
+from guards.rules import BOOKING_INTENTS
+from guards.scheduling import procedure_rule
+from guards.replies import ReplyTemplate, adapt_reply
+from sandbox.vocabulary import CALL_REFERENCE_SYSTEM, EQUIPMENT_SYSTEM, ROOM_KIND_SYSTEM, VISIT_REASON_SYSTEM
+from sandbox.world import SandboxWorld, Tenant
+from schemas.errors import SchemaError
+from schemas.models import AuditAction, AuditEvent, AuditOutcome
+from schemas.serde import AvroSerde
+from schemas.topics import AUDIT, topic_named
+from streams.callflow import is_after_hours
+from streams.cast import Script
+from streams.telephony import ReplayReport, Telephony
+
+FORBIDDEN_WRITE_TYPES = frozenset({"MedicationRequest", "MedicationStatement"})
+WRITE_ACTIONS = frozenset({AuditAction.FHIR_WRITE, AuditAction.EMA_WRITE})
+PDMP_CONTENT_MARK = "SYNTHETIC"
+"""Every sandbox PDMP report and UDS result starts with it: it must never reach a task."""
+UNOFFERED_SLOT = "slot-golive-never-offered"
+AUDIT_SETTLE_TIMEOUT_S = 45.0
+HOURS_BOUNDARY = timedelta(minutes=2)
+INVARIANTS = (
+    "the call's end is audited",
+    "no MedicationRequest or MedicationStatement write (audit and sandbox)",
+    "no controlled-substance request left unescalated (no ESCALATION FAILURE)",
+    "no dead-lettered event",
+    "no PDMP content or UDS result in any task",
+)
+
+
+@dataclass
+class Planned:
+    """A scenario bound to a practice, a patient and a call."""
+
+    scenario: Scenario
+    practice: Practice
+    """The sandbox practice (credentials, FHIR base) the checks read from."""
+    tenant: Practice
+    """The tenant entry the call is made to (the practice in the scenario's phase)."""
+    chart: Chart
+    script: Script
+    target_appointment: str | None = None
+    window: tuple[date, date] | None = None
+
+    @property
+    def call_id(self) -> str:
+        return self.script.call_id
+
+    @property
+    def label(self) -> str:
+        return f"{self.practice.practice_id}/{self.scenario.id}"
+
+
+@dataclass
+class ScenarioResult:
+    scenario_id: str
+    category: str
+    practice_id: str
+    call_id: str
+    problems: list[str] = field(default_factory=list)
+    heard: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+    @property
+    def label(self) -> str:
+        return f"{self.practice_id}/{self.scenario_id}"
+
+
+@dataclass
+class NotApplicable:
+    scenario_id: str
+    practice_id: str
+    reason: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.practice_id}/{self.scenario_id}"
+
+
+def phase_tenant_id(practice_id: str, phase: Phase) -> str:
+    """The tenant entry of a practice in one phase during the check (the sandbox phase is the practice itself)."""
+    return practice_id if phase is Phase.SANDBOX else f"{practice_id}-golive-{phase.value.replace('_', '-')}"
+
+
+def phase_entries(entry: Mapping[str, Any], index: int) -> list[dict[str, Any]]:
+    """The practice's tenant entry once per phase: same ModMed tenant and credentials, own id and number."""
+    entries = []
+    for offset, phase in enumerate(Phase):
+        copy = dict(entry)
+        copy["practice_id"] = phase_tenant_id(str(entry["practice_id"]), phase)
+        copy["phase"] = phase.value
+        if phase is not Phase.SANDBOX:
+            copy["called_numbers"] = [f"+1555019{index:02d}{offset:02d}"]
+        entries.append(copy)
+    return entries
+
+
+class Planner:
+    """Binds scenarios to patients of one mirrored practice and builds their calls."""
+
+    def __init__(self, world: SandboxWorld, tenants: TenantDirectory, run_date: date, now: datetime) -> None:
+        self._world = world
+        self._tenants = tenants
+        self._run_date = run_date
+        self._now = now
+        self._pools: dict[str, CallerPool] = {}
+        self._booked_days: dict[str, set[date]] = defaultdict(set)
+
+    def plan(self, scenario: Scenario, practice_id: str) -> Planned | NotApplicable:
+        tenant = self._world.tenants[practice_id]
+        profile = tenant.profile
+        if scenario.needs_template is not None:
+            template = profile.template_for(scenario.needs_template.value)
+            if template is None:
+                return NotApplicable(scenario.id, practice_id, f"the mirror has no {scenario.needs_template} template")
+            if scenario.needs_ema_only and not template.ema_only:
+                return NotApplicable(scenario.id, practice_id, f"the mirror's {scenario.needs_template} is not EMA-only")
+        pool = self._pools.setdefault(practice_id, CallerPool(tenant, self._now))
+        chart = pool.take(scenario.caller)
+        if chart is None:
+            return NotApplicable(scenario.id, practice_id, f"no unused '{scenario.caller}' patient in the sandbox")
+        practice = self._tenants[practice_id]
+        phase_tenant = self._tenants[phase_tenant_id(practice_id, scenario.phase)]
+        script = Script(phase_tenant.called_numbers[0], caller_number=chart.caller.phone, now=self._now,
+                        call_id=f"golive-{scenario.id}-{uuid.uuid4().hex[:8]}").started()
+        planned = Planned(scenario, practice, phase_tenant, chart, script)
+        for step in scenario.steps:
+            if isinstance(step, IdentifyStep):
+                script.identified(chart.caller)
+            elif isinstance(step, ChooseStep):
+                script.chooses(UNOFFERED_SLOT if step.choose == "unoffered" else f"OFFERED.{step.choose}")
+            else:
+                entities = self._entities(step, chart, pool, tenant, planned)
+                if entities is None:
+                    return NotApplicable(scenario.id, practice_id, "no other patient's appointment to name")
+                script.intent(step.intent.value, snippet=step.snippet, medication_mentioned=step.medication,
+                              controlled_substance_mentioned=step.controlled_substance, **entities)
+        script.ended()
+        return planned
+
+    def _entities(self, step: IntentStep, chart: Chart, pool: CallerPool, tenant: Tenant,
+                  planned: Planned) -> dict[str, Any] | None:
+        entities: dict[str, Any] = {}
+        visit_reason = step.visit_reason
+        if visit_reason is None and step.appointment == "own" and chart.upcoming is not None:
+            visit_reason = VisitReason(chart.upcoming[1])
+        if step.intent is Intent.OPIOID_AGREEMENT_RENEWAL:
+            visit_reason = VisitReason.AGREEMENT_REVIEW
+        if visit_reason is not None and step.intent is not Intent.OPIOID_AGREEMENT_RENEWAL:
+            entities["visit_reason"] = visit_reason.value
+        if step.provider_hint is not None:
+            entities["provider_hint"] = step.provider_hint
+        window = None
+        if step.dates is not None:
+            window = (self._run_date + timedelta(days=step.dates.from_days),
+                      self._run_date + timedelta(days=step.dates.to_days))
+        elif step.intent in BOOKING_INTENTS and visit_reason is not None:
+            if visit_reason is VisitReason.NEW_PATIENT_CONSULT and chart.caller.patient_id:
+                visit_reason = VisitReason.FOLLOW_UP  # an established patient is booked a follow-up (the guards' rule)
+            books = any(isinstance(s, ChooseStep) and s.choose != "unoffered" for s in planned.scenario.steps)
+            window = self._booking_day(tenant, visit_reason, own_day=books and planned.scenario.phase is not Phase.READ_ONLY)
+        if window is not None:
+            planned.window = window
+            entities["date_from"], entities["date_to"] = window[0].isoformat(), window[1].isoformat()
+        appointment_prefix = tenant.id_prefix("appt")
+        if step.appointment == "own":
+            assert chart.upcoming is not None
+            entities["appointment_id"] = planned.target_appointment = chart.upcoming[0]
+        elif step.appointment == "other":
+            other = pool.other_patients_appointment()
+            if other is None:
+                return None
+            entities["appointment_id"] = planned.target_appointment = other
+        elif step.appointment == "unknown":
+            entities["appointment_id"] = planned.target_appointment = f"{appointment_prefix}-999999"
+        return entities
+
+
+    def _booking_day(self, tenant: Tenant, visit_reason: VisitReason, *, own_day: bool) -> tuple[date, date] | None:
+        """A day with free slots of the visit reason past every pre-op window; a call that books gets a day no
+        other booking call of the run has, so concurrent callers never race for one slot (None: no such day)."""
+        template = tenant.profile.template_for(visit_reason.value)
+        if template is None:
+            return None
+        rule = procedure_rule(visit_reason)
+        lead = max(template.preop_clearance_days, rule.preop_clearance.lead_days if rule.preop_clearance else 0)
+        used = self._booked_days[tenant.practice_id]
+        zone = tenant.profile.zone
+        for offset in range(max(1, lead + 1), 7 * tenant.profile.weeks_ahead):
+            day = self._run_date + timedelta(days=offset)
+            if own_day and day in used:
+                continue
+            start = datetime.combine(day, datetime.min.time(), zone)
+            if tenant.slots.search(visit_reason.value, start, start + timedelta(days=1), None, None, self._now,
+                                   include_ema_only=True):
+                if own_day:
+                    used.add(day)
+                return day, day
+        return None
+
+
+class AuditCollector:
+    """Reads the (private) audit topic from its beginning in a thread, records grouped by call id."""
+
+    def __init__(self, bootstrap: str) -> None:
+        topic = topic_named(AUDIT)
+        self._serde = AvroSerde.for_topic(topic)
+        self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"golive-audit-{uuid.uuid4().hex}",
+                                   "enable.auto.commit": False, "log.connection.close": False})
+        self._consumer.assign([TopicPartition(topic.name, p, 0) for p in range(topic.partitions)])
+        self._lock = threading.Lock()
+        self._by_call: dict[str, list[AuditEvent]] = defaultdict(list)
+        self.undecodable = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="golive-audit", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            message = self._consumer.poll(0.1)
+            if message is None or message.error() is not None or message.value() is None:
+                continue
+            try:
+                record = AuditEvent.from_avro(self._serde.decode(message.value()))
+            except SchemaError:
+                with self._lock:
+                    self.undecodable += 1
+                continue
+            with self._lock:
+                self._by_call[record.call_id or ""].append(record)
+
+    def of_call(self, call_id: str) -> list[AuditEvent]:
+        with self._lock:
+            return list(self._by_call.get(call_id, ()))
+
+    def wait_ended(self, call_ids: Iterable[str], timeout_s: float = AUDIT_SETTLE_TIMEOUT_S) -> set[str]:
+        """Waits until every call's end is audited (and its records stopped changing); returns those still open."""
+        waiting = set(call_ids)
+        deadline = time.monotonic() + timeout_s
+        while waiting and time.monotonic() < deadline:
+            waiting = {c for c in waiting if not any(r.state_to == "ended" for r in self.of_call(c))}
+            time.sleep(0.1)
+        time.sleep(0.5)  # records the worker published with the end (task audit after the reply) are read
+        return waiting
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self._consumer.close()
+
+
+def play(bootstrap: str, plans: Sequence[Planned], reply_timeout_s: float = 60.0) -> ReplayReport:
+    """Every planned call at once, each paced on its own replies as the voice agent would."""
+    telephony = Telephony(bootstrap, reply_timeout_s=reply_timeout_s)
+    try:
+        telephony.listen()
+        return telephony.replay([plan.script.events for plan in plans], max_concurrent_calls=max(1, len(plans)))
+    finally:
+        telephony.close()
+
+
+def set_faults(sandbox_url: str, practice_id: str, faults: Mapping[str, Any] | None) -> None:
+    """Apply (or with None clear) a practice's sandbox faults, and lift an EMA lockout a fault left."""
+    base = f"{sandbox_url}/_admin/practices/{practice_id}"
+    with httpx.Client(timeout=10.0, trust_env=False) as http:
+        if faults is None:
+            http.delete(f"{base}/faults").raise_for_status()
+            http.delete(f"{base}/lockout").raise_for_status()
+        else:
+            http.put(f"{base}/faults", json=dict(faults)).raise_for_status()
+
+
+# --------------------------------------------------------------------------------------------- checks
+
+
+def acceptable(template: ReplyTemplate, when: datetime, timezone: str) -> set[str]:
+    """The template and, when the office is closed (or within minutes of opening or closing), its
+    after-hours wording: the worker decides office hours by its own clock when it answers."""
+    closed = {is_after_hours(when + delta, timezone) for delta in (-HOURS_BOUNDARY, timedelta(0), HOURS_BOUNDARY)}
+    return {adapt_reply(template, after_hours=state, writes_queued=False).value for state in closed}
+
+
+class Checker:
+    """Compares one played call with its scenario's expectations (see the module docstring)."""
+
+    def __init__(self, client: ModMedClient, world: SandboxWorld, run_started: datetime) -> None:
+        self._client = client
+        self._world = world
+        self._started = run_started
+        self._rooms: dict[tuple[str, str], dict[str, Any]] = {}
+
+    async def check(self, plan: Planned, report: ReplayReport, audit: list[AuditEvent]) -> ScenarioResult:
+        scenario = plan.scenario
+        result = ScenarioResult(scenario.id, scenario.category, plan.practice.practice_id, plan.call_id)
+        heard = report.replies.get(plan.call_id, [])
+        answers = report.answers(plan.call_id)
+        result.heard = [reply.template for reply in heard]
+        problems = result.problems
+        self._check_replies(plan, answers, problems)
+        expect = scenario.expect
+        missing_interim = [t.value for t in expect.interim if t.value not in result.heard]
+        if missing_interim:
+            problems.append(f"the caller never heard {missing_interim}")
+        if expect.escalated is not None and any(a.escalated for a in answers) != expect.escalated:
+            problems.append(f"escalated: expected {expect.escalated}")
+        self._check_audit(plan, audit, problems)
+        if scenario.caller is not CallerKind.UNKNOWN:
+            try:
+                await self._check_sandbox(plan, problems)
+            except Exception as exc:  # noqa: BLE001 - a failed read is this scenario's failure, named by class
+                problems.append(f"reading the sandbox failed ({type(exc).__name__})")
+        return result
+
+    def _check_replies(self, plan: Planned, answers: Sequence[Any], problems: list[str]) -> None:
+        expected = [step.reply for step in plan.scenario.steps if step.reply]
+        got = [a.template for a in answers]
+        if len(got) != len(expected):
+            problems.append(f"replies: expected {[list(map(str, r)) for r in expected]}, heard {got}")
+            return
+        for number, (options, answer) in enumerate(zip(expected, answers, strict=True), start=1):
+            allowed = set().union(*(acceptable(t, answer.created_at, plan.tenant.timezone) for t in options))
+            if answer.template not in allowed:
+                problems.append(f"reply {number}: expected one of {sorted(allowed)}, heard {answer.template}")
+
+    def _check_audit(self, plan: Planned, records: list[AuditEvent], problems: list[str]) -> None:
+        expect = plan.scenario.expect
+        if not any(r.state_to == "ended" for r in records):
+            problems.append("the call's end was never audited")
+        hits = [r for r in records if r.action is AuditAction.GUARD_HIT]
+        for guard in expect.guards:
+            found = [r for r in hits if guard.name.value in r.guards_fired]
+            if not found:
+                problems.append(f"guard {guard.name} did not fire")
+            elif guard.action is not None and not any(r.guard_action == guard.action for r in found):
+                problems.append(f"guard {guard.name} acted {sorted({r.guard_action for r in found})}, "
+                                f"expected {guard.action}")
+        fired = {name for r in hits for name in r.guards_fired}
+        for name in expect.absent_guards:
+            if name.value in fired:
+                problems.append(f"guard {name} fired but must not")
+        signals = {r.detail.get("signal") for r in records if r.action is AuditAction.BYPASS_ATTEMPT}
+        for signal in expect.bypass:
+            if signal not in signals:
+                problems.append(f"bypass signal {signal} not recorded (recorded: {sorted(filter(None, signals))})")
+        for wanted in expect.audit:
+            matching = [r for r in records if r.action is wanted.action
+                        and (wanted.outcome is None or r.outcome is wanted.outcome)
+                        and (wanted.command is None or (r.command is not None and r.command.value == wanted.command))
+                        and (wanted.resource_type is None or r.resource_type == wanted.resource_type)]
+            if (len(matching) != wanted.count) if wanted.exactly else (len(matching) < wanted.count):
+                what = "/".join(str(v) for v in (wanted.action, wanted.outcome, wanted.command, wanted.resource_type) if v)
+                problems.append(f"audit {what}: {len(matching)} records, expected "
+                                f"{'exactly ' if wanted.exactly else 'at least '}{wanted.count}")
+        # Invariants of every call.
+        forbidden = [r for r in records if r.action in WRITE_ACTIONS and r.resource_type in FORBIDDEN_WRITE_TYPES]
+        if forbidden:
+            problems.append(f"forbidden write audited: {sorted({r.resource_type for r in forbidden})}")
+        if any(r.action is AuditAction.ESCALATION and r.outcome is AuditOutcome.FAILURE for r in records):
+            problems.append("a controlled-substance request was not escalated (ESCALATION FAILURE)")
+        if any(r.action is AuditAction.DEAD_LETTER for r in records):
+            problems.append("an event of the call was dead-lettered")
+
+    async def _check_sandbox(self, plan: Planned, problems: list[str]) -> None:
+        practice, patient_id = plan.practice, plan.chart.caller.patient_id
+        appointments, tasks, medications = await asyncio.gather(
+            self._client.search_json(practice, "Appointment", {"patient": patient_id}),
+            self._client.search_json(practice, "Task", {"patient": patient_id}),
+            self._client.search_json(practice, "MedicationRequest", {"patient": patient_id}),
+        )
+        store = self._world.tenants[practice.practice_id].store
+        initial_medications = {m["id"] for m in store.all_of("MedicationRequest")
+                               if str(m.get("subject", {}).get("reference", "")).endswith(f"/{patient_id}")}
+        if {m["id"] for m in medications} - initial_medications:
+            problems.append("a MedicationRequest appeared on the chart")
+        changed = [a for a in appointments if self._changed(store, a)]
+        await self._check_appointments(plan, changed, problems)
+        mine = [t for t in tasks if any(i.get("system") == CALL_REFERENCE_SYSTEM and i.get("value") == plan.call_id
+                                        for i in t.get("identifier", []))]
+        self._check_tasks(plan, mine, problems)
+
+    @staticmethod
+    def _changed(store: Any, appointment: Mapping[str, Any]) -> bool:
+        before = store.get("Appointment", appointment["id"])
+        if before is None:
+            return True
+        return before.get("status") != appointment.get("status") or before.get("start") != appointment.get("start")
+
+    async def _check_appointments(self, plan: Planned, changed: list[dict[str, Any]], problems: list[str]) -> None:
+        expected = plan.scenario.expect.appointments
+        if len(changed) != len(expected):
+            summary = [(_visit_reason(a), a.get("status")) for a in changed]
+            problems.append(f"appointments: expected {len(expected)} new or changed, found {len(changed)} {summary}")
+            return
+        unmatched = list(changed)
+        for wanted in expected:
+            reasons: list[str] = []
+            for appointment in unmatched:
+                why = await self._appointment_mismatch(plan, wanted, appointment)
+                if why is None:
+                    unmatched.remove(appointment)
+                    break
+                reasons.append(why)
+            else:
+                problems.append(f"no appointment is {wanted.visit_reason or 'the named one'}/{wanted.status}: "
+                                f"{'; '.join(reasons)}")
+
+    async def _appointment_mismatch(self, plan: Planned, wanted: AppointmentExpectation,
+                                    appointment: Mapping[str, Any]) -> str | None:
+        store = self._world.tenants[plan.practice.practice_id].store
+        if wanted.visit_reason is not None:
+            reason = wanted.visit_reason.value
+        else:
+            named = store.get("Appointment", plan.target_appointment) if plan.target_appointment else None
+            reason = _visit_reason(named) if named else None
+        if _visit_reason(appointment) != reason or appointment.get("status") != wanted.status:
+            return f"{_visit_reason(appointment)}/{appointment.get('status')}"
+        start = datetime.fromisoformat(str(appointment["start"]))
+        if wanted.moved:
+            before = store.get("Appointment", appointment["id"])
+            if appointment["id"] != plan.target_appointment or before is None or before.get("start") == appointment.get("start"):
+                return "not the named appointment moved to another time"
+        if wanted.min_days_ahead is not None and start < self._started + timedelta(days=wanted.min_days_ahead):
+            return f"starts within {wanted.min_days_ahead} days (a pre-op clearance window)"
+        if wanted.within_dates and plan.window is not None:
+            local = start.astimezone(ZoneInfo(plan.tenant.timezone)).date()
+            if not plan.window[0] <= local <= plan.window[1]:
+                return "starts outside the dates asked for"
+        if wanted.room_kind is not None or wanted.equipment:
+            room = await self._room(plan.practice, appointment)
+            if room is None:
+                return "no room on the appointment"
+            kinds = {c.get("code") for t in room.get("type", []) for c in t.get("coding", [])
+                     if c.get("system") == ROOM_KIND_SYSTEM}
+            devices = {e.get("valueCoding", {}).get("code") for e in room.get("extension", [])
+                       if e.get("valueCoding", {}).get("system") == EQUIPMENT_SYSTEM}
+            if wanted.room_kind is not None and wanted.room_kind not in kinds:
+                return f"room {room.get('name')!r} is {sorted(filter(None, kinds))}, not {wanted.room_kind}"
+            if not set(wanted.equipment) <= devices:
+                return f"room {room.get('name')!r} lacks {sorted(set(wanted.equipment) - devices)}"
+        return None
+
+    async def _room(self, practice: Practice, appointment: Mapping[str, Any]) -> dict[str, Any] | None:
+        location = next((str(p["actor"]["reference"]).rsplit("/", 1)[-1] for p in appointment.get("participant", [])
+                         if str(p.get("actor", {}).get("reference", "")).startswith("Location/")), None)
+        if location is None:
+            return None
+        key = (practice.practice_id, location)
+        if key not in self._rooms:
+            found = await self._client.search_json(practice, "Location", {"_id": location})
+            self._rooms[key] = found[0] if found else {}
+        return self._rooms[key] or None
+
+    def _check_tasks(self, plan: Planned, tasks: list[dict[str, Any]], problems: list[str]) -> None:
+        expected = plan.scenario.expect.tasks
+        codes = [_task_code(t) for t in tasks]
+        exact = plan.scenario.expect.exact_tasks
+        if (len(tasks) != len(expected)) if exact else (len(tasks) < len(expected)):
+            problems.append(f"tasks: expected {[f'{e.kind}/{e.reason}' for e in expected]}, found {codes}")
+            return
+        unmatched = list(tasks)
+        for wanted in expected:
+            fits = [t for t in unmatched if _task_matches(plan, wanted, t)]
+            if not fits:
+                problems.append(f"no task {wanted.kind}/{wanted.reason} (found {codes})")
+                continue
+            task = fits[0]
+            unmatched.remove(task)
+            says_pdmp = "PDMP last checked" in _task_text(task)
+            if wanted.pdmp_last_checked is not None and says_pdmp != wanted.pdmp_last_checked:
+                problems.append(f"task {wanted.kind}: PDMP check time {'missing' if wanted.pdmp_last_checked else 'present'}")
+        if any(PDMP_CONTENT_MARK in _task_text(t) for t in tasks):
+            problems.append("PDMP content or a UDS result reached a task")
+
+
+def _visit_reason(appointment: Mapping[str, Any]) -> str | None:
+    return next((c.get("code") for c in appointment.get("appointmentType", {}).get("coding", [])
+                 if c.get("system") == VISIT_REASON_SYSTEM), None)
+
+
+def _task_code(task: Mapping[str, Any]) -> str | None:
+    return next((c.get("code") for c in task.get("code", {}).get("coding", [])), None)
+
+
+def _task_text(task: Mapping[str, Any]) -> str:
+    notes = " ".join(str(n.get("text", "")) for n in task.get("note", []))
+    return f"{task.get('description', '')} {notes}"
+
+
+def _task_matches(plan: Planned, wanted: TaskExpectation, task: Mapping[str, Any]) -> bool:
+    """A FHIR-created Task carries kind and reason in its code; a PM-queue Task carries the kind in its code and
+    the reasons in the task key its note ends with."""
+    spec = TaskSpec(kind=wanted.kind, audience=TASK_AUDIENCE[wanted.kind], reason=wanted.reason,
+                    call_id=plan.call_id, practice_id=plan.practice.practice_id)
+    code = _task_code(task)
+    if code == task_code(spec):
+        return True
+    return code == task_kind_code(spec) and f":{wanted.kind.value}:" in _task_text(task) and wanted.reason.value in _task_text(task)
+
+
+async def check_all(plans: Sequence[Planned], report: ReplayReport, audit: AuditCollector, world: SandboxWorld,
+                    run_started: datetime, on_result: Callable[[ScenarioResult], None]) -> list[ScenarioResult]:
+    """Every planned call checked (sandbox reads a few at a time), reported as each finishes."""
+    results: list[ScenarioResult] = []
+    limit = asyncio.Semaphore(8)
+    async with ModMedClient() as client:
+        checker = Checker(client, world, run_started)
+
+        async def one(plan: Planned) -> None:
+            async with limit:
+                result = await checker.check(plan, report, audit.of_call(plan.call_id))
+            results.append(result)
+            on_result(result)
+
+        await asyncio.gather(*(one(plan) for plan in plans))
+    return results
+
+
+def merge_reports(reports: Sequence[ReplayReport]) -> ReplayReport:
+    replies: dict[str, list[Any]] = {}
+    for report in reports:
+        replies.update(report.replies)
+    return ReplayReport(calls=sum(r.calls for r in reports), events_sent=sum(r.events_sent for r in reports),
+                        replies=replies, timeouts=sum(r.timeouts for r in reports),
+                        seconds=sum(r.seconds for r in reports))
+
