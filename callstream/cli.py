@@ -88,15 +88,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 def dev_main(argv: list[str]) -> int:
     """`callstream dev up|down|status`."""
     from callstream import devstack
-    from callstream.settings import load_settings
+    from callstream.cli_options import add_service_options, settings_from
 
     parser = argparse.ArgumentParser(prog="callstream dev", description="The embedded default stack.")
     parser.add_argument("action", choices=["up", "down", "status"])
-    parser.add_argument("--broker-port", type=int, help="Tansu port (default CALLSTREAM_BROKER_PORT or 19092)")
-    parser.add_argument("--data-dir", type=Path, help="where pid files, logs and chDB live (default ./var)")
+    parser.add_argument("--broker-port", type=int,
+                        help="port of the embedded Tansu broker (default $CALLSTREAM_BROKER_PORT, else 19092)")
+    add_service_options(parser, kafka=True, clickhouse=True, data_dir=True)
     options = parser.parse_args(argv)
-    overrides = {key: value for key, value in (("broker_port", options.broker_port), ("data_dir", options.data_dir)) if value}
-    settings = load_settings(**overrides)
+    settings = settings_from(options, **({"broker_port": options.broker_port} if options.broker_port else {}))
     if options.action == "up":
         from schemas.topics import TOPICS
 
@@ -104,7 +104,7 @@ def dev_main(argv: list[str]) -> int:
     elif options.action == "down":
         lines = devstack.dev_down(settings)
     else:
-        devstack.wait_for_broker(settings.bootstrap_servers, timeout_s=3)
+        devstack.wait_for_broker(settings.bootstrap_servers, timeout_s=min(3.0, settings.connect_timeout_s))
         client = devstack.open_clickhouse(settings.effective_clickhouse_dsn)
         lines = [f"kafka: {settings.bootstrap_servers} reachable",
                  f"clickhouse: healthy (ClickHouse {client.query('SELECT version()').result_rows[0][0]})"]
@@ -128,7 +128,9 @@ def tenants_main(argv: list[str]) -> int:
 
     parser = argparse.ArgumentParser(prog="callstream tenants", description="Practice (tenant) directory tools.")
     parser.add_argument("action", choices=["check"])
-    parser.add_argument("file", type=Path)
+    from callstream.cli_options import TENANTS_HELP, require_tenants_file
+    from callstream.settings import load_settings
+    parser.add_argument("file", type=Path, nargs="?", help=f"the directory to check; {TENANTS_HELP}")
     parser.add_argument("--json", action="store_true", help="print the practices (no secrets) as JSON")
     parser.add_argument("--skip-credentials", action="store_true",
                         help="do not resolve the credential references (where the secrets are not mounted, e.g. CI)")
@@ -137,6 +139,7 @@ def tenants_main(argv: list[str]) -> int:
     problems = [] if options.skip_credentials else unresolvable_credentials(directory)
     if problems:
         for problem in problems:
+    options.file = options.file or require_tenants_file(load_settings(), "tenants check")
             print(f"callstream: error: {problem}", file=sys.stderr)
         return 2
     if options.json:

@@ -77,6 +77,6 @@ def require_tenants_file(settings: Settings, who: str) -> Path:
     return settings.tenants_file
 
 
-def configure_logging_from(settings: Settings) -> None:
+def configure_logging_from(settings: Settings, *, replace_handlers: bool = False) -> None:
     """Install callstream's log handler at the settings' level and format (callstream.logs)."""
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, replace_handlers=replace_handlers)

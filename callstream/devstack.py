@@ -172,7 +172,9 @@ def open_clickhouse(dsn: str) -> Client:
         except OSError as exc:
             raise ConfigError(f"ClickHouse DSN {redact_dsn(dsn)!r}: cannot create {path}: {exc.strerror}") from None
     try:
-        client = clickhouse_connect.get_client(dsn=dsn, connect_timeout=5, send_receive_timeout=30)
+        # Network timeouts mean nothing to embedded chDB (clickhouse-connect warns on each one it is given).
+        timeouts = {} if scheme == "chdb" else {"connect_timeout": 5, "send_receive_timeout": 30}
+        client = clickhouse_connect.get_client(dsn=dsn, **timeouts)
         client.query("SELECT 1")
     except Exception as exc:
         reason = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
@@ -211,10 +213,10 @@ def dev_up(settings: Settings, topics: Iterable[tuple[str, int]]) -> list[str]:
             _pid_file(settings).write_text(str(broker.process.pid))
             lines.append(f"kafka: started Tansu (pid {broker.process.pid}) on {settings.bootstrap_servers}")
         else:
-            wait_for_broker(settings.bootstrap_servers)
+            wait_for_broker(settings.bootstrap_servers, settings.connect_timeout_s)
             lines.append(f"kafka: Tansu already running (pid {pid}) on {settings.bootstrap_servers}")
     else:
-        wait_for_broker(settings.bootstrap_servers)
+        wait_for_broker(settings.bootstrap_servers, settings.connect_timeout_s)
         lines.append(f"kafka: external cluster {settings.bootstrap_servers} reachable")
     ensure_topics(settings.bootstrap_servers, topics)
     lines.append("kafka: topics ready")

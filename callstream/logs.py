@@ -42,15 +42,22 @@ class JsonLineFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False)
 
 
-def configure_logging(level: str = "INFO", log_format: str = "text", stream: TextIO | None = None) -> None:
-    """Replace the root logger's handlers with callstream's one handler (idempotent; Faust's worker calls it
-    again after installing its own)."""
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonLineFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+def configure_logging(level: str = "INFO", log_format: str = "text", stream: TextIO | None = None, *,
+                      replace_handlers: bool = False) -> None:
+    """Install callstream's handler on the root logger and set the levels (see the module docstring).
+
+    A root logger that already has someone else's handler (a test runner's) keeps it and gets no second
+    one, unless `replace_handlers` (Faust's worker installs its own, which this replaces). Calling it
+    again replaces callstream's own handler, so the last level and format win.
+    """
     root = logging.getLogger()
     for old in list(root.handlers):
-        root.removeHandler(old)
-    root.addHandler(handler)
+        if replace_handlers or isinstance(old, _CallstreamHandler):
+            root.removeHandler(old)
+    if not root.handlers:
+        handler = _CallstreamHandler(stream or sys.stderr)
+        handler.setFormatter(JsonLineFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+        root.addHandler(handler)
     numeric = logging.getLevelName(level.upper())
     root.setLevel(numeric if isinstance(numeric, int) else logging.INFO)
     library_level = logging.DEBUG if root.level <= logging.DEBUG else max(root.level, logging.WARNING)
@@ -58,3 +65,7 @@ def configure_logging(level: str = "INFO", log_format: str = "text", stream: Tex
         logging.getLogger(name).setLevel(library_level)
     for name in PHI_BEARING_LOGGERS:
         logging.getLogger(name).setLevel(max(root.level, logging.WARNING))
+
+
+class _CallstreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The handler `configure_logging` installs, told apart from other handlers on the root logger."""

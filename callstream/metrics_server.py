@@ -14,6 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
+from callstream.errors import PortInUseError
+
 logger = logging.getLogger(__name__)
 
 PROBE_PATHS: frozenset[str] = frozenset({"/metrics", "/healthz", "/livez", "/readyz"})
@@ -95,7 +97,11 @@ def serve_metrics(
         def log_message(self, format: str, *args: object) -> None:
             logger.debug("metrics endpoint: " + format, *args)
 
-    server = ThreadingHTTPServer((host, port), Handler)
+    try:
+        server = ThreadingHTTPServer((host, port), Handler)
+    except OSError as exc:
+        raise PortInUseError(f"cannot serve metrics on {host}:{port}: {exc.strerror}; free the port or choose "
+                             "another with --metrics-port") from None
     server.daemon_threads = True
     thread = threading.Thread(
         target=server.serve_forever,

@@ -31,8 +31,9 @@ from typing import Any, TextIO
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
+from callstream.cli_options import add_service_options, require_tenants_file, settings_from
 from callstream.errors import ConfigError
-from callstream.tenants import ApiTrack, Practice
+from callstream.tenants import ApiTrack, Practice, load_tenant_directory
 from connectors.errors import CapabilityMissing, InvalidRequestError, InvalidResponseError, RetryableError
 from connectors.fhir import ModMedClient, relative_path
 from connectors.vocabulary import COMPLIANCE_SYSTEM, PDMP_CHECK_CODE, UDS_CODE
@@ -323,7 +324,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="callstream export", description="Bulk FHIR export of a certified-track practice into ndjson files."
     )
     parser.add_argument("practice_id", help="practice id from the tenant directory")
-    parser.add_argument("--tenants", type=Path, help="tenant directory file (default: CALLSTREAM_TENANTS_FILE)")
+    add_service_options(parser, tenants=True)
     parser.add_argument("--out", type=Path, required=True, help="directory for the ndjson files")
     level = parser.add_mutually_exclusive_group()
     level.add_argument("--group", help="export one Group's patients")
@@ -336,17 +337,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     """`callstream export PRACTICE --out DIR [...]`: kick-off, poll, download with a progress bar."""
-    from callstream.settings import load_settings
-    from callstream.tenants import load_tenant_directory
-
     options = _parser().parse_args(argv)
-    tenants_file = options.tenants or load_settings().tenants_file
-    if tenants_file is None:
-        raise ConfigError("no tenant directory: pass --tenants FILE or set CALLSTREAM_TENANTS_FILE")
+    tenants_file = require_tenants_file(settings_from(options), "export")
     directory = load_tenant_directory(tenants_file)
     practice = directory.get(options.practice_id)
     if practice is None:
-        raise ConfigError(f"{tenants_file}: no practice {options.practice_id!r}")
+        raise ConfigError(f"{tenants_file}: no such practice {options.practice_id!r}")
     if options.since is not None and options.since.tzinfo is None:
         raise ConfigError("--since needs a time zone, e.g. 2026-01-01T00:00:00+00:00")
     types = [t.strip() for t in options.types.split(",") if t.strip()]

@@ -16,20 +16,25 @@ import argparse
 import asyncio
 import getpass
 import json
-import logging
 import os
 import signal
 import sys
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
 
-from callstream.devstack import ensure_topics, wait_for_broker
+from callstream.cli_options import (
+    add_logging_options,
+    add_service_options,
+    configure_logging_from,
+    require_tenants_file,
+    settings_from,
+)
+from callstream.devstack import ensure_port_free, ensure_topics, wait_for_broker
 from callstream.errors import ConfigError, ServiceUnavailableError
 from callstream.metrics_server import serve_metrics
-from callstream.settings import Settings, load_settings
+from callstream.settings import Settings
 from callstream.tenants import load_tenant_directory
 from connectors.dispatch import Dispatcher
 from connectors.fhir import ModMedClient
@@ -48,13 +53,15 @@ from streams.outputs import KafkaOutputs
 API_ENV = "CALLSTREAM_QUEUE_API"
 DSN_ENV = "CALLSTREAM_QUEUE_DSN"
 STATES = ("open", "retrying", "delivered", "resolved")
+LIST_STATES = {"open": "open,retrying", "delivered": "delivered", "resolved": "resolved"}
+"""What ``queue list --state`` asks the API for: open work is everything not yet delivered nor resolved."""
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="callstream queue", description="The review queue: parked work for staff.")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="own the queue: intake, retries to ModMed, age alarm, staff API")
-    run.add_argument("--tenants", type=Path, help="tenant directory (default CALLSTREAM_TENANTS_FILE)")
+    add_service_options(run, kafka=True, clickhouse=True, data_dir=True, tenants=True)
     run.add_argument("--database", help="ClickHouse database (default: the DSN's, else 'callstream')")
     run.add_argument("--api-port", type=int, default=DEFAULT_API_PORT, help="staff API port on 127.0.0.1")
     run.add_argument("--stale-after", type=float, default=STALE_AFTER.total_seconds(),
@@ -65,10 +72,18 @@ def main(argv: list[str]) -> int:
                      help="seconds an attempt owns its item; a killed attempt's item is retried after it (90)")
     run.add_argument("--tick", type=float, default=1.0, help="seconds between intake/retry/alarm rounds")
     run.add_argument("--metrics-host", default="0.0.0.0", help="address of /metrics, /healthz, /readyz (not the API)")
-    run.add_argument("--metrics-port", type=int, help="default CALLSTREAM_METRICS_PORT; 0 picks a free port")
-    listing = commands.add_parser("list", help="items, oldest first")
+    run.add_argument("--metrics-port", type=int, help="default $CALLSTREAM_METRICS_PORT, else 9464; 0 picks a free port")
+    add_logging_options(run)
+    listing = commands.add_parser(
+        "list", help="items, oldest first",
+        description="Review items, oldest first. --state open lists all work not yet delivered nor resolved, "
+                    "including items being retried against ModMed right now; --exact-state filters one stored state.")
     listing.add_argument("--practice")
-    listing.add_argument("--state", choices=STATES)
+    states = listing.add_mutually_exclusive_group()
+    states.add_argument("--state", choices=tuple(LIST_STATES),
+                        help="open: not yet delivered nor resolved (states open and retrying); delivered; resolved")
+    states.add_argument("--exact-state", choices=STATES,
+                        help="exactly this stored state (open alone leaves out items being retried right now)")
     listing.add_argument("--json", action="store_true")
     show = commands.add_parser("show", help="one item")
     show.add_argument("item_id")
@@ -84,7 +99,8 @@ def main(argv: list[str]) -> int:
     if options.command == "run":
         return _run(options)
     if options.command == "list":
-        query = {key: value for key, value in (("practice", options.practice), ("state", options.state)) if value}
+        state = LIST_STATES[options.state] if options.state else options.exact_state
+        query = {key: value for key, value in (("practice", options.practice), ("state", state)) if value}
         items = _call(options.api, "GET", "/items", params=query)["items"]
         print(json.dumps(items, indent=2) if options.json else _table(items))
         return 0
@@ -111,14 +127,9 @@ def queue_dsn(settings: Settings) -> str:
 
 
 def _run(options: argparse.Namespace) -> int:
-    settings = load_settings()
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        logging.getLogger("httpx").setLevel(logging.WARNING)  # request URLs carry search parameters (PHI)
-        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    tenants_file = options.tenants or settings.tenants_file
-    if tenants_file is None:
-        raise ConfigError("the review queue needs a tenant directory: --tenants FILE or CALLSTREAM_TENANTS_FILE")
+    settings = settings_from(options)
+    configure_logging_from(settings)
+    tenants_file = require_tenants_file(settings, "the review queue")
     if options.stale_after <= 0 or options.retry_base <= 0 or options.retry_cap < options.retry_base or options.tick <= 0 \
             or options.attempt_lease <= 0:
         raise ConfigError("--stale-after, --retry-base, --attempt-lease and --tick must be positive, "
@@ -127,8 +138,12 @@ def _run(options: argparse.Namespace) -> int:
     if not 0 <= metrics_port <= 65535:
         raise ConfigError("--metrics-port must be 0-65535")
     tenants = load_tenant_directory(tenants_file)
+    if metrics_port:
+        ensure_port_free(options.metrics_host, metrics_port, "metrics endpoint (--metrics-port)")
+    if options.api_port:
+        ensure_port_free("127.0.0.1", options.api_port, "staff API (--api-port)")
     bootstrap = settings.bootstrap_servers
-    wait_for_broker(bootstrap)
+    wait_for_broker(bootstrap, settings.connect_timeout_s)
     ensure_topics(bootstrap, [(name, topic_named(name).partitions) for name in (COMMANDS, AUDIT, ALARMS)])
     store = ReviewStore.open(queue_dsn(settings), options.database, cluster_from_env())
     store.migrate()

@@ -201,9 +201,12 @@ def generate_profile(seed: int, index: int, track: str | None = None) -> Practic
         )
         for who, days, half, kind, room in WEEKLY_PLAN
     )
-    called = tuple(
-        sorted({f"+1{rng.choice(area_codes)}55501{rng.randrange(100):02d}" for _ in range(1 + index % 2)})
-    )
+    if cycle == 0:
+        called = tuple(
+            sorted({f"+1{rng.choice(area_codes)}55501{rng.randrange(100):02d}" for _ in range(1 + index % 2)})
+        )
+    else:  # the 555-01xx range holds 100 numbers an area code: past the first cycle, 555 and the firm number
+        called = tuple(sorted(f"+1{area}555{firm_number:04d}" for area in area_codes[: 1 + index % 2]))
     certified = None
     if track == "certified":
         certified = CertifiedAccess(

@@ -23,13 +23,19 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 
 import httpx
 from confluent_kafka import Consumer, TopicPartition
 
+from callstream.cli_options import (
+    add_logging_options,
+    add_service_options,
+    configure_logging_from,
+    require_tenants_file,
+    settings_from,
+)
+from callstream.devstack import wait_for_broker
 from callstream.errors import ConfigError
-from callstream.settings import load_settings
 from callstream.tenants import TenantDirectory, load_tenant_directory
 from schemas.errors import SchemaError
 from schemas.models import AuditEvent, DeadLetter
@@ -171,14 +177,17 @@ def main(argv: list[str]) -> int:
     command.add_argument("--practice", required=True, help="practice id")
     command.add_argument("--since", type=_timestamp, help="first event time to re-send (ISO 8601, inclusive)")
     command.add_argument("--until", type=_timestamp, help="event time to stop before (ISO 8601, exclusive)")
-    command.add_argument("--tenants", type=Path, help="tenant directory (default CALLSTREAM_TENANTS_FILE)")
     command.add_argument("--idle", type=float, default=3.0, help="seconds without a new dead letter that end the read")
+    add_service_options(command, kafka=True, tenants=True)
+    add_logging_options(command)
     options = parser.parse_args(argv)
-    settings = load_settings()
-    tenants_file = options.tenants or settings.tenants_file
-    if tenants_file is None:
-        raise ConfigError("redeliver needs the tenant directory: --tenants FILE or CALLSTREAM_TENANTS_FILE")
-    report = redeliver_practice(settings.bootstrap_servers, load_tenant_directory(tenants_file), options.practice,
+    settings = settings_from(options)
+    configure_logging_from(settings)
+    tenants = load_tenant_directory(require_tenants_file(settings, "redeliver"))
+    if options.practice not in tenants:
+        raise ConfigError(f"{tenants.source}: no such practice {options.practice!r}")
+    wait_for_broker(settings.bootstrap_servers, settings.connect_timeout_s)
+    report = redeliver_practice(settings.bootstrap_servers, tenants, options.practice,
                                 since=options.since, until=options.until, idle_s=options.idle)
     print(report.to_json())
     return 0 if not report.failed_event_ids else 1

@@ -273,8 +273,9 @@ class PipelineRuntime(mode.Service):
             self.webhook = AlertWebhook(settings.alert_webhook_url)
         self._metrics_server = serve_metrics(pipeline.metrics.registry, pipeline.options.metrics_host,
                                              pipeline.options.metrics_port, readiness=pipeline.is_ready)
-        log.warning("callstream worker %s: metrics on %s:%d", pipeline.options.app_id, pipeline.options.metrics_host,
-                    self._metrics_server.port)
+        logging.getLogger("callstream.worker").info(
+            "callstream worker %s: metrics on http://%s:%d/metrics (probes /healthz, /readyz)", pipeline.options.app_id,
+            pipeline.options.metrics_host, self._metrics_server.port)
         # Everything built so far (Faust, clients, schemas) lives as long as the worker: keep the cyclic GC
         # from rescanning it, and collect the young generation less often (each event allocates thousands
         # of short-lived objects, nearly all freed by reference counting).

@@ -1,6 +1,6 @@
 """`callstream bench pipeline`: throughput and reply latency of one worker, against a raw pass-through.
 
-Set-up: a private Tansu broker (or KAFKA_BOOTSTRAP_SERVERS), the ModMed sandbox with its rate limits
+Set-up: a private Tansu broker (or -b / KAFKA_BOOTSTRAP_SERVERS), the ModMed sandbox with its rate limits
 lifted and no injected latency, one `callstream worker` without EMA automation.
 
 1. Baseline: a raw confluent-kafka consume → produce pass-through of the same call-event bytes on the
@@ -26,12 +26,19 @@ lifted and no injected latency, one `callstream worker` without EMA automation.
    the faulty practices (target ≤ 1,000); ``healthy_p99_ms_during_faults``: the healthy practice's reply
    p99 meanwhile (target ≤ 50: no head-of-line blocking); ``silent_turns``: turns with no reply within
    ``SILENCE_S`` (target 0).
-5. CPU: ``worker_cpu_ms_per_event`` (burst) and ``worker_cpu_ms_per_event_mixed`` (the mixed load), the
+5. Scale, with ``--practices N`` (e.g. 2400, the seeds' fleet), first and on its own processes: a sandbox of
+   N practices (``scale_sandbox_start_s``: process start to serving; target ≤ 60), its listing turned into a
+   tenant directory (``scale_listing_s``), one worker with all N tenants (``scale_worker_start_s``: process
+   start to /readyz; ``scale_worker_rss_mb`` then and ``scale_worker_rss_mb_after`` after the load), one
+   unrecognised-intent call to every practice (``scale_events_per_s``: tenant routing at N), and an
+   identified caller at ``SCALE_COLD_PRACTICES`` practices the sandbox has not generated yet
+   (``scale_cold_answer_p50_ms``/``_max_ms``: the answer when ModMed's data is made on first request).
+6. CPU: ``worker_cpu_ms_per_event`` (burst) and ``worker_cpu_ms_per_event_mixed`` (the mixed load), the
    worker process's CPU time (all threads) per call event. On a shared machine the time figures above
    swing with the neighbours' load; these swing less (about ±20 % here), so compare them first.
 
 The last line is one JSON object: events_per_s, p50_ms, p99_ms, baseline_events_per_s, ratio (plus
-the figures behind them).
+the figures behind them, and the scale_* figures with --practices).
 """
 
 from __future__ import annotations
@@ -53,9 +60,10 @@ from pathlib import Path
 import httpx
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from callstream.cli_options import add_service_options, settings_from
 from callstream.devstack import TansuBroker, ensure_topics, free_port, wait_for_broker
 from callstream.errors import ConfigError, ServiceUnavailableError
-from callstream.settings import load_settings
+from sandbox.cli import GENERATE_NOW
 from sandbox.generator import build_world
 from schemas.models import CallEvent, Reply
 from schemas.serde import AvroSerde
@@ -83,6 +91,12 @@ FAULTS: dict[str, dict[str, object]] = {
 FAULT_RATE_PER_PRACTICE = 8.0
 FAULT_SECONDS = 10.0
 SILENCE_S = 5.0
+SCALE_PATIENTS = 50
+"""Patients per practice in the scale phase's sandbox (only the practices a call reaches are generated)."""
+SCALE_COLD_PRACTICES = 24
+SCALE_READY_TIMEOUT_S = 300.0
+SCALE_LISTING_TIMEOUT_S = 300.0
+"""The listing makes every certified practice's RSA key (about 800 at 2,400 practices)."""
 
 
 def main(argv: list[str]) -> int:
@@ -91,13 +105,19 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--burst-calls", type=int, default=4000, help="calls of the throughput burst (2 events each)")
     parser.add_argument("--rate", type=float, default=200.0, help="events per second of the latency load")
     parser.add_argument("--seconds", type=float, default=20.0, help="duration of the latency load")
+    parser.add_argument("--practices", type=int, default=0,
+                        help="add the scale phase: a sandbox and a worker with this many practices (e.g. 2400)")
+    add_service_options(parser, kafka=True)
     options = parser.parse_args(argv)
     if options.burst_calls < 100 or not 1 <= options.rate <= 5000 or not 5 <= options.seconds <= 600:
         raise ConfigError("--burst-calls >= 100, --rate 1-5000 and --seconds 5-600")
-    settings = load_settings()
+    if options.practices and not GENERATE_NOW + SCALE_COLD_PRACTICES <= options.practices <= 10_000:
+        raise ConfigError(f"--practices {GENERATE_NOW + SCALE_COLD_PRACTICES}-10000 (or 0: no scale phase)")
+    settings = settings_from(options)
     with tempfile.TemporaryDirectory(prefix="callstream-bench-") as scratch, contextlib.ExitStack() as stack:
         work = Path(scratch)
         bootstrap = stack.enter_context(bench_broker(settings.kafka_bootstrap_servers, work))
+        scale = _scale_phase(bootstrap, work / "scale", options.practices) if options.practices else {}
         sandbox_url = stack.enter_context(sandbox_process(work, seed=7, patients=BENCH_PATIENTS,
                                                           practices=BENCH_PRACTICES))
         for listing in sandbox_listing(sandbox_url):
@@ -149,8 +169,69 @@ def main(argv: list[str]) -> int:
         "worker_cpu_ms_per_event": round(burst_cpu_ms, 3),
         "worker_cpu_ms_per_event_mixed": round(mixed_cpu_ms, 3),
         **faults,
+        **scale,
     }))
     return 0
+
+
+def _scale_phase(bootstrap: str, work: Path, practices: int) -> dict[str, float]:
+    """Start-up and memory at the seeds' scale (see the module docstring, phase 5)."""
+    work.mkdir()
+    started = time.monotonic()
+    with sandbox_process(work, seed=BENCH_SEED, patients=SCALE_PATIENTS, practices=practices) as sandbox_url:
+        sandbox_start_s = time.monotonic() - started
+        print(f"scale: sandbox of {practices} practices serving after {sandbox_start_s:.1f} s", file=sys.stderr)
+        started = time.monotonic()
+        tenants = write_sandbox_directory(sandbox_url, work, rate_limit_per_min=UNLIMITED_RATE,
+                                          timeout_s=SCALE_LISTING_TIMEOUT_S)
+        listing_s = time.monotonic() - started
+        world = build_world(seed=BENCH_SEED, practices=practices, patients_per_practice=SCALE_PATIENTS, generate_now=0)
+        cold = random.Random(BENCH_SEED).sample(list(world.profiles)[GENERATE_NOW:], SCALE_COLD_PRACTICES)  # not generated at start-up
+        casts = cast_of(world, practice_ids=cold)
+        started = time.monotonic()
+        with worker_process(bootstrap, tenants, work, app_id=f"callstream-bench-scale-{uuid.uuid4().hex[:8]}",
+                            port=free_port(), extra_args=("--no-ema",), log_level="WARNING",
+                            ready_timeout_s=SCALE_READY_TIMEOUT_S) as worker:
+            worker_start_s = time.monotonic() - started
+            rss_mb = _rss_mb(worker)
+            print(f"scale: worker with {practices} tenants ready after {worker_start_s:.1f} s, RSS {rss_mb:.0f} MB",
+                  file=sys.stderr)
+            scripts = [Script(profile.called_numbers[0]).started().intent("UNKNOWN")
+                       for profile in world.profiles.values()]
+            spread = _throughput(bootstrap, [s.events[0] for s in scripts] + [s.events[1] for s in scripts])
+            cold_scripts = [Script(casts[p].called_number).started().identified(casts[p].plain[0])
+                            .intent("GENERAL_QUESTION").ended() for p in cold]
+            plan = [event for script in cold_scripts for event in script.events]
+            turns = {str(e.event_id): e.call_id for e in plan if e.payload.type == "intent_recognised"}
+            _, answers = _replies_to(bootstrap, plan, turns, rate=len(plan) / 2)
+            rss_after_mb = _rss_mb(worker)
+    if len(answers) < len(turns):
+        raise ServiceUnavailableError(f"scale: {len(turns) - len(answers)} of {len(turns)} cold-practice turns "
+                                      "got no answer")
+    print(f"scale: one call to each practice at {spread:,.0f} events/s; cold practices answered in "
+          f"p50 {_percentile(list(answers.values()), 50):.0f} ms, max {max(answers.values()):.0f} ms; "
+          f"worker RSS {rss_after_mb:.0f} MB", file=sys.stderr)
+    return {
+        "scale_practices": practices,
+        "scale_sandbox_start_s": round(sandbox_start_s, 1),
+        "scale_listing_s": round(listing_s, 1),
+        "scale_worker_start_s": round(worker_start_s, 1),
+        "scale_worker_rss_mb": round(rss_mb),
+        "scale_worker_rss_mb_after": round(rss_after_mb),
+        "scale_events_per_s": round(spread, 1),
+        "scale_cold_answer_p50_ms": round(_percentile(list(answers.values()), 50), 1),
+        "scale_cold_answer_max_ms": round(max(answers.values()), 1),
+    }
+
+
+def _rss_mb(pid: int) -> float:
+    """Resident memory of a process now (Linux /proc), in MB."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError as exc:
+        raise ServiceUnavailableError(f"cannot read the worker's memory: {exc.strerror}") from None
+    kilobytes = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
+    return kilobytes / 1024
 
 
 def _report(label: str, latencies: list[float], rate: float) -> None:

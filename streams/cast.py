@@ -60,11 +60,15 @@ class PracticeCast:
     """Flag-free patients with a booked appointment at least two days ahead."""
 
 
-def cast_of(world: SandboxWorld, now: datetime | None = None) -> dict[str, PracticeCast]:
-    """Every practice's cast, in the world's patient order (deterministic)."""
+def cast_of(world: SandboxWorld, now: datetime | None = None,
+            practice_ids: Iterable[str] | None = None) -> dict[str, PracticeCast]:
+    """Every practice's cast (or those of `practice_ids`: each cast generates its practice's data), in the
+    world's patient order (deterministic)."""
     moment = now or datetime.now(UTC)
-    return {practice_id: _practice_cast(practice_id, tenant.store, tenant.profile.called_numbers[0], moment)
-            for practice_id, tenant in world.tenants.items()}
+    chosen = list(world.profiles) if practice_ids is None else list(practice_ids)
+    return {practice_id: _practice_cast(practice_id, world.tenants[practice_id].store,
+                                        world.profiles[practice_id].called_numbers[0], moment)
+            for practice_id in chosen}
 
 
 def _practice_cast(practice_id: str, store: Any, called_number: str, now: datetime) -> PracticeCast:

@@ -1,7 +1,7 @@
 """`callstream bench ledger`: restore time and memory of a worker whose idempotency ledger holds many
 entries, with every entry kept (as before the redelivery horizon) and with those past the horizon tombstoned.
 
-Set-up: a private Tansu broker (or KAFKA_BOOTSTRAP_SERVERS). ``--entries`` ledger entries (default
+Set-up: a private Tansu broker (or -b / KAFKA_BOOTSTRAP_SERVERS). ``--entries`` ledger entries (default
 1,000,000), ``--live-share`` of them (default 0.1) updated within the horizon and the rest before it, spread
 over nine more horizons (a ledger that grew for ten weeks at a steady rate), go to the ledger changelogs of
 five worker app ids (arms):
@@ -53,7 +53,8 @@ from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
 from callstream.devstack import ensure_topics, free_port
 from callstream.errors import ConfigError, ServiceUnavailableError
-from callstream.settings import Settings, load_settings
+from callstream.cli_options import add_service_options, settings_from
+from callstream.settings import Settings
 from callstream.tenants import TenantDirectory
 from connectors.ledger import LedgerEntry, LedgerState, idempotency_key
 from schemas.topics import CALL_EVENTS, topic_named
@@ -94,10 +95,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--entries", type=int, default=1_000_000, help="ledger entries in each changelog")
     parser.add_argument("--live-share", type=float, default=0.1, help="share of entries within the horizon")
     parser.add_argument("--pairs", type=int, default=3, help="rounds, each starting one worker per arm")
+    add_service_options(parser, kafka=True)
     options = parser.parse_args(argv)
     if options.entries < 100 or not 0 < options.live_share <= 1 or not 1 <= options.pairs <= 20:
         raise ConfigError("--entries >= 100, --live-share in (0, 1] and --pairs 1-20")
-    settings = load_settings()
+    settings = settings_from(options)
     horizon = RedeliveryHorizon.of(settings)
     now = datetime.now(UTC)
     entries = ledger_entries(options.entries, options.live_share, horizon, now)

@@ -20,10 +20,10 @@ from callstream.errors import ServiceUnavailableError
 from callstream.tenants import TenantDirectory, load_tenant_directory
 
 
-def sandbox_listing(base_url: str) -> list[dict[str, Any]]:
+def sandbox_listing(base_url: str, timeout_s: float = 10.0) -> list[dict[str, Any]]:
     """The practices a sandbox serves, as `callstream sandbox --list-practices --json` prints them."""
     try:
-        response = httpx.get(f"{base_url}/_admin/practices", timeout=10.0, trust_env=False)
+        response = httpx.get(f"{base_url}/_admin/practices", timeout=timeout_s, trust_env=False)
         response.raise_for_status()
     except httpx.HTTPError as exc:
         raise ServiceUnavailableError(f"sandbox at {base_url} did not list its practices ({type(exc).__name__})") from None
@@ -70,7 +70,7 @@ def practice_entry(listing: Mapping[str, Any], secrets_dir: Path, *, phase: str 
 
 
 def write_sandbox_directory(base_url: str, directory: Path, *, phases: Mapping[str, str] | None = None,
-                            rate_limit_per_min: int | None = None) -> Path:
+                            rate_limit_per_min: int | None = None, timeout_s: float = 10.0) -> Path:
     """Write ``directory/tenants.yaml`` (+ secrets) for every sandbox practice; returns the file's path."""
     secrets = directory / "secrets"
     secrets.mkdir(parents=True, exist_ok=True)
@@ -78,7 +78,7 @@ def write_sandbox_directory(base_url: str, directory: Path, *, phases: Mapping[s
     entries = [
         practice_entry(listing, secrets, phase=(phases or {}).get(listing["practice_id"], "sandbox"),
                        rate_limit_per_min=rate_limit_per_min)
-        for listing in sandbox_listing(base_url)
+        for listing in sandbox_listing(base_url, timeout_s)
     ]
     path = directory / "tenants.yaml"
     path.write_text(yaml.safe_dump({"practices": entries}, sort_keys=False), encoding="utf-8")
