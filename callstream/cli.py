@@ -124,22 +124,22 @@ def bench_main(argv: list[str]) -> int:
 def tenants_main(argv: list[str]) -> int:
     """`callstream tenants check FILE`: validate a directory before it is deployed, credential references
     included (resolved where this runs, as the worker resolves them): one line per unresolvable one."""
+    from callstream.cli_options import TENANTS_HELP, require_tenants_file
+    from callstream.settings import load_settings
     from callstream.tenants import load_tenant_directory, unresolvable_credentials
 
     parser = argparse.ArgumentParser(prog="callstream tenants", description="Practice (tenant) directory tools.")
     parser.add_argument("action", choices=["check"])
-    from callstream.cli_options import TENANTS_HELP, require_tenants_file
-    from callstream.settings import load_settings
     parser.add_argument("file", type=Path, nargs="?", help=f"the directory to check; {TENANTS_HELP}")
     parser.add_argument("--json", action="store_true", help="print the practices (no secrets) as JSON")
     parser.add_argument("--skip-credentials", action="store_true",
                         help="do not resolve the credential references (where the secrets are not mounted, e.g. CI)")
     options = parser.parse_args(argv)
+    options.file = options.file or require_tenants_file(load_settings(), "tenants check")
     directory = load_tenant_directory(options.file)
     problems = [] if options.skip_credentials else unresolvable_credentials(directory)
     if problems:
         for problem in problems:
-    options.file = options.file or require_tenants_file(load_settings(), "tenants check")
             print(f"callstream: error: {problem}", file=sys.stderr)
         return 2
     if options.json:
