@@ -25,8 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from callstream.errors import TenantDirectoryError
 from guards.model import VisitReason
-
 from schemas.phone import E164_RULE, is_e164
+
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
@@ -316,6 +316,9 @@ def parse_tenant_directory(data: Any, source: str) -> TenantDirectory:
     """Validate a decoded directory document; errors name the source, the practice and the field."""
     if not isinstance(data, dict) or not isinstance(data.get("practices"), list):
         raise TenantDirectoryError(f"{source}: expected a mapping with a 'practices' list")
+    if set(data) != {"practices"}:
+        unknown = sorted(str(key) for key in data if key != "practices")
+        raise TenantDirectoryError(f"{source}: {_unknown_keys(unknown, ['practices'])}")
     practices: list[Practice] = []
     for index, entry in enumerate(data["practices"]):
         label = entry.get("practice_id", f"#{index}") if isinstance(entry, dict) else f"#{index}"
@@ -326,22 +329,6 @@ def parse_tenant_directory(data: Any, source: str) -> TenantDirectory:
     return TenantDirectory(practices, source)
 
 
-def load_tenant_directory(path: Path) -> TenantDirectory:
-    """Load the directory from a .yaml/.yml or .json file."""
-    if set(data) != {"practices"}:
-        unknown = sorted(str(key) for key in data if key != "practices")
-        raise TenantDirectoryError(f"{source}: {_unknown_keys(unknown, ['practices'])}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise TenantDirectoryError(f"{path}: cannot read tenant directory: {exc.strerror}") from None
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        where = getattr(exc, "problem_mark", None) or getattr(exc, "lineno", None)
-        line = f" at line {where.line + 1}" if hasattr(where, "line") else (f" at line {where}" if where else "")
-        raise TenantDirectoryError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}{line}") from None
-    return parse_tenant_directory(data, str(path))
 def _first_problem(error: ValidationError) -> str:
     """The line to show for an invalid entry. Unknown keys come first: a misspelt key also makes the real
     one missing, and "called_numbers: Field required" alone hides which key was wrong."""
@@ -383,3 +370,16 @@ def _keys_at(model: type[BaseModel], path: tuple[int | str, ...]) -> list[str]:
     return list(model.model_fields)
 
 
+def load_tenant_directory(path: Path) -> TenantDirectory:
+    """Load the directory from a .yaml/.yml or .json file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise TenantDirectoryError(f"{path}: cannot read tenant directory: {exc.strerror}") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        where = getattr(exc, "problem_mark", None) or getattr(exc, "lineno", None)
+        line = f" at line {where.line + 1}" if hasattr(where, "line") else (f" at line {where}" if where else "")
+        raise TenantDirectoryError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}{line}") from None
+    return parse_tenant_directory(data, str(path))
