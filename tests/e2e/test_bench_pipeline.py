@@ -37,3 +37,9 @@ def test_the_pipeline_benchmark_prints_its_figures_as_json(tmp_path: Path) -> No
     # write-ahead ledger spares the "did it land?" search); a token request may add a fraction.
     assert 4 <= figures["modmed_requests_per_call"] < 4.5
     assert "latency with ModMed calls at" in done.stderr and "worker CPU" in done.stderr
+    # The fault phase (issue 17): every turn at a faulty practice heard something within the silence limit,
+    # and the healthy practice's answers are measured with and without the faults beside it.
+    for key in ("first_reply_p99_ms_faults", "healthy_p99_ms_during_faults", "healthy_p99_ms_no_faults"):
+        assert figures[key] > 0, key
+    assert figures["silent_turns"] == 0
+    assert figures["fault_turns"] == 20 * (3 + 4)
