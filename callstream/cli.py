@@ -30,6 +30,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                "play scripted calls (JSONL) as the telephony side would: what each caller heard, what happened"),
     "audit": ("sinks.cli:audit_main", "the per-call audit record from ClickHouse (`audit call CALL_ID`)"),
     "sinks": ("sinks.cli:sinks_main", "run the audit sinks: ClickHouse store and per-practice SIEM firehose"),
+    "dlq": ("streams.dlq:main",
+            "dead letters of both dead-letter topics: `dlq list`, `dlq show ID` (PHI redacted), `dlq replay`"),
     "siem": ("sinks.redeliver:main", "SIEM firehose operations: `siem redeliver --practice P` re-sends dead letters"),
     "queue": ("review.cli:main", "the review queue: `queue run` (intake, retries, age alarm), `list`, `show`, `resolve`"),
     "ema": ("connectors.ema.cli:main", "EMA automation: lockout status and operator unlock"),

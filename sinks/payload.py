@@ -52,6 +52,7 @@ ALLOWED_DETAIL_KEYS: frozenset[str] = frozenset(
         "channel",
         "dispatch",
         "disposition",
+        "dropped",
         "error_code",
         "escalation_kind",
         "http_status",
@@ -64,6 +65,7 @@ ALLOWED_DETAIL_KEYS: frozenset[str] = frozenset(
         "route",
         "rule",
         "screen",
+        "seq",
         "signal",
         "step",
         "template",
@@ -85,7 +87,8 @@ VISIT_REASONS = frozenset({"new-patient-consult", "follow-up", "medication-manag
                            "facet-injection", "rfa", "scs-trial", "kyphoplasty", "trigger-point"})
 DETAIL_GRAMMARS: Mapping[str, Callable[[str], bool]] = MappingProxyType({
     **{key: (lambda value: bool(_NUMBER.match(value))) for key in ("http_status", "attempt", "bypass_attempts",
-                                                                   "retry_after_s")},
+                                                                   "retry_after_s", "seq")},
+    "dropped": frozenset({"call_ended", "out_of_order"}).__contains__,
     "phase": frozenset(phase.value for phase in GoLivePhase).__contains__,
     "track": frozenset(track.value for track in ApiTrack).__contains__,
     "api_track": frozenset(track.value for track in ApiTrack).__contains__,

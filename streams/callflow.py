@@ -477,11 +477,22 @@ Output = ReplyOut | AuditOut | ReviewOut
 
 @dataclass(frozen=True, slots=True)
 class Step:
-    """What to do next: persist ``state`` (None: delete the call), run ``work``, publish ``outputs``."""
+    """What to do next: persist ``state`` (None: delete the call), run ``work``, publish ``outputs``; or, with
+    ``dropped``, nothing but the record of a dropped event (``dropped_audit``)."""
 
     state: CallState | None
     work: Work | None = None
     outputs: tuple[Output, ...] = ()
+    dropped: DropReason | None = None
+
+
+class DropReason(StrEnum):
+    """Why an event was dropped unprocessed (AuditEvent.detail ``dropped``; the replay tool reads it)."""
+
+    CALL_ENDED = "call_ended"
+    """The call had already ended (e.g. a script replayed under the same call id)."""
+    OUT_OF_ORDER = "out_of_order"
+    """An older seq than the call's last event."""
 
 
 class CallFlowError(ValueError):
@@ -698,9 +709,9 @@ def on_event(state: CallState, event: CallEvent, practice: Practice, now: dateti
     """Advance a call by one event of the telephony side.
 
     Redeliveries are recognised by ``seq``: the last event again re-sends its reply (same reply id);
-    an older one, or any event of an ended call, is dropped. An event that reuses a seq with another
-    id, or whose called number belongs to another practice than the call's, raises CallFlowError
-    (the shell dead-letters it).
+    an older one, or any other event of an ended call, is dropped, with a record saying so (``Step.dropped``).
+    An event that reuses a seq with another id, or whose called number belongs to another practice than the
+    call's, raises CallFlowError (the shell dead-letters it).
     """
     if event.call_id != state.call_id:
         raise CallFlowError("event belongs to another call")
@@ -713,9 +724,11 @@ def on_event(state: CallState, event: CallEvent, practice: Practice, now: dateti
         last = state.last_reply
         if event_id == state.last_event_id and last is not None and last.in_reply_to == event_id:
             return Step(state, outputs=(ReplyOut(last),))
-        return Step(state)
+        if event_id == state.last_event_id:
+            return Step(state)  # the last event redelivered: nothing new happened
+        return Step(state, dropped=DropReason.CALL_ENDED if state.ended else DropReason.OUT_OF_ORDER)
     if state.ended:
-        return Step(state)
+        return Step(state, dropped=DropReason.CALL_ENDED)
     state = state.model_copy(update={"last_seq": event.seq, "last_event_id": event_id, "updated_at": now, "turn": None})
     payload = event.payload
     if isinstance(payload, CallStarted):
@@ -835,6 +848,17 @@ def _on_ended(state: CallState, payload: CallEnded) -> Step:
 def expired(state: CallState, now: datetime) -> bool:
     """Whether the TTL timer must delete this call: abandoned live calls and old ended markers."""
     return now - state.updated_at >= (ENDED_MARKER_TTL if state.ended else CALL_IDLE_TTL)
+
+
+def dropped_audit(state: CallState, seq: int, reason: DropReason) -> AuditOut:
+    """The record of an event dropped unprocessed: the call's phase unchanged, BLOCKED, why and the event's seq."""
+    return AuditOut(
+        action=AuditAction.CALL_STATE_TRANSITION,
+        outcome=AuditOutcome.BLOCKED,
+        state_from=state.phase.value,
+        state_to=state.phase.value,
+        detail={"dropped": reason.value, "seq": str(seq)},
+    )
 
 
 def expiry_audit(state: CallState) -> AuditOut:

@@ -394,6 +394,11 @@ class CallProcessor:
         except CallFlowError as exc:
             await self._dead_letter(raw, str(exc), type(exc).__name__, practice.practice_id, event.call_id, now)
             return
+        if step.dropped is not None:  # recorded apart from the ids the event's own processing used
+            dropped = callflow.dropped_audit(state, event.seq, step.dropped)
+            await self.outputs.audit(audit_record(dropped, f"{event.event_id}:dropped", practice.practice_id,
+                                                  event.call_id, None, now))
+            return
         outputs = list(step.outputs)
         event_id = str(event.event_id)
         waiting = self._waiting_holds.pop(event_id, None)

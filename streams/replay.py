@@ -17,7 +17,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -160,13 +160,24 @@ def call_text(call: CallProgress, reply_timeout_s: float) -> str:
     """The call's report for a person: what the caller heard, then what happened."""
     practice = practice_of(call)
     lines = [f"call {call.call_id}{f' ({practice})' if practice else ''}: {call.sent} of {len(call.events)} events sent"]
-    for reply in call.replies:
-        hold = " (while waiting)" if reply.template in INTERIM_TEMPLATE_NAMES else ""
-        lines.append(f"  heard  {reply.template}{hold}: \"{reply.text}\"")
+    for (template, text), times in _runs((reply.template, reply.text) for reply in call.replies):
+        hold = " (while waiting)" if template in INTERIM_TEMPLATE_NAMES else ""
+        lines.append(f"  heard  {template}{hold}{f' (x{times})' if times > 1 else ''}: \"{text}\"")
     if not call.replies:
         lines.append("  heard  nothing")
     lines += [f"  {item.text}" for item in what_happened(call, reply_timeout_s)]
     return "\n".join(lines)
+
+
+def _runs(items: Iterable[tuple[str, str]]) -> list[tuple[tuple[str, str], int]]:
+    """Consecutive equal items counted: the same hand-over heard for each dead-lettered event is one line."""
+    runs: list[tuple[tuple[str, str], int]] = []
+    for item in items:
+        if runs and runs[-1][0] == item:
+            runs[-1] = (item, runs[-1][1] + 1)
+        else:
+            runs.append((item, 1))
+    return runs
 
 
 def summary(report: ReplayReport, calls: Sequence[CallProgress]) -> dict[str, Any]:

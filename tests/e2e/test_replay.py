@@ -4,8 +4,10 @@ script refused before anything is published."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -49,3 +51,20 @@ def test_a_malformed_script_is_refused_with_its_line_and_nothing_is_published(
     assert f"{script}:2:" in done.stderr and "invalid CallEvent" in done.stderr
     assert "Smith" not in done.stderr, "values of the script never reach the error"
     assert "replayed" not in done.stdout
+
+
+def test_the_docs_example_calls_a_number_no_practice_owns_and_the_replay_says_so_at_once(
+    tmp_path: Path, pipeline_broker: str, pipeline_worker: WorkerProcess,
+) -> None:
+    example = re.search(r"```jsonl\n(.*?)```", (REPO / "docs" / "events.md").read_text(), re.DOTALL)
+    assert example is not None
+    script = tmp_path / "example.jsonl"
+    script.write_text(example.group(1))
+    started = time.monotonic()
+    done = replay(script, pipeline_broker)
+    assert time.monotonic() - started < 30, "every event was dead-lettered: nothing to wait for"
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert ("dead-lettered: unknown practice (called number +15125550100 matches no practice in the tenant "
+            "directory) (events seq 0, 1, 2, 3, 4)") in done.stdout
+    assert "heard  TRANSFER_TO_STAFF (x5)" in done.stdout
+    assert "0 waits timed out; 1 with dead-lettered events" in done.stdout

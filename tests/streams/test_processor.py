@@ -329,6 +329,22 @@ async def test_a_dead_lettered_event_of_an_ended_call_is_audited_but_not_answere
     assert recorded.states[call.call_id] == ended
 
 
+async def test_an_event_of_an_ended_call_is_dropped_with_a_record_of_its_own(recorded: Recorded) -> None:
+    """A script replayed under the same call ids: the first processing's audit ids are not reused."""
+    call = Call()
+    started = EVENTS.encode(call.started().to_avro())
+    await recorded.send(1, call.call_id.encode(), started)
+    await recorded.send(2, call.call_id.encode(), EVENTS.encode(call.ended().to_avro()))
+    first = {audit.event_id for audit in recorded.outputs.audits}
+    ended = recorded.states[call.call_id]
+    await recorded.send(3, call.call_id.encode(), started)
+    [dropped] = [audit for audit in recorded.outputs.audits if audit.event_id not in first]
+    assert (dropped.detail, dropped.outcome, dropped.state_to) == ({"dropped": "call_ended", "seq": "0"},
+                                                                  AuditOutcome.BLOCKED, "ended")
+    assert dropped.practice_id == "pain-1001" and dropped.caller_number is None
+    assert recorded.outputs.replies == [] and recorded.states[call.call_id] == ended
+
+
 async def test_an_oversized_original_keeps_its_size_digest_and_first_bytes_and_its_caller_is_answered(
     recorded: Recorded,
 ) -> None:
