@@ -16,6 +16,7 @@ with `settings_from(options)`: a flag given wins, else its environment variable,
 from __future__ import annotations
 
 import argparse
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -80,3 +81,14 @@ def require_tenants_file(settings: Settings, who: str) -> Path:
 def configure_logging_from(settings: Settings, *, replace_handlers: bool = False) -> None:
     """Install callstream's log handler at the settings' level and format (callstream.logs)."""
     configure_logging(settings.log_level, settings.log_format, replace_handlers=replace_handlers)
+
+
+def iso_time(text: str) -> datetime:
+    """The argparse type of --since/--until: an ISO 8601 time with a zone (a zoneless time is ambiguous)."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected an ISO 8601 time with a zone, e.g. 2026-03-14T15:00:00Z") from None
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError("the time needs a zone (Z or +hh:mm)")
+    return moment

@@ -31,6 +31,7 @@ from callstream.cli_options import (
     add_logging_options,
     add_service_options,
     configure_logging_from,
+    iso_time,
     require_tenants_file,
     settings_from,
 )
@@ -159,24 +160,14 @@ def redeliver_practice(bootstrap: str, tenants: TenantDirectory, practice_id: st
     return asyncio.run(redeliver(events, target))
 
 
-def _timestamp(text: str) -> datetime:
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("expected an ISO 8601 time with a zone, e.g. 2026-03-14T15:00:00Z") from None
-    if moment.tzinfo is None:
-        raise argparse.ArgumentTypeError("the time needs a zone (Z or +hh:mm)")
-    return moment
-
-
 def main(argv: list[str]) -> int:
     """`callstream siem redeliver --practice P [--since T] [--until T] [--tenants FILE] [--idle S]`."""
     parser = argparse.ArgumentParser(prog="callstream siem", description="SIEM firehose operations.")
     commands = parser.add_subparsers(dest="command", required=True)
     command = commands.add_parser("redeliver", help="re-send a practice's dead-lettered audit events")
     command.add_argument("--practice", required=True, help="practice id")
-    command.add_argument("--since", type=_timestamp, help="first event time to re-send (ISO 8601, inclusive)")
-    command.add_argument("--until", type=_timestamp, help="event time to stop before (ISO 8601, exclusive)")
+    command.add_argument("--since", type=iso_time, help="first event time to re-send (ISO 8601, inclusive)")
+    command.add_argument("--until", type=iso_time, help="event time to stop before (ISO 8601, exclusive)")
     command.add_argument("--idle", type=float, default=3.0, help="seconds without a new dead letter that end the read")
     add_service_options(command, kafka=True, tenants=True)
     add_logging_options(command)

@@ -40,7 +40,13 @@ from typing import Any, TextIO
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from callstream.cli_options import add_logging_options, add_service_options, configure_logging_from, settings_from
+from callstream.cli_options import (
+    add_logging_options,
+    add_service_options,
+    configure_logging_from,
+    iso_time,
+    settings_from,
+)
 from callstream.devstack import wait_for_broker
 from callstream.errors import ConfigError, ServiceUnavailableError
 from callstream.references import clean_reference
@@ -157,48 +163,53 @@ class ReplayOutcome:
 # ------------------------------------------------------------------------------------------- reading
 
 
-def read_topic(bootstrap: str, topic: str, *, timeout_s: float = READ_TIMEOUT_S) -> list[tuple[bytes | None, bytes | None]]:
-    """Every (key, value) of ``topic`` from the beginning to its end (partition EOF); nothing committed."""
+def read_topics(bootstrap: str, topics: Sequence[str], *,
+                timeout_s: float = READ_TIMEOUT_S) -> dict[str, list[tuple[bytes | None, bytes | None]]]:
+    """Every (key, value) of each topic from the beginning to its end (partition EOF), read by one consumer
+    without a group commit; a topic that does not exist reads as empty."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"callstream-dlq-{uuid.uuid4().hex[:8]}",
                          "enable.auto.commit": False, "enable.partition.eof": True, "log.connection.close": False})
-    records: list[tuple[bytes | None, bytes | None]] = []
+    records: dict[str, list[tuple[bytes | None, bytes | None]]] = {topic: [] for topic in topics}
     try:
-        metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
-        if metadata is None or metadata.error is not None:
+        existing = consumer.list_topics(timeout=10).topics
+        pending = {(topic, partition) for topic in topics if topic in existing and existing[topic].error is None
+                   for partition in existing[topic].partitions}
+        if not pending:
             return records
-        pending = set(metadata.partitions)
-        consumer.assign([TopicPartition(topic, partition, 0) for partition in pending])
+        consumer.assign([TopicPartition(topic, partition, 0) for topic, partition in pending])
         deadline = time.monotonic() + timeout_s
         while pending:
             if time.monotonic() > deadline:
-                raise ServiceUnavailableError(f"{topic} was not read to its end within {timeout_s:.0f} s")
+                raise ServiceUnavailableError(f"{', '.join(topics)} not read to the end within {timeout_s:.0f} s")
             message = consumer.poll(0.2)
             if message is None:
                 continue
             error = message.error()
             if error is not None:
                 if error.code() == KafkaError._PARTITION_EOF:
-                    pending.discard(message.partition())
+                    pending.discard((message.topic(), message.partition()))
                 continue
-            records.append((message.key(), message.value()))
+            records[message.topic()].append((message.key(), message.value()))
     except KafkaException as exc:
-        raise ServiceUnavailableError(f"cannot read {topic} on {bootstrap}: {exc.args[0].name()}") from None
+        raise ServiceUnavailableError(f"cannot read {', '.join(topics)} on {bootstrap}: {exc.args[0].name()}") from None
     finally:
         consumer.close()
     return records
 
 
-def read_letters(bootstrap: str, topics: Iterable[str] = DLQ_TOPICS) -> list[Letter]:
-    """Every dead letter of ``topics``, originals decoded; a record that is no DeadLetter is skipped."""
+def read_letters(bootstrap: str, topics: Sequence[str] = DLQ_TOPICS) -> tuple[list[Letter], dict[str, ReplayRecord]]:
+    """Every dead letter of ``topics`` (originals decoded; a record that is no DeadLetter is skipped), oldest
+    first, and the replay log, in one read."""
     serde = AvroSerde("DeadLetter")
+    read = read_topics(bootstrap, [*topics, REPLAY_LOG_TOPIC])
     letters = []
     for topic in topics:
-        for _, value in read_topic(bootstrap, topic):
+        for _, value in read[topic]:
             try:
                 letters.append(_letter(topic, DeadLetter.from_avro(serde.decode(value or b""))))
             except SchemaError:
                 continue
-    return sorted(letters, key=lambda letter: letter.record.failed_at)
+    return sorted(letters, key=lambda letter: letter.record.failed_at), replay_log(read[REPLAY_LOG_TOPIC])
 
 
 def _letter(dlq: str, letter: DeadLetter) -> Letter:
@@ -298,10 +309,10 @@ def _iso(moment: datetime) -> str:
 # ------------------------------------------------------------------------------------------- replaying
 
 
-def read_replay_log(bootstrap: str) -> dict[str, ReplayRecord]:
-    """The replay log, latest record per original id (a malformed record is skipped)."""
+def replay_log(records: Iterable[tuple[bytes | None, bytes | None]]) -> dict[str, ReplayRecord]:
+    """The replay log's records, latest per original id (a malformed record is skipped)."""
     log: dict[str, ReplayRecord] = {}
-    for _, value in read_topic(bootstrap, REPLAY_LOG_TOPIC):
+    for _, value in records:
         try:
             data = json.loads(value or b"")
             record = ReplayRecord(str(data["original_id"]), str(data["dead_letter_id"]), str(data["target"]),
@@ -406,16 +417,6 @@ def publish(bootstrap: str, letters: Sequence[Letter], now: datetime) -> list[Re
 # ------------------------------------------------------------------------------------------- command line
 
 
-def _timestamp(text: str) -> datetime:
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("expected an ISO 8601 time with a zone, e.g. 2026-03-14T15:00:00Z") from None
-    if moment.tzinfo is None:
-        raise argparse.ArgumentTypeError("the time needs a zone (Z or +hh:mm)")
-    return moment
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="callstream dlq", description=(
         f"Dead letters of {DEAD_LETTER} and {SIEM_DEAD_LETTER}: list, show (PHI redacted), replay to their "
@@ -428,8 +429,8 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("--reason", help="text in the reason or the error class (case-insensitive)")
         command.add_argument("--practice", help="practice id")
         command.add_argument("--call", help="call id")
-        command.add_argument("--since", type=_timestamp, help="failed at or after (ISO 8601 with a zone)")
-        command.add_argument("--until", type=_timestamp, help="failed before (ISO 8601 with a zone)")
+        command.add_argument("--since", type=iso_time, help="failed at or after (ISO 8601 with a zone)")
+        command.add_argument("--until", type=iso_time, help="failed before (ISO 8601 with a zone)")
 
     listing = commands.add_parser("list", help="dead letters as a table (--json: one object per line)")
     filtered(listing)
@@ -455,13 +456,12 @@ def main(argv: list[str], *, stdin: TextIO | None = None) -> int:
     configure_logging_from(settings)
     wait_for_broker(settings.bootstrap_servers)
     topics = DLQ_TOPICS if getattr(options, "topic", "all") == "all" else (f"callstream.{options.topic}.v1",)
-    letters = read_letters(settings.bootstrap_servers, topics)
+    letters, log = read_letters(settings.bootstrap_servers, topics)
     if options.command == "show":
         view = shown(find(letters, options.id))
         print(json.dumps(view, indent=None if options.json else 2))
         return 0
     filters = Filters(options.reason, options.practice, options.call, options.since, options.until)
-    log = read_replay_log(settings.bootstrap_servers)
     if options.command == "list":
         selected = [letter for letter in letters if filters.match(letter)]
         if options.json:
