@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "siem": ("sinks.redeliver:main", "SIEM firehose operations: `siem redeliver --practice P` re-sends dead letters"),
     "queue": ("review.cli:main", "the review queue: `queue run` (intake, retries, age alarm), `list`, `show`, `resolve`"),
     "ema": ("connectors.ema.cli:main", "EMA automation: lockout status and operator unlock"),
+    "qa": ("qa.cli:main", "the QA web view for practice staff (`qa serve`) and its users (`qa adduser`)"),
     "demo": ("streams.cli:demo_main", "run a morning of calls end to end on the embedded stack (what `make demo` runs)"),
     "golive": ("callstream.golive.cli:main",
                "go-live: `golive check` runs the scenario catalogue on a mirror, `golive promote P --to PHASE` gates phases"),

@@ -3,7 +3,6 @@ that the two agree (no event the pipeline processes can need an entry the sweep 
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any
@@ -31,6 +30,7 @@ from streams.horizon import (
 )
 from streams.metrics import Metrics
 from streams.processor import DISPATCH_TIMEOUT_S, MAX_WORK_STEPS, CallProcessor, InMemoryCallStates, RawEvent
+from tests.fixtures.outputs import Published
 from tests.streams.callflow_helpers import NOW, Call, practice
 
 H = DEFAULT_HORIZON.horizon
@@ -130,22 +130,6 @@ def test_a_naive_or_missing_updated_at_reads_as_unreadable() -> None:
     assert stored_updated_at(b'{"updated_at": "2026-03-03T15:00:00"}') is None
     assert stored_updated_at(b'{"state": "done"}') is None
     assert stored_updated_at(None) is None
-
-
-class Published:
-    """Whatever the processor publishes, by kind, each acknowledged at once."""
-
-    def __init__(self) -> None:
-        self.records: dict[str, list[Any]] = {}
-
-    def __getattr__(self, kind: str) -> Any:
-        def publish(record: Any) -> asyncio.Future[None]:
-            self.records.setdefault(kind, []).append(record)
-            acknowledged: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            acknowledged.set_result(None)
-            return acknowledged
-
-        return publish
 
 
 @pytest.fixture
