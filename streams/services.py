@@ -44,11 +44,11 @@ def sandbox_process(run_dir: Path, *, seed: int, patients: int, practices: int =
 @contextlib.contextmanager
 def worker_process(bootstrap: str, tenants_file: Path, run_dir: Path, *, app_id: str, port: int,
                    extra_args: tuple[str, ...] = (), log_level: str = "INFO",
-                   ready_timeout_s: float = SERVICE_TIMEOUT_S) -> Iterator[int]:
+                   ready_timeout_s: float = SERVICE_TIMEOUT_S, extra_env: dict[str, str] | None = None) -> Iterator[int]:
     """`callstream worker` against ``bootstrap``, ready once its /readyz answers (its tables restored) within
     ``ready_timeout_s``; logs to run_dir/worker.log. Yields the worker's process id."""
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "CALLSTREAM_DATA_DIR": str(run_dir),
-           "CALLSTREAM_LOG_LEVEL": log_level}
+           "CALLSTREAM_LOG_LEVEL": log_level, **(extra_env or {})}
     command = [sys.executable, "-m", "callstream.cli", "worker", "--tenants", str(tenants_file), "--app-id", app_id,
                "--metrics-host", "127.0.0.1", "--metrics-port", str(port), *extra_args]
     log_path = run_dir / "worker.log"

@@ -29,6 +29,7 @@ from callstream.devstack import TansuBroker, ensure_topics, free_port
 from callstream.errors import ConfigError
 from callstream.golive.catalogue import CATALOGUE_DIR, EXAMPLE_MIRROR, Scenario, load_catalogue
 from callstream.golive.harness import (
+    DEFAULT_CONCURRENCY,
     AuditCollector,
     NotApplicable,
     Planned,
@@ -51,6 +52,10 @@ from streams.services import sandbox_process, worker_process
 
 SEED = 7
 PATIENTS_PER_PRACTICE = 400
+CHECK_TURN_BUDGET_MS = 10_000
+"""The check's worker answers within 10 s instead of 4: the scenarios check what happens, on whatever box runs
+them (EMA screens in Chromium on a loaded CI machine); the 4 s budget's hand-off to staff is a timing property
+the benchmarks and end-to-end tests cover."""
 CHECK_RATE_LIMIT_PER_MIN = 6000
 """The check's calls reach one practice under several tenant entries (one per phase); the sandbox and the
 connector allow this much so the run measures behaviour, not the practice's 1,000-a-minute budget."""
@@ -68,7 +73,8 @@ class CheckOutcome:
 
 
 def run_check(settings: Settings, *, mirror: Path | None, practice: str | None, out: TextIO,
-              catalogue_dir: Path = CATALOGUE_DIR, json_output: bool = False, junit: Path | None = None) -> CheckOutcome:
+              catalogue_dir: Path = CATALOGUE_DIR, json_output: bool = False, junit: Path | None = None,
+              concurrency: int = DEFAULT_CONCURRENCY, turn_budget_ms: int = CHECK_TURN_BUDGET_MS) -> CheckOutcome:
     """Run the catalogue; records the run under the data directory and returns it."""
     mirror_path = (mirror or EXAMPLE_MIRROR).resolve()
     scenarios = load_catalogue(catalogue_dir)
@@ -92,6 +98,7 @@ def run_check(settings: Settings, *, mirror: Path | None, practice: str | None, 
     world = build_world(seed=SEED, patients_per_practice=PATIENTS_PER_PRACTICE, anchor=anchor, profiles=profiles)
     say(f"catalogue {len(scenarios)} scenarios from {catalogue_dir}")
     say(f"mirror    {mirror_path} ({', '.join(practices)})")
+    say(f"calls     {concurrency} at a time, turn budget {turn_budget_ms} ms")
     with ExitStack() as stack:
         bootstrap = stack.enter_context(_broker(run_dir))
         sandbox_url = stack.enter_context(sandbox_process(
@@ -103,7 +110,8 @@ def run_check(settings: Settings, *, mirror: Path | None, practice: str | None, 
         audit = AuditCollector(bootstrap)
         stack.callback(audit.close)
         stack.enter_context(worker_process(bootstrap, tenants_file, run_dir, app_id=f"callstream-golive-{uuid.uuid4().hex[:8]}",
-                                           port=free_port(), ready_timeout_s=90.0))
+                                           port=free_port(), ready_timeout_s=90.0,
+                                           extra_env={"CALLSTREAM_TURN_BUDGET_MS": str(turn_budget_ms)}))
         say(f"worker    ready ({time.monotonic() - clock:.1f} s)")
         planner = Planner(world, tenants, anchor, started)
         plans: list[Planned] = []
@@ -112,7 +120,7 @@ def run_check(settings: Settings, *, mirror: Path | None, practice: str | None, 
             for scenario in scenarios:
                 planned = planner.plan(scenario, practice_id)
                 (plans if isinstance(planned, Planned) else skipped).append(planned)  # type: ignore[arg-type]
-        results = _play_and_check(plans, bootstrap, sandbox_url, audit, world, started, say)
+        results = _play_and_check(plans, bootstrap, sandbox_url, audit, world, started, say, concurrency)
     seconds = time.monotonic() - clock
     failed = sorted(r.label for r in results if not r.passed)
     run = CheckRun(run_id=str(uuid.uuid4()), finished_at=datetime.now(UTC), practices=tuple(practices),
@@ -129,14 +137,15 @@ def run_check(settings: Settings, *, mirror: Path | None, practice: str | None, 
 
 
 def _play_and_check(plans: list[Planned], bootstrap: str, sandbox_url: str, audit: AuditCollector, world: Any,
-                    started: datetime, say: Any) -> list[ScenarioResult]:
+                    started: datetime, say: Any, concurrency: int) -> list[ScenarioResult]:
     """Scenarios without faults all at once; then each group of fault scenarios with its faults set."""
     stages: dict[str, list[Planned]] = defaultdict(list)
     for plan in plans:
         key = "" if plan.scenario.faults is None else plan.scenario.faults.model_dump_json(exclude_defaults=True)
         stages[key].append(plan)
     reports = []
-    for key, stage in sorted(stages.items()):
+    # Fault sets that leave the practice's circuit breaker open (ModMed failing outright) run last.
+    for key, stage in sorted(stages.items(), key=lambda item: ("error_5xx_ratio" in item[0], item[0])):
         faults = stage[0].scenario.faults
         practice_ids = sorted({plan.practice.practice_id for plan in stage})
         say(f"playing   {len(stage)} calls" + (f" with faults {key}" if faults else ""))
@@ -144,7 +153,14 @@ def _play_and_check(plans: list[Planned], bootstrap: str, sandbox_url: str, audi
             if faults is not None:
                 for practice_id in practice_ids:
                     set_faults(sandbox_url, practice_id, faults.model_dump(exclude_defaults=True))
-            reports.append(play(bootstrap, stage))
+            answered = Counter[str]()
+
+            def call_done(call_id: str, size: int = len(stage)) -> None:
+                answered["n"] += 1
+                if answered["n"] % 10 == 0 or answered["n"] == size:
+                    say(f"          {answered['n']}/{size} calls ended")
+
+            reports.append(play(bootstrap, stage, call_done, concurrency))
             open_calls = audit.wait_ended(plan.call_id for plan in stage)
             if open_calls:
                 say(f"          {len(open_calls)} calls never audited their end")
@@ -153,6 +169,7 @@ def _play_and_check(plans: list[Planned], bootstrap: str, sandbox_url: str, audi
                 for practice_id in practice_ids:
                     set_faults(sandbox_url, practice_id, None)
     report = merge_reports(reports)
+    _write_latencies(say, [record for plan in plans for record in audit.of_call(plan.call_id)])
     total = len(plans)
     done = Counter[str]()
 
@@ -161,6 +178,15 @@ def _play_and_check(plans: list[Planned], bootstrap: str, sandbox_url: str, audi
         say(f"[{done['n']:>3}/{total}] {'PASS' if result.passed else 'FAIL'} {result.label}")
 
     return asyncio.run(check_all(plans, report, audit, world, started, progress))
+
+
+def _write_latencies(say: Any, records: list[Any]) -> None:
+    """How long ModMed writes took by route: what slowed a run down when turns ran out of budget."""
+    for action in ("FHIR_WRITE", "EMA_WRITE"):
+        latencies = sorted(r.latency_ms for r in records if r.action.value == action and r.latency_ms is not None)
+        if latencies:
+            say(f"writes    {action}: {len(latencies)}, median {latencies[len(latencies) // 2]:.0f} ms, "
+                f"max {latencies[-1]:.0f} ms")
 
 
 def _tenant_directory(sandbox_url: str, run_dir: Path, practices: list[str]) -> Path:

@@ -23,6 +23,9 @@ def main(argv: list[str]) -> int:
     check.add_argument("--json", action="store_true", help="print only the final JSON line")
     check.add_argument("--junit", type=Path, help="also write a JUnit XML report here")
     check.add_argument("--catalogue", type=Path, help="scenario directory (default: the bundled catalogue)")
+    check.add_argument("--concurrency", type=int, default=6, help="calls in progress at once (default 6)")
+    check.add_argument("--turn-budget-ms", type=int, default=10_000,
+                       help="the check worker's turn budget (default 10000: outcomes, not timing, are checked)")
 
     promote = actions.add_parser("promote", help="move a practice to its next go-live phase if the gate allows it")
     promote.add_argument("practice")
@@ -42,9 +45,11 @@ def _check(options: argparse.Namespace) -> int:
     from callstream.golive.catalogue import CATALOGUE_DIR
     from callstream.golive.check import run_check
 
+    if not 1 <= options.concurrency <= 200 or not 1000 <= options.turn_budget_ms <= 60_000:
+        raise ConfigError("--concurrency must be 1-200 and --turn-budget-ms 1000-60000")
     outcome = run_check(load_settings(), mirror=options.mirror, practice=options.practice, out=sys.stdout,
                         catalogue_dir=options.catalogue or CATALOGUE_DIR, json_output=options.json,
-                        junit=options.junit)
+                        junit=options.junit, concurrency=options.concurrency, turn_budget_ms=options.turn_budget_ms)
     return 0 if outcome.run.green else 1
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +114,7 @@ def read_only_history(store: Any, practice_id: str) -> ReadOnlyHistory:
     since, calls = (rows[0] if rows else (None, 0))
     if not calls:
         return ReadOnlyHistory(None, 0, {})
+    since = since.replace(tzinfo=UTC) if since.tzinfo is None else since  # chDB returns UTC without a zone
     params["since"] = since
     anomalies = store.client.query(
         f"""SELECT

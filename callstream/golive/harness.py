@@ -39,10 +39,10 @@ from callstream.golive.catalogue import (
     Scenario,
     TaskExpectation,
 )
+from callstream.errors import ConfigError
 from callstream.tenants import Practice, TenantDirectory
 from connectors.dispatch import task_code
-from connectors.ema.commands import task_kind_code
-from connectors.fhir import ModMedClient
+from connectors.ema.commands import TASK_KEY_LINE, task_kind_code
 from guards.model import TASK_AUDIENCE, Intent, TaskSpec, VisitReason
 from guards.rules import BOOKING_INTENTS
 from guards.scheduling import procedure_rule
@@ -63,6 +63,10 @@ PDMP_CONTENT_MARK = "SYNTHETIC"
 """Every sandbox PDMP report and UDS result starts with it: it must never reach a task."""
 UNOFFERED_SLOT = "slot-golive-never-offered"
 AUDIT_SETTLE_TIMEOUT_S = 45.0
+DEFAULT_CONCURRENCY = 6
+"""Calls in progress at once: one practice's phone lines on a busy morning. All scenarios at once would queue
+behind the worker's per-practice ModMed concurrency (8 operations, EMA screens among them) and test the
+turn budget's hand-offs instead of the scenarios."""
 HOURS_BOUNDARY = timedelta(minutes=2)
 INVARIANTS = (
     "the call's end is audited",
@@ -297,12 +301,16 @@ class AuditCollector:
         self._consumer.close()
 
 
-def play(bootstrap: str, plans: Sequence[Planned], reply_timeout_s: float = 60.0) -> ReplayReport:
-    """Every planned call at once, each paced on its own replies as the voice agent would."""
+def play(bootstrap: str, plans: Sequence[Planned], on_call_done: Callable[[str], None] | None = None,
+         concurrency: int = DEFAULT_CONCURRENCY, reply_timeout_s: float = 60.0) -> ReplayReport:
+    """Every planned call at once, each paced on its own replies as the voice agent would, its events stamped
+    when sent (as a live telephony side does, so each turn's hold and budget timers start then)."""
     telephony = Telephony(bootstrap, reply_timeout_s=reply_timeout_s)
+    done = (lambda call: on_call_done(call.events[0].call_id)) if on_call_done is not None else None
     try:
         telephony.listen()
-        return telephony.replay([plan.script.events for plan in plans], max_concurrent_calls=max(1, len(plans)))
+        return telephony.replay([plan.script.events for plan in plans], max_concurrent_calls=concurrency,
+                                restamp=True, on_call_done=done)
     finally:
         telephony.close()
 
@@ -321,17 +329,61 @@ def set_faults(sandbox_url: str, practice_id: str, faults: Mapping[str, Any] | N
 # --------------------------------------------------------------------------------------------- checks
 
 
-def acceptable(template: ReplyTemplate, when: datetime, timezone: str) -> set[str]:
-    """The template and, when the office is closed (or within minutes of opening or closing), its
+def acceptable(template: ReplyTemplate, when: datetime, practice: Practice) -> set[str]:
+    """The template and, when the practice's office is closed (or within minutes of opening or closing), its
     after-hours wording: the worker decides office hours by its own clock when it answers."""
-    closed = {is_after_hours(when + delta, timezone) for delta in (-HOURS_BOUNDARY, timedelta(0), HOURS_BOUNDARY)}
+    closed = {is_after_hours(when + delta, practice) for delta in (-HOURS_BOUNDARY, timedelta(0), HOURS_BOUNDARY)}
     return {adapt_reply(template, after_hours=state, writes_queued=False).value for state in closed}
+
+
+class SandboxReader:
+    """Reads a practice's sandbox over its proprietary FHIR API as an outside observer would (its own token, no
+    connector allow-list: the checks must see MedicationRequest, which the product can never address)."""
+
+    def __init__(self) -> None:
+        self._http = httpx.AsyncClient(timeout=30.0, trust_env=False)
+        self._tokens: dict[str, str] = {}
+        self._lock = asyncio.Lock()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _headers(self, practice: Practice) -> dict[str, str]:
+        async with self._lock:
+            if practice.practice_id not in self._tokens:
+                secrets = practice.auth.resolve()
+                if practice.firm_url_prefix is None or secrets.api_key is None or secrets.username is None \
+                        or secrets.password is None:
+                    raise ConfigError(f"{practice.practice_id}: the check reads proprietary-track sandboxes only")
+                response = await self._http.post(
+                    practice.token_url, headers={"x-api-key": secrets.api_key.get_secret_value()},
+                    data={"grant_type": "password", "username": secrets.username.get_secret_value(),
+                          "password": secrets.password.get_secret_value()})
+                response.raise_for_status()
+                self._tokens[practice.practice_id] = response.json()["access_token"]
+            api_key = practice.auth.resolve().api_key
+            assert api_key is not None
+            return {"x-api-key": api_key.get_secret_value(),
+                    "authorization": f"Bearer {self._tokens[practice.practice_id]}"}
+
+    async def search(self, practice: Practice, resource_type: str, params: Mapping[str, str]) -> list[dict[str, Any]]:
+        url: str | None = f"{practice.fhir_base}/{resource_type}"
+        query: Mapping[str, str] | None = {**params, "_count": "50"} if resource_type != "Location" else params
+        found: list[dict[str, Any]] = []
+        while url is not None:
+            response = await self._http.get(url, params=query, headers=await self._headers(practice))
+            response.raise_for_status()
+            bundle = response.json()
+            found.extend(entry["resource"] for entry in bundle.get("entry", []))
+            url = next((link["url"] for link in bundle.get("link", []) if link.get("relation") == "next"), None)
+            query = None
+        return found
 
 
 class Checker:
     """Compares one played call with its scenario's expectations (see the module docstring)."""
 
-    def __init__(self, client: ModMedClient, world: SandboxWorld, run_started: datetime) -> None:
+    def __init__(self, client: SandboxReader, world: SandboxWorld, run_started: datetime) -> None:
         self._client = client
         self._world = world
         self._started = run_started
@@ -357,6 +409,10 @@ class Checker:
                 await self._check_sandbox(plan, problems)
             except Exception as exc:  # noqa: BLE001 - a failed read is this scenario's failure, named by class
                 problems.append(f"reading the sandbox failed ({type(exc).__name__})")
+        failures = sorted({f"{r.action.value}/{r.command.value if r.command else '-'}/{r.error_class}"
+                           for r in audit if r.error_class})
+        if problems and failures:
+            problems.append(f"(errors audited in the call: {', '.join(failures)})")
         return result
 
     def _check_replies(self, plan: Planned, answers: Sequence[Any], problems: list[str]) -> None:
@@ -366,7 +422,7 @@ class Checker:
             problems.append(f"replies: expected {[list(map(str, r)) for r in expected]}, heard {got}")
             return
         for number, (options, answer) in enumerate(zip(expected, answers, strict=True), start=1):
-            allowed = set().union(*(acceptable(t, answer.created_at, plan.tenant.timezone) for t in options))
+            allowed = set().union(*(acceptable(t, answer.created_at, plan.tenant) for t in options))
             if answer.template not in allowed:
                 problems.append(f"reply {number}: expected one of {sorted(allowed)}, heard {answer.template}")
 
@@ -411,9 +467,9 @@ class Checker:
     async def _check_sandbox(self, plan: Planned, problems: list[str]) -> None:
         practice, patient_id = plan.practice, plan.chart.caller.patient_id
         appointments, tasks, medications = await asyncio.gather(
-            self._client.search_json(practice, "Appointment", {"patient": patient_id}),
-            self._client.search_json(practice, "Task", {"patient": patient_id}),
-            self._client.search_json(practice, "MedicationRequest", {"patient": patient_id}),
+            self._client.search(practice, "Appointment", {"patient": patient_id}),
+            self._client.search(practice, "Task", {"patient": patient_id}),
+            self._client.search(practice, "MedicationRequest", {"patient": patient_id}),
         )
         store = self._world.tenants[practice.practice_id].store
         initial_medications = {m["id"] for m in store.all_of("MedicationRequest")
@@ -494,7 +550,7 @@ class Checker:
             return None
         key = (practice.practice_id, location)
         if key not in self._rooms:
-            found = await self._client.search_json(practice, "Location", {"_id": location})
+            found = await self._client.search(practice, "Location", {"_id": location})
             self._rooms[key] = found[0] if found else {}
         return self._rooms[key] or None
 
@@ -509,7 +565,8 @@ class Checker:
         for wanted in expected:
             fits = [t for t in unmatched if _task_matches(plan, wanted, t)]
             if not fits:
-                problems.append(f"no task {wanted.kind}/{wanted.reason} (found {codes})")
+                keys = [line.strip() for t in tasks for line in _task_text(t).splitlines() if TASK_KEY_LINE in line]
+                problems.append(f"no task {wanted.kind}/{wanted.reason} (found {codes} {keys})")
                 continue
             task = fits[0]
             unmatched.remove(task)
@@ -550,8 +607,9 @@ async def check_all(plans: Sequence[Planned], report: ReplayReport, audit: Audit
     """Every planned call checked (sandbox reads a few at a time), reported as each finishes."""
     results: list[ScenarioResult] = []
     limit = asyncio.Semaphore(8)
-    async with ModMedClient() as client:
-        checker = Checker(client, world, run_started)
+    reader = SandboxReader()
+    try:
+        checker = Checker(reader, world, run_started)
 
         async def one(plan: Planned) -> None:
             async with limit:
@@ -560,6 +618,8 @@ async def check_all(plans: Sequence[Planned], report: ReplayReport, audit: Audit
             on_result(result)
 
         await asyncio.gather(*(one(plan) for plan in plans))
+    finally:
+        await reader.aclose()
     return results
 
 
