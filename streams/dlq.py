@@ -380,7 +380,8 @@ def ensure_replay_log(bootstrap: str) -> None:
 
 def publish(bootstrap: str, letters: Sequence[Letter], now: datetime) -> list[ReplayOutcome]:
     """Each original to its source topic and partition, then its replay-log record; in order, acknowledged."""
-    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 5, "log.connection.close": False})
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 5, "message.timeout.ms": 20_000,
+                         "log.connection.close": False})
     landed: dict[str, str] = {}
     failed: dict[str, str] = {}
 
@@ -395,8 +396,12 @@ def publish(bootstrap: str, letters: Sequence[Letter], now: datetime) -> list[Re
     stamp = _iso(now)
     for letter in letters:
         headers = [(REPLAY_HEADER, letter.id.encode()), (REPLAYED_AT_HEADER, stamp.encode())]
-        producer.produce(letter.record.source_topic, key=letter.record.key, value=letter.record.value,
-                         partition=letter.record.source_partition, headers=headers, on_delivery=delivered(letter.id))
+        try:
+            producer.produce(letter.record.source_topic, key=letter.record.key, value=letter.record.value,
+                             partition=letter.record.source_partition, headers=headers,
+                             on_delivery=delivered(letter.id))
+        except KafkaException as exc:  # refused before sending, e.g. a partition the topic no longer has
+            failed[letter.id] = exc.args[0].name()
     if producer.flush(30):
         raise ServiceUnavailableError(f"the broker did not acknowledge the replayed records on {bootstrap}")
     outcomes = []

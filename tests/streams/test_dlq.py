@@ -161,3 +161,12 @@ def test_replay_publishes_the_original_once_refuses_truncated_letters_and_asks_b
     assert call_events.poll(0.5) is None, "nothing more was published"
     with pytest.raises(ConfigError, match="by id or select them by filter"):
         dlq.main(["replay", called, "--call", letters.call_id, "-b", b])
+
+
+def test_a_record_the_broker_refuses_is_reported_and_not_logged_as_replayed(letters: Letters) -> None:
+    lost = dead_letter_record(RawEvent(CALL_EVENTS, 40, 1, b"call-x", b"\xc3\x01x"), "r", "SchemaError", None,
+                              datetime.now(UTC))
+    [outcome] = dlq.publish(letters.bootstrap, [dlq.Letter(DEAD_LETTER, lost, None, "undecodable")], datetime.now(UTC))
+    assert (outcome.status, outcome.detail) == ("refused", "the broker refused it (_UNKNOWN_PARTITION)")
+    _, log = dlq.read_letters(letters.bootstrap, ())
+    assert outcome.letter.original_id not in log
