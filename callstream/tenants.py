@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping
 from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -24,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from callstream.errors import TenantDirectoryError
+from guards.hours import DEFAULT_OFFICE_HOURS, OfficeHours
 from guards.model import VisitReason
 from schemas.phone import E164_RULE, is_e164
 
@@ -188,6 +189,130 @@ class SiemEndpoint(_Frozen):
         return ref
 
 
+PROCEDURE_VISIT_REASONS = frozenset({
+    VisitReason.ESI, VisitReason.FACET_INJECTION, VisitReason.RFA, VisitReason.SCS_TRIAL, VisitReason.KYPHOPLASTY,
+    VisitReason.TRIGGER_POINT,
+})
+"""Visit reasons that get the pain-specific intake variant (``intake.procedure_form_url``) unless a form of their own
+is configured."""
+
+
+SENDER_ADDRESS = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                            r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+\Z")
+"""A practice's sender address: a plain local@host.domain, nothing that could carry a second header."""
+
+
+class SmsChannel(_Frozen):
+    """An HTTP SMS provider in the common request shape: POST JSON {to, from, body} with a bearer token."""
+
+    provider_url: str = Field(repr=False)
+    from_number: str
+    token_ref: str = Field(description="env:VAR or file:/path holding the provider's bearer token")
+
+    @field_validator("provider_url")
+    @classmethod
+    def _secure_url(cls, url: str) -> str:
+        return require_transport_security(url)
+
+    @field_validator("from_number")
+    @classmethod
+    def _e164(cls, number: str) -> str:
+        if not is_e164(number):
+            raise ValueError(f"must be an E.164 number ({E164_RULE})")
+        return number
+
+    @field_validator("token_ref")
+    @classmethod
+    def _ref_form(cls, ref: str) -> str:
+        if not CREDENTIAL_REF.match(ref):
+            raise ValueError("must be env:VARIABLE or file:/path")
+        return ref
+
+
+class EmailChannel(_Frozen):
+    """An SMTP relay and the practice's sender address (STARTTLS by default; plain only on the loopback)."""
+
+    smtp_host: str = Field(min_length=1, max_length=253)
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    security: Literal["starttls", "tls", "none"] = "starttls"
+    from_address: str
+    credentials_ref: str | None = Field(default=None, description="env:VAR or file:/path holding {username, password}")
+
+    @field_validator("from_address")
+    @classmethod
+    def _address(cls, address: str) -> str:
+        if not SENDER_ADDRESS.match(address):
+            raise ValueError("must be a plain e-mail address (local@host.domain)")
+        return address
+
+    @field_validator("credentials_ref")
+    @classmethod
+    def _ref_form(cls, ref: str | None) -> str | None:
+        if ref is not None and not CREDENTIAL_REF.match(ref):
+            raise ValueError("must be env:VARIABLE or file:/path")
+        return ref
+
+    @model_validator(mode="after")
+    def _tls_off_the_loopback(self) -> EmailChannel:
+        if self.security == "none" and self.smtp_host not in LOOPBACK_HOSTS:
+            raise ValueError("security none (no TLS) is only allowed for a relay on 127.0.0.1/localhost")
+        return self
+
+
+class IntakeConfig(_Frozen):
+    """The practice's branded intake forms and how the link (with the booking confirmation) reaches patients.
+
+    ``forms`` maps visit-reason codes to a form URL; procedure visits without one get ``procedure_form_url``
+    (the pain-specific variant); a visit with neither gets no intake link. ``link_secret_ref`` signs the
+    reference each link carries, so a completed form can only land on the chart of the appointment it was sent for.
+    """
+
+    brand: str | None = Field(default=None, max_length=80, pattern=r"^[^\x00-\x1f\x7f]+$")
+    forms: dict[str, str] = Field(default_factory=dict, max_length=20)
+    procedure_form_url: str | None = None
+    link_secret_ref: str
+    sms: SmsChannel | None = None
+    email: EmailChannel | None = None
+
+    def __hash__(self) -> int:  # a Practice (frozen, hashable) holds one; dicts are not hashable by default
+        return hash((self.brand, tuple(sorted(self.forms.items())), self.procedure_form_url, self.link_secret_ref,
+                     self.sms, self.email))
+
+    @field_validator("forms")
+    @classmethod
+    def _known_reasons_secure_urls(cls, forms: dict[str, str]) -> dict[str, str]:
+        known = {reason.value for reason in VisitReason}
+        unknown = sorted(code for code in forms if code not in known)
+        if unknown:
+            raise ValueError(f"unknown visit-reason code(s) {unknown}; expected some of {sorted(known)}")
+        return {code: require_transport_security(url) for code, url in forms.items()}
+
+    @field_validator("procedure_form_url")
+    @classmethod
+    def _secure_url(cls, url: str | None) -> str | None:
+        return None if url is None else require_transport_security(url)
+
+    @field_validator("link_secret_ref")
+    @classmethod
+    def _ref_form(cls, ref: str) -> str:
+        if not CREDENTIAL_REF.match(ref):
+            raise ValueError("must be env:VARIABLE or file:/path")
+        return ref
+
+    @model_validator(mode="after")
+    def _a_channel(self) -> IntakeConfig:
+        if self.sms is None and self.email is None:
+            raise ValueError("needs an sms or an email channel (or both)")
+        return self
+
+    def form_url(self, visit_reason: VisitReason) -> str | None:
+        """The form for this visit: its own, else the pain-specific variant for a procedure, else none."""
+        own = self.forms.get(VisitReason(visit_reason).value)
+        if own is not None:
+            return own
+        return self.procedure_form_url if visit_reason in PROCEDURE_VISIT_REASONS else None
+
+
 class Practice(_Frozen):
     """One pain practice: where its ModMed tenant lives, how to authenticate and how far it is live."""
 
@@ -204,6 +329,9 @@ class Practice(_Frozen):
     capabilities: Capabilities = Capabilities()
     phase: GoLivePhase = GoLivePhase.SANDBOX
     siem: SiemEndpoint | None = None
+    office_hours: OfficeHours = Field(default=DEFAULT_OFFICE_HOURS, description=(
+        "weekly openings, holidays and special days in the practice's timezone (guards.hours); none: Mon-Fri 08-17"))
+    intake: IntakeConfig | None = Field(default=None, description="branded intake forms and their SMS / e-mail push")
 
     @field_validator("called_numbers")
     @classmethod

@@ -35,7 +35,7 @@ from connectors.ledger import IdempotencyLedger, LedgerState, idempotency_key
 from connectors.operations import ModMedConnector, PatientMatch, SlotOffer
 from connectors.vocabulary import VISIT_REASON_SYSTEM
 from guards.model import Command, TaskAudience, TaskKind, TaskSpec, VisitReason
-from schemas.models import CommandRoute
+from schemas.models import CommandRoute, InsuranceDetails, NewPatientDetails
 
 DEFAULT_PRACTICE_CONCURRENCY = 8
 """Operations in flight per practice; the FHIR client's own per-practice cap (16) sits below it."""
@@ -211,6 +211,25 @@ class Dispatcher:
             return _appointment_written(practice, cancelled, patient_id)
 
         return await self._gated(practice, run)
+
+    async def register_patient(
+        self, practice: Practice, *, call_id: str, family: str, given: str, birth_date: date,
+        details: NewPatientDetails, phone: str | None, email: str | None,
+    ) -> Written:
+        """A new patient's chart, over FHIR (the proprietary API's Patient create; no EMA path)."""
+        patient = await self._gated(practice, lambda: self.connector.register_patient(
+            practice, call_id=call_id, family=family, given=given, birthdate=birth_date, details=details,
+            phone=phone, email=email))
+        assert patient.id is not None
+        return Written("Patient", patient.id, CommandRoute.FHIR, practice.chart_deep_link(patient.id))
+
+    async def create_coverage(
+        self, practice: Practice, *, call_id: str, patient_id: str, insurance: InsuranceDetails
+    ) -> Written:
+        coverage = await self._gated(practice, lambda: self.connector.create_coverage(
+            practice, call_id=call_id, patient_id=patient_id, insurance=insurance))
+        assert coverage.id is not None
+        return Written("Coverage", coverage.id, CommandRoute.FHIR, practice.chart_deep_link(patient_id))
 
     async def create_task(self, practice: Practice, *, call_id: str, task: TaskSpec, note: str) -> Written:
         """A task from the guard's decision, in the practice's FHIR Task store or its PM task queue."""

@@ -30,7 +30,9 @@ from urllib.parse import parse_qsl, urlsplit
 import httpx
 from fhir.resources.R4B.appointment import Appointment
 from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.coverage import Coverage
 from fhir.resources.R4B.documentreference import DocumentReference
+from fhir.resources.R4B.patient import Patient
 from fhir.resources.R4B.resource import Resource
 from fhir.resources.R4B.task import Task
 from pydantic import ValidationError
@@ -69,6 +71,7 @@ FHIR_ID = re.compile(r"^(?!\.+\Z)[A-Za-z0-9\-.]{1,64}\Z")
 READABLE_RESOURCE_TYPES: frozenset[str] = frozenset(
     {
         "Appointment",
+        "Coverage",
         "DocumentReference",
         "Flag",
         "Location",
@@ -88,9 +91,12 @@ WRITE_ALLOW_LIST: frozenset[tuple[str, str]] = frozenset(
         ("Appointment", "PUT"),
         ("Task", "POST"),
         ("DocumentReference", "POST"),
+        ("Patient", "POST"),
+        ("Coverage", "POST"),
     }
 )
-"""The only (resource type, method) pairs that may change data in ModMed."""
+"""The only (resource type, method) pairs that may change data in ModMed. Patient and Coverage are created only
+(a new caller's registration; ModMed's Coverage has no update), never changed."""
 
 FORBIDDEN_WRITE_TYPES: frozenset[str] = frozenset({"MedicationRequest", "MedicationStatement"})
 """Never written by callstream (controlled-substance guard); listed so tests can prove the lists exclude them."""
@@ -102,7 +108,7 @@ OBSERVATION_SEARCH_PARAMS: frozenset[str] = frozenset(
 """What an Observation search may carry besides its one ``code``: no ``_include``, ``_has`` or chaining that
 could pull a UDS result (or anything else) in next to the PDMP check."""
 
-WritableResource = Appointment | Task | DocumentReference
+WritableResource = Appointment | Task | DocumentReference | Patient | Coverage
 R = TypeVar("R", bound=Resource)
 
 
@@ -378,7 +384,7 @@ class ModMedClient:
         practice check. POST is retried only when the failure proves ModMed never received it.
         """
         resource_type = resource.get_resource_type() if isinstance(resource, Resource) else type(resource).__name__
-        if (resource_type, method) not in WRITE_ALLOW_LIST or not isinstance(resource, Appointment | Task | DocumentReference):
+        if (resource_type, method) not in WRITE_ALLOW_LIST or not isinstance(resource, WritableResource):
             raise WriteNotAllowed(
                 "write is outside the connector's allow-list", practice_id=practice.practice_id,
                 resource_type=resource_type, method=method,

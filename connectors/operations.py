@@ -21,6 +21,7 @@ from enum import StrEnum
 from typing import Literal, TypeVar
 
 from fhir.resources.R4B.appointment import Appointment
+from fhir.resources.R4B.coverage import Coverage
 from fhir.resources.R4B.documentreference import DocumentReference
 from fhir.resources.R4B.location import Location
 from fhir.resources.R4B.patient import Patient
@@ -47,17 +48,22 @@ from connectors.ledger import IdempotencyLedger, LedgerState, idempotency_key
 from connectors.vocabulary import (
     CALL_REFERENCE_SYSTEM,
     COMPLIANCE_SYSTEM,
+    COVERAGE_CLASS_SYSTEM,
     EQUIPMENT_SYSTEM,
+    EXT_PREFERRED_PHARMACY,
     EXT_ROOM_EQUIPMENT,
     IDEMPOTENCY_KEY_SYSTEM,
+    IDENTIFIER_TYPE_SYSTEM,
     OCCUPYING_APPOINTMENT_STATUSES,
     PDMP_CHECK_CODE,
     ROOM_KIND_SYSTEM,
+    SUBSCRIBER_RELATIONSHIP_SYSTEM,
     TASK_KIND_SYSTEM,
     VISIT_REASON_SYSTEM,
 )
 from guards.model import Command, VisitReason
 from guards.scheduling import BlockKind, Equipment, RoomKind, SlotCandidate
+from schemas.models import InsuranceDetails, NewPatientDetails
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +73,7 @@ WRITE_PHASES = frozenset({GoLivePhase.SANDBOX, GoLivePhase.WRITE})
 TASK_CODE = re.compile(r"^[a-z][a-z0-9-]{1,63}\Z")
 TRANSCRIPT_INPUT = "transcript-reference"
 """Task.input type text of the call's transcript reference (where the telephony side keeps the transcript)."""
-W = TypeVar("W", Appointment, Task, DocumentReference)
+W = TypeVar("W", Appointment, Task, DocumentReference, Patient, Coverage)
 BLOCK_KIND_OF_REASON: dict[VisitReason, BlockKind] = {
     VisitReason.NEW_PATIENT_CONSULT: BlockKind.CONSULT,
     VisitReason.ESI: BlockKind.PROCEDURE,
@@ -544,6 +550,104 @@ class ModMedConnector:
         # Only callstream writes this master identifier (as for Tasks).
         return await self._idempotent_write(practice, key, Command.CREATE_DOCUMENT_REFERENCE, "POST", document,
                                             landed, ask_first=not self._ledger.proves_unattempted(key))
+
+    async def register_patient(
+        self,
+        practice: Practice,
+        *,
+        call_id: str,
+        family: str,
+        given: str,
+        birthdate: dt.date,
+        details: NewPatientDetails,
+        phone: str | None = None,
+        email: str | None = None,
+    ) -> Patient:
+        """Create the chart of a caller no search matched: at most one Patient per call (the ledger key names the
+        call, and the Patient carries it as an identifier, so a lost answer is found again, never created twice).
+        ModMed assigns the MRN; a second chart with the same name and birth date is refused there (ConflictError).
+        The caller must have been searched again just before (streams.callflow does)."""
+        self._require_writes(practice, "Patient")
+        family, given = family.strip(), given.strip()
+        if not family or not given or len(family) > 100 or len(given) > 100:
+            raise InvalidRequestError(
+                "family and given names must be 1-100 characters", practice_id=practice.practice_id,
+                resource_type="Patient",
+            )
+        key = idempotency_key(call_id, Command.REGISTER_PATIENT, "Patient")
+        done = await self._already_done(practice, key, Patient)
+        if done is not None:
+            return done
+        address = details.address
+        telecom = [{"system": "phone", "value": phone, "use": "mobile"}] if phone else []
+        if email:
+            telecom.append({"system": "email", "value": email, "use": "home"})
+        body: dict[str, object] = {
+            "resourceType": "Patient",
+            "active": True,
+            "identifier": [
+                {"system": IDEMPOTENCY_KEY_SYSTEM, "value": key},
+                {"system": CALL_REFERENCE_SYSTEM, "value": call_id},
+            ],
+            "name": [{"use": "official", "family": family, "given": [given]}],
+            "gender": details.gender,
+            "birthDate": birthdate.isoformat(),
+            "address": [{"use": "home", "type": "both", "line": [address.line], "city": address.city,
+                         "state": address.state, "postalCode": address.postal_code, "country": "US"}],
+        }
+        if telecom:
+            body["telecom"] = telecom
+        if details.preferred_pharmacy is not None:
+            pharmacy = [{"url": "name", "valueString": details.preferred_pharmacy.name}]
+            if details.preferred_pharmacy.phone:
+                pharmacy.append({"url": "phone", "valueString": details.preferred_pharmacy.phone})
+            body["extension"] = [{"url": EXT_PREFERRED_PHARMACY, "extension": pharmacy}]
+        patient = Patient.model_validate(body)
+
+        async def landed() -> Patient | None:
+            found = await self.client.search(practice, Patient, {"identifier": f"{IDEMPOTENCY_KEY_SYSTEM}|{key}"})
+            return found.matches[0] if found.matches else None
+
+        # Only callstream writes this identifier: a write-ahead ledger without the key proves no Patient has it.
+        return await self._idempotent_write(practice, key, Command.REGISTER_PATIENT, "POST", patient, landed,
+                                            ask_first=not self._ledger.proves_unattempted(key))
+
+    async def create_coverage(
+        self, practice: Practice, *, call_id: str, patient_id: str, insurance: InsuranceDetails
+    ) -> Coverage:
+        """The insurance card of a patient registered in this call, as a Coverage (create-only at ModMed)."""
+        self._require_writes(practice, "Coverage")
+        _check_id(practice, "Patient", patient_id)
+        key = idempotency_key(call_id, Command.CREATE_COVERAGE, f"Patient/{patient_id}")
+        done = await self._already_done(practice, key, Coverage)
+        if done is not None:
+            return done
+        body: dict[str, object] = {
+            "resourceType": "Coverage",
+            "status": "active",
+            "identifier": [
+                {"system": IDEMPOTENCY_KEY_SYSTEM, "value": key},
+                {"type": {"coding": [{"system": IDENTIFIER_TYPE_SYSTEM, "code": "MB"}]}, "value": insurance.member_id},
+            ],
+            "subscriberId": insurance.member_id,
+            "beneficiary": {"reference": f"Patient/{patient_id}"},
+            "relationship": {"coding": [{"system": SUBSCRIBER_RELATIONSHIP_SYSTEM, "code": insurance.relationship}]},
+            "payor": [{"display": insurance.payer_name}],
+        }
+        if insurance.relationship == "self":
+            body["subscriber"] = {"reference": f"Patient/{patient_id}"}
+        if insurance.group_number:
+            body["class"] = [{"type": {"coding": [{"system": COVERAGE_CLASS_SYSTEM, "code": "group"}]},
+                              "value": insurance.group_number}]
+        coverage = Coverage.model_validate(body)
+
+        async def landed() -> Coverage | None:
+            found = await self.client.search(practice, Coverage, {"patient": patient_id})
+            return next((c for c in found.matches if any(
+                i.system == IDEMPOTENCY_KEY_SYSTEM and i.value == key for i in c.identifier or ())), None)
+
+        return await self._idempotent_write(practice, key, Command.CREATE_COVERAGE, "POST", coverage, landed,
+                                            ask_first=not self._ledger.proves_unattempted(key))
 
     # ------------------------------------------------------------------------- internals
 

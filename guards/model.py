@@ -98,6 +98,11 @@ class Command(StrEnum):
     CANCEL_APPOINTMENT = "CANCEL_APPOINTMENT"
     CREATE_TASK = "CREATE_TASK"
     CREATE_DOCUMENT_REFERENCE = "CREATE_DOCUMENT_REFERENCE"
+    REGISTER_PATIENT = "REGISTER_PATIENT"
+    """Create the chart of a caller no chart matched: never on its own, only as the first step of a new
+    patient's BOOK_APPOINTMENT the guard allowed (streams.callflow), after a second search found no chart."""
+    CREATE_COVERAGE = "CREATE_COVERAGE"
+    """The insurance of a patient registered in the same call (ModMed's Coverage is create-only)."""
 
 
 READ_COMMANDS = frozenset({Command.SEARCH_PATIENT, Command.READ_COMPLIANCE_FLAGS, Command.SEARCH_SLOTS})

@@ -55,6 +55,11 @@ class ReplyTemplate(StrEnum):
     CANCELLATION_CONFIRMED = "CANCELLATION_CONFIRMED"
     CHANGE_STAFF_WILL_CONFIRM = "CHANGE_STAFF_WILL_CONFIRM"
     INTAKE_LINK_SENT = "INTAKE_LINK_SENT"
+    ASK_NEW_PATIENT_DETAILS = "ASK_NEW_PATIENT_DETAILS"
+    """A new patient chose a slot: their record is set up first (the voice agent collects address, insurance and
+    preferred pharmacy: CallerIdentified.registration; the reply itself names no pharmacy, as no reply does)."""
+    BOOKING_CONFIRMED_INTAKE_SENT = "BOOKING_CONFIRMED_INTAKE_SENT"
+    """Booked, and the confirmation went to the patient with the practice's intake link (SMS or e-mail)."""
     INTAKE_STAFF_WILL_SEND = "INTAKE_STAFF_WILL_SEND"
     TRANSFER_TO_STAFF = "TRANSFER_TO_STAFF"
     """The call could not be handled at all (its event was dead-lettered): a person takes over."""
@@ -191,6 +196,14 @@ _TEXTS: dict[ReplyTemplate, str] = {
     ),
     ReplyTemplate.CHANGE_STAFF_WILL_CONFIRM: "I've noted your request, and our staff will confirm the change with you.",
     ReplyTemplate.INTAKE_LINK_SENT: "I'm sending you a secure link to complete your intake forms before your visit.",
+    ReplyTemplate.ASK_NEW_PATIENT_DETAILS: (
+        "Since this is your first visit with us, I'll set up your record before I book your {visit_label}. "
+        "I need a few more details for it, starting with your home address and your insurance card."
+    ),
+    ReplyTemplate.BOOKING_CONFIRMED_INTAKE_SENT: (
+        "You're all set. Your {visit_label} is booked for {appointment_time}. I've sent you the confirmation with "
+        f"a secure link to complete your intake forms before your visit.{_ANYTHING_ELSE}"
+    ),
     ReplyTemplate.INTAKE_STAFF_WILL_SEND: (
         "I've noted your request, and our staff will send you a secure link to complete your intake forms."
     ),

@@ -19,6 +19,7 @@ from sandbox.errors import FhirError
 from sandbox.faults import FaultBoard, PracticeFaults
 from sandbox.fhirhttp import error_response
 from sandbox.gateway import Gateway
+from sandbox.intake import IntakeService
 from sandbox.proprietary import ProprietaryApi
 from sandbox.world import SandboxWorld
 
@@ -49,6 +50,7 @@ def create_app(world: SandboxWorld, faults: Mapping[str, PracticeFaults] | None 
         *CertifiedApi(world, gateway, tokens, ExportJobs()).routes(),
         *EmaScreens(world, gateway, board, accounts).routes(),
         *AdminApi(world, gateway, board, tokens, accounts).routes(),
+        *IntakeService(world).routes(),
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
     app.state.world = world

@@ -324,7 +324,8 @@ PROPRIETARY_SEARCH: dict[str, dict[str, Builder]] = {
         "_id": by_id, "_lastUpdated": LAST_UPDATED, "patient": by_patient, "status": by_plain("status"),
         "code": by_token("code"), "owner": by_reference("owner", "Practitioner"), "identifier": by_identifier,
     },
-    "Coverage": {"_id": by_id, "patient": by_patient, "beneficiary": by_patient, "status": by_plain("status")},
+    "Coverage": {"_id": by_id, "patient": by_patient, "beneficiary": by_patient, "status": by_plain("status"),
+                 "identifier": by_identifier},
     "ChargeItem": {"_id": by_id, "patient": by_patient, "identifier": by_identifier},
     "MedicationRequest": {
         "_id": by_id, "_lastUpdated": LAST_UPDATED, "patient": by_patient, "status": by_plain("status"),

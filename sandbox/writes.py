@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from functools import lru_cache
 
 from fhir.resources.R4B import get_fhir_model_class
@@ -208,24 +209,55 @@ def _patient_key(patient: dict) -> tuple[str, str, str]:
     return (str(name.get("family", "")).casefold(), str(given).casefold(), str(patient.get("birthDate", "")))
 
 
-def _check_patient(patient: dict) -> None:
+ADMINISTRATIVE_GENDERS = frozenset({"male", "female", "other", "unknown"})
+US_STATES = frozenset(
+    "AL AK AZ AR CA CO CT DE DC FL GA HI ID IL IN IA KS KY LA ME MD MA MI MN MS MO MT NE NV NH NJ NM NY NC ND OH OK "
+    "OR PA RI SC SD TN TX UT VT VA WA WV WI WY AS GU MP PR VI".split())
+_ZIP = re.compile(r"^\d{5}(-\d{4})?$")
+_PHONE = re.compile(r"^\+?[0-9][0-9 ().\-]{6,20}$")
+_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[A-Za-z]{2,63}$")
+SUBSCRIBER_RELATIONSHIP_SYSTEM = "http://terminology.hl7.org/CodeSystem/subscriber-relationship"
+SUBSCRIBER_RELATIONSHIPS = frozenset({"child", "parent", "spouse", "common", "other", "self", "injured"})
+
+
+def _check_patient(patient: dict, now: dt.datetime) -> None:
+    """What ModMed's PM demands of a chart: a name, a birth date not in the future, a sex, and well-formed
+    contact details (a US address with state and ZIP; phone numbers and e-mail addresses that are such)."""
     name = (patient.get("name") or [{}])[0]
     if not name.get("family") or not name.get("given"):
         raise FhirError(422, "Patient.name needs a family and a given name")
     if not patient.get("birthDate"):
         raise FhirError(422, "Patient.birthDate is required")
+    if str(patient["birthDate"]) > now.date().isoformat():
+        raise FhirError(422, "Patient.birthDate is in the future")
+    if patient.get("gender") not in ADMINISTRATIVE_GENDERS:
+        raise FhirError(422, "Patient.gender is required (male, female, other or unknown)")
+    for address in patient.get("address") or []:
+        if not address.get("line") or not address.get("city"):
+            raise FhirError(422, "Patient.address needs a line and a city")
+        if address.get("state") not in US_STATES or not _ZIP.match(str(address.get("postalCode", ""))):
+            raise FhirError(422, "Patient.address needs a US state code and a ZIP code")
+    for contact in patient.get("telecom") or []:
+        pattern = {"phone": _PHONE, "sms": _PHONE, "email": _EMAIL}.get(contact.get("system"))
+        if pattern is not None and not pattern.match(str(contact.get("value", ""))):
+            raise FhirError(422, f"Patient.telecom has a malformed {contact.get('system')} value")
+    for identifier in patient.get("identifier") or []:
+        if not identifier.get("system") or not identifier.get("value"):
+            raise FhirError(422, "Patient.identifier needs a system and a value")
 
 
 def create_patient(tenant: Tenant, body: object, now: dt.datetime) -> dict:
     patient = validate_resource("Patient", body)
-    _check_patient(patient)
+    _check_patient(patient, now)
+    system = mrn_system(tenant.practice_id)
+    if any(i.get("system") == system for i in patient.get("identifier") or []):
+        raise FhirError(422, "the MRN is assigned by the practice: a new Patient may not carry one")
     with tenant.lock:
         key = _patient_key(patient)
         if any(_patient_key(existing) == key for existing in tenant.store.all_of("Patient")):
             raise FhirError(409, "a patient with this name and birth date exists already")
         patient["id"] = tenant.store.next_id(tenant.id_prefix("pt"))
-        system = mrn_system(tenant.practice_id)
-        identifiers = [i for i in patient.get("identifier") or [] if i.get("system") != system]
+        identifiers = patient.get("identifier") or []
         sequence = tenant.store.count("Patient") + 1
         patient["identifier"] = [*identifiers, {"use": "usual", "system": system, "value": f"E{tenant.profile.firm_number}{sequence:05d}N"}]
         patient.pop("meta", None)
@@ -236,7 +268,7 @@ def update_patient(tenant: Tenant, patient_id: str, body: object, now: dt.dateti
     patient = validate_resource("Patient", body)
     if patient.get("id") != patient_id:
         raise FhirError(400, "the body id must equal the id in the URL")
-    _check_patient(patient)
+    _check_patient(patient, now)
     with tenant.lock:
         current = tenant.store.get("Patient", patient_id)
         if current is None:
@@ -259,9 +291,31 @@ def create_document_reference(tenant: Tenant, body: object, now: dt.datetime) ->
 
 
 def create_coverage(tenant: Tenant, body: object, now: dt.datetime) -> dict:
+    """Coverage is create-only at ModMed: an active plan with a payor and the member id, for a known patient;
+    the same plan and member id twice for one patient is refused (409)."""
     coverage = validate_resource("Coverage", body)
-    _require_reference(tenant, coverage.get("beneficiary"), "Patient", "Coverage.beneficiary")
-    return _add_new(tenant, coverage, "cov", now)
+    patient_id = _require_reference(tenant, coverage.get("beneficiary"), "Patient", "Coverage.beneficiary")
+    if coverage.get("status") != "active":
+        raise FhirError(422, "a new Coverage must have status 'active'")
+    payors = coverage.get("payor") or []
+    if not payors or not all(p.get("display") or p.get("reference") for p in payors):
+        raise FhirError(422, "Coverage.payor needs the insurer (a display or an Organization reference)")
+    member = coverage.get("subscriberId")
+    if not member or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9\- ]{1,39}", str(member)):
+        raise FhirError(422, "Coverage.subscriberId (the member id on the card) is required")
+    codings = (coverage.get("relationship") or {}).get("coding") or []
+    if any(c.get("system") == SUBSCRIBER_RELATIONSHIP_SYSTEM and c.get("code") not in SUBSCRIBER_RELATIONSHIPS
+           for c in codings):
+        raise FhirError(422, "Coverage.relationship is not a subscriber-relationship code")
+    if coverage.get("subscriber") is not None:
+        _require_reference(tenant, coverage.get("subscriber"), "Patient", "Coverage.subscriber")
+    plan = (str(payors[0].get("display") or payors[0].get("reference")).casefold(), str(member))
+    with tenant.lock:
+        for existing in tenant.store.for_patient("Coverage", patient_id):
+            first = (existing.get("payor") or [{}])[0]
+            if (str(first.get("display") or first.get("reference")).casefold(), str(existing.get("subscriberId"))) == plan:
+                raise FhirError(409, "this patient already has this plan and member id")
+        return _add_new(tenant, coverage, "cov", now)
 
 
 def create_charge_item(tenant: Tenant, body: object, now: dt.datetime) -> tuple[dict, bool]:

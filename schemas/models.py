@@ -131,6 +131,9 @@ class AuditAction(StrEnum):
     DEAD_LETTER = "DEAD_LETTER"
     AUTH_FAILURE = "AUTH_FAILURE"
     ALARM = "ALARM"
+    PATIENT_MESSAGE = "PATIENT_MESSAGE"
+    """A message to the patient (booking confirmation with the intake link): channel and outcome only, never the
+    number or address it went to."""
     UNKNOWN = "UNKNOWN"
 
 
@@ -319,8 +322,54 @@ class CallStarted(AvroModel):
     transcript_ref: Reference | None = None
 
 
+EmailAddress = Annotated[str, StringConstraints(max_length=254, pattern=r"^[^@\s\x00-\x1f\x7f]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9\-]{0,62}\.)+[A-Za-z]{2,63}$")]
+"""An e-mail address (PHI): one @, a dotted domain, no whitespace or control characters."""
+UsState = Annotated[str, StringConstraints(pattern=r"^(A[LKZR]|C[AOT]|D[EC]|FL|G[AU]|HI|I[DLNA]|K[SY]|LA|M[EDAINSOTP]|N[EVHJMYCD]|O[HKR]|P[AR]|RI|S[CD]|T[NX]|UT|V[TAI]|W[AVIY]|AS)$")]
+ZipCode = Annotated[str, StringConstraints(pattern=r"^[0-9]{5}(-[0-9]{4})?$")]
+
+
+class PostalAddress(AvroModel):
+    """A US home address (PHI)."""
+
+    AVRO_NAME: ClassVar[str] = f"{NAMESPACE}.PostalAddress"
+    line: ShortText = Field(repr=False)
+    city: ShortText = Field(repr=False)
+    state: UsState
+    postal_code: ZipCode = Field(repr=False)
+
+
+class InsuranceDetails(AvroModel):
+    """A health plan card as the caller read it (becomes a Coverage, create-only at ModMed)."""
+
+    AVRO_NAME: ClassVar[str] = f"{NAMESPACE}.InsuranceDetails"
+    payer_name: ShortText
+    member_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9\- ]{1,39}$")] = Field(repr=False)
+    group_number: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9\- ]{0,39}$")] | None = Field(
+        default=None, repr=False)
+    relationship: Literal["self", "spouse", "child", "other"] = "self"
+
+
+class PharmacyDetails(AvroModel):
+    """The caller's preferred pharmacy."""
+
+    AVRO_NAME: ClassVar[str] = f"{NAMESPACE}.PharmacyDetails"
+    name: ShortText
+    phone: E164Number | None = None
+
+
+class NewPatientDetails(AvroModel):
+    """What a caller without a chart gives to be registered (all PHI)."""
+
+    AVRO_NAME: ClassVar[str] = f"{NAMESPACE}.NewPatientDetails"
+    gender: Literal["female", "male", "other", "unknown"] = Field(repr=False)
+    address: PostalAddress = Field(repr=False)
+    insurance: InsuranceDetails | None = Field(default=None, repr=False)
+    preferred_pharmacy: PharmacyDetails | None = Field(default=None, repr=False)
+
+
 class CallerIdentified(AvroModel):
-    """The caller's identity as collected by the voice agent (all PHI)."""
+    """The caller's identity as collected by the voice agent (all PHI), with how to reach them and, for a
+    new patient, what registering them needs."""
 
     AVRO_NAME: ClassVar[str] = f"{NAMESPACE}.CallerIdentified"
     type: Literal["caller_identified"] = "caller_identified"
@@ -328,6 +377,15 @@ class CallerIdentified(AvroModel):
     given_name: ShortText = Field(repr=False)
     birth_date: CalendarDate = Field(repr=False)
     callback_number: E164Number | None = Field(default=None, repr=False)
+    email: EmailAddress | None = Field(default=None, repr=False)
+    contact_channel: Literal["sms", "email"] | None = None
+    registration: NewPatientDetails | None = Field(default=None, repr=False)
+
+    @model_validator(mode="after")
+    def _email_channel_has_an_address(self) -> Self:
+        if self.contact_channel == "email" and self.email is None:
+            raise ValueError("contact_channel email needs an email address")
+        return self
 
     @field_serializer("birth_date")
     def _birth_date_as_text(self, birth_date: date) -> str:

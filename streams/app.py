@@ -43,6 +43,7 @@ from faust.types import TP
 from mode.signals import BaseSignalT
 
 from callstream.deadline import TurnBudget
+from callstream.messaging import Messenger
 from callstream.settings import Settings
 from callstream.tenants import TenantDirectory, unresolvable_credentials
 from connectors.dispatch import DEFAULT_PRACTICE_CONCURRENCY, Dispatcher, EmaPort
@@ -247,6 +248,7 @@ class PipelineRuntime(mode.Service):
         self.processor: CallProcessor | None = None
         self.outputs: KafkaOutputs | None = None
         self._client: ModMedClient | None = None
+        self._messenger: Messenger | None = None
         self._ema_close: list[Callable[[], Any]] = []
         self._metrics_server: MetricsServer | None = None
         self.webhook: AlertWebhook | None = None
@@ -259,6 +261,7 @@ class PipelineRuntime(mode.Service):
                                     idempotent=pipeline.options.idempotent_outputs)
         self.outputs.start(asyncio.get_running_loop())
         self._client = ModMedClient(limiters=pipeline.limiters, observer=FhirRequestMetrics(pipeline.metrics))
+        self._messenger = Messenger()
         ledger = pipeline.write_ledger
         ema = await self._ema(settings, self._client) if pipeline.options.use_ema else None
         dispatcher = Dispatcher(ModMedConnector(self._client, ledger), ledger, ema,
@@ -267,7 +270,7 @@ class PipelineRuntime(mode.Service):
             tenants=pipeline.tenants, dispatcher=dispatcher, outputs=self.outputs, states=pipeline.call_states,
             metrics=pipeline.metrics, drift=pipeline.count_drift, registry=registry,
             turns=TurnBudget(settings.turn_hold_after_ms / 1000, settings.turn_budget_ms / 1000),
-            horizon=pipeline.horizon,
+            horizon=pipeline.horizon, messenger=self._messenger,
         )
         if settings.alert_webhook_url:
             self.webhook = AlertWebhook(settings.alert_webhook_url)
@@ -303,6 +306,8 @@ class PipelineRuntime(mode.Service):
             await close()
         if self._client is not None:
             await self._client.aclose()
+        if self._messenger is not None:
+            await self._messenger.aclose()
         if self.webhook is not None:
             await self.webhook.aclose()
         if self._metrics_server is not None:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo
@@ -57,6 +57,7 @@ from guards import (
     filter_and_rank,
     render_reply,
 )
+from guards.hours import is_after_hours as office_closed
 from guards.model import FrozenModel
 from guards.replies import INTERIM_TEMPLATES, adapt_reply
 from schemas.models import (
@@ -69,7 +70,9 @@ from schemas.models import (
     CommandKind,
     CommandRoute,
     GuardAction,
+    InsuranceDetails,
     IntentRecognised,
+    NewPatientDetails,
     SlotChosen,
 )
 
@@ -81,8 +84,6 @@ DEFAULT_SEARCH_DAYS = 14
 MAX_SEARCH_DAYS = 31
 """Longest slot search (the EMA booking screen is searched day by day; FHIR allows up to 92 days)."""
 OFFERED_SLOTS = 3
-OFFICE_OPENS = time(8, 0)
-OFFICE_CLOSES = time(17, 0)
 MAX_REMEMBERED = 50
 """Bound of the per-call id lists (tasks done, controlled-substance requests)."""
 REPLY_NAMESPACE = uuid.UUID("6b1f3c52-8f0e-4f6e-9d0a-3c0a8f0e5b11")
@@ -104,6 +105,10 @@ class CallPhase(StrEnum):
     ROUTED = "routed"
     MESSAGE_TAKEN = "message_taken"
     REVIEW_QUEUED = "review_queued"
+    AWAITING_REGISTRATION = "awaiting_registration"
+    """A new patient chose a slot; the voice agent is collecting what registering them needs."""
+    REGISTERING = "registering"
+    """The chart is searched again, then the Patient (and Coverage) created, then the slot booked."""
     CLARIFYING = "clarifying"
     HANDED_OFF = "handed_off"
     ENDED = "ended"
@@ -161,6 +166,15 @@ class CallerIdentity(FrozenModel):
     given_name: str = Field(repr=False)
     birth_date: date = Field(repr=False)
     callback_number: str | None = Field(default=None, repr=False)
+    email: str | None = Field(default=None, repr=False)
+    contact_channel: Literal["sms", "email"] | None = None
+
+    def same_person(self, other: CallerIdentity) -> bool:
+        """Name and date of birth as given (what a chart search uses), regardless of case and spacing."""
+        def key(identity: CallerIdentity) -> tuple[str, str, date]:
+            return (identity.family_name.strip().casefold(), identity.given_name.strip().casefold(),
+                    identity.birth_date)
+        return key(self) == key(other)
 
 
 class PendingIntent(FrozenModel):
@@ -283,6 +297,12 @@ class CallState(FrozenModel):
     last_reply: SentReply | None = None
     transcript_ref: str | None = None
     """Where the telephony side keeps the transcript: from CallStarted when known, CallEnded's is final."""
+    registration: NewPatientDetails | None = Field(default=None, repr=False)
+    """What a caller without a chart gave to be registered (PHI, gone with the call)."""
+    registered: bool = False
+    """This call created the patient's chart (patient_id is the new Patient)."""
+    confirming: SendIntake | None = Field(default=None, repr=False)
+    """A booking whose confirmation (with the intake link) is being sent; its reply waits for the outcome."""
 
     @property
     def ended(self) -> bool:
@@ -293,7 +313,8 @@ class CallState(FrozenModel):
         """Whether anything in the state identifies the caller (used by the purge tests and the TTL timer)."""
         return any(
             value is not None
-            for value in (self.caller_number, self.identity, self.pending, self.offer, self.turn, self.last_reply)
+            for value in (self.caller_number, self.identity, self.pending, self.offer, self.turn, self.last_reply,
+                          self.registration, self.confirming)
         )
 
 
@@ -353,7 +374,40 @@ class CreateTask:
     note: str
 
 
-Work = SearchPatient | ReadChartFlags | SearchSlots | WriteAppointment | CancelAppointment | CheckAppointment | CreateTask
+@dataclass(frozen=True, slots=True)
+class RegisterPatient:
+    """Create the chart of a caller a second search still did not find (one Patient per call: ledger key)."""
+
+    family_name: str = field(repr=False)
+    given_name: str = field(repr=False)
+    birth_date: date = field(repr=False)
+    details: NewPatientDetails = field(repr=False)
+    phone: str | None = field(default=None, repr=False)
+    email: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class CreateCoverage:
+    """The new patient's insurance card as a Coverage (ModMed: create-only)."""
+
+    patient_id: str
+    insurance: InsuranceDetails = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class SendIntake:
+    """The booking confirmation with the practice's intake link for this visit, to the patient (PHI: ``to``)."""
+
+    channel: Literal["sms", "email"]
+    to: str = field(repr=False)
+    visit_reason: VisitReason = VisitReason.NEW_PATIENT_CONSULT
+    start: datetime = field(default=datetime.min.replace(tzinfo=UTC))
+    appointment_id: str = ""
+    patient_id: str = ""
+
+
+Work = (SearchPatient | ReadChartFlags | SearchSlots | WriteAppointment | CancelAppointment | CheckAppointment | CreateTask
+        | RegisterPatient | CreateCoverage | SendIntake)
 
 
 @dataclass(frozen=True, slots=True)
@@ -428,8 +482,28 @@ class AppointmentChecked:
     latency_ms: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class PatientRegistered:
+    patient_id: str
+    route: CommandRoute = CommandRoute.FHIR
+    deep_link: str | None = None
+    latency_ms: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class CoverageCreated:
+    coverage_id: str
+    latency_ms: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class IntakeSent:
+    channel: Literal["sms", "email"]
+    latency_ms: float = 0.0
+
+
 WorkResult = (PatientLookedUp | ChartFlagsRead | SlotsFound | AppointmentWritten | AppointmentChecked | TaskWritten
-              | WorkFailed)
+              | PatientRegistered | CoverageCreated | IntakeSent | WorkFailed)
 
 
 # ------------------------------------------------------------------------------------------ outputs
@@ -506,10 +580,9 @@ def guard_phase(practice: Practice) -> GoLivePhase:
     return GoLivePhase(practice.phase.value)
 
 
-def is_after_hours(now: datetime, timezone: str) -> bool:
-    """Outside Monday-Friday 08:00-17:00 in the practice's own time zone."""
-    local = now.astimezone(ZoneInfo(timezone))
-    return local.weekday() >= 5 or not OFFICE_OPENS <= local.time() < OFFICE_CLOSES
+def is_after_hours(now: datetime, practice: Practice) -> bool:
+    """Outside the practice's office hours (guards.hours; Monday-Friday 08:00-17:00 when none are configured)."""
+    return office_closed(now, practice.timezone, practice.office_hours)
 
 
 def reply_id_for(event_id: str) -> str:
@@ -752,10 +825,18 @@ def _on_identified(state: CallState, payload: CallerIdentified) -> Step:
         given_name=payload.given_name,
         birth_date=payload.birth_date,
         callback_number=payload.callback_number,
+        email=payload.email,
+        contact_channel=payload.contact_channel,
     )
+    registration = payload.registration or (
+        state.registration if state.identity is not None and state.identity.same_person(identity) else None)
+    awaited = state.phase is CallPhase.AWAITING_REGISTRATION and state.offer is not None
+    if awaited and payload.registration is not None and state.identity is not None and state.identity.same_person(identity):
+        # The details the new patient was asked for: search again (no duplicate chart), then register and book.
+        return _register_again(state.model_copy(update={"identity": identity, "registration": registration}))
     state = state.model_copy(
         update={"identity": identity, "lookup": None, "lookup_failure": None, "patient_id": None, "chart": None,
-                "offer": None}
+                "offer": None, "registration": registration, "registered": False}
     )
     work = SearchPatient(
         family_name=identity.family_name,
@@ -812,14 +893,33 @@ def _on_slot_chosen(state: CallState, payload: SlotChosen, practice: Practice, n
         state, moved = _transition(state, CallPhase.CLARIFYING)
         return Step(state, outputs=(refusal, *outputs, *moved))
     state = state.model_copy(update={"offer": offer.model_copy(update={"chosen_slot_id": chosen.slot_id})})
-    if offer.queued or state.patient_id is None:
-        # Read-only phase, or a new patient without a chart: staff book it (no Command creates a Patient).
-        return _booking_to_staff(state, "read_only_phase" if offer.queued else "new_patient_registration",
-                                 practice, now)
+    if offer.queued:
+        return _booking_to_staff(state, "read_only_phase", practice, now)
+    if state.patient_id is None:
+        if state.lookup is not LookupKind.NONE or state.identity is None:
+            return _booking_to_staff(state, "new_patient_registration", practice, now)
+        if state.registration is None:
+            # A new patient: the voice agent collects demographics, insurance, address and pharmacy, and sends
+            # them with the caller's name and birth date again; the chosen slot waits.
+            state, replies = _reply(state, ReplyTemplate.ASK_NEW_PATIENT_DETAILS, practice, now,
+                                    visit_reason=chosen.visit_reason)
+            state, moved = _transition(state, CallPhase.AWAITING_REGISTRATION)
+            return Step(state, outputs=(*replies, *moved))
+        return _register_again(state)
     work = WriteAppointment(
         command=offer.write, patient_id=state.patient_id, slot=chosen, appointment_id=offer.appointment_id
     )
     return Step(state, work=work)
+
+
+def _register_again(state: CallState) -> Step:
+    """Search the chart again right before creating one: another call, or staff, may have created it since."""
+    identity = state.identity
+    assert identity is not None
+    state, moved = _transition(state, CallPhase.REGISTERING)
+    work = SearchPatient(family_name=identity.family_name, given_name=identity.given_name,
+                         birth_date=identity.birth_date, phone=identity.callback_number or state.caller_number)
+    return Step(state, work=work, outputs=moved)
 
 
 def _on_ended(state: CallState, payload: CallEnded) -> Step:
@@ -877,7 +977,15 @@ def expiry_audit(state: CallState) -> AuditOut:
 def on_result(state: CallState, result: WorkResult, practice: Practice, now: datetime) -> Step:
     """Advance a call with the outcome of the work the previous step asked for."""
     if isinstance(result, PatientLookedUp):
+        if state.phase is CallPhase.REGISTERING:
+            return _on_recheck(state, result, practice, now)
         return _on_lookup(state, result, practice, now)
+    if isinstance(result, PatientRegistered):
+        return _on_registered(state, result)
+    if isinstance(result, CoverageCreated):
+        return _on_coverage(state, result)
+    if isinstance(result, IntakeSent):
+        return _on_intake_sent(state, result, practice, now)
     if isinstance(result, ChartFlagsRead):
         return _on_flags(state, result, practice, now)
     if isinstance(result, SlotsFound):
@@ -923,6 +1031,45 @@ def _on_lookup(state: CallState, result: PatientLookedUp, practice: Practice, no
     return Step(step.state, step.work, (audit, *moved, *step.outputs))
 
 
+def _on_recheck(state: CallState, result: PatientLookedUp, practice: Practice, now: datetime) -> Step:
+    """The search right before registering: still no chart, create it; a chart now (someone registered the
+    caller meanwhile, or several match) goes to staff with the chosen slot. The caller hears that staff will
+    confirm the visit, nothing about any chart."""
+    audit = _read_audit("Patient", [result.patient_id] if result.patient_id else [], result.route, result.latency_ms,
+                        CommandKind.SEARCH_PATIENT, operation=f"recheck_{result.kind.value}")
+    if result.kind is not LookupKind.NONE:
+        step = _booking_to_staff(state, "chart_found_before_registration", practice, now)
+        return Step(step.state, step.work, (audit, *step.outputs))
+    identity, details = state.identity, state.registration
+    assert identity is not None and details is not None
+    work = RegisterPatient(family_name=identity.family_name, given_name=identity.given_name,
+                           birth_date=identity.birth_date, details=details,
+                           phone=identity.callback_number or state.caller_number, email=identity.email)
+    return Step(state, work=work, outputs=(audit,))
+
+
+def _on_registered(state: CallState, result: PatientRegistered) -> Step:
+    audit = _write_audit(result.route, AuditOutcome.SUCCESS, CommandKind.REGISTER_PATIENT, "Patient",
+                         (result.patient_id,), result.latency_ms, result.deep_link, operation="register_patient")
+    state = state.model_copy(update={"patient_id": result.patient_id, "registered": True})
+    insurance = state.registration.insurance if state.registration is not None else None
+    work: Work = CreateCoverage(result.patient_id, insurance) if insurance is not None else _book_chosen(state)
+    return Step(state, work=work, outputs=(audit,))
+
+
+def _on_coverage(state: CallState, result: CoverageCreated) -> Step:
+    audit = _write_audit(CommandRoute.FHIR, AuditOutcome.SUCCESS, CommandKind.CREATE_COVERAGE, "Coverage",
+                         (result.coverage_id,), result.latency_ms, operation="create_coverage")
+    return Step(state, work=_book_chosen(state), outputs=(audit,))
+
+
+def _book_chosen(state: CallState) -> WriteAppointment:
+    offer = state.offer
+    assert offer is not None and offer.chosen is not None and state.patient_id is not None
+    return WriteAppointment(command=offer.write, patient_id=state.patient_id, slot=offer.chosen,
+                            appointment_id=offer.appointment_id)
+
+
 def _on_flags(state: CallState, result: ChartFlagsRead, practice: Practice, now: datetime) -> Step:
     audit = _read_audit(
         "Flag", [state.patient_id] if state.patient_id else [], result.route, result.latency_ms,
@@ -945,7 +1092,7 @@ def _context(state: CallState, practice: Practice, now: datetime, intent_event_i
         patient_id=state.patient_id,
         is_new_patient=state.lookup is LookupKind.NONE,
         transcript_ref=state.transcript_ref,
-        after_hours=is_after_hours(now, practice.timezone),
+        after_hours=is_after_hours(now, practice),
         refill_requests_earlier_in_call=min(earlier, 1000),
     )
 
@@ -1188,7 +1335,7 @@ def _search_failed(state: CallState, failure: str, practice: Practice, now: date
     if not turn.decision.tasks:
         return _hand_off(state, practice, now, failure, CommandKind.SEARCH_PATIENT)
     outputs = tuple(_escalation_audit(state))
-    template = adapt_reply(_HANDOFF_REPLY, after_hours=is_after_hours(now, practice.timezone), writes_queued=False)
+    template = adapt_reply(_HANDOFF_REPLY, after_hours=is_after_hours(now, practice), writes_queued=False)
     state, replies = _reply(state, template, practice, now, escalated=True)
     state = state.model_copy(update={"turn": None, "pending": None, "offer": None})
     state, moved = _transition(state, CallPhase.HANDED_OFF)
@@ -1259,7 +1406,7 @@ def _hand_off(state: CallState, practice: Practice, now: datetime, reason: str, 
     if pending is not None and pending.controlled_substance_request:
         params["controlled_substance"] = "true"  # the review queue's age alarm watches these
     outputs.extend(_review(state, kind, f"handoff:{state.last_event_id}", {**params, **_identity_params(state)}, reason))
-    template = adapt_reply(_HANDOFF_REPLY, after_hours=is_after_hours(now, practice.timezone), writes_queued=False)
+    template = adapt_reply(_HANDOFF_REPLY, after_hours=is_after_hours(now, practice), writes_queued=False)
     state, replies = _reply(state, template, practice, now, escalated=True)
     state = state.model_copy(update={"turn": None, "pending": None, "offer": None})
     state, moved = _transition(state, CallPhase.HANDED_OFF)
@@ -1409,15 +1556,76 @@ def _on_appointment_written(state: CallState, result: AppointmentWritten, practi
     audit = _write_audit(result.route, AuditOutcome.SUCCESS, _WRITE_COMMAND_KINDS[offer.write], "Appointment",
                          ids, result.latency_ms, result.deep_link, slot_id=offer.chosen_slot_id,
                          visit_reason=result.visit_reason.value)
+    intake = _intake_push(state, practice, offer, result) if result.command is Command.BOOK_APPOINTMENT else None
+    if intake is not None:
+        # The confirmation goes out with the intake link first; the caller then hears that it was sent.
+        return Step(state.model_copy(update={"confirming": intake}), work=intake, outputs=(audit,))
     state, replies = _reply(state, after_booking(guard_phase(practice)), practice, now,
                             visit_reason=result.visit_reason, appointment_time=result.start)
     state, moved = _transition(state.model_copy(update={"offer": None}), CallPhase.BOOKED)
     return Step(state, outputs=(audit, *replies, *moved))
 
 
+def _intake_push(state: CallState, practice: Practice, offer: Offer, booked: AppointmentWritten) -> SendIntake | None:
+    """The intake link to send after a booking: the practice has a form for the visit (its own, or the pain-specific
+    variant for a procedure) and a channel the caller can be reached on; their choice first, SMS by default."""
+    intake = practice.intake
+    if intake is None or state.patient_id is None or intake.form_url(booked.visit_reason) is None:
+        return None
+    identity = state.identity
+    phone = (identity.callback_number if identity else None) or state.caller_number
+    email = identity.email if identity else None
+    wanted = identity.contact_channel if identity and identity.contact_channel else "sms"
+    reachable = {"sms": phone if intake.sms is not None else None, "email": email if intake.email is not None else None}
+    channel = next((c for c in (wanted, "email" if wanted == "sms" else "sms") if reachable[c]), None)
+    if channel is None:
+        return None
+    to = reachable[channel]
+    assert to is not None
+    return SendIntake(channel=channel, to=to, visit_reason=booked.visit_reason, start=booked.start,
+                      appointment_id=booked.appointment_id, patient_id=state.patient_id)
+
+
+def _on_intake_sent(state: CallState, result: IntakeSent, practice: Practice, now: datetime) -> Step:
+    sent = state.confirming
+    assert sent is not None
+    audit = _intake_audit(sent, AuditOutcome.SUCCESS, result.latency_ms)
+    return _confirm_booking(state, practice, now, ReplyTemplate.BOOKING_CONFIRMED_INTAKE_SENT, (audit,))
+
+
+def _intake_audit(sent: SendIntake, outcome: AuditOutcome, latency_ms: float, error_class: str | None = None) -> AuditOut:
+    """Channel and visit only: the number or address it went to is PHI and never in an audit payload."""
+    return AuditOut(action=AuditAction.PATIENT_MESSAGE, outcome=outcome, resource_type="Appointment",
+                    resource_ids=(sent.appointment_id,), command=CommandKind.CREATE_DOCUMENT_REFERENCE,
+                    error_class=error_class, latency_ms=latency_ms,
+                    detail={"channel": sent.channel, "message": "booking_confirmation_intake_link",
+                            "visit_reason": sent.visit_reason.value})
+
+
+def _confirm_booking(state: CallState, practice: Practice, now: datetime, template: ReplyTemplate,
+                     outputs: tuple[Output, ...]) -> Step:
+    sent = state.confirming
+    assert sent is not None
+    state, replies = _reply(state, template, practice, now, visit_reason=sent.visit_reason,
+                            appointment_time=sent.start)
+    state, moved = _transition(state.model_copy(update={"offer": None, "confirming": None}), CallPhase.BOOKED)
+    return Step(state, outputs=(*outputs, *replies, *moved))
+
+
 def _on_failure(state: CallState, failure: WorkFailed, practice: Practice, now: datetime) -> Step:
     """ModMed (or EMA) could not do the work: a taken slot is searched again; anything else goes to staff."""
     route = failure.route or CommandRoute.FHIR
+    if state.confirming is not None:
+        # The visit is booked; the link did not go out: staff send it, the caller hears the plain confirmation.
+        sent = state.confirming
+        audit = _intake_audit(sent, AuditOutcome.FAILURE, failure.latency_ms, failure.error_class)
+        queued = _review(state, CommandKind.CREATE_DOCUMENT_REFERENCE, sent.appointment_id,
+                         {"patient_id": sent.patient_id, "appointment_id": sent.appointment_id, "channel": sent.channel},
+                         failure.error_class, resource_type="Appointment", resource_ids=(sent.appointment_id,))
+        return _confirm_booking(state, practice, now, ReplyTemplate.BOOKING_CONFIRMED, (audit, *queued))
+    if failure.command in (CommandKind.REGISTER_PATIENT, CommandKind.CREATE_COVERAGE) or (
+            state.phase is CallPhase.REGISTERING and failure.command is CommandKind.SEARCH_PATIENT):
+        return _registration_failed(state, failure, practice, now)
     if state.turn is not None and state.turn.appointment_check == "running":
         # Whose appointment it is stays unknown: staff take the request, without the id the caller named.
         audit = AuditOut(action=AuditAction.FHIR_READ, outcome=AuditOutcome.FAILURE, resource_type="Appointment",
@@ -1474,6 +1682,54 @@ def _on_failure(state: CallState, failure: WorkFailed, practice: Practice, now: 
     return Step(step.state, step.work, (audit, *step.outputs))
 
 
+def _registration_failed(state: CallState, failure: WorkFailed, practice: Practice, now: datetime) -> Step:
+    """A new patient's registration could not finish. No chart, or a chart ModMed refused as a duplicate
+    (409: the search missed it): staff register and book with the details. A Coverage ModMed refused does not
+    hold up the booking: staff add the insurance."""
+    if failure.command is CommandKind.SEARCH_PATIENT:
+        audit = AuditOut(action=AuditAction.FHIR_READ, outcome=AuditOutcome.FAILURE, resource_type="Patient",
+                         command=failure.command, error_class=failure.error_class, latency_ms=failure.latency_ms,
+                         detail={"operation": "recheck"})
+        step = _booking_to_staff(state, failure.error_class, practice, now)
+        return Step(step.state, step.work, (audit, *step.outputs))
+    resource = "Patient" if failure.command is CommandKind.REGISTER_PATIENT else "Coverage"
+    error_class = "DuplicatePatient" if failure.slot_taken and resource == "Patient" else failure.error_class
+    audit = _write_audit(failure.route or CommandRoute.FHIR, AuditOutcome.FAILURE, failure.command, resource, (),
+                         failure.latency_ms, error_class=error_class)
+    if resource == "Patient":
+        step = _booking_to_staff(state, error_class, practice, now)
+        return Step(step.state, step.work, (audit, *step.outputs))
+    assert state.patient_id is not None
+    queued = _review(state, CommandKind.CREATE_COVERAGE, state.patient_id,
+                     {"patient_id": state.patient_id, **_registration_params(state, insurance_only=True)},
+                     error_class, resource_type="Patient", resource_ids=(state.patient_id,))
+    return Step(state, work=_book_chosen(state), outputs=(audit, *queued))
+
+
+def _registration_params(state: CallState, *, insurance_only: bool = False) -> dict[str, str]:
+    """What staff need to register the caller by hand (internal review queue only; never logged)."""
+    details = state.registration
+    if details is None:
+        return {}
+    params: dict[str, str] = {}
+    if not insurance_only:
+        address = details.address
+        params.update(gender=details.gender, address_line=address.line, address_city=address.city,
+                      address_state=address.state, address_postal_code=address.postal_code)
+        if details.preferred_pharmacy is not None:
+            params["pharmacy_name"] = details.preferred_pharmacy.name
+            if details.preferred_pharmacy.phone:
+                params["pharmacy_phone"] = details.preferred_pharmacy.phone
+        if state.identity is not None and state.identity.email:
+            params["email"] = state.identity.email
+    if details.insurance is not None:
+        params.update(payer_name=details.insurance.payer_name, member_id=details.insurance.member_id,
+                      subscriber_relationship=details.insurance.relationship)
+        if details.insurance.group_number:
+            params["group_number"] = details.insurance.group_number
+    return params
+
+
 def _slot_taken(state: CallState, practice: Practice, now: datetime) -> Step:
     """Somebody else took the slot between offer and choice: search again (the same allowed booking)
     and offer what is still free, never the slots already offered."""
@@ -1510,7 +1766,8 @@ def _booking_to_staff(state: CallState, reason: str, practice: Practice, now: da
         "start": chosen.start.isoformat(),
         "practitioner_id": chosen.practitioner_id,
         **({"appointment_id": offer.appointment_id} if offer.appointment_id else {}),
-        **({"patient_id": state.patient_id} if state.patient_id else _identity_params(state)),
+        **({"patient_id": state.patient_id} if state.patient_id else
+           {**_identity_params(state), **_registration_params(state)}),
     }
     queued = _review(state, _WRITE_COMMAND_KINDS[offer.write], chosen.slot_id, params, reason,
                      resource_type="Appointment", slot_id=chosen.slot_id,

@@ -57,7 +57,11 @@ def morning_calls(cast: dict[str, PracticeCast]) -> list[DemoCall]:
     write, sandbox_phase, read_only = cast["pain-1002"], cast["pain-1001"], cast["pain-1003"]
     newcomer = Script(sandbox_phase.called_number, caller_number="+15035550188").started()
     newcomer.add({"type": "caller_identified", "family_name": "Quillfeather", "given_name": "Avery",
-                  "birth_date": "1979-04-12"})  # no such chart: a new patient
+                  "birth_date": "1979-04-12",  # no such chart: a new patient, registered before the booking
+                  "registration": {"gender": "other", "address": {"line": "18 Alder Way", "city": "Portland",
+                                                                  "state": "OR", "postal_code": "97205"},
+                                   "insurance": {"payer_name": "Moda Health", "member_id": "MODA20417"},
+                                   "preferred_pharmacy": {"name": "Fred Meyer Pharmacy Burnside"}}})
     stranger = Script("+19995550142", caller_number="+15555550177").started().intent("GENERAL_QUESTION")
     bypass = Script(write.called_number, caller_number=write.refill[1].phone).started().identified(write.refill[1])
     bypass.intent("REFILL_REQUEST", medication_mentioned=True, controlled_substance_mentioned=True,
@@ -76,7 +80,7 @@ def morning_calls(cast: dict[str, PracticeCast]) -> list[DemoCall]:
         DemoCall("guardrail-bypass attempt", bypass.ended()),
         DemoCall("booking: trigger point (sandbox phase)", booking(sandbox_phase, sandbox_phase.plain[0], "trigger-point")),
         DemoCall("refill request (EMA task queue)", refill(sandbox_phase, sandbox_phase.refill[0])),
-        DemoCall("new patient asks for an injection",
+        DemoCall("new patient asks for an injection (registered, then booked)",
                  newcomer.intent("BOOK_APPOINTMENT", visit_reason="esi").chooses().ended()),
         DemoCall("refill request (read-only practice)", refill(read_only, read_only.refill[0])),
         DemoCall("unknown called number", stranger.ended(), answered=False),

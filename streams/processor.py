@@ -37,9 +37,10 @@ from typing import Any, Protocol
 from pydantic import TypeAdapter, ValidationError
 
 from callstream.deadline import Deadline, TurnBudget, within
+from callstream.messaging import PatientMessenger, send_booking_confirmation
 from callstream.tenants import Practice, TenantDirectory
 from connectors.dispatch import Dispatcher
-from connectors.errors import ConflictError, InvalidResponseError
+from connectors.errors import CapabilityMissing, ConflictError, InvalidResponseError
 from connectors.fhir import TOKEN_REQUEST_LABEL
 from connectors.operations import MatchKind
 from guards.model import Command
@@ -75,16 +76,22 @@ from streams.callflow import (
     CancelAppointment,
     ChartFlagsRead,
     CheckAppointment,
+    CoverageCreated,
+    CreateCoverage,
     CreateTask,
     FoundSlot,
+    IntakeSent,
     LookupKind,
     Output,
     PatientLookedUp,
+    PatientRegistered,
     ReadChartFlags,
+    RegisterPatient,
     ReplyOut,
     ReviewOut,
     SearchPatient,
     SearchSlots,
+    SendIntake,
     SentReply,
     SlotsFound,
     TaskWritten,
@@ -119,8 +126,11 @@ _WORK_COMMANDS: dict[type, CommandKind] = {
     SearchSlots: CommandKind.SEARCH_SLOTS,
     CancelAppointment: CommandKind.CANCEL_APPOINTMENT,
     CreateTask: CommandKind.CREATE_TASK,
+    RegisterPatient: CommandKind.REGISTER_PATIENT,
+    CreateCoverage: CommandKind.CREATE_COVERAGE,
+    SendIntake: CommandKind.CREATE_DOCUMENT_REFERENCE,
 }
-WRITE_WORK = (WriteAppointment, CancelAppointment, CreateTask)
+WRITE_WORK = (WriteAppointment, CancelAppointment, CreateTask, RegisterPatient, CreateCoverage, SendIntake)
 """Work that changes the chart: never cut once it left (its outcome would be unknown)."""
 _DEEP_LINK = re.compile(EMA_DEEP_LINK_PATTERN)
 _MATCH_KINDS = {MatchKind.UNIQUE: LookupKind.UNIQUE, MatchKind.NONE: LookupKind.NONE,
@@ -297,8 +307,11 @@ class CallProcessor:
         clock: Clock = utc_now,
         turns: TurnBudget = TurnBudget(),
         horizon: RedeliveryHorizon = DEFAULT_HORIZON,
+        messenger: PatientMessenger | None = None,
     ) -> None:
         self.tenants = tenants
+        self.messenger = messenger
+        """Sends the booking confirmation with the intake link (None: staff send it, via the review queue)."""
         self.dispatcher = dispatcher
         self.outputs = outputs
         self.states = states
@@ -550,6 +563,22 @@ class CallProcessor:
                                            practice_id=practice.practice_id, resource_type="Appointment")
             return AppointmentWritten(Command.CANCEL_APPOINTMENT, written.resource_id, written.start,
                                       written.visit_reason, written.route, written.deep_link, _ms(started))
+        if isinstance(work, RegisterPatient):
+            patient = await dispatcher.register_patient(
+                practice, call_id=call_id, family=work.family_name, given=work.given_name, birth_date=work.birth_date,
+                details=work.details, phone=work.phone, email=work.email)
+            return PatientRegistered(patient.resource_id, patient.route, patient.deep_link, _ms(started))
+        if isinstance(work, SendIntake):
+            if self.messenger is None:
+                raise CapabilityMissing("this worker sends no patient messages", practice_id=practice.practice_id)
+            await send_booking_confirmation(self.messenger, practice, channel=work.channel, to=work.to,
+                                            visit_reason=work.visit_reason, start=work.start,
+                                            appointment_id=work.appointment_id)
+            return IntakeSent(work.channel, _ms(started))
+        if isinstance(work, CreateCoverage):
+            coverage = await dispatcher.create_coverage(practice, call_id=call_id, patient_id=work.patient_id,
+                                                        insurance=work.insurance)
+            return CoverageCreated(coverage.resource_id, _ms(started))
         written = await dispatcher.create_task(practice, call_id=call_id, task=work.task, note=work.note)
         return TaskWritten(written.resource_type, written.resource_id, written.route, written.deep_link, _ms(started))
 

@@ -70,14 +70,16 @@ def practice_entry(listing: Mapping[str, Any], secrets_dir: Path, *, phase: str 
 
 
 def write_sandbox_directory(base_url: str, directory: Path, *, phases: Mapping[str, str] | None = None,
-                            rate_limit_per_min: int | None = None, timeout_s: float = 10.0) -> Path:
-    """Write ``directory/tenants.yaml`` (+ secrets) for every sandbox practice; returns the file's path."""
+                            rate_limit_per_min: int | None = None, timeout_s: float = 10.0,
+                            extra: Mapping[str, Mapping[str, Any]] | None = None) -> Path:
+    """Write ``directory/tenants.yaml`` (+ secrets) for every sandbox practice; returns the file's path.
+    ``extra``: further directory fields per practice id (``intake``, ``office_hours``, ...)."""
     secrets = directory / "secrets"
     secrets.mkdir(parents=True, exist_ok=True)
     os.chmod(secrets, 0o700)
     entries = [
-        practice_entry(listing, secrets, phase=(phases or {}).get(listing["practice_id"], "sandbox"),
-                       rate_limit_per_min=rate_limit_per_min)
+        {**practice_entry(listing, secrets, phase=(phases or {}).get(listing["practice_id"], "sandbox"),
+                          rate_limit_per_min=rate_limit_per_min), **(extra or {}).get(listing["practice_id"], {})}
         for listing in sandbox_listing(base_url, timeout_s)
     ]
     path = directory / "tenants.yaml"

@@ -46,7 +46,8 @@ from schemas.serde import AvroSerde
 from schemas.topics import AUDIT, CALL_EVENTS, DEAD_LETTER, REPLIES, topic_named
 
 OFFERED_SLOT = re.compile(r"^OFFERED\.([1-9][0-9]?)\Z")
-IDENTITY_REQUESTS = frozenset({"ASK_IDENTITY", "MEDICATION_REQUEST_FORWARDED_NEED_IDENTITY"})
+IDENTITY_REQUESTS = frozenset({"ASK_IDENTITY", "MEDICATION_REQUEST_FORWARDED_NEED_IDENTITY", "ASK_NEW_PATIENT_DETAILS"})
+"""Replies the caller answers with a CallerIdentified (name and birth date, or a new patient's details)."""
 INTERIM_TEMPLATE_NAMES = frozenset(template.value for template in INTERIM_TEMPLATES)
 DEFAULT_REPLY_TIMEOUT_S = 30.0
 MAX_SCRIPT_BYTES = 64 * 1024 * 1024

@@ -53,7 +53,8 @@ def _is_statement_string(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool
 
 def test_allow_lists_are_closed_and_exclude_medications() -> None:
     assert WRITE_ALLOW_LIST == {
-        ("Appointment", "POST"), ("Appointment", "PUT"), ("Task", "POST"), ("DocumentReference", "POST")
+        ("Appointment", "POST"), ("Appointment", "PUT"), ("Task", "POST"), ("DocumentReference", "POST"),
+        ("Patient", "POST"), ("Coverage", "POST"),
     }
     assert FORBIDDEN_WRITE_TYPES == set(MEDICATION_WORDS)
     assert not {resource for resource, _ in WRITE_ALLOW_LIST} & FORBIDDEN_WRITE_TYPES
@@ -147,7 +148,9 @@ async def test_every_medication_write_attempt_is_refused_before_sending(
             client._call(session, "PUT", f"{base}/MedicationStatement/ms-1", json_body={}),
             client._call(session, "PUT", f"{base}/Appointment/../MedicationRequest", json_body={}),
             client._call(session, "POST", f"{base}/Appointment%2F..%2FMedicationRequest", json_body={}),
-            client._call(session, "POST", f"{base}/Patient", json_body={}),
+            client._call(session, "PUT", f"{base}/Patient/pt-1", json_body={}),  # charts are created, never changed
+            client._call(session, "PUT", f"{base}/Coverage/cov-1", json_body={}),  # Coverage is create-only
+            client._call(session, "POST", f"{base}/Flag", json_body={}),
             client._call(session, "PATCH", f"{base}/Appointment/a-1", json_body={}),
         ]
         for attempt in attempts:

@@ -127,7 +127,8 @@ def test_medication_writes_are_always_refused(http: httpx.Client, main_practice:
 def test_create_only_and_read_only_types(http: httpx.Client, main_practice: dict, main_headers: dict) -> None:
     base = main_practice["fhir_base"]
     patient_id = _patient_id(http, main_practice, main_headers, 30)
-    coverage = {"resourceType": "Coverage", "status": "active", "beneficiary": {"reference": f"Patient/{patient_id}"}, "payor": [{"display": "Aetna"}]}
+    coverage = {"resourceType": "Coverage", "status": "active", "beneficiary": {"reference": f"Patient/{patient_id}"}, "payor": [{"display": "Aetna"}],
+                "subscriberId": "W000111222"}
     created = http.post(f"{base}/Coverage", json=coverage, headers=main_headers)
     assert created.status_code == 201
     assert http.put(f"{base}/Coverage/{created.json()['id']}", json=created.json(), headers=main_headers).status_code == 405

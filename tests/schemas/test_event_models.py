@@ -60,6 +60,10 @@ NESTED_MODELS: tuple[type[models.AvroModel], ...] = (
     models.SlotChosen,
     models.CallEnded,
     models.OfferedSlot,
+    models.NewPatientDetails,
+    models.PostalAddress,
+    models.InsuranceDetails,
+    models.PharmacyDetails,
 )
 MODELS_BY_RECORD: dict[str, type[models.AvroModel]] = {
     model.AVRO_NAME.rsplit(".", 1)[-1]: model for model in (*models.MODEL_BY_SCHEMA.values(), *NESTED_MODELS)
@@ -427,7 +431,8 @@ def test_birth_date_travels_as_yyyy_mm_dd_text_in_the_avro_record() -> None:
     event = _phi_event(models.CallerIdentified(family_name="Okonkwo", given_name="Adaeze", birth_date=date(1961, 7, 4)))
     assert event.to_avro()["payload"] == (
         "dev.callstream.v1.CallerIdentified",
-        {"family_name": "Okonkwo", "given_name": "Adaeze", "birth_date": "1961-07-04", "callback_number": None},
+        {"family_name": "Okonkwo", "given_name": "Adaeze", "birth_date": "1961-07-04", "callback_number": None,
+         "email": None, "contact_channel": None, "registration": None},
     )
 
 

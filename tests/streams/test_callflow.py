@@ -274,7 +274,8 @@ def test_a_task_modmed_refuses_goes_to_the_review_queue_and_still_counts_as_esca
     assert sentinel.outcome is AuditOutcome.QUEUED
 
 
-def test_a_new_patient_is_offered_a_consultation_and_staff_register_and_book() -> None:
+def test_a_new_patient_is_offered_a_consultation_then_asked_for_what_registering_needs() -> None:
+    """Issue 20: no chart is no longer a review item: the caller's details register them (test_callflow_registration)."""
     driver = Driver(answers=Answers(lookup=LookupKind.NONE, slots=(consult_slot("slot-c1", 2),)))
     call = Call()
     driver.send(call.started())
@@ -282,9 +283,9 @@ def test_a_new_patient_is_offered_a_consultation_and_staff_register_and_book() -
     [offer] = replies(driver.send(call.intent("BOOK_APPOINTMENT", visit_reason="esi")))
     assert offer.template is ReplyTemplate.NEW_PATIENT_CONSULT_OFFER
     outputs = driver.send(call.chose("slot-c1"))
-    [queued] = reviews(outputs)
-    assert queued.params["reason"] == "new_patient_registration" and queued.params["family_name"] == "Newcomer"
-    assert replies(outputs)[0].template is ReplyTemplate.BOOKING_QUEUED_FOR_REVIEW
+    assert reviews(outputs) == []
+    assert replies(outputs)[0].template is ReplyTemplate.ASK_NEW_PATIENT_DETAILS
+    assert driver.state is not None and driver.state.phase is CallPhase.AWAITING_REGISTRATION
 
 
 def test_an_ambiguous_chart_match_hands_the_call_to_a_human() -> None:
