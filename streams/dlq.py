@@ -459,7 +459,7 @@ def main(argv: list[str], *, stdin: TextIO | None = None) -> int:
     options = _parser().parse_args(argv)
     settings = settings_from(options)
     configure_logging_from(settings)
-    wait_for_broker(settings.bootstrap_servers)
+    wait_for_broker(settings.bootstrap_servers, settings.connect_timeout_s)
     topics = DLQ_TOPICS if getattr(options, "topic", "all") == "all" else (f"callstream.{options.topic}.v1",)
     letters, log = read_letters(settings.bootstrap_servers, topics)
     if options.command == "show":

@@ -248,7 +248,7 @@ def main(argv: list[str]) -> int:
     settings = settings_from(options)
     configure_logging_from(settings)
     calls = calls_of(load_script(options.file))
-    wait_for_broker(settings.bootstrap_servers)
+    wait_for_broker(settings.bootstrap_servers, settings.connect_timeout_s)
     ensure_topics(settings.bootstrap_servers, [(topic.name, topic.partitions) for topic in TOPICS])
     registry = SchemaRegistryClient(settings.schema_registry_url) if settings.schema_registry_url else None
     telephony = Telephony(settings.bootstrap_servers, registry=registry, reply_timeout_s=options.reply_timeout,
