@@ -265,7 +265,8 @@ def build_app(config: QaConfig) -> Starlette:
         detail = await _detail(session, call_id)
         if detail is None:
             return not_found(request, session, f"No call {call_id} at {session.practice.name}.")
-        return page(request, "call.html", session, detail=detail, record=detail.record)
+        return page(request, "call.html", session, detail=detail, record=detail.record,
+                    chart_links=chart_links(session.practice, detail))
 
     async def call_json(request: Request) -> Response:
         session = session_of(request)
@@ -341,6 +342,15 @@ def build_app(config: QaConfig) -> Starlette:
     )
     app.add_middleware(_SecurityHeaders)  # type: ignore[arg-type]
     return app
+
+
+def chart_links(practice: Practice, detail: CallDetail) -> list[str]:
+    """The EMA chart of each patient the call read, built from the practice's EMA address and the Patient id.
+
+    The audit record's own ``ema_deep_links`` went through the reference scrubber, which turns a path segment
+    that looks like a phone number or a date into ``redacted`` (a patient id such as ``pt-1002-000001`` does),
+    so they are shown as stored but not used for the one-click link."""
+    return [practice.chart_deep_link(patient_id) for patient_id in detail.record.fhir_resources.get("Patient", ())]
 
 
 def _page_number(value: str) -> int:

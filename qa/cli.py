@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from callstream.errors import ConfigError
+from callstream.errors import ConfigError, ServiceUnavailableError
 from callstream.secrets import read_secret
 from callstream.settings import Settings, load_settings
 from callstream.tenants import TenantDirectory, load_tenant_directory
@@ -113,7 +113,14 @@ def _serve(options: argparse.Namespace, settings: Settings) -> int:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    store = AuditStore.open(settings.effective_clickhouse_dsn, options.database)
+    dsn = settings.effective_clickhouse_dsn
+    try:
+        store = AuditStore.open(dsn, options.database)
+    except ServiceUnavailableError as exc:
+        if not dsn.startswith("chdb://"):
+            raise
+        raise ServiceUnavailableError(f"{exc} (if `callstream sinks run` holds this embedded data directory, stop it "
+                                      "and run `callstream qa serve --with-sinks` in its place)") from None
     failures: list[BaseException] = []
     sinks = None
     if options.with_sinks:

@@ -57,12 +57,14 @@ def test_sign_in_filter_open_a_call_follow_the_ema_link_and_download_the_pdf(
     expect(page.locator("blockquote").filter(has_text="provider")).not_to_have_count(0)
     record = qa_world.records.call(PRACTICE_A, calls["a_refill"])
     assert record is not None
-    chart_link = record.record.ema_deep_links[0]
+    [patient_id] = record.record.fhir_resources["Patient"]
+    chart_link = qa_world.tenants[PRACTICE_A].chart_deep_link(patient_id)
     with page.context.expect_page() as opened:
         page.locator("#ema-chart").click()
     chart = opened.value
     chart.wait_for_load_state()
     patient_path = chart_link.split("/ema/", 1)[1]
+    assert patient_path.endswith(f"/chart/{patient_id}")
     assert patient_path in chart.url.replace("%2F", "/"), "the EMA tab opens that patient's chart (or its sign-in)"
     assert chart.evaluate("document.referrer") == "", "no Referer reaches EMA"
     with page.expect_download() as downloading:
