@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import json
 import time
 import uuid
 import xml.etree.ElementTree as ET
 from collections import Counter, defaultdict
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -45,10 +47,12 @@ from callstream.golive.runs import CheckRun, RunStore, code_version, sha256_file
 from callstream.settings import Settings
 from callstream.tenants import load_tenant_directory
 from sandbox.generator import build_world, generate_profile
-from sandbox.mirror import MirrorError, apply_mirror, load_mirror
+from sandbox.mirror import MirrorError, MirrorFile, apply_mirror, load_mirror
 from schemas.topics import TOPICS
 from streams.sandbox_tenants import practice_entry, sandbox_listing
+from streams.cast import Script
 from streams.services import sandbox_process, worker_process
+from streams.telephony import ReplayReport
 
 SEED = 7
 PATIENTS_PER_PRACTICE = 400
@@ -94,7 +98,9 @@ def run_check(settings: Settings, *, mirror: Path | None, practice: str | None, 
     run_dir = (settings.data_dir / "golive" / f"check-{started:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}").resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     anchor = started.date()
-    profiles = apply_mirror([generate_profile(SEED, 0)], mirror_file, SEED)
+    fault_sets = sorted({s.faults.model_dump_json(exclude_defaults=True) for s in scenarios if s.faults is not None})
+    sandbox_mirror = _mirror_with_twins(mirror_path, mirror_file, practices, len(fault_sets), run_dir)
+    profiles = apply_mirror([generate_profile(SEED, 0)], load_mirror(sandbox_mirror), SEED)
     world = build_world(seed=SEED, patients_per_practice=PATIENTS_PER_PRACTICE, anchor=anchor, profiles=profiles)
     say(f"catalogue {len(scenarios)} scenarios from {catalogue_dir}")
     say(f"mirror    {mirror_path} ({', '.join(practices)})")
@@ -103,9 +109,10 @@ def run_check(settings: Settings, *, mirror: Path | None, practice: str | None, 
         bootstrap = stack.enter_context(_broker(run_dir))
         sandbox_url = stack.enter_context(sandbox_process(
             run_dir, seed=SEED, patients=PATIENTS_PER_PRACTICE, practices=1,
-            extra_args=("--mirror", str(mirror_path), "--anchor-date", anchor.isoformat())))
+            extra_args=("--mirror", str(sandbox_mirror), "--anchor-date", anchor.isoformat())))
         say(f"sandbox   {sandbox_url}")
-        tenants_file = _tenant_directory(sandbox_url, run_dir, practices)
+        twins = [twin_id(p, k) for p in practices for k in range(len(fault_sets))]
+        tenants_file = _tenant_directory(sandbox_url, run_dir, practices + twins)
         tenants = load_tenant_directory(tenants_file)
         audit = AuditCollector(bootstrap)
         stack.callback(audit.close)
@@ -118,9 +125,13 @@ def run_check(settings: Settings, *, mirror: Path | None, practice: str | None, 
         skipped: list[NotApplicable] = []
         for practice_id in practices:
             for scenario in scenarios:
-                planned = planner.plan(scenario, practice_id)
+                on = None
+                if scenario.faults is not None:
+                    on = twin_id(practice_id, fault_sets.index(scenario.faults.model_dump_json(exclude_defaults=True)))
+                planned = planner.plan(scenario, practice_id, on=on)
                 (plans if isinstance(planned, Planned) else skipped).append(planned)  # type: ignore[arg-type]
-        results = _play_and_check(plans, bootstrap, sandbox_url, audit, world, started, say, concurrency)
+        warm_ups = {twin: planner.warm_up(twin) for twin in twins}
+        results = _play_and_check(plans, warm_ups, bootstrap, sandbox_url, audit, world, started, say, concurrency)
     seconds = time.monotonic() - clock
     failed = sorted(r.label for r in results if not r.passed)
     run = CheckRun(run_id=str(uuid.uuid4()), finished_at=datetime.now(UTC), practices=tuple(practices),
@@ -136,38 +147,47 @@ def run_check(settings: Settings, *, mirror: Path | None, practice: str | None, 
     return outcome
 
 
-def _play_and_check(plans: list[Planned], bootstrap: str, sandbox_url: str, audit: AuditCollector, world: Any,
-                    started: datetime, say: Any, concurrency: int) -> list[ScenarioResult]:
-    """Scenarios without faults all at once; then each group of fault scenarios with its faults set."""
-    stages: dict[str, list[Planned]] = defaultdict(list)
+def _play_and_check(plans: list[Planned], warm_ups: dict[str, Script], bootstrap: str, sandbox_url: str,
+                    audit: AuditCollector, world: Any, started: datetime, say: Any,
+                    concurrency: int) -> list[ScenarioResult]:
+    """Scenarios without faults, a few calls at a time; beside them, each fault set on its own twin practice:
+    a warm-up call (so the worker holds a token there), the faults set, its scenarios played, the faults cleared."""
+    groups: dict[str, list[Planned]] = defaultdict(list)
     for plan in plans:
-        key = "" if plan.scenario.faults is None else plan.scenario.faults.model_dump_json(exclude_defaults=True)
-        stages[key].append(plan)
-    reports = []
-    # Fault sets that leave the practice's circuit breaker open (ModMed failing outright) run last.
-    for key, stage in sorted(stages.items(), key=lambda item: ("error_5xx_ratio" in item[0], item[0])):
+        groups[plan.practice.practice_id if plan.scenario.faults is not None else ""].append(plan)
+    main = groups.pop("", [])
+    clock = time.monotonic()
+
+    def play_group(twin: str, stage: list[Planned]) -> ReplayReport:
         faults = stage[0].scenario.faults
-        practice_ids = sorted({plan.practice.practice_id for plan in stage})
-        say(f"playing   {len(stage)} calls" + (f" with faults {key}" if faults else ""))
+        assert faults is not None
+        play(bootstrap, [warm_ups[twin]])
+        set_faults(sandbox_url, twin, faults.model_dump(exclude_defaults=True))
         try:
-            if faults is not None:
-                for practice_id in practice_ids:
-                    set_faults(sandbox_url, practice_id, faults.model_dump(exclude_defaults=True))
-            answered = Counter[str]()
-
-            def call_done(call_id: str, size: int = len(stage)) -> None:
-                answered["n"] += 1
-                if answered["n"] % 10 == 0 or answered["n"] == size:
-                    say(f"          {answered['n']}/{size} calls ended")
-
-            reports.append(play(bootstrap, stage, call_done, concurrency))
-            open_calls = audit.wait_ended(plan.call_id for plan in stage)
-            if open_calls:
-                say(f"          {len(open_calls)} calls never audited their end")
+            report = play(bootstrap, stage)
+            audit.wait_ended(plan.call_id for plan in stage)
         finally:
-            if faults is not None:
-                for practice_id in practice_ids:
-                    set_faults(sandbox_url, practice_id, None)
+            set_faults(sandbox_url, twin, None)
+        say(f"played    {len(stage)} calls with faults {faults.model_dump_json(exclude_defaults=True)} "
+            f"({time.monotonic() - clock:.1f} s)")
+        return report
+
+    say(f"playing   {len(main)} calls, and {sum(map(len, groups.values()))} with faults on "
+        f"{len(groups)} twin practices beside them")
+    with ThreadPoolExecutor(max_workers=max(1, len(groups)), thread_name_prefix="golive-faults") as pool:
+        pending = [pool.submit(play_group, twin, stage) for twin, stage in sorted(groups.items())]
+        answered = Counter[str]()
+
+        def call_done(call_id: str) -> None:
+            answered["n"] += 1
+            if answered["n"] % 10 == 0 or answered["n"] == len(main):
+                say(f"          {answered['n']}/{len(main)} calls ended ({time.monotonic() - clock:.1f} s)")
+
+        reports = [play(bootstrap, main, call_done, concurrency)]
+        open_calls = audit.wait_ended(plan.call_id for plan in main)
+        reports += [future.result() for future in pending]
+    if open_calls:
+        say(f"          {len(open_calls)} calls never audited their end")
     report = merge_reports(reports)
     _write_latencies(say, [record for plan in plans for record in audit.of_call(plan.call_id)])
     total = len(plans)
@@ -178,6 +198,33 @@ def _play_and_check(plans: list[Planned], bootstrap: str, sandbox_url: str, audi
         say(f"[{done['n']:>3}/{total}] {'PASS' if result.passed else 'FAIL'} {result.label}")
 
     return asyncio.run(check_all(plans, report, audit, world, started, progress))
+
+
+def twin_id(practice_id: str, index: int) -> str:
+    """The sandbox practice a mirrored practice's fault scenarios of one fault set run at."""
+    return f"{practice_id}-golive-fault-{index + 1}"
+
+
+def _mirror_with_twins(mirror_path: Path, mirror_file: MirrorFile, practices: list[str], fault_sets: int,
+                       run_dir: Path) -> Path:
+    """The mirror plus, per checked practice, one twin per fault set: the same entry under another id, with the
+    track and capabilities the original resolved to (a new practice would otherwise get a generated variant's)."""
+    resolved = {p.practice_id: p for p in apply_mirror([generate_profile(SEED, 0)], mirror_file, SEED)}
+    entries = [entry.model_dump(mode="json", exclude_none=True) for entry in mirror_file.practices]
+    for entry in list(entries):
+        profile = resolved[entry["practice_id"]]
+        if profile.practice_id not in practices:
+            continue
+        for index in range(fault_sets):
+            twin = {**copy.deepcopy(entry), "practice_id": twin_id(profile.practice_id, index),
+                    "name": f"{profile.name} (fault twin {index + 1})", "track": profile.track,
+                    "timezone": profile.timezone, "fhir_task_create": profile.fhir_task_create,
+                    "fhir_compliance_flags": profile.fhir_compliance_flags}
+            twin.pop("firm_url_prefix", None)
+            entries.append(twin)
+    path = run_dir / "sandbox-mirror.yaml"
+    path.write_text(yaml.safe_dump({"practices": entries}, sort_keys=False), encoding="utf-8")
+    return path
 
 
 def _write_latencies(say: Any, records: list[Any]) -> None:

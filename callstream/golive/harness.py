@@ -83,11 +83,14 @@ class Planned:
 
     scenario: Scenario
     practice: Practice
-    """The sandbox practice (credentials, FHIR base) the checks read from."""
+    """The sandbox practice (credentials, FHIR base) the checks read from: the mirrored practice, or for a fault
+    scenario its twin (the same mirror entry under another id, so its faults touch no other scenario)."""
     tenant: Practice
     """The tenant entry the call is made to (the practice in the scenario's phase)."""
     chart: Chart
     script: Script
+    mirrored_practice: str
+    """The mirror's practice the scenario checks (the report's name for it)."""
     target_appointment: str | None = None
     window: tuple[date, date] | None = None
 
@@ -97,7 +100,7 @@ class Planned:
 
     @property
     def label(self) -> str:
-        return f"{self.practice.practice_id}/{self.scenario.id}"
+        return f"{self.mirrored_practice}/{self.scenario.id}"
 
 
 @dataclass
@@ -158,24 +161,26 @@ class Planner:
         self._pools: dict[str, CallerPool] = {}
         self._booked_days: dict[str, set[date]] = defaultdict(set)
 
-    def plan(self, scenario: Scenario, practice_id: str) -> Planned | NotApplicable:
+    def plan(self, scenario: Scenario, practice_id: str, *, on: str | None = None) -> Planned | NotApplicable:
+        """The scenario for the mirror's ``practice_id``, played at sandbox practice ``on`` (default: itself)."""
+        mirrored, practice_id = practice_id, on or practice_id
         tenant = self._world.tenants[practice_id]
         profile = tenant.profile
         if scenario.needs_template is not None:
             template = profile.template_for(scenario.needs_template.value)
             if template is None:
-                return NotApplicable(scenario.id, practice_id, f"the mirror has no {scenario.needs_template} template")
+                return NotApplicable(scenario.id, mirrored, f"the mirror has no {scenario.needs_template} template")
             if scenario.needs_ema_only and not template.ema_only:
-                return NotApplicable(scenario.id, practice_id, f"the mirror's {scenario.needs_template} is not EMA-only")
+                return NotApplicable(scenario.id, mirrored, f"the mirror's {scenario.needs_template} is not EMA-only")
         pool = self._pools.setdefault(practice_id, CallerPool(tenant, self._now))
         chart = pool.take(scenario.caller)
         if chart is None:
-            return NotApplicable(scenario.id, practice_id, f"no unused '{scenario.caller}' patient in the sandbox")
+            return NotApplicable(scenario.id, mirrored, f"no unused '{scenario.caller}' patient in the sandbox")
         practice = self._tenants[practice_id]
         phase_tenant = self._tenants[phase_tenant_id(practice_id, scenario.phase)]
         script = Script(phase_tenant.called_numbers[0], caller_number=chart.caller.phone, now=self._now,
                         call_id=f"golive-{scenario.id}-{uuid.uuid4().hex[:8]}").started()
-        planned = Planned(scenario, practice, phase_tenant, chart, script)
+        planned = Planned(scenario, practice, phase_tenant, chart, script, mirrored)
         for step in scenario.steps:
             if isinstance(step, IdentifyStep):
                 script.identified(chart.caller)
@@ -184,11 +189,22 @@ class Planner:
             else:
                 entities = self._entities(step, chart, pool, tenant, planned)
                 if entities is None:
-                    return NotApplicable(scenario.id, practice_id, "no other patient's appointment to name")
+                    return NotApplicable(scenario.id, mirrored, "no other patient's appointment to name")
                 script.intent(step.intent.value, snippet=step.snippet, medication_mentioned=step.medication,
                               controlled_substance_mentioned=step.controlled_substance, **entities)
         script.ended()
         return planned
+
+    def warm_up(self, practice_id: str) -> Script:
+        """A call that only looks a patient up: the worker then holds a ModMed token for the practice (a fault
+        scenario revoking tokens must find one to revoke)."""
+        tenant = self._world.tenants[practice_id]
+        pool = self._pools.setdefault(practice_id, CallerPool(tenant, self._now))
+        chart = pool.take(CallerKind.PLAIN)
+        assert chart is not None, "a mirrored practice always has flag-free patients"
+        return (Script(self._tenants[practice_id].called_numbers[0], caller_number=chart.caller.phone, now=self._now,
+                       call_id=f"golive-warm-up-{uuid.uuid4().hex[:8]}")
+                .started().identified(chart.caller).intent(Intent.UNKNOWN.value).ended())
 
     def _entities(self, step: IntentStep, chart: Chart, pool: CallerPool, tenant: Tenant,
                   planned: Planned) -> dict[str, Any] | None:
@@ -301,7 +317,7 @@ class AuditCollector:
         self._consumer.close()
 
 
-def play(bootstrap: str, plans: Sequence[Planned], on_call_done: Callable[[str], None] | None = None,
+def play(bootstrap: str, plans: Sequence[Planned | Script], on_call_done: Callable[[str], None] | None = None,
          concurrency: int = DEFAULT_CONCURRENCY, reply_timeout_s: float = 60.0) -> ReplayReport:
     """Every planned call at once, each paced on its own replies as the voice agent would, its events stamped
     when sent (as a live telephony side does, so each turn's hold and budget timers start then)."""
@@ -309,7 +325,8 @@ def play(bootstrap: str, plans: Sequence[Planned], on_call_done: Callable[[str],
     done = (lambda call: on_call_done(call.events[0].call_id)) if on_call_done is not None else None
     try:
         telephony.listen()
-        return telephony.replay([plan.script.events for plan in plans], max_concurrent_calls=concurrency,
+        scripts = [plan.script if isinstance(plan, Planned) else plan for plan in plans]
+        return telephony.replay([script.events for script in scripts], max_concurrent_calls=concurrency,
                                 restamp=True, on_call_done=done)
     finally:
         telephony.close()
@@ -391,7 +408,7 @@ class Checker:
 
     async def check(self, plan: Planned, report: ReplayReport, audit: list[AuditEvent]) -> ScenarioResult:
         scenario = plan.scenario
-        result = ScenarioResult(scenario.id, scenario.category, plan.practice.practice_id, plan.call_id)
+        result = ScenarioResult(scenario.id, scenario.category, plan.mirrored_practice, plan.call_id)
         heard = report.replies.get(plan.call_id, [])
         answers = report.answers(plan.call_id)
         result.heard = [reply.template for reply in heard]
