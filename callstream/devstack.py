@@ -8,6 +8,7 @@ every failure into one clear line (a taken port, an unreachable broker, a bad DS
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -171,14 +172,19 @@ def open_clickhouse(dsn: str) -> Client:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"ClickHouse DSN {redact_dsn(dsn)!r}: cannot create {path}: {exc.strerror}") from None
+    # Network timeouts mean nothing to embedded chDB (clickhouse-connect warns on each one it is given).
+    timeouts = {} if scheme == "chdb" else {"connect_timeout": 5, "send_receive_timeout": 30}
+    driver_log = logging.getLogger("clickhouse_connect")
+    level = driver_log.level
+    driver_log.setLevel(logging.ERROR)  # its warning about a failed first query is the error raised below
     try:
-        # Network timeouts mean nothing to embedded chDB (clickhouse-connect warns on each one it is given).
-        timeouts = {} if scheme == "chdb" else {"connect_timeout": 5, "send_receive_timeout": 30}
         client = clickhouse_connect.get_client(dsn=dsn, **timeouts)
         client.query("SELECT 1")
     except Exception as exc:
         reason = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
         raise ServiceUnavailableError(f"ClickHouse at {redact_dsn(dsn)} is unavailable: {reason}") from None
+    finally:
+        driver_log.setLevel(level)
     return client
 
 

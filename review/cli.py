@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import getpass
 import json
+import logging
 import os
 import signal
 import sys
@@ -34,7 +35,7 @@ from callstream.cli_options import (
 from callstream.devstack import ensure_port_free, ensure_topics, wait_for_broker
 from callstream.errors import ConfigError, ServiceUnavailableError
 from callstream.metrics_server import serve_metrics
-from callstream.settings import Settings
+from callstream.settings import Settings, redact_dsn
 from callstream.tenants import load_tenant_directory
 from connectors.dispatch import Dispatcher
 from connectors.fhir import ModMedClient
@@ -53,6 +54,8 @@ from streams.outputs import KafkaOutputs
 API_ENV = "CALLSTREAM_QUEUE_API"
 DSN_ENV = "CALLSTREAM_QUEUE_DSN"
 STATES = ("open", "retrying", "delivered", "resolved")
+
+log = logging.getLogger("callstream.queue")
 LIST_STATES = {"open": "open,retrying", "delivered": "delivered", "resolved": "resolved"}
 """What ``queue list --state`` asks the API for: open work is everything not yet delivered nor resolved."""
 
@@ -181,6 +184,8 @@ async def _serve(settings: Settings, store: ReviewStore, tenants: Any, options: 
             queue = ReviewQueue(store, tenants, dispatcher, outputs, commands, options)
             server = serve_metrics(queue.metrics.registry, *metrics_at, readiness=queue.rounds.ready,
                                    liveness=queue.rounds.live)
+            log.info("callstream queue: %d practices, Kafka %s, store %s, metrics on http://%s:%d/metrics", len(tenants),
+                     settings.bootstrap_servers, redact_dsn(queue_dsn(settings)), metrics_at[0], server.port)
             try:
                 await serve(queue, stop)
             finally:

@@ -16,6 +16,7 @@ import argparse
 import datetime as dt
 import gc
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -23,8 +24,8 @@ from pathlib import Path
 from callstream.cli_options import add_logging_options, configure_logging_from, settings_from
 from callstream.devstack import ensure_port_free
 from callstream.errors import CallstreamError, ConfigError
-
 from sandbox.faults import FaultError, PracticeFaults, load_fault_file, merge_assignments
+from sandbox.gateway import ACCESS_LOG
 from sandbox.generator import build_world, generate_profile
 from sandbox.mirror import MirrorError, apply_mirror, load_mirror
 from sandbox.world import SandboxWorld
@@ -135,6 +136,8 @@ def _run(args: argparse.Namespace) -> int:
     from sandbox.app import create_app
 
     configure_logging_from(settings)
+    if settings.log_level != "DEBUG":  # one line per request: the access log is for debugging
+        logging.getLogger(ACCESS_LOG).setLevel(logging.WARNING)
     app = create_app(world, faults)
     # The generated data (thousands of resources per practice) lives as long as the server: keep the cyclic
     # GC from rescanning it, or each full collection pauses every request in flight for tens of milliseconds.

@@ -18,7 +18,9 @@ from sandbox.faults import FaultBoard
 from sandbox.ratelimit import RateLimits
 from sandbox.world import SandboxWorld, Tenant
 
-log = logging.getLogger("sandbox.access")
+ACCESS_LOG = "sandbox.access"
+"""One INFO line per request: practice, route template, status (never the query string)."""
+log = logging.getLogger(ACCESS_LOG)
 
 
 @dataclass
@@ -72,7 +74,7 @@ class Gateway:
             else:
                 stats.api_calls += 1
             stats.by_status[status] += 1
-        log.debug("%s %s %d", tenant.practice_id, route, status)
+        log.info("%s %s %d", tenant.practice_id, route, status)
 
     def stats(self, tenant: Tenant) -> dict:
         with self._lock:

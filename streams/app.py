@@ -62,7 +62,7 @@ from streams.observers import FhirRequestMetrics
 from streams.offsets import InFlight
 from streams.outputs import KafkaOutputs
 from streams.processor import CallProcessor, CallSequencer, DriftCounts, RawEvent, hold_event_ack, purge_expired
-from streams.transport import PipelineFaustApp
+from streams.transport import FAUST_MACHINERY_LOG, PipelineFaustApp
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +240,8 @@ class ChangelogLedger(MappingLedger):
 class PipelineRuntime(mode.Service):
     """The worker's I/O resources (ModMed client, EMA browser, output producer, metrics endpoint),
     opened when the worker starts and closed when it stops."""
+
+    logger = FAUST_MACHINERY_LOG
 
     def __init__(self, pipeline: Pipeline, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -28,12 +28,12 @@ log = logging.getLogger("callstream.worker")
 
 
 def worker_main(argv: list[str]) -> int:
-    """`callstream worker`: run the stream pipeline until SIGTERM/SIGINT."""
-    from streams.app import DEFAULT_APP_ID, Pipeline, WorkerOptions
-
+    """`callstream worker`: run the stream pipeline until SIGTERM/SIGINT. Faust is imported once the
+    arguments, the tenant directory, the metrics port and Kafka are known to be good, so a failure among
+    them is reported at once."""
     parser = argparse.ArgumentParser(prog="callstream worker", description="Run the call-event pipeline (Faust).")
     add_service_options(parser, kafka=True, data_dir=True, tenants=True)
-    parser.add_argument("--app-id", default=DEFAULT_APP_ID, help="consumer group and changelog prefix")
+    parser.add_argument("--app-id", help="consumer group and changelog prefix (default callstream-worker)")
     parser.add_argument("--metrics-host", default="0.0.0.0", help="address of /metrics, /healthz, /readyz")
     parser.add_argument("--metrics-port", type=int, help="default $CALLSTREAM_METRICS_PORT, else 9464; 0 picks a free port")
     parser.add_argument("--no-ema", action="store_true", help="never start EMA web automation (FHIR only)")
@@ -57,12 +57,15 @@ def worker_main(argv: list[str]) -> int:
         ensure_port_free(options.metrics_host, metrics_port, "metrics endpoint (--metrics-port)")
     wait_for_broker(settings.bootstrap_servers, settings.connect_timeout_s)
     ensure_topics(settings.bootstrap_servers, [(topic.name, topic.partitions) for topic in TOPICS])
+    from streams.app import DEFAULT_APP_ID, Pipeline, WorkerOptions
+
+    app_id = options.app_id or DEFAULT_APP_ID
     pipeline = Pipeline(settings, tenants, WorkerOptions(
-        app_id=options.app_id, metrics_host=options.metrics_host, metrics_port=metrics_port,
+        app_id=app_id, metrics_host=options.metrics_host, metrics_port=metrics_port,
         drift_window_s=options.drift_window, ttl_sweep_s=options.ttl_sweep, max_in_flight=options.max_in_flight,
         use_ema=not options.no_ema, idempotent_outputs=options.idempotent_outputs, data_dir=str(settings.data_dir),
     ))
-    log.info("callstream worker %s: %s from %s, Kafka %s", options.app_id, _practices(tenants), tenants_file,
+    log.info("callstream worker %s: %s from %s, Kafka %s", app_id, _practices(tenants), tenants_file,
              settings.bootstrap_servers)
     worker = _pipeline_worker_class(settings)(pipeline.app, loglevel=FAUST_LOG_LEVELS[settings.log_level], quiet=True,
                                               redirect_stdouts=False)

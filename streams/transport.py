@@ -12,6 +12,7 @@ partitions it tracks; Faust's own acked-offset bookkeeping is cleared, unused, f
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -27,8 +28,14 @@ GETMANY_TIMEOUT_S = 0.05
 PREFETCH_BACKOFF_S = 0.002
 
 
+FAUST_MACHINERY_LOG = logging.getLogger("faust.callstream")
+"""Where the worker's Faust services (these and streams.app's runtime) log their start and stop: under ``faust``, whose INFO is held back below DEBUG
+(callstream.logs), as Faust's own services' is; mode would name the logger after this module."""
+
+
 class ShortWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     fetch_max_wait_ms = DEFAULT_FETCH_MAX_WAIT_MS
+    logger = FAUST_MACHINERY_LOG
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
@@ -49,6 +56,8 @@ class ShortWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 
 class ShortWaitConsumer(faust_aiokafka.Consumer):
+    logger = FAUST_MACHINERY_LOG
+
     def _tracker(self) -> PipelineFaustApp | None:
         app = self.app
         return app if isinstance(app, PipelineFaustApp) and app.tracked_topics else None
@@ -110,6 +119,7 @@ class PipelineFaustApp(faust.App):
     """faust.App whose Kafka transport fetches with a short wait and commits ``offsets``' safe prefix for
     ``tracked_topics`` (see the module docstring)."""
 
+    logger = FAUST_MACHINERY_LOG
     offsets: OffsetTracker
     tracked_topics: frozenset[str] = frozenset()
 
