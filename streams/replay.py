@@ -28,6 +28,7 @@ from connectors.bulk import ProgressBar
 from schemas.models import AuditAction, AuditEvent, AuditOutcome, CommandKind, UNRESOLVED_PRACTICE_ID
 from schemas.registry import SchemaRegistryClient
 from schemas.topics import TOPICS
+from streams.horizon import REFUSAL_CLASS
 from streams.telephony import (
     INTERIM_TEMPLATE_NAMES,
     CallProgress,
@@ -43,7 +44,7 @@ _WRITE_VERBS = {CommandKind.BOOK_APPOINTMENT: "booked", CommandKind.RESCHEDULE_A
                 CommandKind.CANCEL_APPOINTMENT: "cancelled"}
 _DEAD_LETTER_CAUSES = {
     "UnknownCalledNumber": "unknown practice",
-    "RedeliveryHorizon": "outside the redelivery horizon",
+    REFUSAL_CLASS: "outside the redelivery horizon",
     "SchemaError": "malformed event",
     "CallFlowError": "refused by the call flow",
 }
