@@ -9,6 +9,8 @@ default stack": the Tansu broker on 127.0.0.1 and chDB under ``data_dir``.
 from __future__ import annotations
 
 import os
+import re
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -23,9 +25,12 @@ from pydantic_settings import (
 )
 
 from callstream.errors import ConfigError
+from callstream.mailbox import mailbox_address
 
 CONFIG_FILE_ENV = "CALLSTREAM_CONFIG"
+SECRET_REFERENCE = re.compile(r"^(env:[A-Za-z_][A-Za-z0-9_]*|file:.+)\Z")
 DSN_SCHEMES = ("chdb", "http", "https")
+SmtpSecurity = Literal["starttls", "tls", "none"]
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -76,6 +81,27 @@ class Settings(BaseSettings):
                     "long (plus a margin) are forgotten (streams.horizon); unset: the call-events retention (7 days).",
     )
     alert_webhook_url: str | None = Field(default=None, repr=False, description="Slack-compatible; its path is a secret")
+    read_api_host: str = Field(
+        default="127.0.0.1", description="Where the sinks process serves the audit read API (sinks/read_api.py); "
+                                         "any other address than the loopback needs read_api_token_ref.")
+    read_api_port: int = Field(default=0, ge=0, le=65535, description="0: a free port; either way the address is "
+                                                                       "published in data_dir/run/read-api.json")
+    read_api_url: str | None = Field(default=None, description="Clients: the read API to use; unset, the one "
+                                                               "data_dir/run/read-api.json names")
+    read_api_token_ref: str | None = Field(default=None, description="env:VAR or file:/path holding the API's "
+                                                                     "bearer token; required on a non-loopback address")
+    smtp_host: str | None = Field(default=None, description="The digest's SMTP relay; unset: no scheduled digest")
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_security: SmtpSecurity = Field(default="starttls", description="starttls, tls (implicit) or none (loopback only)")
+    smtp_credentials_ref: str | None = Field(
+        default=None, description="env:VAR or file:/path holding JSON {username, password}; unset: no SMTP login")
+    smtp_ca_file: Path | None = Field(default=None, description="PEM of the CAs to trust beyond the system's")
+    smtp_timeout_s: float = Field(default=30.0, gt=0, le=300)
+    digest_sender: str = Field(default="callstream@localhost", description="From: address of the daily digest")
+    digest_send_at: str = Field(default="07:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$",
+                                description="Local time (each practice's zone) the previous day's digest goes out")
+    digest_call_url: str | None = Field(
+        default=None, description="Link to a call in the digest, with {call_id} (e.g. the QA view's call page)")
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR; below INFO, library chatter shows too.")
     log_format: Literal["text", "json"] = Field(
         default="text", description="json: one JSON object per line, for log shippers (callstream.logs).")
@@ -114,6 +140,25 @@ class Settings(BaseSettings):
         if name not in LOG_LEVELS:
             raise ValueError(f"must be one of {', '.join(LOG_LEVELS)} (got {level!r})")
         return name
+
+    @field_validator("read_api_token_ref", "smtp_credentials_ref")
+    @classmethod
+    def _secret_reference(cls, reference: str | None) -> str | None:
+        if reference is not None and not SECRET_REFERENCE.match(reference):
+            raise ValueError("must be env:VARIABLE or file:/path (the secret itself never goes in the settings)")
+        return reference
+
+    @field_validator("digest_sender")
+    @classmethod
+    def _sender_address(cls, address: str) -> str:
+        return mailbox_address(address)
+
+    @field_validator("digest_call_url")
+    @classmethod
+    def _call_url_template(cls, template: str | None) -> str | None:
+        if template is not None and (template.count("{call_id}") != 1 or not template.startswith(("https://", "http://"))):
+            raise ValueError("must be an http(s) URL with one {call_id} placeholder")
+        return template
 
     @model_validator(mode="after")
     def _hold_inside_the_turn(self) -> Settings:
@@ -163,3 +208,13 @@ def redact_dsn(dsn: str) -> str:
     host = parts.netloc.rpartition("@")[2]
     netloc = f"{parts.username}:***@{host}" if parts.password is not None else host
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def is_loopback(host: str) -> bool:
+    """Whether an address only this machine can reach (what the unauthenticated local APIs bind to)."""
+    if host == "localhost":
+        return True
+    try:
+        return ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -24,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from callstream.errors import TenantDirectoryError
+from callstream.mailbox import mailbox_address
 from guards.hours import DEFAULT_OFFICE_HOURS, OfficeHours
 from guards.model import VisitReason
 from schemas.phone import E164_RULE, is_e164
@@ -332,6 +333,17 @@ class Practice(_Frozen):
     office_hours: OfficeHours = Field(default=DEFAULT_OFFICE_HOURS, description=(
         "weekly openings, holidays and special days in the practice's timezone (guards.hours); none: Mon-Fri 08-17"))
     intake: IntakeConfig | None = Field(default=None, description="branded intake forms and their SMS / e-mail push")
+    digest_recipients: tuple[str, ...] = Field(
+        default=(), max_length=50, description="Who gets the practice's daily escalation digest (none: no digest)")
+
+    @field_validator("digest_recipients")
+    @classmethod
+    def _recipient_addresses(cls, addresses: tuple[str, ...]) -> tuple[str, ...]:
+        for address in addresses:
+            mailbox_address(address)
+        if len({address.lower() for address in addresses}) != len(addresses):
+            raise ValueError("lists an address twice")
+        return addresses
 
     @field_validator("called_numbers")
     @classmethod

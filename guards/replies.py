@@ -325,6 +325,16 @@ def _spoken_list(items: list[str]) -> str:
     return f"{', '.join(items[:-1])}, or {items[-1]}"
 
 
+def _placeholder_value(name: str, values: ReplyValues) -> str | None:
+    if name == "visit_label" and values.visit_reason is not None:
+        return VISIT_LABELS[values.visit_reason]
+    if name == "slot_list" and values.slot_starts:
+        return _spoken_list([spoken_time(start) for start in values.slot_starts])
+    if name == "appointment_time" and values.appointment_time is not None:
+        return spoken_time(values.appointment_time)
+    return None
+
+
 def render_reply(template: ReplyTemplate, values: ReplyValues) -> str:
     """The text to speak.
 
@@ -333,12 +343,29 @@ def render_reply(template: ReplyTemplate, values: ReplyValues) -> str:
     """
     filled: dict[str, str] = {}
     for name in template.placeholders:
-        if name == "visit_label" and values.visit_reason is not None:
-            filled[name] = VISIT_LABELS[values.visit_reason]
-        elif name == "slot_list" and values.slot_starts:
-            filled[name] = _spoken_list([spoken_time(start) for start in values.slot_starts])
-        elif name == "appointment_time" and values.appointment_time is not None:
-            filled[name] = spoken_time(values.appointment_time)
-        else:
+        value = _placeholder_value(name, values)
+        if value is None:
             raise GuardInputError(f"{template} needs a value for {{{name}}}")
+        filled[name] = value
     return template.text.format_map(filled)
+
+
+UNKNOWN_VALUE_MARKERS: dict[str, str] = {
+    "visit_label": "[visit]",
+    "slot_list": "[the offered times]",
+    "appointment_time": "[the appointment time]",
+}
+"""What `outline_reply` puts where a value is not known to the reader (an audit record keeps no times)."""
+
+
+def outline_reply(template: ReplyTemplate, values: ReplyValues) -> tuple[str, tuple[str, ...]]:
+    """The text as spoken, with a bracketed marker for each placeholder whose value ``values`` lacks, and the
+    names of those placeholders: what a reviewer can rebuild of a reply from its audit record."""
+    filled: dict[str, str] = {}
+    unknown: list[str] = []
+    for name in sorted(template.placeholders):
+        value = _placeholder_value(name, values)
+        if value is None:
+            unknown.append(name)
+        filled[name] = value if value is not None else UNKNOWN_VALUE_MARKERS[name]
+    return template.text.format_map(filled), tuple(unknown)

@@ -9,58 +9,168 @@ metrics (streams.metrics.Metrics satisfies `SiemMetrics`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
-import re
+import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from functools import partial
+from datetime import date
 from pathlib import Path
+from typing import Any
 
-from callstream.devstack import ensure_topics, wait_for_broker
-from callstream.errors import CallstreamError, ConfigError
+from callstream.cli_options import add_logging_options, add_service_options, configure_logging_from, settings_from
+from callstream.devstack import ensure_port_free, ensure_topics, wait_for_broker
+from callstream.errors import CallstreamError, ConfigError, ServiceUnavailableError
 from callstream.metrics_server import serve_metrics
-from callstream.settings import Settings, load_settings
+from callstream.settings import Settings, redact_dsn
 from callstream.tenants import TenantDirectory, load_tenant_directory
+from digest.log import DigestLog
+from digest.service import DigestService
+from digest.smtp import SmtpRelay
+from review.reader import review_reader
 from schemas.registry import SchemaRegistryClient
 from schemas.topics import ALARMS, AUDIT, DEAD_LETTER, SIEM_DEAD_LETTER, topic_named
-from sinks.clickhouse_store import AuditRowProcessor, AuditStore, cluster_from_env
+from sinks.clickhouse_store import AuditRowProcessor, AuditStore, cluster_from_env, database_for_dsn, render_call_text
 from sinks.consumer import ClickHouseAuditSink
 from sinks.kafka_io import AuditDecoder
 from schemas.models import AlarmKind
 from sinks.metrics import SinkMetrics
+from sinks.read_api import (
+    MAX_PAGE,
+    CallReads,
+    NotFoundError,
+    ReadApiClient,
+    ReadApiServer,
+    api_token,
+    check_call_id,
+    check_practice_id,
+    discover,
+    parse_day,
+    serve_read_api,
+)
 from sinks.siem import DeliveryTally, SiemFirehose, SiemMetrics
 
 logger = logging.getLogger(__name__)
 
-CALL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}\Z")
 SINK_NAMES = ("clickhouse", "siem")
 SUMMARY_INTERVAL_S = 60.0
 
 
 def audit_main(argv: list[str]) -> int:
-    """`callstream audit call CALL_ID [--practice ID] [--json] [--database NAME]`."""
+    """`callstream audit call CALL_ID [--practice ID]` and `callstream audit calls --practice ID [--date D]`.
+
+    Through the sinks process's read API when it runs (it owns the embedded store), else from the store."""
     parser = argparse.ArgumentParser(prog="callstream audit", description="Read the audit trail in ClickHouse.")
     commands = parser.add_subparsers(dest="command", required=True)
-    call = commands.add_parser("call", help="the per-call audit record: transitions, resources, chart link, tasks, guards")
+    call = commands.add_parser("call", help="the per-call audit record: transitions, resources, chart link, tasks, "
+                                            "guards, what the caller heard, review items")
     call.add_argument("call_id", help="the call id (as in the call events)")
     call.add_argument("--practice", help="practice id, when a call id is known to more than one practice")
-    call.add_argument("--json", action="store_true", help="print the record as JSON")
-    call.add_argument("--database", help="ClickHouse database (default: the DSN's, else 'callstream')")
+    calls = commands.add_parser("calls", help="a practice's calls of one day (its time zone; default today)")
+    calls.add_argument("--practice", required=True, help="practice id")
+    calls.add_argument("--date", help="YYYY-MM-DD (default: today in the practice's time zone)")
+    calls.add_argument("--limit", type=int, default=100, help=f"calls per page (1-{MAX_PAGE})")
+    calls.add_argument("--offset", type=int, default=0, help="calls to skip (paging)")
+    pdf = commands.add_parser("pdf", help="the call's record as a PDF for medical-record retention (qa/pdf.py)")
+    pdf.add_argument("call_id", help="the call id (as in the call events)")
+    pdf.add_argument("--out", type=Path, required=True, help="the PDF file to write")
+    pdf.add_argument("--practice", help="practice id, when a call id is known to more than one practice")
+    pdf.add_argument("--tenants", type=Path, help="tenant directory, for the practice's name (default CALLSTREAM_TENANTS_FILE)")
+    pdf.add_argument("--database", help="ClickHouse database (default: the DSN's, else 'callstream')")
+    for sub in (call, calls):
+        sub.add_argument("--json", action="store_true", help="print JSON")
+        sub.add_argument("--database", help="ClickHouse database (default: the DSN's, else 'callstream')")
+        add_service_options(sub, clickhouse=True, data_dir=True)
     options = parser.parse_args(argv)
-    if not CALL_ID.match(options.call_id):
-        raise ConfigError("call id must be 1-128 letters, digits or . _ : - characters")
-    settings = load_settings()
-    store = AuditStore.open(settings.effective_clickhouse_dsn, options.database)
+    settings = settings_from(options)
+    database = database_for_dsn(settings.effective_clickhouse_dsn, options.database)
+    if options.command == "pdf":
+        from qa.cli import audit_pdf
+
+        return audit_pdf(check_call_id(options.call_id), options.out, partial(_audit_read, settings, database),
+                         practice_id=options.practice, tenants_file=options.tenants)
+    if options.command == "call":
+        check_call_id(options.call_id)
+        try:
+            record = _audit_read(settings, database, lambda reads: reads.call(options.call_id, options.practice))
+        except NotFoundError as exc:
+            print(f"callstream: {exc}", file=sys.stderr)
+            return 1
+        print(json.dumps(record, indent=2) if options.json else _call_text(record))
+        return 0
+    check_practice_id(options.practice)
+    day = parse_day(options.date, "UTC") if options.date else None
+    listing = _audit_read(settings, database,
+                          lambda reads: reads.calls(options.practice, day, options.limit, options.offset))
+    print(json.dumps(listing, indent=2) if options.json else _calls_text(listing))
+    return 0
+
+
+def _audit_read(settings: Settings, database: str, read: Callable[[CallReads | ReadApiClient], Any]) -> Any:
+    """``read`` through the read API of a running sinks process, else on the store opened here."""
+    api_failure = None
+    url = discover(settings, database)
+    if url is not None:
+        try:
+            return read(ReadApiClient(url, api_token(settings)))
+        except ServiceUnavailableError as exc:
+            api_failure = str(exc)
+    try:
+        with _native_stderr_silenced():  # the embedded engine prints its own lock error lines: ours says it once
+            store = AuditStore.open(settings.effective_clickhouse_dsn, database)
+    except ServiceUnavailableError as exc:
+        api = api_failure or ("no audit read API is running (it is served by `callstream sinks run`; "
+                              "or set CALLSTREAM_READ_API_URL)")
+        held = " (the embedded store admits one process at a time)" if settings.effective_clickhouse_dsn.startswith(
+            "chdb://") else ""
+        raise ServiceUnavailableError(f"{api}, and the audit store cannot be opened here{held}: {exc}") from None
     if not store.is_initialised():
         raise ConfigError(f"no audit store in ClickHouse database {store.database} (has `callstream sinks run` run?)")
-    record = store.call_record(options.call_id, options.practice)
-    if record is None:
-        print(f"callstream: no audit events for call {options.call_id}", file=sys.stderr)
-        return 1
-    print(json.dumps(record.to_json_dict(), indent=2) if options.json else record.render_text())
-    return 0
+    tenants = load_tenant_directory(settings.tenants_file) if settings.tenants_file else None
+    return read(CallReads(store, tenants, review_reader(settings, database)))
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 to /dev/null for the duration (chDB writes there from C++, past sys.stderr)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _call_text(record: dict[str, Any]) -> str:
+    items = record.get("review_items") or []
+    lines = [render_call_text(record), "review-queue items:"]
+    lines += [f"  {item['item_id']}  {item['kind']}  {item['reason']}  {item['state']}"
+              f"{'  controlled substance' if item.get('controlled_substance') else ''}  created {item['created_at']}"
+              for item in items]
+    if not items:
+        lines.append(f"  (none: {record['review_error']})" if record.get("review_error") else "  (none)")
+    return "\n".join(lines)
+
+
+def _calls_text(listing: dict[str, Any]) -> str:
+    calls = listing["calls"]
+    shown = f"{listing['offset'] + 1}-{listing['offset'] + len(calls)} of " if calls else ""
+    lines = [f"practice {listing['practice_id']}, {listing['date']} ({listing['time_zone']}): "
+             f"{shown}{listing['total']} calls"]
+    if calls:
+        lines.append(f"  {'call':40} {'started':24} {'events':>6} {'cs':>3} {'blk':>3} {'rvw':>3} {'w ok':>4} "
+                     f"{'fail':>4}  last state")
+    lines += [f"  {call['call_id']:40} {call['started_at']:24} {call['event_count']:>6} "
+              f"{call['controlled_substance_requests']:>3} {call['blocks']:>3} {call['review_queued']:>3} "
+              f"{call['writes_succeeded']:>4} {call['writes_failed']:>4}  {call['last_state'] or '-'}" for call in calls]
+    return "\n".join(lines)
 
 
 def sinks_main(argv: list[str]) -> int:
@@ -68,30 +178,32 @@ def sinks_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="callstream sinks", description="Run the audit consumers.")
     parser.add_argument("action", choices=["run"])
     parser.add_argument("--only", choices=SINK_NAMES, help="run one sink instead of both")
-    parser.add_argument("--tenants", type=Path, help="tenant directory (default CALLSTREAM_TENANTS_FILE)")
+    add_service_options(parser, kafka=True, clickhouse=True, data_dir=True, tenants=True)
     parser.add_argument("--database", help="ClickHouse database (default: the DSN's, else 'callstream')")
     parser.add_argument("--metrics-host", default="0.0.0.0", help="address of /metrics, /healthz, /readyz")
-    parser.add_argument("--metrics-port", type=int, help="default CALLSTREAM_METRICS_PORT; 0 picks a free port")
+    parser.add_argument("--metrics-port", type=int, help="default $CALLSTREAM_METRICS_PORT, else 9464; 0 picks a free port")
+    add_logging_options(parser)
     options = parser.parse_args(argv)
-    settings = load_settings()
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        logging.getLogger("httpx").setLevel(logging.WARNING)  # its INFO lines carry endpoint URLs, which may hold tokens
+    settings = settings_from(options)
+    configure_logging_from(settings)
     wanted = (options.only,) if options.only else SINK_NAMES
-    tenants_file = options.tenants or settings.tenants_file
-    tenants = None
-    if "siem" in wanted:
-        if tenants_file is None:
-            raise ConfigError("the SIEM firehose needs a tenant directory: --tenants FILE or CALLSTREAM_TENANTS_FILE")
-        tenants = load_tenant_directory(tenants_file)
+    tenants_file = settings.tenants_file
+    if "siem" in wanted and tenants_file is None:
+        raise ConfigError("the SIEM firehose needs a tenant directory: --tenants FILE or CALLSTREAM_TENANTS_FILE")
+    # The ClickHouse sink alone uses it too: practices' time zones for the read API, the digest's recipients.
+    tenants = load_tenant_directory(tenants_file) if tenants_file is not None else None
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     port = settings.metrics_port if options.metrics_port is None else options.metrics_port
     if not 0 <= port <= 65535:
         raise ConfigError("--metrics-port must be 0-65535")
+    if port:
+        ensure_port_free(options.metrics_host, port, "metrics endpoint (--metrics-port)")
     run_sinks(settings, stop, tenants=tenants, database=options.database, only=options.only,
-              serve=(options.metrics_host, port))
+              serve=(options.metrics_host, port), read_api=True, on_serving=lambda bound: logger.info(
+                  "callstream sinks: metrics on http://%s:%d/metrics (probes /healthz, /readyz)",
+                  options.metrics_host, bound))
     return 0
 
 
@@ -105,11 +217,14 @@ def run_sinks(
     metrics: SiemMetrics | None = None,
     serve: tuple[str, int] | None = None,
     on_serving: Callable[[int], None] | None = None,
+    read_api: bool = False,
 ) -> None:
     """Run the sinks in threads until `stop` is set; a sink that dies stops the others and re-raises.
 
     With `serve` (host, port) the process serves /metrics (`SinkMetrics`), /healthz (every sink thread
-    alive) and /readyz (every sink thread running); `on_serving` is told the bound port.
+    alive) and /readyz (every sink thread running); `on_serving` is told the bound port. With the ClickHouse
+    sink, `read_api` serves the audit read API (sinks/read_api.py) on ``read_api_host:read_api_port``, and a
+    configured SMTP relay (``smtp_host``) with a tenant directory runs the daily digest (digest/service.py).
 
     Raises:
         ConfigError: SIEM wanted without a tenant directory, or an unknown sink name.
@@ -121,12 +236,14 @@ def run_sinks(
     if "siem" in wanted and tenants is None:
         raise ConfigError("the SIEM firehose needs a tenant directory")
     bootstrap = settings.bootstrap_servers
-    wait_for_broker(bootstrap)
+    wait_for_broker(bootstrap, settings.connect_timeout_s)
+    logger.info("callstream sinks: %s, Kafka %s, ClickHouse %s", " and ".join(wanted), bootstrap,
+                redact_dsn(settings.effective_clickhouse_dsn))
     ensure_topics(bootstrap, [(name, topic_named(name).partitions)
                               for name in (AUDIT, DEAD_LETTER, SIEM_DEAD_LETTER, ALARMS)])
     registry = SchemaRegistryClient(settings.schema_registry_url) if settings.schema_registry_url else None
     try:
-        _run_until_stopped(settings, stop, wanted, tenants, database, metrics, registry, serve, on_serving)
+        _run_until_stopped(settings, stop, wanted, tenants, database, metrics, registry, serve, on_serving, read_api)
     finally:
         if registry is not None:  # also when the store cannot open or migrate: no leaked pool
             registry.close()
@@ -142,6 +259,7 @@ def _run_until_stopped(
     registry: SchemaRegistryClient | None,
     serve: tuple[str, int] | None,
     on_serving: Callable[[int], None] | None,
+    read_api: bool = False,
 ) -> None:
     """Build the wanted sinks, run each in its own thread and re-raise the first failure."""
     bootstrap = settings.bootstrap_servers
@@ -157,6 +275,9 @@ def _run_until_stopped(
                                    session_timeout_ms=settings.consumer_session_timeout_ms,
                                    on_insert=exported.observe_insert if exported is not None else None)
         runners["clickhouse"] = sink.run
+        digests = _digest_service(settings, store.database, tenants)
+        if digests is not None:
+            runners["digest"] = digests.run
     if "siem" in wanted:
         assert tenants is not None
         on_alarm = None
@@ -178,6 +299,8 @@ def _run_until_stopped(
             logger.error("%s sink stopped on %s", name, type(exc).__name__)
             stop.set()
 
+    # Before the sink threads start: a taken port then fails the start-up with nothing left running.
+    api = _serve_read_api(settings, store.database, tenants, digests) if read_api and "clickhouse" in runners else None
     threads = [threading.Thread(target=guarded, args=(name, runner), name=f"sink-{name}") for name, runner in runners.items()]
     for thread in threads:
         thread.start()
@@ -194,6 +317,39 @@ def _run_until_stopped(
     finally:
         if server is not None:
             server.close()
+        if api is not None:
+            api.close()
+
+
+def _digest_service(settings: Settings, database: str, tenants: TenantDirectory | None) -> DigestService | None:
+    """The daily digest, when a relay and a tenant directory are configured; its send log is migrated here."""
+    relay = SmtpRelay.from_settings(settings)
+    if relay is None or tenants is None:
+        return None
+    dsn = settings.effective_clickhouse_dsn
+    sends = DigestLog.open(dsn, database, cluster_from_env())
+    sends.migrate()
+    return DigestService(AuditStore.open(dsn, database), sends, tenants, relay,
+                         reviews=review_reader(settings, database), sender=settings.digest_sender,
+                         call_url=settings.digest_call_url, send_at=settings.digest_send_at)
+
+
+def _serve_read_api(settings: Settings, database: str, tenants: TenantDirectory | None,
+                    digests: DigestService | None) -> ReadApiServer:
+    """The read API on its own connection to the store, published in the data directory's run file."""
+    dsn = settings.effective_clickhouse_dsn
+    reads = CallReads(AuditStore.open(dsn, database), tenants, review_reader(settings, database))
+    send = figures = None
+    if digests is not None:
+        def send(day: date | None, practice_id: str | None, service: DigestService = digests) -> list[dict[str, Any]]:
+            return [outcome.to_json_dict() for outcome in service.send(day, practice_id)]
+
+        def figures(practice_id: str, day: date, service: DigestService = digests) -> dict[str, Any]:
+            return service.figures(practice_id, day).to_json_dict()
+
+    return serve_read_api(reads, settings.read_api_host, settings.read_api_port, token=api_token(settings),
+                          send_digests=send, digest_figures=figures,
+                          publish=(settings.data_dir, redact_dsn(dsn), database))
 
 
 def _wait(stop: threading.Event, threads: list[threading.Thread], failures: list[BaseException],

@@ -31,13 +31,15 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 from urllib.parse import urlsplit
 
 from callstream.devstack import open_clickhouse
 from callstream.errors import CallstreamError, ConfigError
 from callstream.settings import redact_dsn
+from guards.model import VisitReason
+from guards.replies import INTERIM_TEMPLATES, ReplyTemplate, ReplyValues, outline_reply
 from schemas.errors import SchemaError
 from sinks.kafka_io import AuditDecoder
 from sinks.payload import AuditRecord, audit_record
@@ -235,6 +237,66 @@ class QueuedWrite:
     slot_id: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class HeardReply:
+    """A reply the caller heard: its template and its wording rebuilt from the audit record (times are not
+    recorded, so ``unknown_values`` names the placeholders left as bracketed markers in ``text``)."""
+
+    at: datetime
+    template: str
+    text: str | None
+    """None for a template this build does not know (a newer worker wrote the record)."""
+    interim: bool = False
+    """A hold message (guards.replies.INTERIM_TEMPLATES): the turn's answer followed it."""
+    unknown_values: tuple[str, ...] = ()
+
+
+def heard_reply(at: datetime, template: str, visit_reason: str | None) -> HeardReply:
+    """Rebuild a REPLY_SENT record's wording with the closed template set (guards.replies)."""
+    try:
+        known = ReplyTemplate(template)
+    except ValueError:
+        return HeardReply(at, template, None)
+    try:
+        values = ReplyValues(visit_reason=VisitReason(visit_reason) if visit_reason else None)
+    except ValueError:  # a visit reason this build does not know: spoken as unknown
+        values = ReplyValues()
+    text, unknown = outline_reply(known, values)
+    return HeardReply(at, template, text, known in INTERIM_TEMPLATES, unknown)
+
+
+CALL_SPAN = timedelta(hours=6)
+"""How long a call can last at most, for the listing's time window: events of a call that began in the window are
+read this far past it (and before it, to see whether it began earlier)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallSummary:
+    """One line of a practice's call list: counts of what the call's audit records say happened."""
+
+    call_id: str
+    started_at: datetime
+    last_event_at: datetime
+    event_count: int
+    controlled_substance_requests: int
+    escalations_with_task: int
+    blocks: int
+    bypass_attempts: int
+    review_queued: int
+    writes_succeeded: int
+    writes_failed: int
+    dead_lettered: int
+    last_state: str | None
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {"call_id": self.call_id, "started_at": _iso(self.started_at), "last_event_at": _iso(self.last_event_at),
+                "event_count": self.event_count, "controlled_substance_requests": self.controlled_substance_requests,
+                "escalations_with_task": self.escalations_with_task, "blocks": self.blocks,
+                "bypass_attempts": self.bypass_attempts, "review_queued": self.review_queued,
+                "writes_succeeded": self.writes_succeeded, "writes_failed": self.writes_failed,
+                "dead_lettered": self.dead_lettered, "last_state": self.last_state}
+
+
 SLOT_ROLES = ("offered", "booked", "queued", "failed")
 """How a call touched a Slot: offered to the caller, booked, queued for staff to book, chosen but not booked."""
 
@@ -259,6 +321,8 @@ class CallAuditRecord:
     slots: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     """Slot ids by SLOT_ROLES (every one is also under fhir_resources["Slot"])."""
     queued_writes: tuple[QueuedWrite, ...] = ()
+    replies: tuple[HeardReply, ...] = ()
+    """What the caller heard, in order (interim hold messages included)."""
 
     def to_json_dict(self) -> dict[str, Any]:
         """The record for `callstream audit call --json`."""
@@ -289,41 +353,62 @@ class CallAuditRecord:
                  "resource_type": item.resource_type, "resource_ids": list(item.resource_ids), "slot_id": item.slot_id}
                 for item in self.queued_writes
             ],
+            "replies": [
+                {"at": _iso(reply.at), "template": reply.template, "text": reply.text, "interim": reply.interim,
+                 "unknown_values": list(reply.unknown_values)}
+                for reply in self.replies
+            ],
             "outcomes": dict(self.outcomes),
         }
 
     def render_text(self) -> str:
         """The human-readable form, one section per item the seeds list."""
-        lines = [
-            f"call {self.call_id}  (practice {self.practice_id})",
-            f"caller number: {self.caller_number or '-'}",
-            f"events: {self.event_count}, {_iso(self.first_event_at)} .. {_iso(self.last_event_at)}",
-            "state transitions:",
-            *(f"  {_iso(step.at)}  {step.state_from or '-'} -> {step.state_to or '-'}" for step in self.state_transitions),
-            "FHIR resources touched:",
-            *(f"  {kind}: {', '.join(ids)}" for kind, ids in self.fhir_resources.items()),
-            "slots:",
-            *(f"  {role}: {', '.join(ids)}" for role, ids in self.slots.items()),
-            "EMA chart links:",
-            *(f"  {link}" for link in self.ema_deep_links),
-            "provider tasks:",
-            *(f"  {_iso(task.at)}  {task.task_ref}  transcript {task.transcript_ref or '-'}" for task in self.tasks),
-            f"transcript: {self.transcript_ref or '-'}",
-            "guards fired:",
-            *(
-                f"  {_iso(hit.at)}  {hit.guard}  {hit.guard_action or '-'} {hit.dialogue_path or '-'}"
-                f"  ({hit.action} {hit.outcome}{f', {hit.command}' if hit.command else ''})"
-                for hit in self.guards_fired
-            ),
-            "queued for staff:",
-            *(
-                f"  {_iso(item.at)}  {item.command or '-'}  {item.reason or '-'}"
-                f"{f'  {item.resource_type}: ' + ', '.join(item.resource_ids) if item.resource_ids else ''}"
-                f"{f'  slot {item.slot_id}' if item.slot_id else ''}"
-                for item in self.queued_writes
-            ),
-        ]
-        return "\n".join(_with_none_marker(lines))
+        return render_call_text(self.to_json_dict())
+
+
+def render_call_text(record: Mapping[str, Any]) -> str:
+    """`CallAuditRecord.to_json_dict()` as text (also what `callstream audit call` prints from the read API)."""
+    lines = [
+        f"call {record['call_id']}  (practice {record['practice_id']})",
+        f"caller number: {record['caller_number'] or '-'}",
+        f"events: {record['event_count']}, {record['first_event_at']} .. {record['last_event_at']}",
+        "state transitions:",
+        *(f"  {step['at']}  {step['from'] or '-'} -> {step['to'] or '-'}" for step in record["state_transitions"]),
+        "FHIR resources touched:",
+        *(f"  {kind}: {', '.join(ids)}" for kind, ids in record["fhir_resources"].items()),
+        "slots:",
+        *(f"  {role}: {', '.join(ids)}" for role, ids in record["slots"].items()),
+        "EMA chart links:",
+        *(f"  {link}" for link in record["ema_deep_links"]),
+        "provider tasks:",
+        *(f"  {task['at']}  {task['task_ref']}  transcript {task['transcript_ref'] or '-'}" for task in record["tasks"]),
+        f"transcript: {record['transcript_ref'] or '-'}",
+        "guards fired:",
+        *(_guard_line(hit) for hit in record["guards_fired"]),
+        "queued for staff:",
+        *(_queued_line(item) for item in record["queued_writes"]),
+        "what the caller heard:",
+        *(_heard_line(reply) for reply in record.get("replies", ())),
+    ]
+    return "\n".join(_with_none_marker(lines))
+
+
+def _guard_line(hit: Mapping[str, Any]) -> str:
+    command = f", {hit['command']}" if hit["command"] else ""
+    return (f"  {hit['at']}  {hit['guard']}  {hit['guard_action'] or '-'} {hit['dialogue_path'] or '-'}"
+            f"  ({hit['action']} {hit['outcome']}{command})")
+
+
+def _queued_line(item: Mapping[str, Any]) -> str:
+    target = f"  {item['resource_type']}: {', '.join(item['resource_ids'])}" if item["resource_ids"] else ""
+    slot = f"  slot {item['slot_id']}" if item["slot_id"] else ""
+    return f"  {item['at']}  {item['command'] or '-'}  {item['reason'] or '-'}{target}{slot}"
+
+
+def _heard_line(reply: Mapping[str, Any]) -> str:
+    interim = "  (interim)" if reply["interim"] else ""
+    wording = reply["text"] or "(wording unknown to this build)"
+    return f"  {reply['at']}  {reply['template']}{interim}\n      \"{wording}\""
 
 
 def _with_none_marker(lines: list[str]) -> list[str]:
@@ -519,7 +604,7 @@ class AuditStore:
         rows = self._query(
             "SELECT occurred_at, practice_id, caller_number, action, outcome, state_from, state_to, resource_type, "
             "resource_ids, ema_deep_link, task_refs, transcript_ref, guards_fired, command, error_class, guard_action, "
-            "dialogue_path, slot_id, detail['operation'] "
+            "dialogue_path, slot_id, detail['operation'], detail['template'], detail['visit_reason'] "
             f"FROM {self.database}.{AUDIT_TABLE} FINAL WHERE call_id = {{call_id:String}}{practice_filter} "
             "ORDER BY occurred_at, event_id",
             {"call_id": call_id, "practice_id": practice_id or ""},
@@ -532,6 +617,37 @@ class AuditStore:
                 f"call {call_id} has audit events of practices {', '.join(practices)}; name one with --practice"
             )
         return _assemble_call_record(call_id, practices[0], rows)
+
+    def list_calls(self, practice_id: str, since: datetime, until: datetime, limit: int = 100,
+                   offset: int = 0) -> tuple[list[CallSummary], int]:
+        """The practice's calls whose first event falls in [since, until), oldest first, one page of them, and
+        how many there are in all."""
+        window = {"practice_id": practice_id, "since": since, "until": until,
+                  "lookback": since - CALL_SPAN, "lookahead": until + CALL_SPAN}
+        calls = (
+            "SELECT call_id, min(occurred_at) AS started, max(occurred_at), count(), "
+            "countIf(action = 'ESCALATION' AND detail['trigger'] = 'controlled_substance'), "
+            "countIf(action = 'ESCALATION' AND length(task_refs) > 0), "
+            "countIf(action = 'GUARD_HIT' AND outcome = 'BLOCKED'), countIf(action = 'BYPASS_ATTEMPT'), "
+            "countIf(action = 'REVIEW_QUEUED'), "
+            "countIf(action IN ('FHIR_WRITE', 'EMA_WRITE') AND outcome = 'SUCCESS'), "
+            "countIf(action IN ('FHIR_WRITE', 'EMA_WRITE') AND outcome = 'FAILURE'), "
+            "countIf(action = 'DEAD_LETTER'), "
+            "argMaxIf(state_to, occurred_at, action = 'CALL_STATE_TRANSITION') "
+            f"FROM {self.database}.{AUDIT_TABLE} FINAL "
+            "WHERE practice_id = {practice_id:String} AND call_id != '' "
+            "AND occurred_at >= {lookback:DateTime64(3, 'UTC')} AND occurred_at < {lookahead:DateTime64(3, 'UTC')} "
+            "GROUP BY call_id "
+            "HAVING started >= {since:DateTime64(3, 'UTC')} AND started < {until:DateTime64(3, 'UTC')}"
+        )
+        total = int(self._query(f"SELECT count() FROM ({calls})", window)[0][0])
+        rows = self._query(f"{calls} ORDER BY started, call_id LIMIT {int(limit)} OFFSET {int(offset)}", window)
+        return [CallSummary(row[0], _utc(row[1]), _utc(row[2]), *(int(value) for value in row[3:12]), row[12] or None)
+                for row in rows], total
+
+    def select(self, sql: str, parameters: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        """A read of this store's tables for a report (digest/); failures as StoreUnavailableError."""
+        return self._query(sql, parameters)
 
     def _run(self, statement: str) -> None:
         try:
@@ -579,9 +695,10 @@ def _assemble_call_record(call_id: str, practice_id: str, rows: list[tuple[Any, 
     guards: list[GuardHit] = []
     queued: list[QueuedWrite] = []
     outcomes: dict[str, int] = {}
+    heard: list[HeardReply] = []
     for (occurred_at, _practice, number, action, outcome, state_from, state_to, resource_type, resource_ids, link,
          task_refs, row_transcript_ref, guards_fired, command, error_class, guard_action, dialogue_path, slot_id,
-         operation) in rows:
+         operation, template, visit_reason) in rows:
         at = _utc(occurred_at)
         caller_number = caller_number or number
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
@@ -606,6 +723,8 @@ def _assemble_call_record(call_id: str, practice_id: str, rows: list[tuple[Any, 
             guards.extend(GuardHit(at, guard, action, outcome, command, guard_action, dialogue_path) for guard in names)
         if action == "REVIEW_QUEUED":
             queued.append(QueuedWrite(at, command, operation or None, resource_type, tuple(resource_ids), slot_id))
+        if action == "REPLY_SENT" and template:
+            heard.append(heard_reply(at, template, visit_reason or None))
     return CallAuditRecord(
         call_id=call_id,
         practice_id=practice_id,
@@ -623,6 +742,7 @@ def _assemble_call_record(call_id: str, practice_id: str, rows: list[tuple[Any, 
         outcomes=outcomes,
         slots={role: tuple(slots[role]) for role in SLOT_ROLES if role in slots},
         queued_writes=tuple(queued),
+        replies=tuple(heard),
     )
 
 

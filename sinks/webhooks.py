@@ -18,14 +18,13 @@ import datetime as dt
 import hashlib
 import hmac
 import math
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from pathlib import Path
 
 from callstream.errors import ConfigError
+from callstream.secrets import read_secret
 
 SECRET_PREFIX = "whsec_"
 SIGNATURE_VERSION = "v1"
@@ -90,20 +89,10 @@ def resolve_secret(reference: str) -> WebhookSecret:
         WebhookSecretError: unknown form, unset variable, unreadable file or malformed secret;
             the message names the reference, never the content.
     """
-    kind, _, target = reference.partition(":")
-    if kind == "env" and target:
-        raw = os.environ.get(target)
-        if raw is None:
-            raise WebhookSecretError(f"SIEM secret reference {reference}: variable is not set")
-    elif kind == "file" and target:
-        try:
-            raw = Path(target).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise WebhookSecretError(f"SIEM secret reference {reference}: {exc.strerror or type(exc).__name__}") from None
-        except UnicodeDecodeError:
-            raise WebhookSecretError(f"SIEM secret reference {reference}: file is not UTF-8 text") from None
-    else:
-        raise WebhookSecretError(f"SIEM secret reference {reference!r} must be env:VARIABLE or file:/path")
+    try:
+        raw = read_secret(reference, "SIEM secret")
+    except ConfigError as exc:
+        raise WebhookSecretError(str(exc)) from None
     try:
         return WebhookSecret.parse(raw)
     except WebhookSecretError as exc:
