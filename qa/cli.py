@@ -4,8 +4,8 @@ Where the QA view runs: in a process that has the audit store open. On a ClickHo
 number of `callstream qa serve` processes beside the sinks. On the embedded chDB one process owns the
 data directory, so `qa serve` either runs where nothing else holds it (e.g. after `make demo`) or, with
 ``--with-sinks``, is itself the audit sink process: it runs the ClickHouse sink (and the SIEM firehose
-with a tenant directory that has SIEM endpoints) in threads, exactly as `callstream sinks run` does,
-and serves the pages from the same engine.
+with a tenant directory that has SIEM endpoints) and the audit read API in threads, exactly as
+`callstream sinks run` does, and serves the pages from the same engine.
 """
 
 from __future__ import annotations
@@ -146,15 +146,16 @@ def _serve(options: argparse.Namespace, settings: Settings) -> int:
 
 def _start_sinks(settings: Settings, tenants: TenantDirectory, database: str | None, stop: threading.Event,
                  failures: list[BaseException]) -> threading.Thread:
-    """`callstream sinks run` in a thread of this process (SIEM too when a practice has an endpoint); its
-    failure lands in ``failures`` and stops the process."""
+    """`callstream sinks run` in a thread of this process (SIEM too when a practice has an endpoint), with the
+    audit read API, so `callstream audit call|pdf` keep working; a failure lands in ``failures`` and stops
+    the process."""
     from sinks.cli import run_sinks
 
     only = None if any(practice.siem for practice in tenants.values()) else "clickhouse"
 
     def run() -> None:
         try:
-            run_sinks(settings, stop, tenants=tenants, database=database, only=only)
+            run_sinks(settings, stop, tenants=tenants, database=database, only=only, read_api=True)
         except BaseException as exc:  # noqa: BLE001 - re-raised by the main thread
             failures.append(exc)
 

@@ -1,5 +1,6 @@
 """`callstream qa serve --with-sinks` as a subprocess: the one owner of its embedded chDB runs the audit sink
-and serves the pages, so a call audited on Kafka shows on the QA view while the sink runs."""
+and serves the pages, so a call audited on Kafka shows on the QA view while the sink runs, and `callstream
+audit call` still reads it (through the read API the process serves)."""
 
 from __future__ import annotations
 
@@ -25,13 +26,14 @@ from tests.sinks.audit_helpers import make_event, produce_events, wait_until
 pytestmark = pytest.mark.broker
 
 
-def test_qa_serve_with_sinks_shows_calls_as_the_sink_stores_them(kafka_bootstrap: str, qa_world: QaWorld,
+def test_qa_serve_with_sinks_shows_calls_as_the_sink_stores_them_and_audit_call_still_works(kafka_bootstrap: str, qa_world: QaWorld,
                                                                   tmp_path: Path) -> None:
     port = free_port()
     env = {key: value for key, value in os.environ.items()
            if key not in ("CALLSTREAM_CONFIG", "CALLSTREAM_TENANTS_FILE", "CALLSTREAM_QA_USERS")}
     env.update(KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, CLICKHOUSE_DSN=f"chdb://{tmp_path / 'clickhouse'}",
-               CALLSTREAM_DATA_DIR=str(tmp_path), CALLSTREAM_QUEUE_API=f"http://127.0.0.1:{free_port()}")
+               CALLSTREAM_DATA_DIR=str(tmp_path), CALLSTREAM_QUEUE_API=f"http://127.0.0.1:{free_port()}",
+               CALLSTREAM_READ_API_PORT="0")
     log = tmp_path / "qa.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -54,6 +56,9 @@ def test_qa_serve_with_sinks_shows_calls_as_the_sink_stores_them(kafka_bootstrap
             assert sign_in(client, "ana", PASSWORDS["ana"]) == 303
             wait_until(lambda: client.get(f"/calls/{call_id}").status_code == 200, 30, "the call on its page")
             assert call_id in client.get("/calls").text
+        audited = subprocess.run([sys.executable, "-m", "callstream.cli", "audit", "call", call_id], cwd=REPO, env=env,
+                                 capture_output=True, text=True, timeout=60, check=False)
+        assert audited.returncode == 0 and "-> started" in audited.stdout, audited.stderr[-2000:]
     finally:
         process.terminate()
         process.wait(30)
