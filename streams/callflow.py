@@ -569,6 +569,10 @@ class DropReason(StrEnum):
     """An older seq than the call's last event."""
 
 
+DROPPED_DETAIL = "dropped"
+"""The audit detail key naming a DropReason (the event's ``seq`` beside it)."""
+
+
 class CallFlowError(ValueError):
     """An event that cannot belong to the call it names (the shell dead-letters it)."""
 
@@ -957,7 +961,7 @@ def dropped_audit(state: CallState, seq: int, reason: DropReason) -> AuditOut:
         outcome=AuditOutcome.BLOCKED,
         state_from=state.phase.value,
         state_to=state.phase.value,
-        detail={"dropped": reason.value, "seq": str(seq)},
+        detail={DROPPED_DETAIL: reason.value, "seq": str(seq)},
     )
 
 

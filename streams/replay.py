@@ -28,6 +28,7 @@ from connectors.bulk import ProgressBar
 from schemas.models import AuditAction, AuditEvent, AuditOutcome, CommandKind, UNRESOLVED_PRACTICE_ID
 from schemas.registry import SchemaRegistryClient
 from schemas.topics import TOPICS
+from streams.callflow import DROPPED_DETAIL, DropReason
 from streams.horizon import REFUSAL_CLASS
 from streams.telephony import (
     INTERIM_TEMPLATE_NAMES,
@@ -75,7 +76,7 @@ def what_happened(call: CallProgress, reply_timeout_s: float) -> list[Happened]:
     if call.ended_before:
         happened.append(Happened("already_ended", "already ended: the pipeline had this call as ended before, so it "
                                                   "dropped its events (replay it under a new call_id to play it again)"))
-    out_of_order = sorted({drop.seq for drop in call.dropped if drop.why != "call_ended"})
+    out_of_order = sorted({drop.seq for drop in call.dropped if drop.why != DropReason.CALL_ENDED})
     if out_of_order:
         happened.append(Happened("dropped", f"dropped out of order: events seq {', '.join(map(str, out_of_order))}"))
     if call.timed_out:
@@ -125,7 +126,7 @@ def _outcome_of(record: AuditEvent) -> Happened | None:
     if record.action is AuditAction.BYPASS_ATTEMPT:
         return Happened("bypass_attempt", f"bypass attempt recorded: {record.detail.get('signal', '?')}")
     if (record.action is AuditAction.CALL_STATE_TRANSITION and record.state_to == "ended"
-            and "dropped" not in record.detail):
+            and DROPPED_DETAIL not in record.detail):
         return Happened("ended", "call ended")
     return None
 

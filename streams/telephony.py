@@ -44,6 +44,7 @@ from schemas.models import (
 from schemas.registry import SchemaRegistryClient
 from schemas.serde import AvroSerde
 from schemas.topics import AUDIT, CALL_EVENTS, DEAD_LETTER, REPLIES, topic_named
+from streams.callflow import DROPPED_DETAIL, DropReason
 
 OFFERED_SLOT = re.compile(r"^OFFERED\.([1-9][0-9]?)\Z")
 IDENTITY_REQUESTS = frozenset({"ASK_IDENTITY", "MEDICATION_REQUEST_FORWARDED_NEED_IDENTITY", "ASK_NEW_PATIENT_DETAILS"})
@@ -54,9 +55,6 @@ MAX_SCRIPT_BYTES = 64 * 1024 * 1024
 OUTCOME_SETTLE_S = 0.3
 """With watch_outcomes, a finished call is reported this long after its last wait ended: records of its last
 event on the other topics (the audit after a reply, a reply after a dead letter) arrive within it."""
-DROPPED_DETAIL = "dropped"
-"""Audit detail key of a call event the pipeline dropped (streams.callflow.DropReason), with ``seq`` beside it."""
-CALL_ENDED_DROP = "call_ended"
 
 
 def load_script(path: Path) -> list[CallEvent]:
@@ -133,7 +131,7 @@ class CallProgress:
     @property
     def ended_before(self) -> bool:
         """The pipeline already had this call as ended: every event of it is dropped, none is worth a wait."""
-        return any(drop.why == CALL_ENDED_DROP for drop in self.dropped)
+        return any(drop.why == DropReason.CALL_ENDED for drop in self.dropped)
 
     def release(self, event_id: str) -> None:
         """Stop waiting for ``event_id``: its outcome is known without a reply."""
@@ -341,7 +339,7 @@ class Telephony:
         if why is not None:
             seq = int(record.detail.get("seq", "-1")) if record.detail.get("seq", "").isdigit() else -1
             call.dropped.append(Dropped(seq, why))
-            dropped = [event for event in call.events[:call.sent] if why == CALL_ENDED_DROP or event.seq == seq]
+            dropped = [event for event in call.events[:call.sent] if why == DropReason.CALL_ENDED or event.seq == seq]
         elif record.state_to == "ended":
             dropped = [event for event in call.events[:call.sent] if isinstance(event.payload, CallEnded)]
         else:
