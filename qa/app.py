@@ -154,6 +154,14 @@ def build_app(config: QaConfig) -> Starlette:
     def to_login() -> Response:
         return RedirectResponse("/login", status_code=303)
 
+    def signed_in(handler: Callable[[Request, Session], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+        """The handler with the request's session; no valid session: off to sign in."""
+        async def guarded(request: Request) -> Response:
+            session = session_of(request)
+            return to_login() if session is None else await handler(request, session)
+
+        return guarded
+
     def not_found(request: Request, session: Session, what: str) -> Response:
         return page(request, "error.html", session, 404, title="Not found", message=what)
 
@@ -217,10 +225,7 @@ def build_app(config: QaConfig) -> Starlette:
 
     # ------------------------------------------------------------------------------------ pages
 
-    async def calls(request: Request) -> Response:
-        session = session_of(request)
-        if session is None:
-            return to_login()
+    async def calls(request: Request, session: Session) -> Response:
         guards = await run_in_threadpool(config.records.guard_names, session.practice.practice_id)
         context: dict[str, Any] = {"outcomes": OUTCOMES, "review_states": REVIEW_STATES, "guards": guards,
                                    "query": dict(request.query_params), "listing": None, "error": None,
@@ -235,10 +240,7 @@ def build_app(config: QaConfig) -> Starlette:
         filters = wanted.to_query()
         return page(request, "calls.html", session, **{**context, "listing": listing, "filters": filters})
 
-    async def export_calls(request: Request) -> Response:
-        session = session_of(request)
-        if session is None:
-            return to_login()
+    async def export_calls(request: Request, session: Session) -> Response:
         try:
             wanted = CallFilter.from_query(request.query_params)
         except FilterError as exc:
@@ -257,21 +259,16 @@ def build_app(config: QaConfig) -> Starlette:
         return Response(out.getvalue(), media_type="text/csv; charset=utf-8",
                         headers={"content-disposition": f'attachment; filename="{name}"'})
 
-    async def call_detail(request: Request) -> Response:
-        session = session_of(request)
-        if session is None:
-            return to_login()
+    async def call_detail(request: Request, session: Session) -> Response:
         call_id = request.path_params["call_id"]
         detail = await _detail(session, call_id)
         if detail is None:
-            return not_found(request, session, f"No call {call_id} at {session.practice.name}.")
+            shown = call_id if CALL_ID.match(call_id) else "with that id"
+            return not_found(request, session, f"No call {shown} at {session.practice.name}.")
         return page(request, "call.html", session, detail=detail, record=detail.record,
                     chart_links=chart_links(session.practice, detail))
 
-    async def call_json(request: Request) -> Response:
-        session = session_of(request)
-        if session is None:
-            return to_login()
+    async def call_json(request: Request, session: Session) -> Response:
         body = await _body(session, request.path_params["call_id"])
         if body is None:
             return JSONResponse({"error": "no such call at your practice"}, status_code=404)
@@ -279,10 +276,7 @@ def build_app(config: QaConfig) -> Starlette:
             "x-record-sha256": record_sha256(body),
             "content-disposition": f'attachment; filename="call-{body["call_id"]}.json"'})
 
-    async def call_pdf_download(request: Request) -> Response:
-        session = session_of(request)
-        if session is None:
-            return to_login()
+    async def call_pdf_download(request: Request, session: Session) -> Response:
         body = await _body(session, request.path_params["call_id"])
         if body is None:
             return not_found(request, session, "No such call at your practice.")
@@ -300,10 +294,7 @@ def build_app(config: QaConfig) -> Starlette:
             return None
         return await run_in_threadpool(config.records.call, session.practice.practice_id, call_id)
 
-    async def escalations(request: Request) -> Response:
-        session = session_of(request)
-        if session is None:
-            return to_login()
+    async def escalations(request: Request, session: Session) -> Response:
         today = datetime.now(session.zone).date()
         try:
             day = date.fromisoformat(request.query_params.get("day") or today.isoformat())
@@ -330,12 +321,12 @@ def build_app(config: QaConfig) -> Starlette:
             Route("/login", login_form, methods=["GET"]),
             Route("/login", login, methods=["POST"]),
             Route("/logout", logout, methods=["POST"]),
-            Route("/calls", calls),
-            Route("/calls/export.csv", export_calls),
-            Route("/calls/{call_id}", call_detail),
-            Route("/calls/{call_id}/record.json", call_json),
-            Route("/calls/{call_id}/record.pdf", call_pdf_download),
-            Route("/escalations", escalations),
+            Route("/calls", signed_in(calls)),
+            Route("/calls/export.csv", signed_in(export_calls)),
+            Route("/calls/{call_id}", signed_in(call_detail)),
+            Route("/calls/{call_id}/record.json", signed_in(call_json)),
+            Route("/calls/{call_id}/record.pdf", signed_in(call_pdf_download)),
+            Route("/escalations", signed_in(escalations)),
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ],
         exception_handlers={CallstreamError: service_error},
