@@ -14,10 +14,14 @@ out, and the next attempt asks ModMed whether the first landed (the ledger key i
 request still ends as exactly one Task. Staff resolve an open item; an item being delivered right now
 is refused (``ItemBusy``) rather than racing the delivery.
 
-PHI never enters an item: the command's params may hold the caller's name, date of birth and number
+PHI never enters an item: the command's params may hold the caller's name, date of birth, number and words
 (the internal topic allows it), but only the allow-listed ids and codes of ``DETAIL_KEYS`` are kept.
-A retry that needs the identity (a patient search ModMed failed) reads it again from the command record
-on the topic, located by ``source_partition``/``source_offset``.
+A retry reads what it needs beyond them (the identity for a repeated patient search, the request the
+guards decided on) again from the command record on the topic, located by ``source_partition``/``source_offset``.
+
+Every retry is decided again (``recheck``) by the same ``guards.decide`` the worker's turn ran, on the
+chart's flags as they are now: a write it no longer allows (an agreement expired meanwhile, a restriction
+set) is left to staff under ``guard_refused``, never made.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from callstream.errors import CallstreamError
+from guards import CallContext, ChartFlags, Command, GoLivePhase, GuardInputError, IntentRequest, decide
 from guards.model import TaskAudience, TaskKind, TaskReason
 from schemas.models import AlarmKind, AlarmState, CommandMessage
 from sinks.kafka_io import Backoff
@@ -53,6 +58,10 @@ several) may be absent: commands written before it existed carry only ``task_rea
 DETAIL_MAX_CHARS = 64
 LONG_DETAIL_KEYS = {"merged_reasons": 512}
 """Keys whose values may run past DETAIL_MAX_CHARS (a list of codes; every TaskReason together fits)."""
+CONFIRMED_KEY = "cs_requests"
+"""Detail key of the controlled-substance requests (comma-separated ids) the item was counted as escalating."""
+MAX_CONFIRMED = 20
+"""Request ids an item remembers as confirmed (one call's repeated requests; more are counted, not listed)."""
 
 
 class ReviewQueueError(CallstreamError):
@@ -92,6 +101,10 @@ class Reason(StrEnum):
     READ_ONLY_PHASE = "read_only_phase"
     CALLER_NOT_MATCHED = "caller_not_matched"
     NEEDS_STAFF = "needs_staff"
+    SLOT_UNAVAILABLE = "slot_unavailable"
+    """A booking's retry found the slot taken or no longer bookable: staff offer another."""
+    GUARD_REFUSED = "guard_refused"
+    """The guards, decided again on the chart as it is now, no longer allow the write."""
 
 
 class ItemState(StrEnum):
@@ -99,6 +112,10 @@ class ItemState(StrEnum):
     RETRYING = "retrying"
     DELIVERED = "delivered"
     RESOLVED = "resolved"
+
+
+UNFINISHED = frozenset({ItemState.OPEN, ItemState.RETRYING})
+"""Not yet delivered nor resolved: the work staff see under ``queue list --state open``."""
 
 
 TRANSIENT = frozenset({Reason.EHR_UNAVAILABLE, Reason.RATE_LIMITED, Reason.AUTH_FAILED, Reason.TIMEOUT})
@@ -189,7 +206,7 @@ class ReviewItem:
 
     @property
     def is_open(self) -> bool:
-        return self.state in (ItemState.OPEN, ItemState.RETRYING)
+        return self.state in UNFINISHED
 
     def to_json_dict(self) -> dict[str, object]:
         def moment(value: datetime | None) -> str | None:
@@ -236,12 +253,19 @@ def item_from_command(command: CommandMessage, partition: int, offset: int, now:
     return replace(item, next_attempt_at=now if retries and retryable(item) else None)
 
 
+_BOOKING_DETAIL = frozenset({"slot_id", "visit_reason", "start", "patient_id"})
+
+
 def retryable(item: ReviewItem) -> bool:
-    """Work callstream can finish itself: a team task whose write failed for a reason that passes, with
-    either the chart or (on the topic) the identity to find it. Bookings, changes, intake and call-backs
-    wait for staff: a slot offered minutes ago may be gone, and the caller was told staff would confirm."""
-    return (item.command == "CREATE_TASK" and item.kind is not ItemKind.CALLBACK and item.reason in TRANSIENT
-            and "task_kind" in item.detail and "task_reason" in item.detail)
+    """Work callstream can finish itself once ModMed answers again: a team task, with either the chart or (on
+    the topic) the identity to find it, and a booking of a chart into the slot the caller chose (the item is
+    made only in the write phases for these; read-only-phase bookings wait for staff with the slot offered).
+    Changes, intake and call-backs wait for staff, as does anything that failed for a reason that does not pass."""
+    if item.reason not in TRANSIENT:
+        return False
+    if item.command == "CREATE_TASK":
+        return item.kind is not ItemKind.CALLBACK and "task_kind" in item.detail and "task_reason" in item.detail
+    return item.command == "BOOK_APPOINTMENT" and _BOOKING_DETAIL <= item.detail.keys()
 
 
 def merged_reasons(detail: Mapping[str, str]) -> tuple[TaskReason, ...]:
@@ -272,10 +296,12 @@ def attempt_failed(item: ReviewItem, error_class: str, now: datetime, rng: rando
                     next_attempt_at=None if final else now + delay)
 
 
-def not_matched(item: ReviewItem, now: datetime) -> ReviewItem:
-    """retrying → open for staff: the repeated search worked and found no single chart for the caller."""
+def to_staff(item: ReviewItem, reason: Reason, error_class: str, now: datetime) -> ReviewItem:
+    """retrying → open for staff only, under the honest reason the attempt found (no single chart for the
+    caller, the slot gone, the guards refusing the write now); ``error_class`` says what exactly."""
     _require(item, ItemState.RETRYING)
-    return _changed(item, now, state=ItemState.OPEN, reason=Reason.CALLER_NOT_MATCHED, next_attempt_at=None)
+    return _changed(item, now, state=ItemState.OPEN, reason=reason, last_error_class=error_class[:64],
+                    next_attempt_at=None)
 
 
 def delivered(item: ReviewItem, resource_type: str, resource_id: str, now: datetime) -> ReviewItem:
@@ -304,6 +330,52 @@ def _require(item: ReviewItem, state: ItemState) -> None:
 
 def _changed(item: ReviewItem, now: datetime, **changes: object) -> ReviewItem:
     return replace(item, updated_at=now, revision=item.revision + 1, **changes)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------------ guards
+
+
+def recheck(item: ReviewItem, request: IntentRequest, earlier_cs_requests: int, patient_id: str,
+            chart: ChartFlags | None, phase: GoLivePhase, after_hours: bool, now: datetime) -> str | None:
+    """The guards' verdict on retrying the item now: None when the write is still allowed, else why not.
+
+    The worker's turn asked ``guards.decide`` about the caller's request; the retry asks it again about the
+    same request (read back from the command record) with the chart's flags as they are now, the practice's
+    phase and the hour. The item's write must still be one the decision dispatches: its task (same kind and
+    team) for a task, the booking of its visit reason for a booking. No rule is repeated here."""
+    ctx = CallContext(call_id=item.call_id, practice_id=item.practice_id, caller_identified=True,
+                      patient_id=patient_id, after_hours=after_hours,
+                      refill_requests_earlier_in_call=min(max(earlier_cs_requests, 0), 1000))
+    try:
+        decision = decide(ctx, request, chart, phase, now)
+    except GuardInputError:
+        return "GuardInputError"
+    if item.command == "BOOK_APPOINTMENT":
+        allowed = (Command.BOOK_APPOINTMENT in decision.commands
+                   and decision.visit_reason is not None and decision.visit_reason.value == item.detail.get("visit_reason"))
+    else:
+        allowed = Command.CREATE_TASK in decision.commands and any(
+            task.kind.value == item.detail.get("task_kind") and task.audience.value == item.detail.get("audience")
+            for task in decision.tasks)
+    if allowed:
+        return None
+    return ".".join(guard.value for guard in decision.guards_fired)[:64] or decision.outcome.value  # an error class
+
+
+def confirmed_requests(item: ReviewItem) -> tuple[str, ...]:
+    return tuple(filter(None, item.detail.get(CONFIRMED_KEY, "").split(",")))
+
+
+def confirm_escalation(item: ReviewItem, request_id: str, now: datetime) -> ReviewItem | None:
+    """The item now stands for one more controlled-substance request (the escalation rate counts it, as it
+    reached a stored, staff-visible item or ModMed); None when the request was confirmed before (a
+    redelivered command). Any state counts: delivered reached ModMed, resolved was seen by staff."""
+    request_id = request_id.strip()[:40]
+    confirmed = confirmed_requests(item)
+    if not request_id or "," in request_id or request_id in confirmed:
+        return None
+    kept = (*confirmed, request_id)[-MAX_CONFIRMED:]
+    return _changed(item, now, detail={**item.detail, CONFIRMED_KEY: ",".join(kept)})
 
 
 # ---------------------------------------------------------------------------------------- staleness
@@ -344,12 +416,12 @@ class StaleTransition:
 class StaleAlarms:
     """FIRING when a practice gets a stale item, CLEARED when it has none left; one transition per change.
 
-    The firing set lives in memory: after a restart a still-stale practice fires again (receivers
-    de-duplicate on state), which never hides an alarm."""
+    ``firing`` starts from the stored alarm states (review.store), so a practice that fired before a
+    restart is cleared after it once its items are done, and does not fire twice."""
 
-    def __init__(self, limit: timedelta = STALE_AFTER) -> None:
+    def __init__(self, limit: timedelta = STALE_AFTER, firing: Iterable[str] = ()) -> None:
         self.limit = limit
-        self.firing: set[str] = set()
+        self.firing: set[str] = set(firing)
 
     def update(self, stale: Mapping[str, Staleness]) -> list[StaleTransition]:
         threshold = self.limit.total_seconds()

@@ -5,14 +5,22 @@ One asyncio loop does four things, all against the one store this process owns:
 - **intake**: consumes callstream.commands.v1 (group ``callstream-review-queue``), makes every
   REVIEW_QUEUE command an open item unless the item already exists (a redelivery), and commits the
   offsets only after the items are stored;
-- **retries**: delivers due items through the same Dispatcher, guards' TaskSpec and idempotency keys as
-  the worker. Its ledger is not write-ahead, so every attempt first asks ModMed whether a Task with the
-  key exists: exactly one Task per request even after a worker's lost answer or this process's kill -9.
-  The delivery's audit record is acknowledged before the item is marked delivered (a crash in between
-  repeats the record with the same id, which the sinks de-duplicate);
-- **age alarm**: REVIEW_QUEUE_STALE per practice on callstream.alarms.v1 and as metrics;
-- **HTTP API** on 127.0.0.1 (``/items``, ``/items/{id}``, ``/items/{id}/resolve``, ``/metrics``,
-  ``/healthz``): the staff CLI goes through it, so the store keeps a single writer and the embedded
+  A controlled-substance request a command names (``cs_request``) is counted as escalated
+  (``callstream_cs_escalations_total``) once its item is stored: staff-visible, not merely on a topic;
+- **retries**: delivers due items (team tasks; in the write phases, bookings) through the same Dispatcher,
+  guards and idempotency keys as the worker. Each attempt first decides the request again with
+  ``guards.decide`` on the chart's flags as they are now (review.core.recheck) and, for a booking, checks
+  the chosen slot with ``guards.filter_and_rank``; a write they no longer allow, or a slot gone, is left
+  to staff with that reason. The ledger is not write-ahead, so every write first asks ModMed whether it
+  landed (a Task with the key, the patient's appointment at the slot's start): exactly one Task or
+  Appointment per request even after a worker's lost answer or this process's kill -9. The delivery's
+  audit record is acknowledged before the item is marked delivered (a crash in between repeats the
+  record with the same id, which the sinks de-duplicate);
+- **age alarm**: REVIEW_QUEUE_STALE per practice on callstream.alarms.v1 and as metrics; each practice's
+  alarm state is stored (review_alarms) before its transition is published and marked announced after,
+  so a restarted process clears an alarm its predecessor raised and re-announces one it may not have;
+- **HTTP API** on 127.0.0.1 (``/items?practice=&state=&call=``, ``/items/{id}``, ``/items/{id}/resolve``,
+  ``/metrics``, ``/healthz``): the staff CLI goes through it, so the store keeps a single writer and the embedded
   chDB (one process per data directory) stays usable while this process runs. The API has no
   authentication, so it never leaves the loopback interface; Prometheus and the kubelet read
   ``/metrics``, ``/healthz`` and ``/readyz`` from the separate metrics endpoint (review/cli.py),
@@ -26,28 +34,36 @@ import contextlib
 import logging
 import random
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from aiohttp import web
 from confluent_kafka import Consumer, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from callstream.tenants import GoLivePhase, Practice, TenantDirectory
+from pydantic import ValidationError
+
 from connectors.dispatch import Dispatcher, Written
+from connectors.errors import ConflictError, InvalidResponseError
 from connectors.operations import MatchKind
+from guards import IntentRequest, VisitReason, filter_and_rank
 from guards.model import TaskAudience, TaskKind, TaskReason, TaskSpec
 from review import core
-from review.core import ItemBusy, ItemClosed, ItemNotFound, ItemState, ReviewItem, ReviewQueueError
-from review.store import ReviewStore
+from review.core import ItemBusy, ItemClosed, ItemNotFound, ItemState, Reason, ReviewItem, ReviewQueueError
+from review.store import StoredAlarm, ReviewStore
 from schemas.errors import SchemaError
 from schemas.models import (
     EMA_DEEP_LINK_PATTERN,
     Alarm,
+    AlarmKind,
+    AlarmState,
     AuditAction,
     AuditEvent,
     AuditOutcome,
@@ -59,7 +75,15 @@ from schemas.registry import SchemaRegistryClient
 from schemas.serde import AvroSerde
 from schemas.topics import COMMANDS
 from sinks.kafka_io import Backoff, consumer_config
-from streams.callflow import REPLY_NAMESPACE, task_note
+from streams.callflow import (
+    CS_REQUEST_PARAM,
+    EARLIER_CS_REQUESTS_PARAM,
+    GUARD_REQUEST_PARAM,
+    REPLY_NAMESPACE,
+    guard_phase,
+    is_after_hours,
+    task_note,
+)
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +110,30 @@ STALL_AFTER_S = 120.0
 """A loop that has not finished a round (intake, retries, age alarm) for this long is stuck: not live, not ready."""
 
 Clock = Callable[[], datetime]
+STALE_KIND = AlarmKind.REVIEW_QUEUE_STALE.value
+
+
+@dataclass(frozen=True, slots=True)
+class ForStaff:
+    """An attempt that showed a person must act: the honest reason, and what exactly (a guard, a class)."""
+
+    reason: Reason
+    error_class: str
+
+
+def _decided_request(params: dict[str, str]) -> tuple[IntentRequest, int]:
+    """The request the worker's guards decided on, from the command record (review.core.recheck decides it again).
+
+    Raises:
+        ReviewQueueError: the record is gone or predates the request param; staff take the item.
+    """
+    raw = params.get(GUARD_REQUEST_PARAM)
+    if raw is None:
+        raise ReviewQueueError("the command record with the decided request is gone from the topic")
+    try:
+        return IntentRequest.model_validate_json(raw), int(params.get(EARLIER_CS_REQUESTS_PARAM, "0"))
+    except (ValidationError, ValueError):
+        raise ReviewQueueError("the command record's decided request does not read") from None
 
 
 def utc_now() -> datetime:
@@ -101,6 +149,8 @@ class CommandLog:
         self._intake = Consumer(consumer_config(bootstrap, INTAKE_GROUP, session_timeout_ms))
         self._intake.subscribe([COMMANDS])
         self._reader = Consumer({**consumer_config(bootstrap, f"{INTAKE_GROUP}-reader", session_timeout_ms)})
+        self._reading = threading.Lock()
+        """Attempts read records from threads at once; the reader consumer serves one position at a time."""
 
     def poll(self, max_messages: int = 500, timeout_s: float = 0.5) -> list[tuple[int, int, CommandMessage | None]]:
         """The next records as (partition, offset, command); None for one that does not decode."""
@@ -129,18 +179,20 @@ class CommandLog:
         Raises:
             TimeoutError: the broker did not hand the record over in time (a later attempt reads again).
         """
-        low, _ = self._reader.get_watermark_offsets(TopicPartition(COMMANDS, partition), timeout=ARCHIVE_READ_TIMEOUT_S)
-        if low > offset:
-            return None
-        self._reader.assign([TopicPartition(COMMANDS, partition, offset)])
-        deadline = time.monotonic() + ARCHIVE_READ_TIMEOUT_S
-        while time.monotonic() < deadline:
-            message = self._reader.poll(0.2)
-            if message is None or message.error() is not None:
-                continue
-            if message.offset() >= offset:
-                return self._decode(message.value()) if message.offset() == offset else None
-        raise TimeoutError("the command record was not read in time")
+        with self._reading:
+            low, _ = self._reader.get_watermark_offsets(TopicPartition(COMMANDS, partition),
+                                                        timeout=ARCHIVE_READ_TIMEOUT_S)
+            if low > offset:
+                return None
+            self._reader.assign([TopicPartition(COMMANDS, partition, offset)])
+            deadline = time.monotonic() + ARCHIVE_READ_TIMEOUT_S
+            while time.monotonic() < deadline:
+                message = self._reader.poll(0.2)
+                if message is None or message.error() is not None:
+                    continue
+                if message.partition() == partition and message.offset() >= offset:
+                    return self._decode(message.value()) if message.offset() == offset else None
+            raise TimeoutError("the command record was not read in time")
 
     def close(self) -> None:
         self._intake.close()
@@ -169,6 +221,10 @@ class QueueMetrics:
                                  registry=self.registry)
         self.deliveries = Counter("callstream_review_deliveries_total", "Review-item delivery attempts by outcome",
                                   ["practice_id", "outcome"], registry=self.registry)
+        self.cs_escalations = Counter(
+            "callstream_cs_escalations", "Controlled-substance requests escalated: here, those whose review item is "
+            "stored and staff-visible (the worker counts those whose provider Task reached ModMed)",
+            ["practice_id"], registry=self.registry)
 
     def refresh(self, items: list[ReviewItem], now: datetime, firing: set[str], watched: set[str]) -> None:
         self.open_items.clear()
@@ -229,7 +285,11 @@ class ReviewQueue:
     rounds: Rounds = field(default_factory=Rounds)
 
     def __post_init__(self) -> None:
-        self.alarms = core.StaleAlarms(self.options.stale_after)
+        stored = [alarm for alarm in self.store.alarm_states() if alarm.kind == STALE_KIND]
+        self._alarm_revisions = {alarm.practice_id: alarm.revision for alarm in stored}
+        self._unannounced = [alarm for alarm in stored if not alarm.announced]
+        self.alarms = core.StaleAlarms(self.options.stale_after,
+                                       firing=(a.practice_id for a in stored if a.state == AlarmState.FIRING.value))
         self._attempts: dict[str, asyncio.Task[None]] = {}
 
     # ------------------------------------------------------------------------------------ intake
@@ -242,15 +302,30 @@ class ReviewQueue:
             if command is None:
                 log.warning("commands[%d]@%d does not decode; skipped by the review queue", partition, offset)
                 continue
-            if command.route is not CommandRoute.REVIEW_QUEUE or self.store.find(str(command.command_id)):
+            if command.route is not CommandRoute.REVIEW_QUEUE:
                 continue
-            practice = self._practice(command.practice_id)
-            retries = practice is not None and practice.phase is not GoLivePhase.READ_ONLY
-            self.store.put(core.item_from_command(command, partition, offset, self.clock(), retries=retries))
-            stored += 1
+            item = self.store.find(str(command.command_id))
+            if item is None:
+                practice = self._practice(command.practice_id)
+                retries = practice is not None and practice.phase is not GoLivePhase.READ_ONLY
+                item = core.item_from_command(command, partition, offset, self.clock(), retries=retries)
+                self.store.put(item)
+                stored += 1
+            self._confirm_escalation(item, command.params.get(CS_REQUEST_PARAM))
         if batch:
             await asyncio.to_thread(self.commands.commit, batch)
         return stored
+
+    def _confirm_escalation(self, item: ReviewItem, request_id: str | None) -> None:
+        """Count the controlled-substance request the command names as escalated, now that its item is stored
+        (once per request: the id is kept on the item, so a redelivered command counts nothing)."""
+        if not request_id:
+            return
+        confirmed = core.confirm_escalation(item, request_id, self.clock())
+        if confirmed is None:
+            return
+        self.store.put(confirmed)  # an attempt in flight keeps it (_store_outcome)
+        self.metrics.cs_escalations.labels(item.practice_id).inc()
 
     # ----------------------------------------------------------------------------------- retries
 
@@ -275,48 +350,94 @@ class ReviewQueue:
         self.store.put(item)
         started = time.perf_counter()
         try:
-            written = await asyncio.wait_for(self._deliver(practice, item), DISPATCH_TIMEOUT_S)
+            outcome = await asyncio.wait_for(self._deliver(practice, item), DISPATCH_TIMEOUT_S)
         except Exception as exc:  # noqa: BLE001 - any ModMed failure is this item's, recorded on it
             error = type(exc).__name__
             final = core.reason_for(error) not in core.TRANSIENT
             log.warning("review item %s (practice %s): attempt %d failed with %s%s", item.item_id, item.practice_id,
                         item.attempts, error, "; left for staff" if final else "")
             await self.outputs.audit(self._attempt_audit(item, error, started))
-            self.store.put(core.attempt_failed(item, error, self.clock(), self.rng, backoff=self.options.backoff,
-                                               final=final))
+            self._store_outcome(item, lambda it: core.attempt_failed(it, error, self.clock(), self.rng,
+                                                                     backoff=self.options.backoff, final=final))
             self.metrics.deliveries.labels(item.practice_id, "failed").inc()
             return
-        if written is None:
-            self.store.put(core.not_matched(item, self.clock()))
-            self.metrics.deliveries.labels(item.practice_id, "not_matched").inc()
+        if isinstance(outcome, ForStaff):
+            log.warning("review item %s (practice %s): left for staff (%s: %s)", item.item_id, item.practice_id,
+                        outcome.reason.value, outcome.error_class)
+            await self.outputs.audit(self._attempt_audit(item, outcome.error_class, started, outcome.reason))
+            self._store_outcome(item, lambda it: core.to_staff(it, outcome.reason, outcome.error_class, self.clock()))
+            self.metrics.deliveries.labels(item.practice_id, outcome.reason.value).inc()
             return
-        await self.outputs.audit(self._delivery_audit(item, written, started))
-        self.store.put(core.delivered(item, written.resource_type, written.resource_id, self.clock()))
+        await self.outputs.audit(self._delivery_audit(item, outcome, started))
+        self._store_outcome(item, lambda it: core.delivered(it, outcome.resource_type, outcome.resource_id,
+                                                            self.clock()))
         self.metrics.deliveries.labels(item.practice_id, "delivered").inc()
         log.info("review item %s (practice %s) delivered as %s/%s", item.item_id, item.practice_id,
-                 written.resource_type, written.resource_id)
+                 outcome.resource_type, outcome.resource_id)
 
-    async def _deliver(self, practice: Practice, item: ReviewItem) -> Written | None:
-        """The item's Task, on the chart it names or, after a failed search, on the chart found now.
-        None when the repeated search finds no single chart (staff take it)."""
-        detail = item.detail
-        kind = TaskKind(detail["task_kind"])
-        patient_id = detail.get("patient_id")
-        pdmp = datetime.fromisoformat(detail["pdmp_last_checked"]) if "pdmp_last_checked" in detail else None
-        if patient_id is None:
-            patient_id = await self._search_again(practice, item)
-            if patient_id is None:
-                return None
-            if TaskAudience(detail["audience"]) is TaskAudience.PROVIDER:  # the PDMP check time reaches providers
-                pdmp = (await self.dispatcher.read_flags(practice, patient_id)).value.pdmp_last_checked
-        task = TaskSpec(kind=kind, audience=TaskAudience(detail["audience"]), reason=TaskReason(detail["task_reason"]),
-                        call_id=item.call_id, practice_id=item.practice_id, patient_id=patient_id,
-                        pdmp_last_checked=pdmp, merged_reasons=core.merged_reasons(detail))
-        return await self.dispatcher.create_task(practice, call_id=item.call_id, task=task, note=task_note(task))
+    def _store_outcome(self, item: ReviewItem, outcome: Callable[[ReviewItem], ReviewItem]) -> None:
+        """Store the attempt's outcome on the newest stored revision's detail: intake may have confirmed an
+        escalation on the item meanwhile (both run on this loop, and nothing awaits between read and write)."""
+        stored = self.store.find(item.item_id)
+        if stored is not None and stored.revision > item.revision:
+            item = replace(item, detail=stored.detail, revision=stored.revision)
+        self.store.put(outcome(item))
 
-    async def _search_again(self, practice: Practice, item: ReviewItem) -> str | None:
+    async def _deliver(self, practice: Practice, item: ReviewItem) -> Written | ForStaff:
+        """The item's write, if the guards still allow it: the Task on the chart the item names (or, after a
+        failed search, the chart found now), or the booking of the chosen slot."""
         command = await asyncio.to_thread(self.commands.read, item.source_partition, item.source_offset)
         params = command.params if command is not None else {}
+        request, earlier = _decided_request(params)
+        detail = item.detail
+        patient_id = detail.get("patient_id")
+        if patient_id is None:
+            patient_id = await self._search_again(practice, params)
+            if patient_id is None:
+                return ForStaff(Reason.CALLER_NOT_MATCHED, "caller_not_matched")
+        flags = (await self.dispatcher.read_flags(practice, patient_id)).value
+        now = self.clock()
+        refusal = core.recheck(item, request, earlier, patient_id, flags.to_chart_flags(), guard_phase(practice),
+                               is_after_hours(now, practice), now)
+        if refusal is not None:
+            return ForStaff(Reason.GUARD_REFUSED, refusal)
+        if item.command == "BOOK_APPOINTMENT":
+            return await self._book(practice, item, patient_id, now)
+        audience = TaskAudience(detail["audience"])
+        task = TaskSpec(kind=TaskKind(detail["task_kind"]), audience=audience, reason=TaskReason(detail["task_reason"]),
+                        call_id=item.call_id, practice_id=item.practice_id, patient_id=patient_id,
+                        # the PDMP check time reaches providers only (TaskSpec refuses it elsewhere)
+                        pdmp_last_checked=flags.pdmp_last_checked if audience is TaskAudience.PROVIDER else None,
+                        merged_reasons=core.merged_reasons(detail))
+        return await self.dispatcher.create_task(practice, call_id=item.call_id, task=task, note=task_note(task))
+
+    async def _book(self, practice: Practice, item: ReviewItem, patient_id: str, now: datetime) -> Written | ForStaff:
+        """Book the slot the caller chose, if it is still one the scheduling rules would offer. A slot no longer
+        free is booked only if this request already holds it (the connector finds the landed booking first);
+        otherwise ModMed refuses it (409) and staff offer another."""
+        visit_reason = VisitReason(item.detail["visit_reason"])
+        slot_id = item.detail["slot_id"]
+        start = datetime.fromisoformat(item.detail["start"])
+        if start <= now:  # the search lists future slots only: a passed one must not reach the booking below
+            return ForStaff(Reason.SLOT_UNAVAILABLE, "SlotInThePast")
+        day = start.astimezone(ZoneInfo(practice.timezone)).date()
+        found = await self.dispatcher.search_slots(practice, visit_reason=visit_reason, date_from=day - timedelta(days=1),
+                                                   date_to=day + timedelta(days=1), patient_id=patient_id)
+        free = next((offer for offer in found.value if offer.slot_id == slot_id), None)
+        if free is not None:
+            try:
+                ranked = filter_and_rank([free.to_candidate()], visit_reason, now=now, patient_is_new=False, limit=1)
+            except (InvalidResponseError, ValidationError):
+                ranked = []
+            if not ranked:
+                return ForStaff(Reason.SLOT_UNAVAILABLE, "SlotNoLongerOffered")
+        try:
+            return await self.dispatcher.book(practice, call_id=item.call_id, patient_id=patient_id, slot_id=slot_id,
+                                              found_on=found.route)
+        except ConflictError:
+            return ForStaff(Reason.SLOT_UNAVAILABLE, "ConflictError")
+
+    async def _search_again(self, practice: Practice, params: dict[str, str]) -> str | None:
         if not {"family_name", "given_name", "birth_date"} <= params.keys():
             raise ReviewQueueError("the command record with the caller's identity is gone from the topic")
         match = await self.dispatcher.search_patient(
@@ -331,18 +452,34 @@ class ReviewQueue:
         now = self.clock()
         items = self.store.open_items()
         stale = core.stale_by_practice(items, now, self.options.stale_after)
-        transitions = self.alarms.update(stale)
-        for transition in transitions:
-            await self.outputs.alarm(Alarm(
-                alarm_id=transition.alarm_id, practice_id=transition.practice_id, kind=transition.kind,
-                state=transition.state, value=transition.value, threshold=transition.threshold,
-                window_start=now - self.options.stale_after, window_end=now, raised_at=now,
-                detail={"open_items": str(stale[transition.practice_id].count) if transition.practice_id in stale
-                        else "0"},
-            ))
-            log.warning("practice %s: REVIEW_QUEUE_STALE %s", transition.practice_id, transition.state.value)
+        threshold = self.options.stale_after.total_seconds()
+        for unannounced in self._unannounced:  # stored by a predecessor that died before the broker acknowledged
+            await self._announce(unannounced, stale, now, threshold)
+        self._unannounced = []
+        for transition in self.alarms.update(stale):
+            revision = self._alarm_revisions.get(transition.practice_id, 0) + 1
+            self._alarm_revisions[transition.practice_id] = revision
+            state = StoredAlarm(transition.practice_id, STALE_KIND, transition.state.value, transition.value, now,
+                                announced=False, revision=revision)
+            self.store.put_alarm(state)
+            await self._announce(state, stale, now, threshold)
         watched = {item.practice_id for item in items if item.controlled_substance}
         self.metrics.refresh(items, now, self.alarms.firing, watched)
+
+    async def _announce(self, state: StoredAlarm, stale: dict[str, core.Staleness], now: datetime,
+                        threshold: float) -> None:
+        """Publish a stored transition and, once the broker has it, mark it announced."""
+        count = stale[state.practice_id].count if state.practice_id in stale else 0
+        await self.outputs.alarm(Alarm(
+            alarm_id=uuid.uuid5(REPLY_NAMESPACE, f"review-alarm:{state.practice_id}:{state.revision}"),
+            practice_id=state.practice_id, kind=AlarmKind.REVIEW_QUEUE_STALE, state=AlarmState(state.state),
+            value=state.value, threshold=threshold, window_start=now - self.options.stale_after, window_end=now,
+            raised_at=now, detail={"open_items": str(count)},
+        ))
+        revision = self._alarm_revisions[state.practice_id] = max(self._alarm_revisions.get(state.practice_id, 0),
+                                                                  state.revision) + 1
+        self.store.put_alarm(replace(state, announced=True, revision=revision))
+        log.warning("practice %s: REVIEW_QUEUE_STALE %s", state.practice_id, state.state)
 
     # ---------------------------------------------------------------------------------- staff
 
@@ -375,19 +512,24 @@ class ReviewQueue:
             action=AuditAction.EMA_WRITE if written.route is CommandRoute.EMA else AuditAction.FHIR_WRITE,
             outcome=AuditOutcome.SUCCESS, resource_type=written.resource_type, resource_ids=[written.resource_id],
             ema_deep_link=written.deep_link if written.deep_link and _DEEP_LINK.fullmatch(written.deep_link) else None,
-            task_refs=[ref] if written.resource_type == "Task" else [], command=CommandKind.CREATE_TASK,
-            latency_ms=_ms(started),
+            task_refs=[ref] if written.resource_type == "Task" else [], command=_command_kind(item.command),
+            latency_ms=_ms(started), slot_id=item.detail.get("slot_id") if written.resource_type == "Appointment" else None,
             detail={"queue": "review", "review_item": item.item_id, "attempt": str(item.attempts),
                     "route": written.route.value, "kind": item.kind.value, "reason": item.reason.value},
         )
 
-    def _attempt_audit(self, item: ReviewItem, error: str, started: float) -> AuditEvent:
+    def _attempt_audit(self, item: ReviewItem, error: str, started: float, for_staff: Reason | None = None) -> AuditEvent:
+        """A failed attempt; ``for_staff``: the reason the item now waits for a person (a guard, the slot gone)."""
+        booking = item.command == "BOOK_APPOINTMENT"
         return AuditEvent(
             event_id=uuid.uuid5(REPLY_NAMESPACE, f"review:{item.item_id}:attempt:{item.attempts}"),
             occurred_at=self.clock(), practice_id=item.practice_id, call_id=item.call_id,
-            action=AuditAction.FHIR_WRITE, outcome=AuditOutcome.FAILURE, resource_type="Task",
-            command=CommandKind.CREATE_TASK, error_class=error[:64], latency_ms=_ms(started),
-            detail={"queue": "review", "review_item": item.item_id, "attempt": str(item.attempts)},
+            action=AuditAction.FHIR_WRITE, outcome=AuditOutcome.BLOCKED if for_staff is Reason.GUARD_REFUSED
+            else AuditOutcome.FAILURE, resource_type="Appointment" if booking else "Task",
+            command=_command_kind(item.command), error_class=error[:64], latency_ms=_ms(started),
+            slot_id=item.detail.get("slot_id") if booking else None,
+            detail={"queue": "review", "review_item": item.item_id, "attempt": str(item.attempts),
+                    **({"for_staff": for_staff.value} if for_staff else {})},
         )
 
 
@@ -411,13 +553,14 @@ def api_app(queue: ReviewQueue) -> web.Application:
     """The staff CLI's API; listens on the loopback interface only (no authentication of its own)."""
 
     async def list_items(request: web.Request) -> web.Response:
-        state = request.query.get("state")
-        try:
-            wanted = ItemState(state) if state else None
+        try:  # state: one state or several, comma-separated (the CLI's --state open asks for open,retrying)
+            wanted = {ItemState(state) for state in request.query.get("state", "").split(",") if state}
             limit = min(int(request.query.get("limit", "500")), 5000)
         except ValueError:
-            return web.json_response({"error": "state must be open, retrying, delivered or resolved"}, status=400)
-        items = queue.store.select_items(request.query.get("practice") or None, wanted, limit)
+            return web.json_response({"error": "state must be open, retrying, delivered or resolved (comma-separated)"},
+                                     status=400)
+        items = queue.store.select_items(request.query.get("practice") or None, wanted, limit,
+                                         call_id=request.query.get("call") or None)
         return web.json_response({"items": [item.to_json_dict() for item in items]})
 
     async def show_item(request: web.Request) -> web.Response:

@@ -5,20 +5,26 @@ inserts the item's next revision and reads see only the newest, so an update is 
 strength) and a crash between two writes leaves a whole earlier version, never a half-changed one. One
 process owns the store and is its only writer (review/service.py), so revisions never race.
 
+``review_alarms`` keeps each practice's REVIEW_QUEUE_STALE state the same way (newest revision wins), so
+an alarm that fired before a restart is cleared after it: the queue process starts from the stored states.
+
 Migrations are recorded in ``review_queue_migrations``, apart from the audit store's, so the audit sink
 and the review queue can share one database without refusing each other's schema versions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from review.core import ItemKind, ItemNotFound, ItemState, Reason, ReviewItem
+from review.core import UNFINISHED, ItemKind, ItemNotFound, ItemState, Reason, ReviewItem
 from sinks.clickhouse_store import AuditStore, Migration
 
 ITEMS_TABLE = "review_items"
+ALARMS_TABLE = "review_alarms"
+ALARM_COLUMNS: tuple[str, ...] = ("practice_id", "kind", "state", "value", "changed_at", "announced", "revision")
 COLUMNS: tuple[str, ...] = (
     "item_id", "practice_id", "call_id", "command", "kind", "reason", "controlled_substance", "state", "created_at",
     "updated_at", "source_partition", "source_offset", "attempts", "next_attempt_at", "last_error_class",
@@ -60,15 +66,48 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        version=2,
+        description="review_alarms: each practice's REVIEW_QUEUE_STALE state, newest revision wins",
+        statements=(
+            """
+            CREATE TABLE IF NOT EXISTS {database}.review_alarms
+            (
+                practice_id String,
+                kind LowCardinality(String),
+                state LowCardinality(String) COMMENT 'FIRING or CLEARED',
+                value Float64 COMMENT 'the oldest stale item age in seconds when it fired',
+                changed_at DateTime64(3, 'UTC'),
+                announced Bool COMMENT 'the transition reached callstream.alarms.v1',
+                revision UInt64
+            )
+            ENGINE = ReplacingMergeTree(revision)
+            ORDER BY (practice_id, kind)
+            """,
+        ),
+    ),
 )
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAlarm:
+    """A practice's last alarm transition; ``announced`` False: stored, but its publication was not acknowledged."""
+
+    practice_id: str
+    kind: str
+    state: str
+    value: float
+    changed_at: datetime
+    announced: bool
+    revision: int
 
 
 class ReviewStore(AuditStore):
     """Reads and writes of ``review_items`` (the audit store's connection, DDL and error handling)."""
 
     migrations_table = "review_queue_migrations"
-    sharding_keys: ClassVar[dict[str, str]] = {ITEMS_TABLE: "cityHash64(item_id)"}
-    """An item's revisions share a shard, so FINAL sees them all."""
+    sharding_keys: ClassVar[dict[str, str]] = {ITEMS_TABLE: "cityHash64(item_id)", ALARMS_TABLE: "cityHash64(practice_id)"}
+    """An item's (a practice alarm's) revisions share a shard, so FINAL sees them all."""
 
     def migrate(self, migrations: Sequence[Migration] = MIGRATIONS) -> list[int]:
         return super().migrate(migrations)
@@ -90,21 +129,35 @@ class ReviewStore(AuditStore):
         except ItemNotFound:
             return None
 
-    def select_items(self, practice_id: str | None = None, state: ItemState | None = None, limit: int = 500) -> list[ReviewItem]:
-        """Items, oldest first, optionally of one practice and one state."""
+    def select_items(self, practice_id: str | None = None, state: ItemState | Collection[ItemState] | None = None,
+                     limit: int = 500, call_id: str | None = None) -> list[ReviewItem]:
+        """Items, oldest first, optionally of one practice, one call and one state or any of several."""
         clauses, parameters = [], {}
         if practice_id:
             clauses.append("practice_id = {practice_id:String}")
             parameters["practice_id"] = practice_id
-        if state is not None:
-            clauses.append("state = {state:String}")
-            parameters["state"] = state.value
+        if call_id:
+            clauses.append("call_id = {call_id:String}")
+            parameters["call_id"] = call_id
+        states = {state} if isinstance(state, ItemState) else set(state or ())
+        if states:  # ItemState values only, never caller text
+            clauses.append(f"state IN ({', '.join(repr(ItemState(s).value) for s in sorted(states))})")
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         return self._select(f"{where} ORDER BY created_at, item_id LIMIT {int(limit)}", parameters)
 
     def open_items(self) -> list[ReviewItem]:
         """Every open or retrying item: what the retrier and the age alarm look at."""
-        return self._select("WHERE state IN ('open', 'retrying') ORDER BY created_at, item_id", {})
+        return self.select_items(state=UNFINISHED, limit=1_000_000)
+
+    def alarm_states(self) -> list[StoredAlarm]:
+        rows = self._query(f"SELECT {', '.join(ALARM_COLUMNS)} FROM {self.database}.{ALARMS_TABLE} FINAL "
+                           "ORDER BY practice_id, kind", {})
+        return [StoredAlarm(practice_id, kind, state, float(value), _utc(changed_at) or changed_at, bool(announced),
+                            int(revision)) for practice_id, kind, state, value, changed_at, announced, revision in rows]
+
+    def put_alarm(self, alarm: StoredAlarm) -> None:
+        self._insert(ALARMS_TABLE, [(alarm.practice_id, alarm.kind, alarm.state, alarm.value, alarm.changed_at,
+                                     alarm.announced, alarm.revision)], ALARM_COLUMNS)
 
     def _select(self, tail: str, parameters: dict[str, Any]) -> list[ReviewItem]:
         rows = self._query(f"SELECT {', '.join(COLUMNS)} FROM {self.database}.{ITEMS_TABLE} FINAL {tail}", parameters)

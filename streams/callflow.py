@@ -86,6 +86,12 @@ MAX_SEARCH_DAYS = 31
 OFFERED_SLOTS = 3
 MAX_REMEMBERED = 50
 """Bound of the per-call id lists (tasks done, controlled-substance requests)."""
+GUARD_REQUEST_PARAM = "guard_request"
+"""Review-queue command params: the decided request (IntentRequest JSON) and the count of controlled-substance
+requests earlier in the call, for the retry's new decision; and the controlled-substance request (intent event
+id) a queued item escalates, which the review queue counts as escalated once the item is stored."""
+EARLIER_CS_REQUESTS_PARAM = "cs_earlier"
+CS_REQUEST_PARAM = "cs_request"
 REPLY_NAMESPACE = uuid.UUID("6b1f3c52-8f0e-4f6e-9d0a-3c0a8f0e5b11")
 """uuid5 namespace of reply and audit ids: a redelivered event yields the same ids, so consumers de-duplicate."""
 
@@ -231,6 +237,10 @@ class Offer(FrozenModel):
     slots: tuple[SlotChoice, ...]
     chosen_slot_id: str | None = None
     """Set when the caller chose: the slot the write (or its failure handling) is about."""
+    decided: IntentRequest | None = None
+    """The request the guards allowed the booking on: a booking queued for ModMed's failure carries it, so
+    the review queue's retry decides it again (None in states stored before it existed)."""
+    earlier_cs_requests: int = 0
 
     @property
     def chosen(self) -> SlotChoice | None:
@@ -1087,8 +1097,12 @@ def _on_flags(state: CallState, result: ChartFlagsRead, practice: Practice, now:
 # ----------------------------------------------------------------------------------------- the turn
 
 
+def _earlier_cs_requests(state: CallState, intent_event_id: str) -> int:
+    return min(sum(1 for event_id in state.cs_requests if event_id != intent_event_id), 1000)
+
+
 def _context(state: CallState, practice: Practice, now: datetime, intent_event_id: str) -> CallContext:
-    earlier = sum(1 for event_id in state.cs_requests if event_id != intent_event_id)
+    earlier = _earlier_cs_requests(state, intent_event_id)
     return CallContext(
         call_id=state.call_id,
         practice_id=state.practice_id,
@@ -1128,6 +1142,12 @@ def _decide(state: CallState, practice: Practice, now: datetime) -> Step:
     turn = Turn(event_id=pending.event_id, decision=decision, pending_tasks=tasks, counts_cs_request=counts,
                 provider_escalated=already)
     state = state.model_copy(update={"turn": turn})
+    if counts and already == "queued" and not any(t.audience is TaskAudience.PROVIDER for t in tasks):
+        # A repeated request escalates to the provider task queued earlier in the call: its command again (same
+        # id, so the same item) names this request, for the review queue to count once the item is stored.
+        queued = next(t for t in decision.tasks if t.audience is TaskAudience.PROVIDER and t not in tasks)
+        outputs.extend(replace(review, params={**review.params, CS_REQUEST_PARAM: pending.event_id})
+                       for review in _queue_task(state, queued, "needs_staff") if isinstance(review, ReviewOut))
     ambiguous = Command.SEARCH_PATIENT in decision.commands  # the search ran and matched several charts
     if ambiguous or Command.CREATE_TASK in decision.queued_commands:
         # No chart to write to, or the read-only phase: the decision's tasks wait for a human.
@@ -1184,7 +1204,23 @@ def _guard_outcome(guard: GuardName, decision: Decision, pending: PendingIntent)
     return AuditOutcome.SUCCESS
 
 
+def _guard_params(request: IntentRequest | None, earlier_cs_requests: int) -> dict[str, str]:
+    """The request the guards decided on (the caller's words too: internal topic only, never copied into a
+    review item), so the review queue's retry of the write decides it again (review.core.recheck)."""
+    if request is None:
+        return {}
+    return {GUARD_REQUEST_PARAM: request.model_dump_json(exclude_none=True),
+            EARLIER_CS_REQUESTS_PARAM: str(earlier_cs_requests)}
+
+
 def _queue_task(state: CallState, task: TaskSpec, reason: str) -> tuple[Output, ...]:
+    pending, turn = state.pending, state.turn
+    # The request's escalation counts once its item is stored (the review queue counts it): named on the
+    # turn's last provider task, and only while none was written (a written one is counted by the worker).
+    escalates = (turn is not None and turn.counts_cs_request and task.audience is TaskAudience.PROVIDER
+                 and turn.provider_escalated != "done"
+                 and not any(t.audience is TaskAudience.PROVIDER and t.idempotency_key != task.idempotency_key
+                             for t in turn.pending_tasks))
     params = {
         "task_kind": task.kind.value,
         "audience": task.audience.value,
@@ -1192,6 +1228,8 @@ def _queue_task(state: CallState, task: TaskSpec, reason: str) -> tuple[Output, 
         **({"merged_reasons": ",".join(merged.value for merged in task.merged_reasons)} if task.merged_reasons else {}),
         **({"patient_id": task.patient_id} if task.patient_id else _identity_params(state)),
         **({"pdmp_last_checked": task.pdmp_last_checked.isoformat()} if task.pdmp_last_checked else {}),
+        **(_guard_params(pending.request(), _earlier_cs_requests(state, pending.event_id)) if pending else {}),
+        **({CS_REQUEST_PARAM: turn.event_id} if escalates and turn is not None else {}),
     }
     return _review(state, CommandKind.CREATE_TASK, task.idempotency_key, params, reason)
 
@@ -1398,7 +1436,8 @@ def _hand_off(state: CallState, practice: Practice, now: datetime, reason: str, 
         )
     ]
     pending = state.pending
-    if pending is not None and pending.controlled_substance_request and pending.event_id not in state.cs_requests:
+    counted = pending is not None and pending.controlled_substance_request and pending.event_id not in state.cs_requests
+    if pending is not None and counted:
         state = state.model_copy(update={"cs_requests": _remember(state.cs_requests, pending.event_id)})
         outputs.append(AuditOut(
             action=AuditAction.ESCALATION,
@@ -1409,6 +1448,8 @@ def _hand_off(state: CallState, practice: Practice, now: datetime, reason: str, 
     params = {"intent": pending.intent.value} if pending else {}
     if pending is not None and pending.controlled_substance_request:
         params["controlled_substance"] = "true"  # the review queue's age alarm watches these
+        if counted:
+            params[CS_REQUEST_PARAM] = pending.event_id  # counted as escalated once the item is stored
     outputs.extend(_review(state, kind, f"handoff:{state.last_event_id}", {**params, **_identity_params(state)}, reason))
     template = adapt_reply(_HANDOFF_REPLY, after_hours=is_after_hours(now, practice), writes_queued=False)
     state, replies = _reply(state, template, practice, now, escalated=True)
@@ -1487,6 +1528,8 @@ def _offer(state: CallState, choices: tuple[SlotChoice, ...], practice: Practice
             appointment_id=pending.appointment_id,
             requested_dates=pending.requested_dates,
             slots=choices,
+            decided=pending.request(),
+            earlier_cs_requests=_earlier_cs_requests(state, pending.event_id),
         )
     state, replies = _reply(state, template, practice, now, visit_reason=decision.visit_reason,
                             slots=choices if offer is not None else (), escalated=decision.escalated)
@@ -1772,6 +1815,7 @@ def _booking_to_staff(state: CallState, reason: str, practice: Practice, now: da
         **({"appointment_id": offer.appointment_id} if offer.appointment_id else {}),
         **({"patient_id": state.patient_id} if state.patient_id else
            {**_identity_params(state), **_registration_params(state)}),
+        **_guard_params(offer.decided, offer.earlier_cs_requests),
     }
     queued = _review(state, _WRITE_COMMAND_KINDS[offer.write], chosen.slot_id, params, reason,
                      resource_type="Appointment", slot_id=chosen.slot_id,

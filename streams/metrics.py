@@ -199,7 +199,8 @@ class Metrics:
         )
         self.cs_escalations = Counter(
             f"{METRIC_PREFIX}_cs_escalations",
-            "Controlled-substance requests escalated (must equal requests).",
+            "Controlled-substance requests that reached ModMed as a provider Task (worker) or a stored, "
+            "staff-visible review item (review queue); summed over both, must equal requests.",
             ("practice_id",),
             registry=r,
         )

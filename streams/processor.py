@@ -250,6 +250,8 @@ def drift_counts(outputs: list[Output], fhir_writes: WriteRequests) -> DriftCoun
             counts.write_successes += output.outcome is AuditOutcome.SUCCESS
         elif output.action is AuditAction.ESCALATION and output.detail.get("trigger") == "controlled_substance":
             counts.cs_requests += 1
+            # The window alarm judges the turn: a Task written or its command acknowledged on the review topic.
+            # Whether a queued one became a staff-visible item is the review queue's to count (the counters).
             counts.cs_escalations += output.outcome in (AuditOutcome.SUCCESS, AuditOutcome.QUEUED)
         elif output.action is AuditAction.BYPASS_ATTEMPT:
             counts.bypass_attempts += 1
@@ -627,8 +629,9 @@ class CallProcessor:
                 self.metrics.record_command(practice_id, audit.command.value, route, error)
             elif audit.action is AuditAction.ESCALATION:
                 if audit.detail.get("trigger") == "controlled_substance":
-                    self.metrics.record_controlled_substance_request(
-                        practice_id, audit.outcome in (AuditOutcome.SUCCESS, AuditOutcome.QUEUED))
+                    # Escalated here only once the provider Task is in ModMed: a queued request is counted by the
+                    # review queue when its item is stored and staff-visible (review.service, same metric name).
+                    self.metrics.record_controlled_substance_request(practice_id, audit.outcome is AuditOutcome.SUCCESS)
                 else:
                     self.metrics.record_escalation(practice_id, audit.detail.get("escalation_kind", "unknown"))
             elif audit.action is AuditAction.GUARD_HIT:
@@ -841,6 +844,11 @@ def dead_letter_reply(call_id: str, in_reply_to: str, practice_id: str | None, n
     )
 
 
+COMMAND_PARAM_CHARS = {callflow.GUARD_REQUEST_PARAM: 8192}
+"""Params that may run past 1,024 characters: the decided request holds a transcript snippet of up to 4,000
+(JSON-escaped), which the review queue's retry must decide on whole."""
+
+
 def command_record(review: ReviewOut, call_id: str, practice_id: str, now: datetime) -> CommandMessage:
     return CommandMessage(
         command_id=uuid.uuid5(callflow.REPLY_NAMESPACE, f"command:{review.idempotency_key}"),
@@ -849,7 +857,7 @@ def command_record(review: ReviewOut, call_id: str, practice_id: str, now: datet
         kind=review.kind,
         route=CommandRoute.REVIEW_QUEUE,
         idempotency_key=review.idempotency_key,
-        params={key: value[:1024] for key, value in review.params.items()},
+        params={key: value[:COMMAND_PARAM_CHARS.get(key, 1024)] for key, value in review.params.items()},
         issued_at=now,
     )
 

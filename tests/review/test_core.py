@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from guards import AgreementStatus, ChartFlags, GoLivePhase, Intent, IntentRequest, PhoneRestriction, VisitReason
 from review import core
 from review.core import ItemBusy, ItemClosed, ItemKind, ItemState, Reason
 from schemas.models import AlarmState, CommandMessage, CommandRoute
@@ -117,3 +118,74 @@ def test_the_stale_alarm_fires_per_practice_for_old_open_controlled_substance_it
     done = core.delivered(core.start_attempt(old, NOW), "Task", "t-1", NOW)
     [cleared] = alarms.update(core.stale_by_practice([done, other], NOW + timedelta(minutes=17), alarms.limit))
     assert cleared.state is AlarmState.CLEARED and cleared.practice_id == "pain-1002"
+
+
+# ------------------------------------------------------------------------- retries decided again (issue 16)
+
+ACTIVE = ChartFlags(chronic_opioid=True, agreement_status=AgreementStatus.ACTIVE)
+EXPIRED = ChartFlags(chronic_opioid=True, agreement_status=AgreementStatus.EXPIRED)
+
+
+def booking_item(reason: str = "RetryableError", *, retries: bool = True, **params: str) -> core.ReviewItem:
+    base = {"reason": reason, "slot_id": "slot-7", "visit_reason": "medication-management",
+            "start": "2026-03-09T15:00:00+00:00", "practitioner_id": "pr-1", "patient_id": "p-1", **params}
+    return core.item_from_command(command("BOOK_APPOINTMENT", **base), 2, 9, NOW, retries=retries)
+
+
+def test_a_write_phase_booking_that_failed_for_a_passing_reason_is_retried_and_a_read_only_one_waits() -> None:
+    assert core.retryable(booking_item()) and core.due(booking_item(), NOW)
+    read_only = booking_item("read_only_phase", retries=False)
+    assert read_only.kind is ItemKind.BOOKING_TO_CONFIRM and read_only.next_attempt_at is None
+    assert read_only.detail["slot_id"] == "slot-7", "staff see the slot offered"
+    assert not core.retryable(booking_item("new_patient_registration")), "no chart: staff register the caller"
+    unmatched = core.item_from_command(command("BOOK_APPOINTMENT", reason="RetryableError", slot_id="s",
+                                               visit_reason="esi", start="2026-03-09T15:00:00+00:00"), 0, 1, NOW,
+                                       retries=True)
+    assert not core.retryable(unmatched), "a booking without a chart is never retried"
+
+
+def test_a_retry_is_decided_again_by_the_guards_on_the_chart_as_it_is_now() -> None:
+    booking = IntentRequest(intent=Intent.BOOK_APPOINTMENT, visit_reason=VisitReason.MEDICATION_MANAGEMENT)
+    item = booking_item()
+    assert core.recheck(item, booking, 0, "p-1", ACTIVE, GoLivePhase.WRITE, False, NOW) is None
+    refused = core.recheck(item, booking, 0, "p-1", EXPIRED, GoLivePhase.WRITE, False, NOW)
+    assert refused is not None and "AGREEMENT_BLOCKS_CONTROLLED_VISIT" in refused, "an agreement expired meanwhile"
+    restricted = ChartFlags(phone_restrictions=frozenset({PhoneRestriction.NO_SCHEDULING}))
+    assert core.recheck(booking_item(visit_reason="esi"), IntentRequest(intent=Intent.BOOK_APPOINTMENT,
+                        visit_reason=VisitReason.ESI), 0, "p-1", restricted, GoLivePhase.WRITE, False, NOW)
+    refill = IntentRequest(intent=Intent.REFILL_REQUEST, medication_mentioned=True)
+    task = refill_item(patient_id="p-1")
+    for chart in (ACTIVE, EXPIRED, restricted):  # a refill is a provider task whatever the chart says
+        assert core.recheck(task, refill, 0, "p-1", chart, GoLivePhase.WRITE, True, NOW) is None
+    front_desk = refill_item(task_kind="FRONT_DESK_MESSAGE", audience="front_desk", task_reason="GENERAL_MESSAGE")
+    assert core.recheck(front_desk, refill, 0, "p-1", ACTIVE, GoLivePhase.WRITE, False, NOW), \
+        "only a task the new decision makes is written"
+    assert core.recheck(item, booking, 0, "p-1", ACTIVE, GoLivePhase.READ_ONLY, False, NOW), \
+        "read-only now: the booking is queued, not dispatched"
+
+
+def test_an_attempt_that_needs_a_person_leaves_the_item_open_for_staff_with_the_reason() -> None:
+    attempt = core.start_attempt(booking_item(), NOW)
+    taken = core.to_staff(attempt, Reason.SLOT_UNAVAILABLE, "ConflictError", NOW)
+    assert (taken.state, taken.reason, taken.last_error_class) == (ItemState.OPEN, Reason.SLOT_UNAVAILABLE,
+                                                                   "ConflictError")
+    assert taken.is_open and not core.due(taken, NOW + timedelta(days=1))
+
+
+def test_an_escalation_is_counted_once_per_request_on_its_item() -> None:
+    item = refill_item()
+    first = core.confirm_escalation(item, "event-1", NOW)
+    assert first is not None and core.confirmed_requests(first) == ("event-1",)
+    assert core.confirm_escalation(first, "event-1", NOW) is None, "a redelivered command counts nothing"
+    second = core.confirm_escalation(first, "event-2", NOW)
+    assert second is not None and core.confirmed_requests(second) == ("event-1", "event-2")
+    done = core.delivered(core.start_attempt(second, NOW), "Task", "t-1", NOW)
+    assert core.confirm_escalation(done, "event-3", NOW) is not None, "a delivered item reached ModMed"
+
+
+def test_a_practice_stored_as_firing_is_cleared_after_a_restart_and_does_not_fire_again() -> None:
+    restarted = core.StaleAlarms(timedelta(minutes=15), firing=["pain-1002"])
+    still = core.stale_by_practice([refill_item()], NOW + timedelta(minutes=20), restarted.limit)
+    assert restarted.update(still) == [], "fired before the restart: not again"
+    [cleared] = restarted.update({})
+    assert (cleared.practice_id, cleared.state) == ("pain-1002", AlarmState.CLEARED)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -139,10 +140,11 @@ async def test_refills_at_a_failing_practice_wait_as_open_items_then_each_become
         assert all(i["kind"] == "provider_task" and i["controlled_substance"] for i in items)
         assert all(i["reason"] == "ehr_unavailable" and i["state"] in ("open", "retrying") for i in items)
         assert len(items) == 2, "one item per request"
-        # No state filter: the retrier may move an item from open to retrying between the two reads.
-        listed = queue.cli("list", "--practice", PRACTICE)
-        assert "provider_task" in listed
-        assert all(caller.family not in listed and caller.birth_date not in listed for caller in callers)
+        # Open work is every item not yet delivered or resolved, whether the retrier holds it right now or not.
+        listed = json.loads(queue.cli("list", "--practice", PRACTICE, "--state", "open", "--json"))
+        assert {i["item_id"] for i in items} <= {i["item_id"] for i in listed}
+        assert {i["state"] for i in listed} <= {"open", "retrying"}
+        assert all(caller.family not in str(listed) and caller.birth_date not in str(listed) for caller in callers)
 
         fired = await asyncio.to_thread(alarms.wait_for, lambda rs: any(
             r is not None and r.practice_id == PRACTICE and r.kind is AlarmKind.REVIEW_QUEUE_STALE
@@ -190,6 +192,18 @@ async def test_refills_at_a_failing_practice_wait_as_open_items_then_each_become
             r is not None and r.practice_id == PRACTICE and r.kind is AlarmKind.REVIEW_QUEUE_STALE
             and r.state is AlarmState.CLEARED for r in rs), 30)
         assert any(r is not None and r.state is AlarmState.CLEARED for r in cleared)
+        stale = [r.state for r in cleared if r is not None and r.practice_id == PRACTICE
+                 and r.kind is AlarmKind.REVIEW_QUEUE_STALE]
+        assert stale[:stale.index(AlarmState.CLEARED)] == [AlarmState.FIRING], \
+            "the alarm state survives the kill: fired once before it, cleared after it"
+        # The escalation rate counts a queued controlled-substance request once its item is stored: each
+        # request the worker escalated to the queue is named on exactly one stored item of its call.
+        for call_id in calls:
+            queued = [r for r in records if r is not None and r.call_id == call_id and r.action is AuditAction.ESCALATION
+                      and r.detail.get("trigger") == "controlled_substance" and r.outcome is AuditOutcome.QUEUED]
+            named = [request for i in queue.items() if i["call_id"] == call_id
+                     for request in filter(None, i["detail"].get("cs_requests", "").split(","))]
+            assert queued and len(named) == len(set(named)) == len(queued), (call_id, named, len(queued))
         shown = queue.cli("show", delivered[0]["item_id"])
         assert "state: delivered" in shown
         log = queue.log_path.read_text()

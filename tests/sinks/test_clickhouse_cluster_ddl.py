@@ -74,11 +74,15 @@ def test_the_audit_tables_on_a_cluster_are_replicated_with_a_distributed_table_s
 
 def test_review_items_on_a_cluster_keep_their_version_column_and_shard_by_item() -> None:
     client = migrated(ReviewStore, "prod")
-    local, distributed = client.statements[-2:]
+    local, distributed = [s for s in client.statements if "review_items" in s]
     assert "audit.review_queue_migrations ON CLUSTER prod" in client.statements[1]
     assert local.endswith("ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/audit/review_items_local', "
                           "'{replica}', revision) ORDER BY item_id")
     assert distributed.endswith("ENGINE = Distributed(prod, audit, review_items_local, cityHash64(item_id))")
+    alarms_local, alarms_distributed = client.statements[-2:]
+    assert alarms_local.endswith("ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/audit/"
+                                 "review_alarms_local', '{replica}', revision) ORDER BY (practice_id, kind)")
+    assert alarms_distributed.endswith("ENGINE = Distributed(prod, audit, review_alarms_local, cityHash64(practice_id))")
 
 
 def test_the_engine_parses_every_clustered_statement(clickhouse_client) -> None:  # type: ignore[no-untyped-def]

@@ -85,19 +85,31 @@ async def test_the_review_queue_delivers_a_queued_task_with_every_reason_in_its_
 
     from review.service import ReviewQueue
 
+    from connectors.compliance import ComplianceFlags
+    from connectors.dispatch import Routed
+    from guards import Intent, IntentRequest
+    from streams.callflow import GUARD_REQUEST_PARAM
+
     written: list[tuple[TaskSpec, str]] = []
 
     async def create_task(practice: object, *, call_id: str, task: TaskSpec, note: str) -> str:
         written.append((task, note))
         return "written"
 
-    item = core.item_from_command(
-        CommandMessage(command_id=uuid.uuid4(), call_id="call-1", practice_id="pain-1001", kind="CREATE_TASK",
-                       route=CommandRoute.REVIEW_QUEUE, idempotency_key="k",
-                       params={"reason": "RetryableError", "task_kind": "CS_COORDINATOR_UDS", "audience": "cs_coordinator",
-                               "task_reason": "UDS_QUESTION", "merged_reasons": "UDS_DUE", "patient_id": "pt-1"},
-                       issued_at=NOW), 0, 1, NOW, retries=True)
-    service = SimpleNamespace(dispatcher=SimpleNamespace(create_task=create_task))
+    async def read_flags(practice: object, patient_id: str) -> Routed[ComplianceFlags]:
+        return Routed(ComplianceFlags(patient_id=patient_id, **UDS_DUE.model_dump()), CommandRoute.FHIR)
+
+    command = CommandMessage(
+        command_id=uuid.uuid4(), call_id="call-1", practice_id="pain-1001", kind="CREATE_TASK",
+        route=CommandRoute.REVIEW_QUEUE, idempotency_key="k",
+        params={"reason": "RetryableError", "task_kind": "CS_COORDINATOR_UDS", "audience": "cs_coordinator",
+                "task_reason": "UDS_QUESTION", "merged_reasons": "UDS_DUE", "patient_id": "pt-1",
+                GUARD_REQUEST_PARAM: IntentRequest(intent=Intent.UDS_QUESTION).model_dump_json()},
+        issued_at=NOW)
+    item = core.item_from_command(command, 0, 1, NOW, retries=True)
+    # The record a retry reads back (the decided request) and the chart's flags, as the queue process gets them.
+    service = SimpleNamespace(dispatcher=SimpleNamespace(create_task=create_task, read_flags=read_flags),
+                              commands=SimpleNamespace(read=lambda partition, offset: command), clock=lambda: NOW)
     assert await ReviewQueue._deliver(service, practice(), item) == "written"  # type: ignore[arg-type]
     [(task, note)] = written
     assert task.reasons == (TaskReason.UDS_QUESTION, TaskReason.UDS_DUE) and "uds question; uds due" in note
