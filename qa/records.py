@@ -173,20 +173,17 @@ class ReviewItemView:
     state: str
     controlled_substance: bool
     created_at: datetime
-    updated_at: datetime
     attempts: int
     resource: str | None
     resolved_by: str | None
-    note: str | None
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ReviewItemView:
         resource_id = data.get("resource_id")
         return cls(str(data["item_id"]), str(data["call_id"]), str(data["kind"]), str(data["reason"]), str(data["state"]),
                    bool(data.get("controlled_substance")), _parse_time(data["created_at"]),
-                   _parse_time(data["updated_at"]), int(data.get("attempts") or 0),
-                   f"{data.get('resource_type')}/{resource_id}" if resource_id else None,
-                   data.get("resolved_by"), data.get("note"))
+                   int(data.get("attempts") or 0), f"{data.get('resource_type')}/{resource_id}" if resource_id else None,
+                   data.get("resolved_by"))
 
 
 @dataclass(frozen=True, slots=True)
