@@ -617,6 +617,22 @@ def test_drift_counts_take_fhir_write_requests_from_the_tally_and_the_rest_off_t
     assert DriftCounts.from_dict(DriftCounts(3, 2, 1, 1, 0).to_dict()) == DriftCounts(3, 2, 1, 1, 0)
 
 
+def test_the_worker_counts_a_controlled_substance_escalation_only_once_its_task_is_in_modmed() -> None:
+    """A queued one is the review queue's to count, once its item is stored (tests/review)."""
+    from types import SimpleNamespace
+
+    from streams.processor import CallProcessor
+
+    metrics = Metrics()
+    for outcome in (AuditOutcome.SUCCESS, AuditOutcome.QUEUED, AuditOutcome.FAILURE):
+        CallProcessor._count(SimpleNamespace(metrics=metrics), "prac-0001",  # type: ignore[arg-type]
+                             callflow.AuditOut(action=AuditAction.ESCALATION, outcome=outcome,
+                                               detail={"trigger": "controlled_substance"}))
+    sample = metrics.registry.get_sample_value
+    assert sample("callstream_cs_requests_total", {"practice_id": "prac-0001"}) == 3
+    assert sample("callstream_cs_escalations_total", {"practice_id": "prac-0001"}) == 1
+
+
 @pytest.mark.parametrize(
     ("link", "kept"),
     [
