@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from callstream import __version__
-from callstream.errors import CallstreamError
+from callstream.errors import CallstreamError, ConfigError
 
 # group → (module:function, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -128,7 +128,7 @@ def bench_main(argv: list[str]) -> int:
 def tenants_main(argv: list[str]) -> int:
     """`callstream tenants check FILE`: validate a directory before it is deployed, credential references
     included (resolved where this runs, as the worker resolves them): one line per unresolvable one."""
-    from callstream.cli_options import TENANTS_HELP, require_tenants_file
+    from callstream.cli_options import TENANTS_HELP
     from callstream.settings import load_settings
     from callstream.tenants import load_tenant_directory, unresolvable_credentials
 
@@ -139,7 +139,9 @@ def tenants_main(argv: list[str]) -> int:
     parser.add_argument("--skip-credentials", action="store_true",
                         help="do not resolve the credential references (where the secrets are not mounted, e.g. CI)")
     options = parser.parse_args(argv)
-    options.file = options.file or require_tenants_file(load_settings(), "tenants check")
+    options.file = options.file or load_settings().tenants_file
+    if options.file is None:
+        raise ConfigError("tenants check needs a file: FILE or CALLSTREAM_TENANTS_FILE")
     directory = load_tenant_directory(options.file)
     problems = [] if options.skip_credentials else unresolvable_credentials(directory)
     if problems:
