@@ -4,7 +4,7 @@ record a retry reads back), the ModMed sandbox, the embedded ClickHouse store, t
 A write-phase booking ModMed failed is booked once ModMed answers, exactly one Appointment also when a
 predecessor was killed after its booking landed (a new process, an empty ledger); a slot taken meanwhile and a booking the guards refuse now (the
 agreement expired since the call) stay open for staff, with that reason and nothing written. Each scenario runs
-one attempt in-process, all side by side."""
+one attempt in-process, all side by side. The stale alarm's stored state carries over to a successor process."""
 
 from __future__ import annotations
 
@@ -29,13 +29,14 @@ from guards import Intent, IntentRequest, VisitReason, filter_and_rank
 from review import core
 from review.core import ItemState, Reason
 from review.service import CommandLog, ReviewQueue
-from review.store import ReviewStore
-from schemas.models import CommandMessage, CommandRoute
+from review.store import ReviewStore, StoredAlarm
+from schemas.models import Alarm, AlarmKind, AlarmState, CommandMessage, CommandRoute
 from schemas.serde import AvroSerde
-from schemas.topics import COMMANDS, topic_named
+from schemas.topics import ALARMS, COMMANDS, topic_named
 from streams.callflow import EARLIER_CS_REQUESTS_PARAM, GUARD_REQUEST_PARAM
 from streams.cast import Caller, PracticeCast
 from streams.outputs import KafkaOutputs
+from tests.fixtures.pipeline import TopicReader
 
 pytestmark = pytest.mark.broker
 PRACTICE = "pain-1002"  # write phase
@@ -165,3 +166,22 @@ async def test_a_booking_is_retried_once_modmed_answers_and_stays_with_staff_whe
     assert not await appointments_of(parts, practice, blocked, refused.call_id), "an expired agreement books nothing"
     listed = {i.item_id for i in parts.store.select_items(PRACTICE, core.UNFINISHED)}
     assert {taken.item_id, refused.item_id} <= listed and delivered.item_id not in listed
+
+
+async def test_a_stale_alarm_a_predecessor_stored_is_announced_and_cleared_by_its_successor(parts: Parts) -> None:
+    """The predecessor stored FIRING and died before the broker acknowledged it; its items are done since."""
+    practice_id = f"prac-{uuid.uuid4().hex[:8]}"
+    parts.store.put_alarm(StoredAlarm(practice_id, AlarmKind.REVIEW_QUEUE_STALE.value, AlarmState.FIRING.value, 960.0,
+                                      datetime.now(UTC), announced=False, revision=1))
+    alarms = TopicReader(parts.bootstrap, ALARMS, Alarm)
+    try:
+        await parts.queue().check_staleness()
+        await parts.queue().check_staleness()  # and once more after another restart: nothing new
+        alarms.wait_for(lambda records: len([r for r in records if r and r.practice_id == practice_id]) >= 2, 15)
+        alarms.poll(1.0)
+        states = [r.state for r in alarms.records if r is not None and r.practice_id == practice_id]
+    finally:
+        alarms.close()
+    assert states == [AlarmState.FIRING, AlarmState.CLEARED]
+    [stored] = [a for a in parts.store.alarm_states() if a.practice_id == practice_id]
+    assert (stored.state, stored.announced) == (AlarmState.CLEARED.value, True)
