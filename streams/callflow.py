@@ -694,11 +694,10 @@ def _reply(
         escalated=escalated,
         created_at=now,
     )
-    audit = AuditOut(
-        action=AuditAction.REPLY_SENT,
-        outcome=AuditOutcome.SUCCESS,
-        detail={"template": template.value, "phase": practice.phase.value},
-    )
+    detail = {"template": template.value, "phase": practice.phase.value}
+    if visit_reason is not None:  # lets the per-call record rebuild what the caller heard (guards.replies.outline_reply)
+        detail["visit_reason"] = visit_reason.value
+    audit = AuditOut(action=AuditAction.REPLY_SENT, outcome=AuditOutcome.SUCCESS, detail=detail)
     return state.model_copy(update={"last_reply": reply}), (ReplyOut(reply), audit)
 
 
