@@ -274,10 +274,12 @@ class IntakeConfig(_Frozen):
     link_secret_ref: str
     sms: SmsChannel | None = None
     email: EmailChannel | None = None
+    completions_url: str | None = Field(default=None, description=(
+        "the intake service's listing of completed forms (`callstream intake sync` files them on the chart)"))
 
     def __hash__(self) -> int:  # a Practice (frozen, hashable) holds one; dicts are not hashable by default
         return hash((self.brand, tuple(sorted(self.forms.items())), self.procedure_form_url, self.link_secret_ref,
-                     self.sms, self.email))
+                     self.sms, self.email, self.completions_url))
 
     @field_validator("forms")
     @classmethod
@@ -288,7 +290,7 @@ class IntakeConfig(_Frozen):
             raise ValueError(f"unknown visit-reason code(s) {unknown}; expected some of {sorted(known)}")
         return {code: require_transport_security(url) for code, url in forms.items()}
 
-    @field_validator("procedure_form_url")
+    @field_validator("procedure_form_url", "completions_url")
     @classmethod
     def _secure_url(cls, url: str | None) -> str | None:
         return None if url is None else require_transport_security(url)

@@ -9,16 +9,26 @@ master identifier make a completion listed twice one document).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import argparse
+import asyncio
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
+import httpx
 from fhir.resources.R4B.appointment import Appointment
 from fhir.resources.R4B.documentreference import DocumentReference
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from callstream.tenants import Practice
-from connectors.errors import InvalidRequestError
+from connectors.errors import InvalidRequestError, ModMedError
 from callstream.messaging import read_secret, verified_appointment
 from connectors.operations import ModMedConnector
+from schemas.models import AuditAction, AuditEvent, AuditOutcome, CommandKind
+
+AUDIT_NAMESPACE = uuid.UUID("0c5b8a4e-3d1f-4a57-9b8e-2f6a1c7d9e30")
+"""uuid5 namespace of intake audit ids: one per practice and completion seq."""
 
 
 class IntakeCompletion(BaseModel):
@@ -86,3 +96,117 @@ async def record_completion(connector: ModMedConnector, practice: Practice, comp
         practice, call_id=f"intake-{appointment_id}", patient_id=patient_id,
         title=f"Intake form: {completion.form}", url=completion.document_url)
     return IntakeRecorded(document, appointment_id, patient_id)
+
+
+@dataclass
+class SyncReport:
+    """One practice's pass over its intake listing."""
+
+    practice_id: str
+    recorded: int = 0
+    refused: int = 0
+    """Completions that will never land (a reference this practice did not sign, an appointment without one patient)."""
+    failed: int = 0
+    """Completions ModMed could not take now: the cursor stops before the first, so the next run tries again."""
+    next_after: int = 0
+    audits: list[AuditEvent] = field(default_factory=list)
+
+    def summary(self) -> dict[str, object]:
+        return {"practice_id": self.practice_id, "recorded": self.recorded, "refused": self.refused,
+                "failed": self.failed, "next_after": self.next_after}
+
+
+def completion_audit(practice: Practice, completion: IntakeCompletion, now: datetime,
+                     recorded: IntakeRecorded | None = None, error_class: str | None = None) -> AuditEvent:
+    """The FHIR_WRITE record of filing one completion (no PHI: ids, the form name and the seq)."""
+    return AuditEvent(
+        event_id=uuid.uuid5(AUDIT_NAMESPACE, f"{practice.practice_id}:{completion.seq}"),
+        occurred_at=now,
+        practice_id=practice.practice_id,
+        action=AuditAction.FHIR_WRITE,
+        outcome=AuditOutcome.SUCCESS if recorded is not None else AuditOutcome.FAILURE,
+        resource_type="DocumentReference",
+        resource_ids=[recorded.document.id] if recorded is not None and recorded.document.id else [],
+        ema_deep_link=practice.chart_deep_link(recorded.patient_id) if recorded is not None else None,
+        command=CommandKind.CREATE_DOCUMENT_REFERENCE,
+        error_class=error_class,
+        detail={"operation": "intake_completion", "form": completion.form, "seq": str(completion.seq),
+                **({"appointment_id": recorded.appointment_id} if recorded is not None else {})},
+    )
+
+
+async def sync_practice(connector: ModMedConnector, http: httpx.AsyncClient, practice: Practice, after: int,
+                        now: datetime) -> SyncReport:
+    """File every completion listed after ``after``; the report's audits are for the caller to publish."""
+    report = SyncReport(practice.practice_id, next_after=after)
+    url = practice.intake.completions_url if practice.intake is not None else None
+    if url is None:
+        return report
+    response = await http.get(url, params={"after": str(after)})
+    response.raise_for_status()
+    completions, malformed = parse_completions(response.json())
+    report.refused += malformed
+    blocked = False
+    for completion in sorted(completions, key=lambda c: c.seq):
+        try:
+            recorded = await record_completion(connector, practice, completion)
+        except InvalidRequestError as exc:
+            report.refused += 1
+            report.audits.append(completion_audit(practice, completion, now, error_class=type(exc).__name__))
+        except ModMedError as exc:
+            report.failed += 1
+            blocked = True
+            report.audits.append(completion_audit(practice, completion, now, error_class=type(exc).__name__))
+            continue
+        else:
+            report.recorded += 1
+            report.audits.append(completion_audit(practice, completion, now, recorded))
+        if not blocked:
+            report.next_after = completion.seq
+    return report
+
+
+def main(argv: list[str]) -> int:
+    """`callstream intake sync [--practice P] [--after N]`: file completed intake forms as DocumentReferences."""
+    from callstream.cli_options import add_logging_options, add_service_options, require_tenants_file, settings_from
+    from callstream.errors import ConfigError
+    from callstream.tenants import load_tenant_directory
+
+    parser = argparse.ArgumentParser(prog="callstream intake", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="action", required=True)
+    sync = sub.add_parser("sync", help="file each completed intake form on its chart and audit it")
+    sync.add_argument("--practice", help="only this practice (default: every practice with a completions_url)")
+    sync.add_argument("--after", type=int, default=0, help="the listing cursor: completions with a higher seq")
+    add_service_options(sync, kafka=True, tenants=True)
+    add_logging_options(sync)
+    options = parser.parse_args(argv)
+    settings = settings_from(options)
+    directory = load_tenant_directory(require_tenants_file(settings, "intake sync"))
+    practices = [p for p in directory.values() if p.intake is not None and p.intake.completions_url
+                 and options.practice in (None, p.practice_id)]
+    if options.practice is not None and not practices:
+        raise ConfigError(f"practice {options.practice!r} has no intake completions_url in the tenant directory")
+    return asyncio.run(_sync(practices, options.after, settings.bootstrap_servers))
+
+
+async def _sync(practices: list[Practice], after: int, bootstrap: str) -> int:
+    from connectors.fhir import ModMedClient
+    from connectors.ledger import InMemoryLedger
+    from streams.outputs import KafkaOutputs
+
+    outputs = KafkaOutputs(bootstrap)
+    outputs.start(asyncio.get_running_loop())
+    failed = 0
+    try:
+        async with ModMedClient() as client, httpx.AsyncClient(timeout=10.0) as http:
+            # An in-memory ledger is enough: without a write-ahead entry the connector asks ModMed (by the master
+            # identifier) before each DocumentReference, so a rerun never files a form twice.
+            connector = ModMedConnector(client, InMemoryLedger())
+            for practice in practices:
+                report = await sync_practice(connector, http, practice, after, datetime.now(UTC))
+                await asyncio.gather(*(outputs.audit(event) for event in report.audits))
+                failed += report.failed
+                print(json.dumps(report.summary()), flush=True)
+    finally:
+        await outputs.close()
+    return 1 if failed else 0

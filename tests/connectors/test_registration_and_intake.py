@@ -14,7 +14,7 @@ from fhir.resources.R4B.patient import Patient
 from callstream.tenants import IntakeConfig, Practice
 from connectors.errors import ConflictError, InvalidRequestError
 from connectors.fhir import ModMedClient
-from connectors.intake import parse_completions, record_completion
+from connectors.intake import parse_completions, record_completion, sync_practice
 from connectors.ledger import InMemoryLedger
 from callstream.messaging import intake_reference
 from connectors.operations import ModMedConnector
@@ -97,3 +97,15 @@ async def test_a_completed_intake_form_lands_once_on_the_right_chart(
     assert (await record_completion(ModMedConnector(client, InMemoryLedger()), practice, mine[0])).document.id == document.id
     with pytest.raises(InvalidRequestError):
         await record_completion(connector, practice, next(c for c in completions if c.ref == forged))
+
+    # The sync pass: files what it can, refuses the forged one for good, audits each, and moves the cursor past both.
+    listed = practice.model_copy(update={"intake": practice.intake.model_copy(update={"completions_url": service})})
+    async with httpx.AsyncClient() as http:
+        report = await sync_practice(connector, http, listed, mine[0].seq - 1, dt.datetime.now(dt.UTC))
+    assert report.recorded >= 1 and report.refused >= 1 and report.failed == 0
+    assert report.next_after == max(c.seq for c in completions)
+    outcomes = {event.detail["seq"]: (event.outcome.value, event.error_class) for event in report.audits}
+    assert outcomes[str(mine[0].seq)] == ("SUCCESS", None)
+    forged_seq = next(c.seq for c in completions if c.ref == forged)
+    assert outcomes[str(forged_seq)] == ("FAILURE", "InvalidRequestError")
+    assert all(reference not in str(event.detail) for event in report.audits)

@@ -6,6 +6,9 @@ DocumentReference."""
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -14,14 +17,12 @@ import httpx
 import pytest
 from fhir.resources.R4B.appointment import Appointment
 from fhir.resources.R4B.coverage import Coverage
+from fhir.resources.R4B.documentreference import DocumentReference
 from fhir.resources.R4B.patient import Patient
 
+from callstream.messaging import verified_appointment
 from callstream.tenants import TenantDirectory
 from connectors.fhir import ModMedClient
-from connectors.intake import parse_completions, record_completion
-from connectors.ledger import InMemoryLedger
-from callstream.messaging import verified_appointment
-from connectors.operations import ModMedConnector
 from connectors.vocabulary import CALL_REFERENCE_SYSTEM
 from guards.replies import INTERIM_TEMPLATES, ReplyTemplate
 from schemas.models import AuditAction, AuditEvent, AuditOutcome
@@ -103,14 +104,30 @@ async def test_new_patient_is_registered_booked_and_gets_the_intake_link_by_sms(
     finally:
         audit.close()
 
-    # The patient completes the form; the intake service lists it; callstream files it on the new chart.
+    # The patient completes the form; the intake service lists it; `callstream intake sync` files it on the new
+    # chart through the allow-list and audits the write.
     service = f"{sandbox.base_url}/_intake/pain-1002/completions"
     async with httpx.AsyncClient() as http:
         assert (await http.post(service, json={"ref": reference, "form": "new-patient"})).status_code == 201
-        completions, _ = parse_completions((await http.get(service)).json())
-    recorded = await record_completion(ModMedConnector(modmed, InMemoryLedger()), practice,
-                                       next(c for c in completions if c.ref == reference))
-    assert recorded.patient_id == patient.id and recorded.document.subject.reference == f"Patient/{patient.id}"
+    sync = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "callstream.cli", "intake", "sync", "--practice", "pain-1002",
+                         "--tenants", str(pipeline_tenants[0]), "-b", pipeline_broker],
+        capture_output=True, text=True, timeout=120)
+    assert sync.returncode == 0, sync.stderr[-2000:]
+    summary = json.loads(sync.stdout.strip().splitlines()[-1])
+    assert summary["practice_id"] == "pain-1002" and summary["recorded"] >= 1 and summary["failed"] == 0
+    [document] = (await modmed.search(practice, DocumentReference, {"patient": patient.id})).matches
+    assert document.content[0].attachment.url.startswith("https://intake.sandbox.callstream.dev/pain-1002/")
+    filed = TopicReader(pipeline_broker, AUDIT, AuditEvent)
+    try:
+        records = filed.wait_for(lambda rs: any(r.resource_type == "DocumentReference" and document.id in r.resource_ids
+                                                for r in rs))
+        [write] = [r for r in records if r.resource_type == "DocumentReference" and document.id in r.resource_ids]
+        assert write.action is AuditAction.FHIR_WRITE and write.outcome is AuditOutcome.SUCCESS
+        assert write.detail["appointment_id"] == appointment.id
+    finally:
+        filed.close()
+    assert reference not in sync.stdout + sync.stderr and family not in sync.stdout + sync.stderr
 
     log = pipeline_worker.log_text()
     for phi in (family, CALLER_PHONE, "77 Lamar Blvd", "UHC4455667", reference):
