@@ -82,9 +82,11 @@ def _replies(value: object) -> object:
 
 
 class IdentifyStep(_Strict):
-    """The caller gives name and date of birth (the harness fills in the chosen patient's)."""
+    """The caller gives name and date of birth (the harness fills in the chosen patient's); a new patient may
+    also give the registration details (synthetic address, pharmacy, and insurance unless self-pay)."""
 
     identify: Literal[True] = True
+    details: Literal["insured", "self-pay"] | None = None
     reply: Replies = ()
 
     _one_or_many = field_validator("reply", mode="before")(_replies)
@@ -180,6 +182,8 @@ class TaskExpectation(_Strict):
     reason: TaskReason
     pdmp_last_checked: bool | None = None
     """True: the task carries the PDMP check time; False: it must not."""
+    after_hours: bool | None = None
+    """True: the task says it came in after office hours; False: it must not."""
 
 
 class GuardExpectation(_Strict):
@@ -215,6 +219,12 @@ class Expectations(_Strict):
     """Interim replies the caller must hear before an answer (a slow ModMed)."""
     escalated: bool | None = None
     """Whether some answer tells the caller the request went to a person (Reply.escalated)."""
+    registered: Literal["insured", "self-pay"] | None = None
+    """A new patient's chart was created by the call (with a Coverage when insured, none when self-pay); the
+    appointments and tasks expected are then the new chart's."""
+    intake_message: bool | None = None
+    """True: the practice's SMS provider got the booking confirmation with the intake link for the booked
+    appointment; False: no message for the call."""
 
     @field_validator("interim")
     @classmethod
@@ -235,6 +245,11 @@ class Scenario(_Strict):
     needs_template: VisitReason | None = None
     """Only for mirrors whose practice has this template (EMA-only templates need one marked ema_only)."""
     needs_ema_only: bool = False
+    office: Literal["open", "closed", "holiday"] = "open"
+    """The office hours of the tenant entry called: open around the clock (replies in their in-hours wording),
+    closed all week, or open but with today a holiday."""
+    intake: bool = False
+    """Call the tenant entry with intake forms configured (SMS to the check's local provider)."""
     steps: tuple[Step, ...] = Field(min_length=1)
     expect: Expectations = Expectations()
     category: str = ""
@@ -256,8 +271,15 @@ class Scenario(_Strict):
         needs_appointment = any(isinstance(s, IntentStep) and s.appointment == "own" for s in self.steps)
         if needs_appointment and self.caller is not CallerKind.WITH_APPOINTMENT:
             raise ValueError("a caller naming their own appointment must be a 'with-appointment' caller")
-        if self.caller is CallerKind.UNKNOWN and (self.expect.appointments or self.expect.tasks):
-            raise ValueError("an unknown caller has no chart for appointments or tasks to land on")
+        if self.caller is CallerKind.UNKNOWN and (self.expect.appointments or self.expect.tasks) \
+                and self.expect.registered is None:
+            raise ValueError("an unknown caller has no chart for appointments or tasks to land on (unless registered)")
+        if (self.office != "open" or self.intake) and self.phase is not Phase.SANDBOX:
+            raise ValueError("office hours and intake variants exist for the sandbox phase only")
+        if self.office != "open" and self.intake:
+            raise ValueError("a scenario calls either a closed office or the intake entry, not both")
+        if self.expect.registered is not None and self.caller is not CallerKind.UNKNOWN:
+            raise ValueError("only an 'unknown' caller registers as a new patient")
         return self
 
     @property

@@ -23,9 +23,9 @@ def main(argv: list[str]) -> int:
     check.add_argument("--json", action="store_true", help="print only the final JSON line")
     check.add_argument("--junit", type=Path, help="also write a JUnit XML report here")
     check.add_argument("--catalogue", type=Path, help="scenario directory (default: the bundled catalogue)")
-    check.add_argument("--concurrency", type=int, default=6, help="calls in progress at once (default 6)")
-    check.add_argument("--turn-budget-ms", type=int, default=10_000,
-                       help="the check worker's turn budget (default 10000: outcomes, not timing, are checked)")
+    check.add_argument("--concurrency", type=int, default=4, help="calls in progress at once (default 4)")
+    check.add_argument("--turn-budget-ms", type=int, default=15_000,
+                       help="the check worker's turn budget (default 15000: outcomes, not timing, are checked)")
 
     promote = actions.add_parser("promote", help="move a practice to its next go-live phase if the gate allows it")
     promote.add_argument("practice")

@@ -15,12 +15,15 @@ signals, escalations, review-queue entries), plus invariants every call keeps (`
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -43,6 +46,7 @@ from callstream.errors import ConfigError
 from callstream.tenants import Practice, TenantDirectory
 from connectors.dispatch import task_code
 from connectors.ema.commands import TASK_KEY_LINE, task_kind_code
+from guards.hours import WEEKDAYS
 from guards.model import TASK_AUDIENCE, Intent, TaskSpec, VisitReason
 from guards.rules import BOOKING_INTENTS
 from guards.scheduling import procedure_rule
@@ -63,7 +67,7 @@ PDMP_CONTENT_MARK = "SYNTHETIC"
 """Every sandbox PDMP report and UDS result starts with it: it must never reach a task."""
 UNOFFERED_SLOT = "slot-golive-never-offered"
 AUDIT_SETTLE_TIMEOUT_S = 45.0
-DEFAULT_CONCURRENCY = 6
+DEFAULT_CONCURRENCY = 4
 """Calls in progress at once: one practice's phone lines on a busy morning. All scenarios at once would queue
 behind the worker's per-practice ModMed concurrency (8 operations, EMA screens among them) and test the
 turn budget's hand-offs instead of the scenarios."""
@@ -132,22 +136,99 @@ class NotApplicable:
         return f"{self.practice_id}/{self.scenario_id}"
 
 
+ALWAYS_OPEN: dict[str, list[dict[str, str]]] = {day: [{"opens": "00:00", "closes": "24:00"}] for day in WEEKDAYS}
+NEW_PATIENT_ADDRESS = {"line": "100 Synthetic Way", "city": "Austin", "state": "TX", "postal_code": "78701"}
+SMS_TOKEN = "golive-sms-token"
+
+
 def phase_tenant_id(practice_id: str, phase: Phase) -> str:
     """The tenant entry of a practice in one phase during the check (the sandbox phase is the practice itself)."""
     return practice_id if phase is Phase.SANDBOX else f"{practice_id}-golive-{phase.value.replace('_', '-')}"
 
 
-def phase_entries(entry: Mapping[str, Any], index: int) -> list[dict[str, Any]]:
-    """The practice's tenant entry once per phase: same ModMed tenant and credentials, own id and number."""
+def scenario_tenant_id(practice_id: str, scenario: Scenario) -> str:
+    """The tenant entry a scenario's call goes to: its phase, or the closed, holiday or intake variant."""
+    if scenario.intake:
+        return f"{practice_id}-golive-intake"
+    if scenario.office != "open":
+        return f"{practice_id}-golive-{scenario.office}"
+    return phase_tenant_id(practice_id, scenario.phase)
+
+
+def tenant_entries(entry: Mapping[str, Any], index: int, today: date, intake: Mapping[str, Any] | None = None,
+                   ) -> list[dict[str, Any]]:
+    """The practice's tenant entry once per phase, open around the clock (so every reply's wording is known),
+    plus the sandbox phase closed all week, with today a holiday, and with intake forms (when ``intake`` is
+    given): the same ModMed tenant and credentials, each with its own id and called number."""
+    variants: list[tuple[str, Phase, dict[str, Any], Mapping[str, Any] | None]] = [
+        (phase_tenant_id(str(entry["practice_id"]), phase), phase, {"weekly": ALWAYS_OPEN}, None) for phase in Phase]
+    base = str(entry["practice_id"])
+    days = [(today + timedelta(days=d)).isoformat() for d in (-1, 0, 1)]
+    variants += [(f"{base}-golive-closed", Phase.SANDBOX, {"weekly": {}}, None),
+                 (f"{base}-golive-holiday", Phase.SANDBOX, {"weekly": ALWAYS_OPEN, "holidays": days}, None)]
+    if intake is not None:
+        variants.append((f"{base}-golive-intake", Phase.SANDBOX, {"weekly": ALWAYS_OPEN}, intake))
     entries = []
-    for offset, phase in enumerate(Phase):
-        copy = dict(entry)
-        copy["practice_id"] = phase_tenant_id(str(entry["practice_id"]), phase)
-        copy["phase"] = phase.value
-        if phase is not Phase.SANDBOX:
+    for offset, (tenant_id, phase, hours, intake_config) in enumerate(variants):
+        copy = {**entry, "practice_id": tenant_id, "phase": phase.value, "office_hours": hours}
+        if tenant_id != base:
             copy["called_numbers"] = [f"+1555019{index:02d}{offset:02d}"]
+        if intake_config is not None:
+            copy["intake"] = dict(intake_config)
         entries.append(copy)
     return entries
+
+
+class SmsReceiver:
+    """The practice's SMS provider during the check: 127.0.0.1, the common request shape (POST JSON {to, from,
+    body} with a bearer token), every message kept in memory for the intake checks."""
+
+    def __init__(self) -> None:
+        self.messages: list[dict[str, Any]] = []
+        received = self.messages
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                body = self.rfile.read(length)
+                if self.headers.get("Authorization") != f"Bearer {SMS_TOKEN}":
+                    self.send_response(401)
+                else:
+                    try:
+                        received.append(json.loads(body))
+                        self.send_response(201)
+                    except json.JSONDecodeError:
+                        self.send_response(400)
+                payload = json.dumps({"id": str(uuid.uuid4())}).encode()
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, format: str, *args: object) -> None:  # numbers never reach a log
+                return
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+        self._thread.start()
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/messages"
+
+    def intake_config(self, secrets_dir: Path) -> dict[str, Any]:
+        """The tenant entry's ``intake``: a form for new-patient consults, the pain variant for procedures."""
+        for name, secret in (("golive-sms-token", SMS_TOKEN), ("golive-intake-link", uuid.uuid4().hex)):
+            path = secrets_dir / name
+            path.write_text(secret, encoding="utf-8")
+            path.chmod(0o600)
+        return {"brand": "Golive Check", "forms": {"new-patient-consult": "https://forms.example/new-patient"},
+                "procedure_form_url": "https://forms.example/procedure",
+                "link_secret_ref": f"file:{secrets_dir / 'golive-intake-link'}",
+                "sms": {"provider_url": self.url, "from_number": "+15125550198",
+                        "token_ref": f"file:{secrets_dir / 'golive-sms-token'}"}}
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
 
 
 class Planner:
@@ -177,13 +258,13 @@ class Planner:
         if chart is None:
             return NotApplicable(scenario.id, mirrored, f"no unused '{scenario.caller}' patient in the sandbox")
         practice = self._tenants[practice_id]
-        phase_tenant = self._tenants[phase_tenant_id(practice_id, scenario.phase)]
+        phase_tenant = self._tenants[scenario_tenant_id(practice_id, scenario)]
         script = Script(phase_tenant.called_numbers[0], caller_number=chart.caller.phone, now=self._now,
                         call_id=f"golive-{scenario.id}-{uuid.uuid4().hex[:8]}").started()
         planned = Planned(scenario, practice, phase_tenant, chart, script, mirrored)
         for step in scenario.steps:
             if isinstance(step, IdentifyStep):
-                script.identified(chart.caller)
+                script.add(_identification(chart, step.details))
             elif isinstance(step, ChooseStep):
                 script.chooses(UNOFFERED_SLOT if step.choose == "unoffered" else f"OFFERED.{step.choose}")
             else:
@@ -223,7 +304,9 @@ class Planner:
             window = (self._run_date + timedelta(days=step.dates.from_days),
                       self._run_date + timedelta(days=step.dates.to_days))
         elif step.intent in BOOKING_INTENTS and visit_reason is not None:
-            if visit_reason is VisitReason.NEW_PATIENT_CONSULT and chart.caller.patient_id:
+            if not chart.caller.patient_id:
+                visit_reason = VisitReason.NEW_PATIENT_CONSULT  # a new patient starts with a consult (the guards' rule)
+            elif visit_reason is VisitReason.NEW_PATIENT_CONSULT:
                 visit_reason = VisitReason.FOLLOW_UP  # an established patient is booked a follow-up (the guards' rule)
             books = any(isinstance(s, ChooseStep) and s.choose != "unoffered" for s in planned.scenario.steps)
             window = self._booking_day(tenant, visit_reason, own_day=books and planned.scenario.phase is not Phase.READ_ONLY)
@@ -265,6 +348,21 @@ class Planner:
                     used.add(day)
                 return day, day
         return None
+
+
+def _identification(chart: Chart, details: str | None) -> dict[str, Any]:
+    """The caller's name and birth date, and for a new patient the registration details (synthetic)."""
+    caller = chart.caller
+    payload: dict[str, Any] = {"type": "caller_identified", "family_name": caller.family, "given_name": caller.given,
+                               "birth_date": caller.birth_date}
+    if details is not None:
+        registration: dict[str, Any] = {"gender": "female", "address": NEW_PATIENT_ADDRESS,
+                                        "preferred_pharmacy": {"name": "Synthetic Pharmacy", "phone": "+15125550197"}}
+        if details == "insured":
+            registration["insurance"] = {"payer_name": "Synthetic Health Plan", "member_id": f"SYN{caller.phone[-6:]}",
+                                         "relationship": "self"}
+        payload.update(callback_number=caller.phone, contact_channel="sms", registration=registration)
+    return payload
 
 
 class AuditCollector:
@@ -400,7 +498,9 @@ class SandboxReader:
 class Checker:
     """Compares one played call with its scenario's expectations (see the module docstring)."""
 
-    def __init__(self, client: SandboxReader, world: SandboxWorld, run_started: datetime) -> None:
+    def __init__(self, client: SandboxReader, world: SandboxWorld, run_started: datetime,
+                 messages: Sequence[Mapping[str, Any]] = ()) -> None:
+        self._messages = messages
         self._client = client
         self._world = world
         self._started = run_started
@@ -421,9 +521,9 @@ class Checker:
         if expect.escalated is not None and any(a.escalated for a in answers) != expect.escalated:
             problems.append(f"escalated: expected {expect.escalated}")
         self._check_audit(plan, audit, problems)
-        if scenario.caller is not CallerKind.UNKNOWN:
+        if scenario.caller is not CallerKind.UNKNOWN or expect.registered is not None:
             try:
-                await self._check_sandbox(plan, problems)
+                await self._check_sandbox(plan, audit, problems)
             except Exception as exc:  # noqa: BLE001 - a failed read is this scenario's failure, named by class
                 problems.append(f"reading the sandbox failed ({type(exc).__name__})")
         failures = sorted({f"{r.action.value}/{r.command.value if r.command else '-'}/{r.error_class}"
@@ -481,8 +581,13 @@ class Checker:
         if any(r.action is AuditAction.DEAD_LETTER for r in records):
             problems.append("an event of the call was dead-lettered")
 
-    async def _check_sandbox(self, plan: Planned, problems: list[str]) -> None:
+    async def _check_sandbox(self, plan: Planned, audit: list[AuditEvent], problems: list[str]) -> None:
         practice, patient_id = plan.practice, plan.chart.caller.patient_id
+        if plan.scenario.expect.registered is not None:
+            registered = await self._check_registration(plan, audit, problems)
+            if registered is None:
+                return
+            patient_id = registered
         appointments, tasks, medications = await asyncio.gather(
             self._client.search(practice, "Appointment", {"patient": patient_id}),
             self._client.search(practice, "Task", {"patient": patient_id}),
@@ -498,6 +603,42 @@ class Checker:
         mine = [t for t in tasks if any(i.get("system") == CALL_REFERENCE_SYSTEM and i.get("value") == plan.call_id
                                         for i in t.get("identifier", []))]
         self._check_tasks(plan, mine, problems)
+        self._check_intake_message(plan, changed, problems)
+
+    async def _check_registration(self, plan: Planned, audit: list[AuditEvent], problems: list[str]) -> str | None:
+        """The Patient the call registered (its name, one per call) and its Coverage: the new chart's id."""
+        created = [r for r in audit if r.action is AuditAction.FHIR_WRITE and r.outcome is AuditOutcome.SUCCESS
+                   and r.resource_type == "Patient"]
+        if len(created) != 1 or not created[0].resource_ids:
+            problems.append(f"registration: {len(created)} Patient writes audited, expected 1")
+            return None
+        patient_id = created[0].resource_ids[0]
+        found, coverage = await asyncio.gather(
+            self._client.search(plan.practice, "Patient", {"_id": patient_id}),
+            self._client.search(plan.practice, "Coverage", {"patient": patient_id}))
+        caller = plan.chart.caller
+        same_name = [p for p in found if p.get("name", [{}])[0].get("family") == caller.family
+                     and p.get("birthDate") == caller.birth_date]
+        if not same_name:
+            problems.append("registration: the new chart does not carry the caller's name and birth date")
+        twins = await self._client.search(plan.practice, "Patient", {"family": caller.family, "birthdate": caller.birth_date})
+        if len(twins) != 1:
+            problems.append(f"registration: {len(twins)} charts with the caller's name and birth date, expected 1")
+        insured = plan.scenario.expect.registered == "insured"
+        if len(coverage) != (1 if insured else 0):
+            problems.append(f"registration: {len(coverage)} Coverage resources, expected {1 if insured else 0}")
+        return patient_id
+
+    def _check_intake_message(self, plan: Planned, changed: list[dict[str, Any]], problems: list[str]) -> None:
+        wanted = plan.scenario.expect.intake_message
+        if wanted is None:
+            return
+        booked = {a["id"] for a in changed if a.get("status") == "booked"}
+        sent = [m for m in self._messages if any(f"ref={appointment}." in str(m.get("body", "")) for appointment in booked)]
+        if wanted and len(sent) != 1:
+            problems.append(f"intake: {len(sent)} SMS messages with the booked appointment's link, expected 1")
+        if not wanted and sent:
+            problems.append("intake: a link was sent for a visit without an intake form")
 
     @staticmethod
     def _changed(store: Any, appointment: Mapping[str, Any]) -> bool:
@@ -590,6 +731,9 @@ class Checker:
             says_pdmp = "PDMP last checked" in _task_text(task)
             if wanted.pdmp_last_checked is not None and says_pdmp != wanted.pdmp_last_checked:
                 problems.append(f"task {wanted.kind}: PDMP check time {'missing' if wanted.pdmp_last_checked else 'present'}")
+            says_closed = "after office hours" in _task_text(task)
+            if wanted.after_hours is not None and says_closed != wanted.after_hours:
+                problems.append(f"task {wanted.kind}: 'after office hours' {'missing' if wanted.after_hours else 'present'}")
         if any(PDMP_CONTENT_MARK in _task_text(t) for t in tasks):
             problems.append("PDMP content or a UDS result reached a task")
 
@@ -620,13 +764,14 @@ def _task_matches(plan: Planned, wanted: TaskExpectation, task: Mapping[str, Any
 
 
 async def check_all(plans: Sequence[Planned], report: ReplayReport, audit: AuditCollector, world: SandboxWorld,
-                    run_started: datetime, on_result: Callable[[ScenarioResult], None]) -> list[ScenarioResult]:
+                    run_started: datetime, on_result: Callable[[ScenarioResult], None],
+                    messages: Sequence[Mapping[str, Any]] = ()) -> list[ScenarioResult]:
     """Every planned call checked (sandbox reads a few at a time), reported as each finishes."""
     results: list[ScenarioResult] = []
     limit = asyncio.Semaphore(8)
     reader = SandboxReader()
     try:
-        checker = Checker(reader, world, run_started)
+        checker = Checker(reader, world, run_started, messages)
 
         async def one(plan: Planned) -> None:
             async with limit:

@@ -20,11 +20,6 @@ from guards.model import Intent, VisitReason
 from sandbox.generator import build_world, generate_profile
 from sandbox.mirror import apply_mirror, load_mirror
 
-NEW_PATH_INTENTS = {Intent.INTAKE}
-"""Intents whose path issue 20's items 1-2 rebuild (new-patient registration, intake push): their scenarios
-are added with that work."""
-
-
 @pytest.fixture(scope="module")
 def catalogue():  # type: ignore[no-untyped-def]
     return load_catalogue()
@@ -37,7 +32,7 @@ def test_the_catalogue_holds_at_least_sixty_scenarios_with_unique_ids(catalogue)
 
 def test_the_catalogue_covers_every_intent_visit_reason_caller_kind_and_phase(catalogue) -> None:  # type: ignore[no-untyped-def]
     intents = {step.intent for s in catalogue for step in s.steps if isinstance(step, IntentStep)}
-    assert set(Intent) - NEW_PATH_INTENTS <= intents
+    assert set(Intent) <= intents
     reasons = {step.visit_reason for s in catalogue for step in s.steps if isinstance(step, IntentStep)}
     reasons |= {VisitReason.AGREEMENT_REVIEW} if Intent.OPIOID_AGREEMENT_RENEWAL in intents else set()
     assert set(VisitReason) - {VisitReason.NEW_PATIENT_CONSULT} <= reasons
@@ -47,6 +42,8 @@ def test_the_catalogue_covers_every_intent_visit_reason_caller_kind_and_phase(ca
     faults = {key for s in catalogue if s.faults for key in s.faults.model_dump(exclude_defaults=True)}
     assert {"error_5xx_ratio", "burst_429", "latency_ms", "error_5xx_after_write_ratio", "revoke_tokens"} <= faults
     assert any(s.needs_ema_only for s in catalogue)
+    assert {s.office for s in catalogue} == {"open", "closed", "holiday"} and any(s.intake for s in catalogue)
+    assert {s.expect.registered for s in catalogue} >= {"insured", "self-pay"}
     checked = {e.equipment for s in catalogue for e in s.expect.appointments}
     assert ("fluoroscopy",) in checked and ("fluoroscopy", "rf-generator") in checked
     assert any(e.min_days_ahead for s in catalogue for e in s.expect.appointments)  # pre-op windows
@@ -80,7 +77,8 @@ scenarios:
 def test_a_valid_file_loads_with_its_category_and_bare_identify(tmp_path: Path) -> None:
     _write(tmp_path, "a.yaml", SCENARIO)
     [scenario] = load_catalogue(tmp_path)
-    assert scenario.category == "booking" and scenario.steps[0].model_dump() == {"identify": True, "reply": ()}
+    assert scenario.category == "booking" and scenario.steps[0].model_dump() == {"identify": True, "details": None,
+                                                                                     "reply": ()}
 
 
 @pytest.mark.parametrize(("text", "names"), [

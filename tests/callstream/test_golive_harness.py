@@ -11,8 +11,9 @@ import pytest
 
 from callstream.golive.callers import FITS
 from callstream.golive.catalogue import EXAMPLE_MIRROR, CallerKind, ChooseStep, Phase, load_catalogue
-from callstream.golive.harness import Planned, Planner, acceptable, phase_entries, phase_tenant_id
+from callstream.golive.harness import Planned, Planner, acceptable, scenario_tenant_id, tenant_entries
 from callstream.tenants import parse_tenant_directory
+from guards.hours import OfficeHours
 from guards.replies import ReplyTemplate
 from sandbox.generator import build_world, generate_profile
 from sandbox.mirror import apply_mirror, load_mirror
@@ -27,7 +28,9 @@ def planned() -> tuple[list[Planned], object]:
     entry = {"practice_id": "pain-1001", "name": "Riverbend", "called_numbers": ["+15125550100"],
              "timezone": "America/Chicago", "base_url": "http://127.0.0.1:18080", "firm_url_prefix": "riverbend",
              "auth": {"method": "password", "credentials_ref": "env:RIVERBEND"}}
-    tenants = parse_tenant_directory({"practices": phase_entries(entry, 0)}, "test")
+    intake = {"forms": {"new-patient-consult": "https://forms.example/np"}, "link_secret_ref": "env:LINK",
+              "sms": {"provider_url": "http://127.0.0.1:9/messages", "from_number": "+15125550198", "token_ref": "env:T"}}
+    tenants = parse_tenant_directory({"practices": tenant_entries(entry, 0, NOW.date(), intake)}, "test")
     planner = Planner(world, tenants, NOW.date(), NOW)
     plans = [planner.plan(scenario, "pain-1001") for scenario in load_catalogue()]
     assert all(isinstance(plan, Planned) for plan in plans), [p for p in plans if not isinstance(p, Planned)]
@@ -50,8 +53,9 @@ def test_every_scenario_gets_its_own_call_and_a_patient_of_the_chart_it_names(pl
 def test_each_call_goes_to_the_tenant_entry_of_its_phase(planned) -> None:  # type: ignore[no-untyped-def]
     plans, _ = planned
     for plan in plans:
-        assert plan.tenant.practice_id == phase_tenant_id("pain-1001", plan.scenario.phase)
+        assert plan.tenant.practice_id == scenario_tenant_id("pain-1001", plan.scenario)
         assert plan.tenant.phase.value == plan.scenario.phase.value
+        assert (plan.tenant.intake is not None) == plan.scenario.intake
         assert plan.script.events[0].called_number == plan.tenant.called_numbers[0]
     assert Counter(plan.scenario.phase for plan in plans).keys() == set(Phase)
 
@@ -67,12 +71,15 @@ def test_bookings_that_write_never_share_a_day(planned) -> None:  # type: ignore
 
 def test_after_hours_wording_is_accepted_only_when_the_office_is_closed(planned) -> None:  # type: ignore[no-untyped-def]
     plans, _ = planned
-    practice = plans[0].tenant
-    monday_morning, saturday = NOW, datetime(2026, 12, 12, 15, 0, tzinfo=UTC)
+    by_office = {plan.scenario.office: plan.tenant for plan in plans if plan.scenario.phase is Phase.SANDBOX}
     forwarded = ReplyTemplate.MEDICATION_REQUEST_FORWARDED
-    assert acceptable(forwarded, monday_morning, practice) == {"MEDICATION_REQUEST_FORWARDED"}
-    assert acceptable(forwarded, saturday, practice) == {"MEDICATION_REQUEST_FORWARDED_AFTER_HOURS"}
-    assert acceptable(ReplyTemplate.OFFER_SLOTS, saturday, practice) == {"OFFER_SLOTS"}
+    saturday = datetime(2026, 12, 12, 15, 0, tzinfo=UTC)
+    assert acceptable(forwarded, saturday, by_office["open"]) == {"MEDICATION_REQUEST_FORWARDED"}
+    assert acceptable(forwarded, NOW, by_office["closed"]) == {"MEDICATION_REQUEST_FORWARDED_AFTER_HOURS"}
+    assert acceptable(forwarded, NOW, by_office["holiday"]) == {"MEDICATION_REQUEST_FORWARDED_AFTER_HOURS"}
+    assert acceptable(ReplyTemplate.OFFER_SLOTS, NOW, by_office["closed"]) == {"OFFER_SLOTS"}
+    default_hours = by_office["open"].model_copy(update={"office_hours": OfficeHours()})  # Monday-Friday 08-17
+    assert acceptable(forwarded, NOW, default_hours) == {"MEDICATION_REQUEST_FORWARDED"}
     closing = datetime(2026, 12, 7, 22, 59, 30, tzinfo=UTC)  # 16:59:30 in Chicago: either wording may be true
-    assert acceptable(forwarded, closing, practice) == {"MEDICATION_REQUEST_FORWARDED",
-                                                        "MEDICATION_REQUEST_FORWARDED_AFTER_HOURS"}
+    assert acceptable(forwarded, closing, default_hours) == {"MEDICATION_REQUEST_FORWARDED",
+                                                             "MEDICATION_REQUEST_FORWARDED_AFTER_HOURS"}
