@@ -23,7 +23,6 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import random
 import smtplib
 import ssl
@@ -31,7 +30,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
 from email.utils import make_msgid
-from pathlib import Path
 from typing import Literal, Protocol
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
@@ -39,6 +37,7 @@ from zoneinfo import ZoneInfo
 import httpx
 
 from callstream.errors import CallstreamError, ConfigError
+from callstream.secrets import read_login, read_secret
 from callstream.tenants import EmailChannel, IntakeConfig, Practice, SmsChannel
 from guards.model import VisitReason
 from guards.replies import VISIT_LABELS, spoken_time
@@ -68,21 +67,6 @@ class MessageRejected(DeliveryError):
 
 class ProviderUnavailable(DeliveryError):
     """The provider or relay could not be reached or kept failing through every retry."""
-
-
-def read_secret(ref: str, what: str) -> str:
-    """The secret an ``env:VAR`` / ``file:/path`` reference names; errors name the reference, never the value."""
-    kind, _, target = ref.partition(":")
-    if kind == "env":
-        value = os.environ.get(target)
-    else:
-        try:
-            value = Path(target).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
-            value = None
-    if not value or not value.strip():
-        raise ConfigError(f"{what} reference {ref}: not set or unreadable")
-    return value.strip()
 
 
 # ----------------------------------------------------------------------------------------- the link
@@ -224,14 +208,7 @@ class Messenger:
         message_id = make_msgid(domain=channel.from_address.partition("@")[2] or None)
         message["Message-ID"] = message_id
         message.set_content(body)
-        login = None
-        if channel.credentials_ref is not None:
-            try:
-                raw = json.loads(read_secret(channel.credentials_ref, "SMTP credentials"))
-                login = (str(raw["username"]), str(raw["password"]))
-            except (ValueError, KeyError, TypeError):
-                raise ConfigError(f"SMTP credentials reference {channel.credentials_ref}: not "
-                                  "{username, password} JSON") from None
+        login = read_login(channel.credentials_ref, "SMTP credentials") if channel.credentials_ref else None
         problem = "no attempt"
         for attempt in range(self._attempts):
             try:

@@ -23,8 +23,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
-from callstream.errors import TenantDirectoryError
+from callstream.errors import ConfigError, TenantDirectoryError
 from callstream.mailbox import mailbox_address
+from callstream.secrets import read_login, read_secret
 from guards.hours import DEFAULT_OFFICE_HOURS, OfficeHours
 from guards.model import VisitReason
 from schemas.phone import E164_RULE, is_e164
@@ -198,11 +199,6 @@ PROCEDURE_VISIT_REASONS = frozenset({
 is configured."""
 
 
-SENDER_ADDRESS = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-                            r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+\Z")
-"""A practice's sender address: a plain local@host.domain, nothing that could carry a second header."""
-
-
 class SmsChannel(_Frozen):
     """An HTTP SMS provider in the common request shape: POST JSON {to, from, body} with a bearer token."""
 
@@ -242,9 +238,7 @@ class EmailChannel(_Frozen):
     @field_validator("from_address")
     @classmethod
     def _address(cls, address: str) -> str:
-        if not SENDER_ADDRESS.match(address):
-            raise ValueError("must be a plain e-mail address (local@host.domain)")
-        return address
+        return mailbox_address(address)
 
     @field_validator("credentials_ref")
     @classmethod
@@ -451,6 +445,27 @@ def unresolvable_credentials(directory: TenantDirectory) -> list[str]:
             practice.auth.usable_credentials()
         except TenantDirectoryError as exc:
             problems.append(f"{directory.source}: practice {practice.practice_id}: {exc}")
+        problems += [f"{directory.source}: practice {practice.practice_id}: {problem}"
+                     for problem in _intake_secret_problems(practice.intake)]
+    return problems
+
+
+def _intake_secret_problems(intake: IntakeConfig | None) -> list[str]:
+    """The intake link secret and the channels' credentials must resolve too: a link that cannot be signed or a
+    message that cannot be sent would only fail at a caller's booking."""
+    if intake is None:
+        return []
+    checks: list[tuple[str, str, bool]] = [(intake.link_secret_ref, "intake link secret", False)]
+    if intake.sms is not None:
+        checks.append((intake.sms.token_ref, "SMS provider token", False))
+    if intake.email is not None and intake.email.credentials_ref is not None:
+        checks.append((intake.email.credentials_ref, "SMTP credentials", True))
+    problems = []
+    for reference, purpose, is_login in checks:
+        try:
+            read_login(reference, purpose) if is_login else read_secret(reference, purpose)
+        except ConfigError as exc:
+            problems.append(str(exc))
     return problems
 
 

@@ -23,7 +23,8 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 
 from callstream.tenants import Practice
 from connectors.errors import InvalidRequestError, ModMedError
-from callstream.messaging import read_secret, verified_appointment
+from callstream.messaging import verified_appointment
+from callstream.secrets import read_secret
 from connectors.operations import ModMedConnector
 from schemas.models import AuditAction, AuditEvent, AuditOutcome, CommandKind
 

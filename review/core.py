@@ -138,6 +138,8 @@ _REASONS: dict[str, Reason] = {
     "ambiguous_patient_match": Reason.CALLER_NOT_MATCHED,
     "AmbiguousPatientMatch": Reason.CALLER_NOT_MATCHED,
     "new_patient_registration": Reason.CALLER_NOT_MATCHED,
+    "chart_found_before_registration": Reason.CALLER_NOT_MATCHED,
+    "DuplicatePatient": Reason.CALLER_NOT_MATCHED,
 }
 _TASK_KINDS: dict[TaskAudience, ItemKind] = {
     TaskAudience.PROVIDER: ItemKind.PROVIDER_TASK,
@@ -150,6 +152,7 @@ _COMMAND_KINDS: dict[str, ItemKind] = {
     "RESCHEDULE_APPOINTMENT": ItemKind.CHANGE_TO_CONFIRM,
     "CANCEL_APPOINTMENT": ItemKind.CHANGE_TO_CONFIRM,
     "CREATE_DOCUMENT_REFERENCE": ItemKind.INTAKE,
+    "CREATE_COVERAGE": ItemKind.FRONT_DESK_TASK,
 }
 _CS_TASK_KINDS = frozenset({TaskKind.PROVIDER_REFILL_REVIEW.value, TaskKind.PROVIDER_CONTROLLED_SUBSTANCE_REVIEW.value})
 _CS_INTENTS = frozenset({"REFILL_REQUEST", "OPIOID_AGREEMENT_RENEWAL"})

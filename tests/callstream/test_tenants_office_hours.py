@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from callstream.errors import TenantDirectoryError
-from callstream.tenants import load_tenant_directory
+from callstream.tenants import load_tenant_directory, unresolvable_credentials
 from guards.hours import DEFAULT_OFFICE_HOURS
 from tests.callstream.test_tenants import practice, write_yaml
 
@@ -61,3 +61,16 @@ def test_intake_entry_validation(tmp_path: Path) -> None:
                                            "from_address": "desk@pain.example"}}, "intake.email")]:
         with pytest.raises(TenantDirectoryError, match=rf"practice desert-spine: {field}"):
             load_tenant_directory(write_yaml(tmp_path, [practice(intake=bad)]))
+
+
+def test_unresolvable_intake_secrets_are_reported_by_reference(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CRED_DESERT", '{"username": "u", "password": "p"}')
+    monkeypatch.setenv("LINK_OK", "secret")
+    intake = {"forms": {"new-patient-consult": "https://forms.example/np"}, "link_secret_ref": "env:LINK_OK",
+              "sms": {"provider_url": "https://sms.example/v1", "from_number": "+15125550100", "token_ref": "env:NO_TOKEN"},
+              "email": {"smtp_host": "smtp.example.org", "from_address": "desk@pain.example",
+                        "credentials_ref": "env:LINK_OK"}}
+    directory = load_tenant_directory(write_yaml(tmp_path, [practice(intake=intake)]))
+    problems = unresolvable_credentials(directory)
+    assert len(problems) == 2 and all("practice desert-spine" in line for line in problems)
+    assert "env:NO_TOKEN" in problems[0] and "SMTP credentials" in problems[1] and "secret" not in " ".join(problems)
