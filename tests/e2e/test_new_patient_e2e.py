@@ -10,7 +10,6 @@ import json
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -25,8 +24,7 @@ from callstream.tenants import TenantDirectory
 from connectors.fhir import ModMedClient
 from connectors.vocabulary import CALL_REFERENCE_SYSTEM
 from guards.replies import INTERIM_TEMPLATES, ReplyTemplate
-from schemas.models import AuditAction, AuditEvent, AuditOutcome
-from schemas.topics import AUDIT
+from schemas.models import AuditAction, AuditOutcome
 from streams.cast import PracticeCast, Script
 from streams.telephony import Telephony
 from tests.fixtures.pipeline import E2E_INTAKE_FORM, E2E_INTAKE_LINK_SECRET, TopicReader, WorkerProcess
@@ -37,24 +35,8 @@ pytestmark = pytest.mark.broker
 CALLER_PHONE = "+15125550187"
 
 
-@pytest.fixture
-def telephony(pipeline_broker: str, pipeline_worker: WorkerProcess) -> Iterator[Telephony]:
-    phone = Telephony(pipeline_broker, reply_timeout_s=45)
-    phone.listen()
-    try:
-        yield phone
-    finally:
-        phone.close()
-
-
-@pytest.fixture
-async def modmed() -> AsyncIterator[ModMedClient]:
-    async with ModMedClient() as client:
-        yield client
-
-
 async def test_new_patient_is_registered_booked_and_gets_the_intake_link_by_sms(
-    telephony: Telephony, pipeline_broker: str, modmed: ModMedClient, sandbox: SandboxServer,
+    telephony: Telephony, audit: TopicReader, pipeline_broker: str, modmed: ModMedClient, sandbox: SandboxServer,
     pipeline_cast: dict[str, PracticeCast], pipeline_tenants: tuple[Path, TenantDirectory],
     pipeline_worker: WorkerProcess,
 ) -> None:
@@ -71,38 +53,34 @@ async def test_new_patient_is_registered_booked_and_gets_the_intake_link_by_sms(
     script.ended()
     sms = shared_sms_receiver()
     before = len(sms.received)
-    audit = TopicReader(pipeline_broker, AUDIT, AuditEvent)
-    try:
-        report = await asyncio.to_thread(telephony.replay, [script.events])
-        answers = [r for r in report.answers(script.call_id) if ReplyTemplate(r.template) not in INTERIM_TEMPLATES]
-        assert [r.template for r in answers] == ["OFFER_SLOTS", "ASK_NEW_PATIENT_DETAILS", "BOOKING_CONFIRMED_INTAKE_SENT"]
+    report = await asyncio.to_thread(telephony.replay, [script.events])
+    answers = [r for r in report.answers(script.call_id) if ReplyTemplate(r.template) not in INTERIM_TEMPLATES]
+    assert [r.template for r in answers] == ["OFFER_SLOTS", "ASK_NEW_PATIENT_DETAILS", "BOOKING_CONFIRMED_INTAKE_SENT"]
 
-        [patient] = (await modmed.search(practice, Patient, {"family": family, "birthdate": "1983-09-21"})).matches
-        assert patient.gender == "female" and patient.address[0].city == "Austin"
-        [coverage] = (await modmed.search(practice, Coverage, {"patient": patient.id})).matches
-        assert coverage.subscriberId == "UHC4455667"
-        booked = (await modmed.search(practice, Appointment, {"patient": patient.id})).matches
-        [appointment] = [a for a in booked if any(i.system == CALL_REFERENCE_SYSTEM and i.value == script.call_id
-                                                   for i in a.identifier or ())]
-        assert appointment.appointmentType.coding[0].code == "new-patient-consult"
+    [patient] = (await modmed.search(practice, Patient, {"family": family, "birthdate": "1983-09-21"})).matches
+    assert patient.gender == "female" and patient.address[0].city == "Austin"
+    [coverage] = (await modmed.search(practice, Coverage, {"patient": patient.id})).matches
+    assert coverage.subscriberId == "UHC4455667"
+    booked = (await modmed.search(practice, Appointment, {"patient": patient.id})).matches
+    [appointment] = [a for a in booked if any(i.system == CALL_REFERENCE_SYSTEM and i.value == script.call_id
+                                               for i in a.identifier or ())]
+    assert appointment.appointmentType.coding[0].code == "new-patient-consult"
 
-        [message] = sms.received[before:]
-        assert message["to"] == CALLER_PHONE and message["body"].startswith("Pain 1002 Spine: your new patient")
-        link = message["body"].rsplit(" ", 1)[-1]
-        assert link.startswith(f"{E2E_INTAKE_FORM}?ref=")
-        reference = link.split("ref=", 1)[1]
-        assert verified_appointment(E2E_INTAKE_LINK_SECRET, "pain-1002", reference) == appointment.id
+    [message] = sms.received[before:]
+    assert message["to"] == CALLER_PHONE and message["body"].startswith("Pain 1002 Spine: your new patient")
+    link = message["body"].rsplit(" ", 1)[-1]
+    assert link.startswith(f"{E2E_INTAKE_FORM}?ref=")
+    reference = link.split("ref=", 1)[1]
+    assert verified_appointment(E2E_INTAKE_LINK_SECRET, "pain-1002", reference) == appointment.id
 
-        records = audit.wait_for(lambda rs: any(r.call_id == script.call_id and r.state_to == "ended" for r in rs))
-        mine = [r for r in records if r.call_id == script.call_id]
-        writes = [(r.resource_type, r.outcome) for r in mine if r.action is AuditAction.FHIR_WRITE]
-        assert writes == [("Patient", AuditOutcome.SUCCESS), ("Coverage", AuditOutcome.SUCCESS),
-                          ("Appointment", AuditOutcome.SUCCESS)]
-        [sent] = [r for r in mine if r.action is AuditAction.PATIENT_MESSAGE]
-        assert sent.outcome is AuditOutcome.SUCCESS and sent.detail["channel"] == "sms"
-        assert CALLER_PHONE not in str(sent.detail) and "Lamar" not in str(sent.detail)
-    finally:
-        audit.close()
+    records = audit.wait_for(lambda rs: any(r.call_id == script.call_id and r.state_to == "ended" for r in rs))
+    mine = [r for r in records if r.call_id == script.call_id]
+    writes = [(r.resource_type, r.outcome) for r in mine if r.action is AuditAction.FHIR_WRITE]
+    assert writes == [("Patient", AuditOutcome.SUCCESS), ("Coverage", AuditOutcome.SUCCESS),
+                      ("Appointment", AuditOutcome.SUCCESS)]
+    [sent] = [r for r in mine if r.action is AuditAction.PATIENT_MESSAGE]
+    assert sent.outcome is AuditOutcome.SUCCESS and sent.detail["channel"] == "sms"
+    assert CALLER_PHONE not in str(sent.detail) and "Lamar" not in str(sent.detail)
 
     # The patient completes the form; the intake service lists it; `callstream intake sync` files it on the new
     # chart through the allow-list and audits the write.
@@ -118,15 +96,11 @@ async def test_new_patient_is_registered_booked_and_gets_the_intake_link_by_sms(
     assert summary["practice_id"] == "pain-1002" and summary["recorded"] >= 1 and summary["failed"] == 0
     [document] = (await modmed.search(practice, DocumentReference, {"patient": patient.id})).matches
     assert document.content[0].attachment.url.startswith("https://intake.sandbox.callstream.dev/pain-1002/")
-    filed = TopicReader(pipeline_broker, AUDIT, AuditEvent)
-    try:
-        records = filed.wait_for(lambda rs: any(r.resource_type == "DocumentReference" and document.id in r.resource_ids
-                                                for r in rs))
-        [write] = [r for r in records if r.resource_type == "DocumentReference" and document.id in r.resource_ids]
-        assert write.action is AuditAction.FHIR_WRITE and write.outcome is AuditOutcome.SUCCESS
-        assert write.detail["appointment_id"] == appointment.id
-    finally:
-        filed.close()
+    records = audit.wait_for(lambda rs: any(r.resource_type == "DocumentReference" and document.id in r.resource_ids
+                                             for r in rs))
+    [write] = [r for r in records if r.resource_type == "DocumentReference" and document.id in r.resource_ids]
+    assert write.action is AuditAction.FHIR_WRITE and write.outcome is AuditOutcome.SUCCESS
+    assert write.detail["appointment_id"] == appointment.id
     assert reference not in sync.stdout + sync.stderr and family not in sync.stdout + sync.stderr
 
     log = pipeline_worker.log_text()

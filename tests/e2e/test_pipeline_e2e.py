@@ -9,7 +9,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,31 +36,6 @@ from tests.fixtures.sandbox import SandboxServer
 
 pytestmark = pytest.mark.broker
 PROMISES = ("will be refilled", "approved", "today", "tomorrow", "within", "mg", "tablets")
-
-
-@pytest.fixture
-def telephony(pipeline_broker: str, pipeline_worker: WorkerProcess) -> Iterator[Telephony]:
-    phone = Telephony(pipeline_broker, reply_timeout_s=45)
-    phone.listen()
-    try:
-        yield phone
-    finally:
-        phone.close()
-
-
-@pytest.fixture
-def audit(pipeline_broker: str) -> Iterator[TopicReader]:
-    reader = TopicReader(pipeline_broker, AUDIT, AuditEvent)
-    try:
-        yield reader
-    finally:
-        reader.close()
-
-
-@pytest.fixture
-async def modmed() -> AsyncIterator[ModMedClient]:
-    async with ModMedClient() as client:
-        yield client
 
 
 def final_reply_to(event: Any, reply: Reply) -> bool:
