@@ -8,9 +8,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -18,6 +19,8 @@ import pytest
 from callstream.devstack import TansuBroker, free_port
 from callstream.errors import ConfigError
 from callstream.settings import redact_dsn
+from digest.local import LocalSmtpReceiver
+from digest.message import DIGEST_HEADER
 from review.reader import StoreReader
 from review.store import ReviewStore
 from schemas.topics import AUDIT
@@ -109,14 +112,32 @@ def _cli(*arguments: str, env: dict[str, str]) -> subprocess.CompletedProcess[st
                           capture_output=True, timeout=60, check=False)
 
 
+def _concurrently(*commands: tuple[list[str], dict[str, str]]) -> list[subprocess.CompletedProcess[str]]:
+    started = [(arguments, subprocess.Popen([sys.executable, "-m", "callstream.cli", *arguments], cwd=REPO, env=env,
+                                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+               for arguments, env in commands]
+    done = []
+    for arguments, process in started:
+        out, err = process.communicate(timeout=90)
+        done.append(subprocess.CompletedProcess(arguments, process.returncode, out, err))
+    return done
+
+
 @pytest.mark.broker
-def test_audit_works_while_the_sinks_process_holds_the_embedded_store(tmp_path: Path) -> None:
+def test_audit_and_digests_work_while_the_sinks_process_holds_the_embedded_store(tmp_path: Path) -> None:
     broker = TansuBroker(port=free_port())  # private: the sink's consumer group name is fixed
     broker.start()
+    tenants = tmp_path / "tenants.json"
+    tenants.write_text(json.dumps({"practices": [practice.model_dump(mode="json") for practice in
+                                                 directory({PRACTICE: ["qa@northside.example"]}).values()]}))
+    receiver = LocalSmtpReceiver().__enter__()
     env = {key: value for key, value in os.environ.items() if not key.startswith(("CALLSTREAM_", "CLICKHOUSE_"))}
     env.update(KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap, CALLSTREAM_DATA_DIR=str(tmp_path),
                CALLSTREAM_READ_API_PORT="0", CALLSTREAM_METRICS_PORT="0", CALLSTREAM_LOG_LEVEL="INFO",
-               CALLSTREAM_QUEUE_API=f"http://127.0.0.1:{free_port()}")  # no review queue runs
+               CALLSTREAM_QUEUE_API=f"http://127.0.0.1:{free_port()}",  # no review queue runs
+               CALLSTREAM_TENANTS_FILE=str(tenants), CALLSTREAM_SMTP_HOST="127.0.0.1",
+               CALLSTREAM_SMTP_PORT=str(receiver.port), CALLSTREAM_SMTP_SECURITY="none",
+               CALLSTREAM_DIGEST_SEND_AT="00:00")  # the schedule's digest of yesterday is due at once
     log = (tmp_path / "sinks.log").open("wb")
     sinks = subprocess.Popen([sys.executable, "-m", "callstream.cli", "sinks", "run", "--only", "clickhouse"],
                              cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -128,18 +149,25 @@ def test_audit_works_while_the_sinks_process_holds_the_embedded_store(tmp_path: 
         url = json.loads(run_file.read_text())["url"]
         wait_until(lambda: httpx.get(f"{url}/v1/calls/call-cs-1").status_code == 200
                    and httpx.get(f"{url}/v1/calls/call-cs-1").json()["event_count"] == 6, 60, "the call in the store")
-        shown = _cli("audit", "call", "call-cs-1", env=env)
+        # three independent commands at once: through the API, the one-line failure, a digest through the process
+        shown, stray, sent = _concurrently(
+            (["audit", "call", "call-cs-1"], env),
+            (["audit", "call", "call-cs-1"], {**env, "CALLSTREAM_READ_API_URL": f"http://127.0.0.1:{free_port()}"}),
+            (["digest", "send", "--date", "2026-03-14"], env))
         assert shown.returncode == 0, shown.stderr
         assert f'"{OFFER_TEXT}"' in shown.stdout and "Task/task-1" in shown.stdout
         assert "no review queue answers at" in shown.stdout, "the review queue is not running: said so"
-        # no tenant directory in this process: the day is UTC's, which holds the New York evening before too
-        listed = httpx.get(f"{url}/v1/calls", params={"practice": PRACTICE, "date": "2026-03-14"}).json()
-        assert (listed["time_zone"], listed["total"]) == ("UTC", 6)
-        stray = _cli("audit", "call", "call-cs-1", env={**env, "CALLSTREAM_READ_API_URL": f"http://127.0.0.1:{free_port()}"})
         assert stray.returncode == 2 and len(stray.stderr.strip().splitlines()) == 1, stray.stderr
         assert stray.stderr.startswith("callstream: error: no audit read API answers at http://127.0.0.1:")
         assert "the audit store cannot be opened here (the embedded store admits one process at a time): " \
                "ClickHouse at chdb://" in stray.stderr
+        assert sent.returncode == 0 and sent.stdout == f"{PRACTICE} 2026-03-14: sent to 1 recipient(s)\n", sent.stderr
+        listed = httpx.get(f"{url}/v1/calls", params={"practice": PRACTICE, "date": "2026-03-14"}).json()
+        assert (listed["time_zone"], listed["total"]) == ("America/New_York", 5), "the practice's day"
+        wait_until(lambda: len(receiver.messages) == 2, 30, "the scheduled digest of yesterday too")
+        days = sorted(received.message[DIGEST_HEADER] for received in receiver.messages)
+        yesterday = (datetime.now(ZoneInfo("America/New_York")).date() - timedelta(days=1)).isoformat()
+        assert days == sorted([f"{PRACTICE}/2026-03-14", f"{PRACTICE}/{yesterday}"])
         sinks.send_signal(signal.SIGTERM)
         sinks.wait(30)
         assert not run_file.exists(), "the address is withdrawn when the process stops"
@@ -150,4 +178,5 @@ def test_audit_works_while_the_sinks_process_holds_the_embedded_store(tmp_path: 
             sinks.kill()
             sinks.wait(10)
         log.close()
+        receiver.__exit__(None, None, None)
         discard_broker(broker)
