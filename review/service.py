@@ -146,14 +146,18 @@ class CommandLog:
 
     def __init__(self, bootstrap: str, session_timeout_ms: int, registry: SchemaRegistryClient | None = None) -> None:
         self._serde = AvroSerde.for_topic(COMMANDS, registry=registry)
-        self._intake = Consumer(consumer_config(bootstrap, INTAKE_GROUP, session_timeout_ms))
-        self._intake.subscribe([COMMANDS])
+        self._intake_config = consumer_config(bootstrap, INTAKE_GROUP, session_timeout_ms)
+        self._intake: Consumer | None = None
+        """Joins the intake group on the first poll: a process that only reads records back never takes partitions."""
         self._reader = Consumer({**consumer_config(bootstrap, f"{INTAKE_GROUP}-reader", session_timeout_ms)})
         self._reading = threading.Lock()
         """Attempts read records from threads at once; the reader consumer serves one position at a time."""
 
     def poll(self, max_messages: int = 500, timeout_s: float = 0.5) -> list[tuple[int, int, CommandMessage | None]]:
         """The next records as (partition, offset, command); None for one that does not decode."""
+        if self._intake is None:
+            self._intake = Consumer(self._intake_config)
+            self._intake.subscribe([COMMANDS])
         found: list[tuple[int, int, CommandMessage | None]] = []
         deadline = time.monotonic() + timeout_s
         while len(found) < max_messages:
@@ -167,6 +171,7 @@ class CommandLog:
 
     def commit(self, batch: list[tuple[int, int, CommandMessage | None]]) -> None:
         """Commit past a stored batch (the sinks' consumer settings store no offsets on their own)."""
+        assert self._intake is not None, "a batch comes from poll()"
         following: dict[int, int] = {}
         for partition, offset, _ in batch:
             following[partition] = max(following.get(partition, 0), offset + 1)
@@ -195,7 +200,8 @@ class CommandLog:
             raise TimeoutError("the command record was not read in time")
 
     def close(self) -> None:
-        self._intake.close()
+        if self._intake is not None:
+            self._intake.close()
         self._reader.close()
 
     def _decode(self, value: bytes | None) -> CommandMessage | None:
