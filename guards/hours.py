@@ -83,6 +83,9 @@ class OfficeHours(FrozenModel):
     weekly: dict[Weekday, Annotated[tuple[OpenInterval, ...], Field(max_length=8)]] = Field(
         default_factory=_default_week)
     holidays: Annotated[tuple[date, ...], Field(max_length=400)] = ()
+    after_hours_bookings: Literal["book", "staff_confirm"] = "book"
+    """What a booking, reschedule or cancellation does after hours: ``book`` (the schedule is live, the default)
+    or ``staff_confirm`` (slots are offered, the chosen one waits for staff, the caller hears staff will confirm)."""
     special_days: Annotated[dict[date, Annotated[tuple[OpenInterval, ...], Field(max_length=8)]],
                             Field(max_length=400)] = Field(default_factory=dict)
 
@@ -97,7 +100,8 @@ class OfficeHours(FrozenModel):
         return self
 
     def __hash__(self) -> int:  # a Practice (frozen, hashable) holds one; dicts are not hashable by default
-        return hash((tuple(sorted(self.weekly.items())), self.holidays, tuple(sorted(self.special_days.items()))))
+        return hash((tuple(sorted(self.weekly.items())), self.holidays, tuple(sorted(self.special_days.items())),
+                     self.after_hours_bookings))
 
     def openings(self, day: date) -> tuple[OpenInterval, ...]:
         """The openings of one local calendar day."""

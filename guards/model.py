@@ -263,6 +263,8 @@ class CallContext(FrozenModel):
     """The search ran and found no chart: the caller is new to the practice."""
     transcript_ref: TranscriptRef | None = None
     after_hours: StrictBool = False
+    after_hours_bookings_held: StrictBool = False
+    """The practice's after-hours rule is staff_confirm: after hours, appointment writes wait for staff."""
     refill_requests_earlier_in_call: Annotated[StrictInt, Field(ge=0, le=1000)] = 0
     """Controlled-substance requests already decided in this call (repeated pressure is a bypass signal)."""
 

@@ -105,6 +105,8 @@ SCHEDULING_INTENTS = frozenset(
     {Intent.BOOK_APPOINTMENT, Intent.RESCHEDULE_APPOINTMENT, Intent.CANCEL_APPOINTMENT, Intent.OPIOID_AGREEMENT_RENEWAL}
 )
 BOOKING_INTENTS = frozenset({Intent.BOOK_APPOINTMENT, Intent.RESCHEDULE_APPOINTMENT, Intent.OPIOID_AGREEMENT_RENEWAL})
+SCHEDULE_WRITES = frozenset({Command.BOOK_APPOINTMENT, Command.RESCHEDULE_APPOINTMENT, Command.CANCEL_APPOINTMENT})
+"""The writes a practice's after-hours rule can hold for staff (never a task: escalations are never held)."""
 MESSAGE_ROUTES: dict[Intent, tuple[TaskKind, TaskReason]] = {
     Intent.PRIOR_AUTH_FOLLOWUP: (TaskKind.PRIOR_AUTH_FOLLOWUP, TaskReason.PRIOR_AUTH_QUESTION),
     Intent.PREOP_CLEARANCE: (TaskKind.PREOP_CLEARANCE, TaskReason.PREOP_CLEARANCE_QUESTION),
@@ -239,6 +241,8 @@ class Draft:
     fired: list[GuardName] = field(default_factory=list)
     after_hours_wording: bool = False
     writes_queued: bool = False
+    schedule_held: bool = False
+    """After hours at a practice whose rule is staff_confirm: appointment writes wait for staff (tasks do not)."""
 
     def fire(self, guard: GuardName) -> None:
         """Record that a rule applied (once per turn)."""
@@ -309,9 +313,10 @@ class Draft:
         """Freeze the draft; in the read-only phase the writes move to the review queue."""
         commands = self.dispatchable()
         queued: tuple[Command, ...] = ()
-        if self.writes_queued:
-            queued = tuple(c for c in commands if c in WRITE_COMMANDS)
-            commands = tuple(c for c in commands if c not in WRITE_COMMANDS)
+        held = WRITE_COMMANDS if self.writes_queued else SCHEDULE_WRITES if self.schedule_held else frozenset()
+        if held:
+            queued = tuple(c for c in commands if c in held)
+            commands = tuple(c for c in commands if c not in held)
         proposals = [*self.proposed_replies, INTENT_REPLY[self.facts.intent]]
         spoken = min(proposals, key=REPLY_PRECEDENCE.index)
         if spoken is ReplyTemplate.MEDICATION_REQUEST_FORWARDED and Command.SEARCH_SLOTS in commands:
@@ -323,7 +328,7 @@ class Draft:
             queued_commands=queued,
             tasks=tuple(provider_first),
             visit_reason=self.facts.visit_reason,
-            reply=adapt_reply(spoken, after_hours=self.after_hours_wording, writes_queued=self.writes_queued),
+            reply=adapt_reply(spoken, after_hours=self.after_hours_wording, writes_queued=bool(queued)),
             guards_fired=tuple(self.fired),
             bypass_signals=self.facts.signals,
         )
@@ -553,11 +558,16 @@ def unrecognised_intent_clarified(f: Facts, d: Draft) -> None:
 
 
 def after_hours_policy(f: Facts, d: Draft) -> None:
-    """After hours, intake and booking still run (the schedule is live); escalations and messages are still
-    tasks, and their reply says the office is closed and points emergencies to 911."""
+    """After hours, intake and booking still run (the schedule is live) unless the practice's rule holds bookings,
+    reschedules and cancellations for staff to confirm (``after_hours_bookings: staff_confirm``: offered, then
+    queued, like the read-only phase, with "staff will confirm"); escalations and messages are still tasks, and
+    their reply says the office is closed and points emergencies to 911."""
     if f.ctx.after_hours:
         d.fire(GuardName.AFTER_HOURS_POLICY)
         d.after_hours_wording = True
+        if f.ctx.after_hours_bookings_held and any(c in SCHEDULE_WRITES for c in d.dispatchable()):
+            d.schedule_held = True
+            d.raise_outcome(Outcome.REVIEW_QUEUE)
 
 
 def read_only_writes_queued(f: Facts, d: Draft) -> None:

@@ -594,6 +594,11 @@ def guard_phase(practice: Practice) -> GoLivePhase:
     return GoLivePhase(practice.phase.value)
 
 
+def _queued_reason(practice: Practice) -> str:
+    """Why the guards queued a write: the read-only phase, or else the practice's after-hours rule."""
+    return "read_only_phase" if practice.phase.value == GoLivePhase.READ_ONLY.value else "after_hours_rule"
+
+
 def is_after_hours(now: datetime, practice: Practice) -> bool:
     """Outside the practice's office hours (guards.hours; Monday-Friday 08:00-17:00 when none are configured)."""
     return office_closed(now, practice.timezone, practice.office_hours)
@@ -907,7 +912,7 @@ def _on_slot_chosen(state: CallState, payload: SlotChosen, practice: Practice, n
         return Step(state, outputs=(refusal, *outputs, *moved))
     state = state.model_copy(update={"offer": offer.model_copy(update={"chosen_slot_id": chosen.slot_id})})
     if offer.queued:
-        return _booking_to_staff(state, "read_only_phase", practice, now)
+        return _booking_to_staff(state, _queued_reason(practice), practice, now)
     if state.patient_id is None:
         if state.lookup is not LookupKind.NONE or state.identity is None:
             return _booking_to_staff(state, "new_patient_registration", practice, now)
@@ -1110,6 +1115,7 @@ def _context(state: CallState, practice: Practice, now: datetime, intent_event_i
         is_new_patient=state.lookup is LookupKind.NONE,
         transcript_ref=state.transcript_ref,
         after_hours=is_after_hours(now, practice),
+        after_hours_bookings_held=practice.office_hours.after_hours_bookings == "staff_confirm",
         refill_requests_earlier_in_call=min(earlier, 1000),
     )
 
@@ -1351,9 +1357,10 @@ def _finish(state: CallState, practice: Practice, now: datetime, template: Reply
             outputs.extend(_review(state, _WRITE_COMMAND_KINDS[command], pending.event_id,
                                    {"intent": pending.intent.value, **dict(zip(("appointment_id",), target)),
                                     **_identity_params(state)},
-                                   "read_only_phase", resource_type="Appointment", resource_ids=target))
+                                   _queued_reason(practice), resource_type="Appointment", resource_ids=target))
     if Command.CREATE_DOCUMENT_REFERENCE in decision.commands:
-        # No intake-form URL is configured for practices: staff send the secure link, and the reply says so.
+        # Asked for outside a booking: a link is signed for an appointment this call has not made, so staff send
+        # it, and the reply says so (a booking's confirmation carries the link itself: _intake_push).
         outputs.extend(_review(state, CommandKind.CREATE_DOCUMENT_REFERENCE, pending.event_id,
                                {"patient_id": state.patient_id or ""}, "intake_link_by_staff"))
         template = ReplyTemplate.INTAKE_STAFF_WILL_SEND

@@ -90,3 +90,22 @@ def test_dumped_hours_load_again() -> None:
                                         "special_days": {"2026-12-24": [{"opens": "08:00", "closes": "12:00"}]}})
     assert OfficeHours.model_validate(hours.model_dump(mode="json")) == hours
     assert OfficeHours.model_validate(DEFAULT_OFFICE_HOURS.model_dump(mode="json")) == DEFAULT_OFFICE_HOURS
+
+
+def test_the_after_hours_rule_holds_appointment_writes_but_never_an_escalation() -> None:
+    from guards import CallContext, ChartFlags, Command, GoLivePhase, Intent, IntentRequest, Outcome, decide
+    from guards.model import VisitReason
+
+    held = CallContext(call_id="c-1", practice_id="p-1", caller_identified=True, patient_id="pt-1",
+                       after_hours=True, after_hours_bookings_held=True)
+    now = datetime(2026, 3, 7, 15, 0, tzinfo=UTC)
+    booking = decide(held, IntentRequest(intent=Intent.BOOK_APPOINTMENT, visit_reason=VisitReason.FOLLOW_UP),
+                     ChartFlags(), GoLivePhase.WRITE, now)
+    assert booking.commands == (Command.SEARCH_SLOTS,) and booking.queued_commands == (Command.BOOK_APPOINTMENT,)
+    assert booking.outcome is Outcome.REVIEW_QUEUE and booking.reply.value == "OFFER_SLOTS_STAFF_WILL_CONFIRM"
+    refill = decide(held, IntentRequest(intent=Intent.REFILL_REQUEST, medication_mentioned=True), ChartFlags(),
+                    GoLivePhase.WRITE, now)
+    assert refill.outcome is Outcome.ESCALATE and Command.CREATE_TASK in refill.commands and not refill.queued_commands
+    open_hours = held.model_copy(update={"after_hours": False})
+    assert decide(open_hours, IntentRequest(intent=Intent.BOOK_APPOINTMENT, visit_reason=VisitReason.FOLLOW_UP),
+                  ChartFlags(), GoLivePhase.WRITE, now).queued_commands == ()

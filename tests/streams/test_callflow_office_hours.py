@@ -31,3 +31,24 @@ def test_a_holiday_closes_a_weekday() -> None:
     assert _message_reply(Driver(now=tuesday_10_ny)) == "MESSAGE_FORWARDED"
     closed = _with_hours({"holidays": ["2026-03-03"]})
     assert _message_reply(Driver(practice=closed, now=tuesday_10_ny)) == "MESSAGE_FORWARDED_AFTER_HOURS"
+
+
+def test_a_practice_that_holds_after_hours_bookings_offers_then_queues_for_staff() -> None:
+    from tests.streams.callflow_helpers import reviews
+
+    held = _with_hours({"after_hours_bookings": "staff_confirm"})
+    driver, call = Driver(practice=held, now=SATURDAY_10_NY), Call()
+    driver.send(call.started())
+    driver.send(call.identified())
+    offered = replies(driver.send(call.intent("BOOK_APPOINTMENT", visit_reason="esi")))
+    assert offered[-1].template.value == "OFFER_SLOTS_STAFF_WILL_CONFIRM" and offered[-1].offered_slots
+    outputs = driver.send(call.chose(offered[-1].offered_slots[0].slot_id))
+    (queued,) = reviews(outputs)
+    assert queued.params["reason"] == "after_hours_rule"
+    assert replies(outputs)[-1].template.value == "BOOKING_QUEUED_FOR_REVIEW"
+    weekday = Driver(practice=held)  # Tuesday 10:00: open, so the booking is made
+    call = Call()
+    weekday.send(call.started())
+    weekday.send(call.identified())
+    weekday.send(call.intent("BOOK_APPOINTMENT", visit_reason="esi"))
+    assert replies(weekday.send(call.chose("slot-1")))[-1].template.value == "BOOKING_CONFIRMED"
