@@ -16,6 +16,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from callstream.devstack import free_port
+from callstream.errors import ConfigError
 from callstream.tenants import TenantDirectory
 from digest.log import DigestLog
 from digest.service import DigestService
@@ -38,8 +39,11 @@ class LocalSmtpReceiver:
 
     def __init__(self, *, tls: ssl.SSLContext | None = None, implicit_tls: bool = False,
                  login: tuple[str, str] | None = None) -> None:
-        from aiosmtpd.controller import Controller  # a dev dependency: only the demo and the tests receive mail
-        from aiosmtpd.smtp import AuthResult, LoginPassword
+        try:  # a dev dependency: only the demo and the tests receive mail
+            from aiosmtpd.controller import Controller
+            from aiosmtpd.smtp import AuthResult, LoginPassword
+        except ImportError:
+            raise ConfigError("the local SMTP receiver needs aiosmtpd: pip install -e '.[dev]' (what make demo does)") from None
 
         self.messages: list[Received] = []
         self.port = free_port()
