@@ -264,8 +264,12 @@ def serve_read_api(reads: CallReads, host: str, port: int, *, token: str | None 
     running = ReadApiServer(server, thread)
     if publish is not None:
         data_dir, dsn, database = publish
-        running.run_file = write_run_file(data_dir, {"pid": os.getpid(), "url": running.url, "dsn": dsn,
-                                                      "database": database})
+        try:
+            running.run_file = write_run_file(data_dir, {"pid": os.getpid(), "url": running.url, "dsn": dsn,
+                                                          "database": database})
+        except OSError as exc:  # e.g. a read-only root filesystem (the Helm chart's): the API still serves
+            log.warning("read API address not published in %s (%s); clients need CALLSTREAM_READ_API_URL",
+                        data_dir / RUN_FILE, type(exc).__name__)
     log.warning("audit read API on %s", running.url)
     return running
 
