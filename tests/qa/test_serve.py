@@ -1,6 +1,6 @@
 """`callstream qa serve --with-sinks` as a subprocess: the one owner of its embedded chDB runs the audit sink
 and serves the pages, so a call audited on Kafka shows on the QA view while the sink runs, and `callstream
-audit call` still reads it (through the read API the process serves)."""
+audit call` and `audit pdf` still read it (through the read API the process serves)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import pypdf
 import pytest
 
 from callstream.devstack import free_port
@@ -26,7 +27,7 @@ from tests.sinks.audit_helpers import make_event, produce_events, wait_until
 pytestmark = pytest.mark.broker
 
 
-def test_qa_serve_with_sinks_shows_calls_as_the_sink_stores_them_and_audit_call_still_works(kafka_bootstrap: str, qa_world: QaWorld,
+def test_qa_serve_with_sinks_shows_calls_as_the_sink_stores_them_and_audit_call_and_pdf_still_work(kafka_bootstrap: str, qa_world: QaWorld,
                                                                   tmp_path: Path) -> None:
     port = free_port()
     env = {key: value for key, value in os.environ.items()
@@ -56,9 +57,17 @@ def test_qa_serve_with_sinks_shows_calls_as_the_sink_stores_them_and_audit_call_
             assert sign_in(client, "ana", PASSWORDS["ana"]) == 303
             wait_until(lambda: client.get(f"/calls/{call_id}").status_code == 200, 30, "the call on its page")
             assert call_id in client.get("/calls").text
-        audited = subprocess.run([sys.executable, "-m", "callstream.cli", "audit", "call", call_id], cwd=REPO, env=env,
-                                 capture_output=True, text=True, timeout=60, check=False)
-        assert audited.returncode == 0 and "-> started" in audited.stdout, audited.stderr[-2000:]
+        commands = {"-> started": ["call", call_id],
+                    "record SHA-256": ["pdf", call_id, "--out", str(tmp_path / "call.pdf"), "--tenants",
+                                       str(qa_world.tenants_file)]}
+        running = {expected: subprocess.Popen([sys.executable, "-m", "callstream.cli", "audit", *command], cwd=REPO,
+                                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                   for expected, command in commands.items()}  # side by side: each start-up takes seconds
+        for expected, audit in running.items():
+            out, err = audit.communicate(timeout=60)
+            assert audit.returncode == 0 and expected in out, err[-2000:]
+        text = pypdf.PdfReader(tmp_path / "call.pdf").pages[0].extract_text()
+        assert f"Call record {call_id}" in text and "-> started" in text
     finally:
         process.terminate()
         process.wait(30)
