@@ -7,8 +7,9 @@ engine) and a `callstream worker`. Then the telephony side plays calls across th
 go-live phase — from real sandbox patients: bookings, a reschedule, refill requests (FHIR task and EMA
 task queue), an expired opioid agreement, a provider-set phone restriction, a new patient, a bypass
 attempt, a read-only practice, an unknown called number and a malformed event. It waits until every
-call is answered and audited, prints a readable summary (and with --json the same as one JSON object
-on the last line), and stops everything it started.
+call is answered and audited, sends each practice's digest of the day to a local SMTP receiver, prints
+a readable summary with hints that run as printed (and with --json the same as one JSON object on the
+last line), and stops everything it started.
 """
 
 from __future__ import annotations
@@ -27,7 +28,11 @@ from typing import Any, TextIO
 
 from callstream.devstack import TansuBroker, ensure_topics, free_port, wait_for_broker
 from callstream.errors import ServiceUnavailableError
+from callstream.invocation import command_line
 from callstream.settings import Settings, load_settings, redact_dsn
+from callstream.tenants import load_tenant_directory
+from digest.local import demo_digests
+from qa.demo import DemoView, prepare_demo_view
 from sandbox.generator import build_world
 from schemas.topics import CALL_EVENTS, TOPICS
 from sinks.clickhouse_store import AUDIT_TABLE, AuditStore
@@ -112,7 +117,11 @@ def run_demo(*, json_output: bool, out: TextIO) -> int:
         say(f"calls     {len(calls)} calls across {len(DEMO_PHASES)} practices, plus one malformed event")
         report = _play(bootstrap, calls)
         summary = _summary(store, report, calls, {practice.called_number for practice in cast.values()}, started)
-    _print_summary(say, summary, report, calls, settings)
+        summary["digest_emails"] = demo_digests(store, load_tenant_directory(tenants_file), started,
+                                                series=f"demo-{started:%Y%m%dT%H%M%S}")
+        view = prepare_demo_view(settings, store, tenants_file, calls[0].script.call_id)
+        summary.update(qa_url=view.url, pdf_bytes=view.pdf_bytes)
+    _print_summary(say, summary, report, calls, settings, started, view)
     if json_output:
         print(json.dumps(summary), file=out, flush=True)
     return 0 if report.timeouts == 0 else 1
@@ -222,7 +231,7 @@ def _summary(store: AuditStore, report: ReplayReport, calls: list[DemoCall], kno
 
 
 def _print_summary(say: Any, summary: dict[str, int], report: ReplayReport, calls: list[DemoCall],
-                   settings: Settings) -> None:
+                   settings: Settings, started: datetime, view: DemoView) -> None:
     say("")
     say(f"A morning of calls, played in {report.seconds:.1f} s:")
     for call in calls:
@@ -239,12 +248,20 @@ def _print_summary(say: Any, summary: dict[str, int], report: ReplayReport, call
     say(f"  bypass attempts      {summary['bypass_attempts']}")
     say(f"  dead-lettered        {summary['dead_lettered']}")
     say(f"  audit rows           {summary['audit_rows']}")
+    say(f"  digest e-mails       {summary['digest_emails']} (to a local SMTP receiver)")
     if report.timeouts:
         say(f"  WARNING: {report.timeouts} replies did not arrive in time")
     example = next(call.script.call_id for call in calls)
+    env = {"CALLSTREAM_DATA_DIR": str(settings.data_dir)} if settings.data_dir != Path("var") else {}
+    if settings.clickhouse_dsn and redact_dsn(settings.clickhouse_dsn) == settings.clickhouse_dsn:  # no secret in it
+        env["CLICKHOUSE_DSN"] = settings.clickhouse_dsn
     say("")
-    say("Query the audit trail:")
-    say(f"  callstream audit call {example}")
-    say(f"  ClickHouse {redact_dsn(settings.effective_clickhouse_dsn)}: SELECT action, outcome, count() "
-        f"FROM callstream.{AUDIT_TABLE} FINAL GROUP BY action, outcome")
+    say("Query the audit trail (from this directory):")
+    say(f"  {command_line('audit', 'call', example, env=env)}")
+    say(f"  {command_line('audit', 'calls', '--practice', 'pain-1002', '--date', f'{started:%Y-%m-%d}', env=env)}")
     say(f"  (the demo's Kafka topics, e.g. {CALL_EVENTS}, went away with its embedded broker)")
+    say("")
+    say(f"The QA view: start it, open {view.url} and sign in as {' / '.join(view.users)} with the password in "
+        f"{view.password_file}; one call's PDF ({view.pdf_bytes} bytes):")
+    say(f"  {command_line(*view.serve_args, env=env)}")
+    say(f"  {command_line(*view.pdf_args, env=env)}")
