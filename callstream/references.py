@@ -65,9 +65,24 @@ def clean_reference(value: str) -> str | None:
 def _scrub_segments(path: str) -> str:
     """Replace each `/`-separated segment that names or dates a person, or holds a phone number or an
     e-mail address, by `redacted`."""
-    return "/".join(REDACTED_SEGMENT if _segment_identifies(segment) else segment for segment in path.split("/"))
+    segments = path.split("/")
+    return "/".join(
+        REDACTED_SEGMENT if _segment_identifies(segment, chart_id=index > 0 and segments[index - 1] in CHART_ROUTES)
+        else segment
+        for index, segment in enumerate(segments)
+    )
 
 
-def _segment_identifies(segment: str) -> bool:
+CHART_ROUTES = frozenset({"chart", "patients"})
+"""EMA route segments followed by a chart id (`…/chart/{patient_id}`), which callstream builds from the id
+ModMed assigned, never from anything a caller said."""
+_CHART_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}\Z")
+"""FHIR's id grammar. A chart id is a digit run of ten or more in many ModMed firms (`pt-1002-000001`,
+`1000234567`): the phone pattern would take it for a phone number and break the chart link."""
+
+
+def _segment_identifies(segment: str, *, chart_id: bool = False) -> bool:
     text = unquote(segment)
-    return any(pattern.search(text) for pattern in (_SEGMENT_DATE, _SEGMENT_PHONE, _SEGMENT_EMAIL, _SEGMENT_NAME))
+    patterns = (_SEGMENT_DATE, _SEGMENT_EMAIL, _SEGMENT_NAME) if chart_id and _CHART_ID.match(text) else (
+        _SEGMENT_DATE, _SEGMENT_PHONE, _SEGMENT_EMAIL, _SEGMENT_NAME)
+    return any(pattern.search(text) for pattern in patterns)

@@ -25,11 +25,17 @@ SCRUBBED = [
     ("https://store.example/calls/5558675309-call.json", "https://store.example/calls/redacted"),
     ("https://store.example/calls/Gabriel%20Romero/rec.json", "https://store.example/calls/redacted/rec.json"),
     ("https://ema.example/ema/#/patients/Gabriel_Romero/chart", "https://ema.example/ema/#/patients/redacted/chart"),
+    # After a chart route only an id passes: a phone number with spaces or a plus sign is not one.
+    ("https://ema.example/ema/chart/%2B1%20555%20867%205309", "https://ema.example/ema/chart/redacted"),
+    ("https://ema.example/ema/chart/1947-07-17", "https://ema.example/ema/chart/redacted"),
     ("transcripts/Jane.Doe/call-7.json", "transcripts/redacted/call-7.json"),
 ]
 KEPT = [
     "s3://transcripts/2026/03/14/call-42.json",
     "https://ema.example/ema/#/patients/pat-4411/chart",
+    # Chart ids of ten digits or more are ids ModMed assigned, not phone numbers: the chart link must still open.
+    "https://sandbox.example/ema/northside/chart/pt-1002-000001",
+    "https://ema.example/ema/#/chart/1000234567/opioid-agreement",
     "Task/1234567",
     "s3://callstream-transcripts/call-01HV8Z6Q5R/transcript.json",
 ]
