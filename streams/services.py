@@ -91,3 +91,19 @@ def stop(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def private_broker(run_dir: Path) -> Iterator[str]:
+    """An embedded Tansu broker of its own on a free port, with every catalogue topic: a worker reading the
+    call-events topic from its start then sees no one else's calls. Yields the bootstrap address."""
+    from callstream.devstack import TansuBroker, ensure_topics
+    from schemas.topics import TOPICS
+
+    broker = TansuBroker(port=free_port(), log_path=run_dir / "tansu.log")
+    broker.start()
+    try:
+        ensure_topics(broker.bootstrap, [(topic.name, topic.partitions) for topic in TOPICS])
+        yield broker.bootstrap
+    finally:
+        broker.stop()

@@ -9,14 +9,12 @@ failures, records the run for the phase gate (``runs``) and ends with one JSON l
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import json
 import time
 import uuid
 import xml.etree.ElementTree as ET
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -28,9 +26,9 @@ from zoneinfo import ZoneInfo
 import httpx
 import yaml
 
-from callstream.devstack import TansuBroker, ensure_topics, free_port
+from callstream.devstack import free_port
 from callstream.errors import ConfigError
-from callstream.golive.catalogue import CATALOGUE_DIR, EXAMPLE_MIRROR, Scenario, load_catalogue
+from callstream.golive.catalogue import CATALOGUE_DIR, EXAMPLE_MIRROR, load_catalogue
 from callstream.golive.harness import (
     DEFAULT_CONCURRENCY,
     AuditCollector,
@@ -40,6 +38,7 @@ from callstream.golive.harness import (
     ScenarioResult,
     check_all,
     merge_reports,
+    ALWAYS_OPEN,
     SmsReceiver,
     tenant_entries,
     play,
@@ -50,10 +49,9 @@ from callstream.settings import Settings
 from callstream.tenants import load_tenant_directory
 from sandbox.generator import build_world, generate_profile
 from sandbox.mirror import MirrorError, MirrorFile, apply_mirror, load_mirror
-from schemas.topics import TOPICS
 from streams.sandbox_tenants import practice_entry, sandbox_listing
 from streams.cast import Script
-from streams.services import sandbox_process, worker_process
+from streams.services import private_broker, sandbox_process, worker_process
 from streams.telephony import ReplayReport
 
 SEED = 7
@@ -108,7 +106,7 @@ def run_check(settings: Settings, *, mirror: Path | None, practice: str | None, 
     say(f"mirror    {mirror_path} ({', '.join(practices)})")
     say(f"calls     {concurrency} at a time, turn budget {turn_budget_ms} ms")
     with ExitStack() as stack:
-        bootstrap = stack.enter_context(_broker(run_dir))
+        bootstrap = stack.enter_context(private_broker(run_dir))
         sandbox_url = stack.enter_context(sandbox_process(
             run_dir, seed=SEED, patients=PATIENTS_PER_PRACTICE, practices=1,
             extra_args=("--mirror", str(sandbox_mirror), "--anchor-date", anchor.isoformat())))
@@ -116,7 +114,7 @@ def run_check(settings: Settings, *, mirror: Path | None, practice: str | None, 
         twins = [twin_id(p, k) for p in practices for k in range(len(fault_sets))]
         sms = SmsReceiver()
         stack.callback(sms.close)
-        tenants_file = _tenant_directory(sandbox_url, run_dir, practices + twins, sms)
+        tenants_file = _tenant_directory(sandbox_url, run_dir, practices, twins, sms)
         tenants = load_tenant_directory(tenants_file)
         audit = AuditCollector(bootstrap)
         stack.callback(audit.close)
@@ -241,34 +239,27 @@ def _write_latencies(say: Any, records: list[Any]) -> None:
                 f"max {latencies[-1]:.0f} ms")
 
 
-def _tenant_directory(sandbox_url: str, run_dir: Path, practices: list[str], sms: SmsReceiver) -> Path:
-    """Each practice's tenant entries (``harness.tenant_entries``: per phase, closed, holiday, with intake),
-    credentials in 0600 files."""
+def _tenant_directory(sandbox_url: str, run_dir: Path, practices: list[str], twins: list[str],
+                      sms: SmsReceiver) -> Path:
+    """Each practice's tenant entries (``harness.tenant_entries``: per phase, closed, holiday, with intake) and
+    each fault twin's one entry, credentials in 0600 files."""
     secrets = run_dir / "secrets"
     secrets.mkdir(mode=0o700, exist_ok=True)
     entries: list[dict[str, Any]] = []
-    for index, listing in enumerate(item for item in sandbox_listing(sandbox_url) if item["practice_id"] in practices):
+    for index, listing in enumerate(item for item in sandbox_listing(sandbox_url)
+                                    if item["practice_id"] in practices or item["practice_id"] in twins):
         response = httpx.put(f"{sandbox_url}/_admin/practices/{listing['practice_id']}/settings",
                              json={"rate_limit_per_minute": CHECK_RATE_LIMIT_PER_MIN}, timeout=10.0, trust_env=False)
         response.raise_for_status()
         entry = practice_entry(listing, secrets, rate_limit_per_min=CHECK_RATE_LIMIT_PER_MIN)
+        if listing["practice_id"] in twins:
+            entries.append({**entry, "office_hours": {"weekly": ALWAYS_OPEN}})  # fault scenarios: sandbox phase only
+            continue
         today = datetime.now(ZoneInfo(str(listing["timezone"]))).date()
         entries.extend(tenant_entries(entry, index, today, sms.intake_config(secrets)))
     path = run_dir / "tenants.yaml"
     path.write_text(yaml.safe_dump({"practices": entries}, sort_keys=False), encoding="utf-8")
     return path
-
-
-@contextlib.contextmanager
-def _broker(run_dir: Path) -> Iterator[str]:
-    """A private embedded broker: the worker reads the call-events topic from its start, so no one else's calls."""
-    broker = TansuBroker(port=free_port(), log_path=run_dir / "tansu.log")
-    broker.start()
-    try:
-        ensure_topics(broker.bootstrap, [(t.name, t.partitions) for t in TOPICS])
-        yield broker.bootstrap
-    finally:
-        broker.stop()
 
 
 def _printer(out: TextIO, *, quiet: bool) -> Any:
@@ -311,6 +302,3 @@ def write_junit(path: Path, outcome: CheckOutcome) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)
 
-
-def scenario_counts(scenarios: list[Scenario]) -> dict[str, int]:
-    return dict(sorted(Counter(s.category for s in scenarios).items()))
