@@ -410,10 +410,10 @@ class SendIntake:
 
     channel: Literal["sms", "email"]
     to: str = field(repr=False)
-    visit_reason: VisitReason = VisitReason.NEW_PATIENT_CONSULT
-    start: datetime = field(default=datetime.min.replace(tzinfo=UTC))
-    appointment_id: str = ""
-    patient_id: str = ""
+    visit_reason: VisitReason
+    start: datetime
+    appointment_id: str
+    patient_id: str
 
 
 Work = (SearchPatient | ReadChartFlags | SearchSlots | WriteAppointment | CancelAppointment | CheckAppointment | CreateTask
