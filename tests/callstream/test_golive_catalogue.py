@@ -116,3 +116,20 @@ def test_a_caller_naming_their_own_appointment_must_have_one(tmp_path: Path) -> 
 
 def test_the_bundled_directory_is_the_default() -> None:
     assert CATALOGUE_DIR.is_dir() and sorted(CATALOGUE_DIR.glob("*.yaml"))
+
+
+@pytest.mark.parametrize(("mirror_text", "practice", "expected"), [
+    ("practices: [{practice_id: pain-1001, templates: []}]\n", None, "templates"),
+    (EXAMPLE_MIRROR.read_text(), "pain-9999", "practice pain-9999 is not in the mirror"),
+])
+def test_check_refuses_a_bad_mirror_or_practice_before_starting_anything(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        mirror_text: str, practice: str | None, expected: str) -> None:
+    from callstream.cli import main
+
+    monkeypatch.setenv("CALLSTREAM_DATA_DIR", str(tmp_path / "data"))
+    mirror = _write(tmp_path, "mirror.yaml", mirror_text)
+    status = main(["golive", "check", "--mirror", str(mirror), *(["--practice", practice] if practice else [])])
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and err.startswith("callstream: error: ") and expected in err and "\n" not in err
+    assert not (tmp_path / "data" / "golive").exists()
