@@ -131,7 +131,6 @@ def queue_dsn(settings: Settings) -> str:
 
 def _run(options: argparse.Namespace) -> int:
     settings = settings_from(options)
-    configure_logging_from(settings)
     tenants_file = require_tenants_file(settings, "the review queue")
     if options.stale_after <= 0 or options.retry_base <= 0 or options.retry_cap < options.retry_base or options.tick <= 0 \
             or options.attempt_lease <= 0:
@@ -145,6 +144,7 @@ def _run(options: argparse.Namespace) -> int:
         ensure_port_free(options.metrics_host, metrics_port, "metrics endpoint (--metrics-port)")
     if options.api_port:
         ensure_port_free("127.0.0.1", options.api_port, "staff API (--api-port)")
+    configure_logging_from(settings)
     bootstrap = settings.bootstrap_servers
     wait_for_broker(bootstrap, settings.connect_timeout_s)
     ensure_topics(bootstrap, [(name, topic_named(name).partitions) for name in (COMMANDS, AUDIT, ALARMS)])

@@ -185,7 +185,6 @@ def sinks_main(argv: list[str]) -> int:
     add_logging_options(parser)
     options = parser.parse_args(argv)
     settings = settings_from(options)
-    configure_logging_from(settings)
     wanted = (options.only,) if options.only else SINK_NAMES
     tenants_file = settings.tenants_file
     if "siem" in wanted and tenants_file is None:
@@ -200,6 +199,7 @@ def sinks_main(argv: list[str]) -> int:
         raise ConfigError("--metrics-port must be 0-65535")
     if port:
         ensure_port_free(options.metrics_host, port, "metrics endpoint (--metrics-port)")
+    configure_logging_from(settings)  # once the arguments are good: a caller's own logging stays as it was
     run_sinks(settings, stop, tenants=tenants, database=options.database, only=options.only,
               serve=(options.metrics_host, port), read_api=True, on_serving=lambda bound: logger.info(
                   "callstream sinks: metrics on http://%s:%d/metrics (probes /healthz, /readyz)",

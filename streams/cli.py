@@ -51,12 +51,12 @@ def worker_main(argv: list[str]) -> int:
         raise ConfigError("--metrics-port must be 0-65535")
     if options.drift_window < 1 or options.ttl_sweep < 1 or options.max_in_flight < 1:
         raise ConfigError("--drift-window and --ttl-sweep need at least 1 second, --max-in-flight at least 1")
-    configure_logging_from(settings)
     tenants = load_tenant_directory(tenants_file)
     if metrics_port:
         ensure_port_free(options.metrics_host, metrics_port, "metrics endpoint (--metrics-port)")
     wait_for_broker(settings.bootstrap_servers, settings.connect_timeout_s)
     ensure_topics(settings.bootstrap_servers, [(topic.name, topic.partitions) for topic in TOPICS])
+    configure_logging_from(settings)
     from streams.app import DEFAULT_APP_ID, Pipeline, WorkerOptions
 
     app_id = options.app_id or DEFAULT_APP_ID

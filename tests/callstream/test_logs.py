@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from callstream.logs import configure_logging
+from callstream.logs import CHATTY_LIBRARIES, PHI_BEARING_LOGGERS, configure_logging
 
 
 @pytest.fixture
@@ -17,7 +17,7 @@ def root_restored() -> Iterator[None]:
     """Whatever a test does to the root logger (it replaces the test runner's handlers), undone after."""
     root = logging.getLogger()
     saved_handlers, saved_level = list(root.handlers), root.level
-    saved_levels = {name: logging.getLogger(name).level for name in ("faust", "mode", "aiokafka", "httpx")}
+    saved_levels = {name: logging.getLogger(name).level for name in (*CHATTY_LIBRARIES, *PHI_BEARING_LOGGERS)}
     try:
         yield
     finally:
