@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
 import re
 from collections.abc import Iterator, Mapping
 from enum import StrEnum
@@ -104,18 +103,10 @@ class AuthConfig(_Frozen):
 
     def resolve(self) -> Credentials:
         """Read the secret bundle now; errors name the reference, never its content."""
-        kind, _, target = self.credentials_ref.partition(":")
-        if kind == "env":
-            raw = os.environ.get(target)
-            if raw is None:
-                raise TenantDirectoryError(f"credential reference {self.credentials_ref}: variable is not set")
-        else:
-            try:
-                raw = Path(target).read_text(encoding="utf-8")
-            except OSError as exc:
-                raise TenantDirectoryError(f"credential reference {self.credentials_ref}: {exc.strerror}") from None
-            except UnicodeDecodeError:
-                raise TenantDirectoryError(f"credential reference {self.credentials_ref}: not UTF-8 text") from None
+        try:
+            raw = read_secret(self.credentials_ref, "credential")
+        except ConfigError as exc:
+            raise TenantDirectoryError(str(exc)) from None
         try:
             return Credentials.model_validate_json(raw)
         except ValidationError:
