@@ -76,6 +76,9 @@ def _promote(options: argparse.Namespace) -> int:
         from sinks.clickhouse_store import AuditStore
 
         history = gate.read_only_history(AuditStore.open(settings.effective_clickhouse_dsn), options.practice)
+        if history.since is not None:
+            history = history.with_alarms(gate.fired_guard_alarms(settings.bootstrap_servers, options.practice,
+                                                                  history.since))
         unwired = gate.unwired_alarms(options.rules or gate.DEFAULT_RULES, options.values or gate.DEFAULT_VALUES)
     request = gate.PromotionRequest(
         practice_id=options.practice, target=target, tenants_file=tenants_file, mirror_sha256=mirror_sha,

@@ -6,7 +6,8 @@ A practice moves sandbox → read_only → write, one step at a time, and only w
 - for write, additionally: at least the configured time of read-only traffic in the audit store (REPLY_SENT
   records of the practice in the read_only phase since it last answered in another phase) with no guard
   anomaly in it (a controlled-substance request not escalated, a ModMed write while writes were to be
-  queued, a write to a forbidden resource type), and the sentinel alarms wired in the deployment: the
+  queued, a write to a forbidden resource type, a CS_ESCALATION_RATE or WRITE_SUCCESS_DRIFT alarm fired by
+  the drift detector), and the sentinel alarms wired in the deployment: the
   alert rules it ships hold the three sentinel alerts on the drift detector's alarm state, and its values
   enable the PrometheusRule and the ServiceMonitor that feeds it.
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from callstream.errors import ConfigError
+from callstream.errors import ConfigError, ServiceUnavailableError
 from callstream.golive.runs import CheckRun, Promotion, RunStore
 from callstream.tenants import GoLivePhase, parse_tenant_directory
 
@@ -53,6 +55,10 @@ class ReadOnlyHistory:
     calls: int
     anomalies: dict[str, int]
     """Guard anomaly → records since ``since``."""
+
+    def with_alarms(self, fired: dict[str, int]) -> ReadOnlyHistory:
+        """The history with the drift detector's guard alarms (``fired_guard_alarms``) among its anomalies."""
+        return ReadOnlyHistory(self.since, self.calls, {**self.anomalies, **{f"{kind} alarms": n for kind, n in fired.items()}})
 
 
 def refusal(practice_id: str, current: GoLivePhase, target: GoLivePhase, run: CheckRun | None, mirror_sha256: str,
@@ -126,6 +132,55 @@ def read_only_history(store: Any, practice_id: str) -> ReadOnlyHistory:
     names = ("controlled-substance requests not escalated", "ModMed writes while writes were queued",
              "writes to forbidden resource types")
     return ReadOnlyHistory(since, int(calls), dict(zip(names, map(int, anomalies), strict=True)))
+
+
+GUARD_ALARMS = ("CS_ESCALATION_RATE", "WRITE_SUCCESS_DRIFT")
+"""Drift-detector alarms that mean a guard's promise slipped (a controlled-substance request not escalated, writes
+failing); a GUARDRAIL_BYPASS alarm is a caller's attempt the guards held, so it does not count."""
+
+
+def fired_guard_alarms(bootstrap: str, practice_id: str, since: datetime, timeout_s: float = 15.0) -> dict[str, int]:
+    """FIRING transitions of the guard alarms for the practice on callstream.alarms.v1 since ``since`` (the
+    topic keeps 30 days): read from the start of every partition to its end as of now."""
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+    from schemas.errors import SchemaError
+    from schemas.models import Alarm
+    from schemas.serde import AvroSerde
+    from schemas.topics import ALARMS, topic_named
+
+    topic = topic_named(ALARMS)
+    serde = AvroSerde.for_topic(topic)
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"callstream-golive-gate-{os.getpid()}",
+                         "enable.auto.commit": False, "log.connection.close": False})
+    fired = {kind: 0 for kind in GUARD_ALARMS}
+    try:
+        try:
+            ends = {p: consumer.get_watermark_offsets(TopicPartition(topic.name, p), timeout=timeout_s)[1]
+                    for p in range(topic.partitions)}
+        except KafkaException:
+            raise ServiceUnavailableError(f"cannot read the drift alarms on {ALARMS} at {bootstrap}") from None
+        consumer.assign([TopicPartition(topic.name, p, 0) for p, end in ends.items() if end > 0])
+        remaining = {p for p, end in ends.items() if end > 0}
+        deadline = time.monotonic() + timeout_s
+        while remaining and time.monotonic() < deadline:
+            message = consumer.poll(0.2)
+            if message is None or message.error() is not None:
+                continue
+            if message.offset() + 1 >= ends[message.partition()]:
+                remaining.discard(message.partition())
+            try:
+                alarm = Alarm.from_avro(serde.decode(message.value()))
+            except SchemaError:
+                continue  # not an alarm this reader can judge; the sinks dead-letter it
+            if (alarm.practice_id == practice_id and alarm.state.value == "FIRING" and alarm.raised_at >= since
+                    and alarm.kind.value in fired):
+                fired[alarm.kind.value] += 1
+        if remaining:
+            raise ServiceUnavailableError(f"the drift alarms on {ALARMS} were not read to their end in {timeout_s:.0f} s")
+    finally:
+        consumer.close()
+    return fired
 
 
 def unwired_alarms(rules_file: Path = DEFAULT_RULES, values_file: Path = DEFAULT_VALUES) -> tuple[str, ...]:

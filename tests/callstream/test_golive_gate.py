@@ -11,10 +11,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from confluent_kafka import Producer
 
 from callstream.golive import cli as golive_cli
 from callstream.golive.gate import (
     DEFAULT_RULES,
+    fired_guard_alarms,
+    refusal,
     DEFAULT_VALUES,
     PromotionRefused,
     PromotionRequest,
@@ -25,7 +28,10 @@ from callstream.golive.gate import (
 )
 from callstream.golive.runs import CheckRun, RunStore, sha256_file
 from callstream.tenants import GoLivePhase, load_tenant_directory
-from schemas.models import AuditAction, AuditEvent, AuditOutcome
+from callstream.devstack import ensure_topics
+from schemas.models import Alarm, AuditAction, AuditEvent, AuditOutcome
+from schemas.serde import AvroSerde
+from schemas.topics import ALARMS, topic_named
 from sinks.clickhouse_store import AuditStore, row_from_record
 from sinks.payload import audit_record
 
@@ -215,3 +221,33 @@ def test_the_cli_refuses_with_one_line_and_exit_status_1(tenants_file: Path, tmp
     assert status == 1 and err == ("callstream: refused: no go-live check has run for pain-2001: "
                                    "run `callstream golive check --practice pain-2001`")
     assert sha256_file(mirror) != MIRROR_SHA
+
+
+@pytest.mark.broker
+def test_guard_alarms_fired_since_read_only_began_are_anomalies(kafka_bootstrap: str) -> None:
+    ensure_topics(kafka_bootstrap, [(ALARMS, topic_named(ALARMS).partitions)])
+    practice, now = f"pain-{uuid.uuid4().hex[:8]}", datetime.now(UTC)
+    serde = AvroSerde.for_topic(topic_named(ALARMS))
+
+    def alarm(kind: str, state: str, days_ago: float, of: str = practice) -> Alarm:
+        at = now - timedelta(days=days_ago)
+        return Alarm(alarm_id=uuid.uuid4(), practice_id=of, kind=kind, state=state, value=0.9, threshold=1.0,
+                     window_start=at - timedelta(minutes=1), window_end=at, raised_at=at)  # type: ignore[arg-type]
+
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    for record in (alarm("CS_ESCALATION_RATE", "FIRING", 1), alarm("CS_ESCALATION_RATE", "CLEARED", 0.9),
+                   alarm("GUARDRAIL_BYPASS", "FIRING", 2), alarm("WRITE_SUCCESS_DRIFT", "FIRING", 20),
+                   alarm("CS_ESCALATION_RATE", "FIRING", 1, of="pain-other")):
+        producer.produce(ALARMS, key=record.practice_id.encode(), value=serde.encode(record.to_avro()))
+    assert producer.flush(10) == 0
+    fired = fired_guard_alarms(kafka_bootstrap, practice, since=now - timedelta(days=10))
+    assert fired == {"CS_ESCALATION_RATE": 1, "WRITE_SUCCESS_DRIFT": 0}
+    history = QUIET.with_alarms(fired)
+    assert history.anomalies["CS_ESCALATION_RATE alarms"] == 1
+    assert "1 CS_ESCALATION_RATE alarms" in str(refusal("pain-2001", GoLivePhase.READ_ONLY, GoLivePhase.WRITE,
+                                                        _green_run(), MIRROR_SHA, VERSION, NOW, history=history))
+
+
+def _green_run() -> CheckRun:
+    return CheckRun(run_id="r", finished_at=NOW, practices=("pain-2001",), mirror_sha256=MIRROR_SHA,
+                    code_version=VERSION, scenarios=96, passed=96)
