@@ -26,7 +26,7 @@ from callstream.golive.gate import (
     read_only_history,
     unwired_alarms,
 )
-from callstream.golive.runs import CheckRun, RunStore, sha256_file
+from callstream.golive.runs import CheckRun, RunStore, code_version, sha256_file
 from callstream.tenants import GoLivePhase, load_tenant_directory
 from callstream.devstack import ensure_topics
 from schemas.models import Alarm, AuditAction, AuditEvent, AuditOutcome
@@ -251,3 +251,37 @@ def test_guard_alarms_fired_since_read_only_began_are_anomalies(kafka_bootstrap:
 def _green_run() -> CheckRun:
     return CheckRun(run_id="r", finished_at=NOW, practices=("pain-2001",), mirror_sha256=MIRROR_SHA,
                     code_version=VERSION, scenarios=96, passed=96)
+
+
+@pytest.mark.broker
+def test_the_cli_promotes_to_write_from_the_audit_store_and_the_alarms(  # type: ignore[no-untyped-def]
+        kafka_bootstrap: str, clickhouse_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    ensure_topics(kafka_bootstrap, [(ALARMS, topic_named(ALARMS).partitions)])
+    practice, now = f"pain-{uuid.uuid4().hex[:8]}", datetime.now(UTC)
+    for name, value in (("CALLSTREAM_DATA_DIR", str(tmp_path / "data")), ("CLICKHOUSE_DSN", clickhouse_dsn),
+                        ("KAFKA_BOOTSTRAP_SERVERS", kafka_bootstrap)):
+        monkeypatch.setenv(name, value)
+    tenants = tmp_path / "tenants.yaml"
+    tenants.write_text(yaml.safe_dump({"practices": [{
+        "practice_id": practice, "name": "Riverbend", "called_numbers": ["+15125550100"], "phase": "read_only",
+        "base_url": "https://mmi.example", "firm_url_prefix": "riverbend",
+        "auth": {"method": "password", "credentials_ref": "env:RIVERBEND"}}]}))
+    mirror = tmp_path / "mirror.yaml"
+    mirror.write_text("practices: []\n")
+    store = AuditStore.open(clickhouse_dsn)
+    store.migrate()
+    store.insert([_audit(practice, now - timedelta(days=3), AuditAction.REPLY_SENT, call=f"c-{i}",
+                         detail={"phase": "read_only"}) for i in range(3)])
+    RunStore(tmp_path / "data").record_run(CheckRun(
+        run_id="green", finished_at=now, practices=(practice,), mirror_sha256=sha256_file(mirror),
+        code_version=code_version(), scenarios=96, passed=96))
+    arguments = ["promote", practice, "--to", "write", "--tenants", str(tenants), "--mirror", str(mirror), "--by", "sre"]
+
+    assert golive_cli.main(arguments) == 1  # 168 h needed by default, 72 h served
+    assert "h of read-only traffic (3 calls), needs 168.0 h" in capsys.readouterr().err
+
+    assert golive_cli.main([*arguments, "--min-read-only-hours", "48"]) == 0
+    assert load_tenant_directory(tenants)[practice].phase.value == "write"
+    [promotion] = RunStore(tmp_path / "data").promotions()
+    assert (promotion.practice_id, promotion.phase_to, promotion.promoted_by) == (practice, "write", "sre")
