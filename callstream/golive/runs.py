@@ -22,8 +22,12 @@ from callstream import __version__
 from callstream.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SOURCE_PACKAGES = ("callstream", "connectors", "guards", "review", "sandbox", "schemas", "sinks", "streams")
 SOURCE_SUFFIXES = frozenset({".py", ".yaml", ".avsc", ".html"})
+
+
+def source_packages(root: Path) -> tuple[str, ...]:
+    """The product's top-level packages (every directory with an __init__.py but the tests)."""
+    return tuple(sorted(path.parent.name for path in root.glob("*/__init__.py") if path.parent.name != "tests"))
 
 
 class CheckRun(BaseModel):
@@ -67,7 +71,7 @@ def sha256_file(path: Path) -> str:
 def source_digest(root: Path = REPO_ROOT) -> str:
     """SHA-256 over the product's source files (path and content), independent of git."""
     digest = hashlib.sha256()
-    for package in SOURCE_PACKAGES:
+    for package in source_packages(root):
         for path in sorted((root / package).rglob("*")):
             if path.suffix in SOURCE_SUFFIXES and path.is_file() and "__pycache__" not in path.parts:
                 digest.update(str(path.relative_to(root)).encode())
@@ -81,7 +85,7 @@ def code_version(root: Path = REPO_ROOT) -> str:
     a digest of the source, so uncommitted changes never pass for the commit they started from."""
     commit = _git(root, "rev-parse", "HEAD")
     if commit is not None:
-        dirty = _git(root, "status", "--porcelain", "--untracked-files=all", "--", *SOURCE_PACKAGES)
+        dirty = _git(root, "status", "--porcelain", "--untracked-files=all", "--", *source_packages(root))
         if dirty == "":
             return commit
         return f"{commit}+src.{source_digest(root)[:16]}"

@@ -95,6 +95,7 @@ def test_the_code_version_names_the_source_it_ran(tmp_path: Path) -> None:
     assert version and (len(version) == 40 or "+src." in version)
     for package in ("callstream", "guards"):
         (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text("")
     rule = tmp_path / "guards" / "rules.py"
     rule.write_text("RULES = ()\n")
     before = source_digest(tmp_path)
