@@ -276,7 +276,7 @@ def _run_until_stopped(
                                    on_insert=exported.observe_insert if exported is not None else None)
         runners["clickhouse"] = sink.run
         digests = _digest_service(settings, store.database, tenants)
-        if digests is not None:
+        if digests is not None and digests.relay is not None:
             runners["digest"] = digests.run
     if "siem" in wanted:
         assert tenants is not None
@@ -322,10 +322,11 @@ def _run_until_stopped(
 
 
 def _digest_service(settings: Settings, database: str, tenants: TenantDirectory | None) -> DigestService | None:
-    """The daily digest, when a relay and a tenant directory are configured; its send log is migrated here."""
-    relay = SmtpRelay.from_settings(settings)
-    if relay is None or tenants is None:
+    """The daily digest (its figures; sent when a relay is configured), given a tenant directory; its send log
+    is migrated here."""
+    if tenants is None:
         return None
+    relay = SmtpRelay.from_settings(settings)
     dsn = settings.effective_clickhouse_dsn
     sends = DigestLog.open(dsn, database, cluster_from_env())
     sends.migrate()
@@ -340,10 +341,11 @@ def _serve_read_api(settings: Settings, database: str, tenants: TenantDirectory 
     dsn = settings.effective_clickhouse_dsn
     reads = CallReads(AuditStore.open(dsn, database), tenants, review_reader(settings, database))
     send = figures = None
-    if digests is not None:
+    if digests is not None and digests.relay is not None:
         def send(day: date | None, practice_id: str | None, service: DigestService = digests) -> list[dict[str, Any]]:
             return [outcome.to_json_dict() for outcome in service.send(day, practice_id)]
 
+    if digests is not None:
         def figures(practice_id: str, day: date, service: DigestService = digests) -> dict[str, Any]:
             return service.figures(practice_id, day).to_json_dict()
 

@@ -8,7 +8,8 @@ view) read through this API while the sinks run, and open the store themselves o
   not answer).
 - ``GET /v1/calls?practice=P[&date=YYYY-MM-DD][&limit=N][&offset=M]``: the practice's calls that began on that
   day (its time zone from the tenant directory, else UTC; default today), oldest first, paged.
-- ``GET /v1/digests/figures?practice=P[&date=D]``: the daily digest's figures of that day.
+- ``GET /v1/digests/figures?practice=P[&date=D]``: the daily digest's figures of that day (with a tenant
+  directory).
 - ``POST /v1/digests`` with ``{"date": D|null, "practice": P|null}``: send digests now (digest.service; at most
   once per practice and day), when this process has a relay configured.
 

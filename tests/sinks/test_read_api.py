@@ -164,6 +164,8 @@ def test_audit_and_digests_work_while_the_sinks_process_holds_the_embedded_store
         assert sent.returncode == 0 and sent.stdout == f"{PRACTICE} 2026-03-14: sent to 1 recipient(s)\n", sent.stderr
         listed = httpx.get(f"{url}/v1/calls", params={"practice": PRACTICE, "date": "2026-03-14"}).json()
         assert (listed["time_zone"], listed["total"]) == ("America/New_York", 5), "the practice's day"
+        figures = httpx.get(f"{url}/v1/digests/figures", params={"practice": PRACTICE, "date": "2026-03-14"}).json()
+        assert (figures["cs_requests"], figures["cs_not_escalated"], figures["write_success_rate"]) == (3, 1, 0.75)
         wait_until(lambda: len(receiver.messages) == 2, 30, "the scheduled digest of yesterday too")
         days = sorted(received.message[DIGEST_HEADER] for received in receiver.messages)
         yesterday = (datetime.now(ZoneInfo("America/New_York")).date() - timedelta(days=1)).isoformat()
