@@ -199,7 +199,7 @@ MEDICATION_WRITE = _any_of(
     rf"\b{_CS}(?: \S+){{0,2}} (?:to|at|into) (?:the )?{_PHARMACY}\b",
     _near(r"(?:approve|authorize|authorise|process|submit|place|renew|fill(?! out)|reorder|issue|release"
           r"|dispense|write|prescribe|increase|raise|bump|double|triple|adjust|change|switch|add|remove|update|edit"
-          r"|delete|lower|reduce|put in|okay|ok)",
+          r"|delete|lower|reduce|put in|(?:okay|ok)(?! (?:to|if|for (?:me|him|her|them) to)\b))",
           rf"(?:{_RX}|{_NUMBER_OF_UNITS})", 4),
     rf"\b{_RX} (?:\S+ )?(?:approved|authorized|authorised|processed|renewed|filled|sent|called in|faxed)\b",
     r"\bcall (?:it|them|this|that) in\b",

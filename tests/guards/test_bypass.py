@@ -124,6 +124,20 @@ def test_ordinary_calls_carry_no_marker(snippet: str) -> None:
     assert scan_snippet(snippet) == SnippetFindings()
 
 
+@pytest.mark.parametrize("snippet", [
+    "Is it okay to take my oxycodone before the procedure?",
+    "is it ok to keep my oxycodone until the injection",
+    "is it okay if I take my norco the morning of the procedure",
+    "is it okay for me to take my oxycodone with the antibiotic",
+])
+def test_asking_whether_to_take_a_medication_is_not_a_write_attempt(snippet: str) -> None:
+    """A clinical question goes to the care team; it must not fire the bypass alarm (found by the go-live
+    catalogue). "Okay my refill" still asks for an approval no command can give."""
+    assert scan_snippet(snippet).medication_write is False
+    assert scan_snippet(snippet.replace("okay to take", "okay").replace("ok to keep", "ok")
+                        .replace("okay if I take", "okay").replace("okay for me to take", "okay")).medication_write
+
+
 def test_no_snippet_has_no_findings() -> None:
     assert scan_snippet(None) == SnippetFindings()
     assert scan_snippet("") == SnippetFindings()
