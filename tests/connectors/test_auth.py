@@ -151,6 +151,7 @@ async def test_no_secret_or_phi_reaches_logs_reprs_or_errors(
 ) -> None:
     practice = private_practices.proprietary(fhir_task_create=True)
     caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="httpx")  # an in-process `callstream` command earlier quiets it
     async with ModMedClient(limiters=RateLimiterRegistry()) as client:
         patient = (await client.search(practice, Patient, {"_count": "1"}, max_pages=1)).matches[0]
         connector = ModMedConnector(client, InMemoryLedger())
