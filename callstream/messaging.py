@@ -5,7 +5,7 @@ SMTP relay, named in its tenant-directory ``intake`` entry.
 
 - SMS goes to an HTTP provider in the common request shape: ``POST {to, from, body}`` as JSON with a bearer token
   (``SmsChannel`` of the practice's ``intake``). 2xx is sent; 408, 429 and 5xx (and transport failures) are retried
-  with the pipeline's backoff (sinks.kafka_io.Backoff, a Retry-After wins up to the cap), then ``ProviderUnavailable``;
+  with the pipeline's backoff (callstream.retry.Backoff, a Retry-After wins up to the cap), then ``ProviderUnavailable``;
   any other status is ``MessageRejected`` (a number the provider will not take: retrying cannot help).
 - E-mail goes through the practice's SMTP relay (``EmailChannel``): STARTTLS or implicit TLS with verified
   certificates, plain only on the loopback; smtplib runs in a thread so the event loop never blocks on it.
@@ -37,12 +37,11 @@ from zoneinfo import ZoneInfo
 import httpx
 
 from callstream.errors import CallstreamError, ConfigError
+from callstream.retry import Backoff, retry_after_seconds
 from callstream.secrets import read_login, read_secret
 from callstream.tenants import EmailChannel, IntakeConfig, Practice, SmsChannel
 from guards.model import VisitReason
 from guards.replies import VISIT_LABELS, spoken_time
-from sinks.kafka_io import Backoff
-from sinks.webhooks import retry_after_seconds
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ ModMed has no webhooks and filters ``_lastUpdated`` by whole days, so every poll
 changed since the start of the previous poll's day: windows overlap by design and the poller drops
 what it already published, keyed by (appointment id, versionId or lastUpdated) in a bounded seen-set.
 Practices that do push changes reach the Starlette receiver, which verifies the Standard Webhooks
-signature (sinks.webhooks: the one implementation, secrets of 24-64 bytes) before it reads a byte of
+signature (callstream.webhooks: the one implementation, secrets of 24-64 bytes) before it reads a byte of
 the body as JSON. Both publish ``schemas.models.AppointmentChange`` records to
 ``callstream.appointment-changes.v1`` keyed by practice id; consumers de-duplicate too, so a
 republished change is harmless, a lost one is not: the watermark advances only after Kafka confirmed
@@ -32,12 +32,12 @@ from starlette.routing import Route
 
 from callstream.errors import CallstreamError
 from callstream.tenants import Practice
+from callstream.webhooks import WebhookHeaderError, WebhookSecret, WebhookSecretError, WebhookVerificationError, verify
 from connectors.fhir import ModMedClient
 from schemas.errors import SchemaError
 from schemas.models import AppointmentChange, ChangeSource
 from schemas.serde import AvroSerde
 from schemas.topics import APPOINTMENT_CHANGES
-from sinks.webhooks import WebhookHeaderError, WebhookSecret, WebhookSecretError, WebhookVerificationError, verify
 
 log = logging.getLogger(__name__)
 

@@ -40,6 +40,7 @@ from pydantic import ValidationError
 from callstream import deadline as turn_deadline
 from callstream.deadline import Deadline
 from callstream.errors import ConfigError, TenantDirectoryError
+from callstream.retry import Backoff, retry_after_seconds
 from callstream.tenants import ApiTrack, Credentials, Practice
 from connectors.auth import AccessToken, TokenCache, grant_for, parse_token_response
 from connectors.breaker import CircuitBreaker
@@ -61,7 +62,6 @@ from connectors.errors import (
 from connectors.http_transport import AiohttpTransport
 from connectors.ratelimit import RateLimiter, RateLimiterRegistry, WaitPastDeadline
 from connectors.vocabulary import COMPLIANCE_SYSTEM, PDMP_CHECK_CODE
-from sinks.webhooks import retry_after_seconds
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +143,11 @@ class ClientConfig:
     max_response_bytes: int = 8 * 1024 * 1024
     token_refresh_margin_s: float = 60.0
     max_search_pages: int = 10
+
+    @property
+    def backoff(self) -> Backoff:
+        """Full jitter: many calls retry at once against one ModMed, and each waits inside the caller's budget."""
+        return Backoff(base_s=self.backoff_base_s, cap_s=self.backoff_cap_s, jitter="full")
 
     def __post_init__(self) -> None:
         for name in self.__dataclass_fields__:
@@ -643,7 +648,7 @@ class ModMedClient:
         """Exponential backoff with full jitter, or re-raise when attempts or the budget are spent."""
         if attempt >= self.config.attempts:
             raise error
-        delay = random.uniform(0, min(self.config.backoff_cap_s, self.config.backoff_base_s * 2 ** (attempt - 1)))
+        delay = self.config.backoff.delay(attempt - 1, random)
         if time.monotonic() + delay >= deadline:
             raise error
         await asyncio.sleep(delay)

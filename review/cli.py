@@ -35,6 +35,7 @@ from callstream.cli_options import (
 from callstream.devstack import ensure_port_free, ensure_topics, wait_for_broker
 from callstream.errors import ConfigError, ServiceUnavailableError
 from callstream.metrics_server import serve_metrics
+from callstream.retry import Backoff
 from callstream.settings import Settings, redact_dsn
 from callstream.tenants import load_tenant_directory
 from connectors.dispatch import Dispatcher
@@ -48,7 +49,6 @@ from review.store import ReviewStore
 from schemas.registry import SchemaRegistryClient
 from schemas.topics import ALARMS, AUDIT, COMMANDS, topic_named
 from sinks.clickhouse_store import cluster_from_env
-from sinks.kafka_io import Backoff
 from streams.outputs import KafkaOutputs
 
 API_ENV = "CALLSTREAM_QUEUE_API"

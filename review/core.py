@@ -34,10 +34,10 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from callstream.errors import CallstreamError
+from callstream.retry import Backoff
 from guards import CallContext, ChartFlags, Command, GoLivePhase, GuardInputError, IntentRequest, decide
 from guards.model import TaskAudience, TaskKind, TaskReason
 from schemas.models import AlarmKind, AlarmState, CommandMessage
-from sinks.kafka_io import Backoff
 
 RETRY_BACKOFF = Backoff(base_s=30.0, cap_s=900.0)
 """Between automatic attempts: 15-30 s first, doubling, at most 7.5-15 min (ModMed outages last minutes)."""

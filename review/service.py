@@ -47,13 +47,13 @@ from aiohttp import web
 from confluent_kafka import Consumer, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
-from callstream.tenants import GoLivePhase, Practice, TenantDirectory
+from callstream.retry import Backoff
+from callstream.tenants import Practice, TenantDirectory
 from pydantic import ValidationError
 
 from connectors.dispatch import Dispatcher, Written
 from connectors.errors import ConflictError, InvalidResponseError
-from connectors.operations import MatchKind
-from guards import IntentRequest, VisitReason, filter_and_rank
+from guards import GoLivePhase, IntentRequest, MatchKind, VisitReason, filter_and_rank
 from guards.model import TaskAudience, TaskKind, TaskReason, TaskSpec
 from review import core
 from review.core import ItemBusy, ItemClosed, ItemNotFound, ItemState, Reason, ReviewItem, ReviewQueueError
@@ -74,13 +74,12 @@ from schemas.models import (
 from schemas.registry import SchemaRegistryClient
 from schemas.serde import AvroSerde
 from schemas.topics import COMMANDS
-from sinks.kafka_io import Backoff, consumer_config
+from sinks.kafka_io import consumer_config
 from streams.callflow import (
     CS_REQUEST_PARAM,
     EARLIER_CS_REQUESTS_PARAM,
     GUARD_REQUEST_PARAM,
     REPLY_NAMESPACE,
-    guard_phase,
     is_after_hours,
     task_note,
 )
@@ -403,7 +402,7 @@ class ReviewQueue:
                 return ForStaff(Reason.CALLER_NOT_MATCHED, "caller_not_matched")
         flags = (await self.dispatcher.read_flags(practice, patient_id)).value
         now = self.clock()
-        refusal = core.recheck(item, request, earlier, patient_id, flags.to_chart_flags(), guard_phase(practice),
+        refusal = core.recheck(item, request, earlier, patient_id, flags.to_chart_flags(), practice.phase,
                                is_after_hours(now, practice), now)
         if refusal is not None:
             return ForStaff(Reason.GUARD_REFUSED, refusal)

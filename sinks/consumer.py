@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 
 from callstream.errors import ServiceUnavailableError
+from callstream.retry import Backoff
 from schemas.errors import SchemaRegistryError
 from schemas.topics import AUDIT, DEAD_LETTER
 from sinks.clickhouse_store import AuditRow, AuditRowProcessor, AuditStore, Rejection, StoreUnavailableError
 from sinks.kafka_io import (
-    Backoff,
     DeadLetterError,
     DeadLetterWriter,
     consumer_config,

@@ -1,4 +1,4 @@
-"""Kafka plumbing both audit sinks share: consumer settings, audit decoding, dead letters, backoff.
+"""Kafka plumbing both audit sinks share: consumer settings, audit decoding, dead letters.
 
 Kept apart from the sinks' logic (as snuba keeps message processors apart from consumers) so the
 processors stay pure and testable on bytes, and the loops stay thin wiring.
@@ -6,10 +6,8 @@ processors stay pure and testable on bytes, and the loops stay thin wiring.
 
 from __future__ import annotations
 
-import random
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,20 +22,6 @@ from schemas.topics import AUDIT
 
 class DeadLetterError(RuntimeError):
     """A dead letter could not be written: the source offset must not be committed."""
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Exponential backoff with equal jitter: never zero (no hammering), never in lock-step."""
-
-    base_s: float = 0.5
-    cap_s: float = 30.0
-    multiplier: float = 2.0
-
-    def delay(self, attempt: int, rng: random.Random) -> float:
-        """Seconds to wait before retry number `attempt` (0 for the first retry)."""
-        ceiling = min(self.cap_s, self.base_s * self.multiplier ** min(attempt, 64))
-        return ceiling / 2 + rng.uniform(0, ceiling / 2)
 
 
 def consumer_config(bootstrap: str, group_id: str, session_timeout_ms: int) -> dict[str, Any]:

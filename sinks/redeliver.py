@@ -37,13 +37,14 @@ from callstream.cli_options import (
 )
 from callstream.devstack import wait_for_broker
 from callstream.errors import ConfigError
+from callstream.retry import Backoff
 from callstream.tenants import TenantDirectory, load_tenant_directory
 from schemas.errors import SchemaError
 from schemas.models import AuditEvent, DeadLetter
 from schemas.serde import AvroSerde
 from schemas.topics import AUDIT, SIEM_DEAD_LETTER
 from sinks.formats import render_body
-from sinks.kafka_io import AuditDecoder, Backoff
+from sinks.kafka_io import AuditDecoder
 from sinks.payload import audit_record
 from sinks.siem import Endpoint, EndpointDirectory, Undeliverable, post_signed
 

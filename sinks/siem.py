@@ -42,7 +42,6 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
 from typing import Protocol
 
 import httpx
@@ -51,7 +50,10 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from callstream import __version__
 from callstream.devstack import ensure_topics
 from callstream.errors import ServiceUnavailableError
+from callstream.siem_delivery import SiemOutcome
+from callstream.retry import Backoff, retry_after_seconds
 from callstream.tenants import SiemFormat, TenantDirectory
+from callstream.webhooks import WebhookSecret, WebhookSecretError, resolve_secret, signature_headers
 from schemas.errors import SchemaError, SchemaRegistryError
 from schemas.models import UNRESOLVED_PRACTICE_ID, Alarm, AlarmKind, AlarmState, AuditEvent
 from schemas.serde import AvroSerde
@@ -61,7 +63,6 @@ from sinks.backlog_io import BacklogStore, PartitionReader, state_topic_for
 from sinks.formats import render_body
 from sinks.kafka_io import (
     AuditDecoder,
-    Backoff,
     DeadLetterWriter,
     consumer_config,
     dead_letter,
@@ -69,7 +70,6 @@ from sinks.kafka_io import (
     producer_config,
 )
 from sinks.payload import AuditRecord, audit_record
-from sinks.webhooks import WebhookSecret, WebhookSecretError, resolve_secret, retry_after_seconds, signature_headers
 
 logger = logging.getLogger(__name__)
 
@@ -82,15 +82,6 @@ DEFAULT_SIEM_BACKOFF = Backoff(base_s=1.0, cap_s=8.0)
 ALARM_CHECK_INTERVAL_S = 1.0
 PERSIST_INTERVAL_S = 1.0
 """How often a draining backlog's progress is written (a stale one only re-sends duplicates)."""
-
-
-class SiemOutcome(StrEnum):
-    """Delivery outcomes; the same values as streams.metrics.SiemOutcome."""
-
-    DELIVERED = "delivered"
-    RETRIED = "retried"
-    FAILED = "failed"
-    DISABLED = "disabled"
 
 
 class SiemMetrics(Protocol):

@@ -42,6 +42,7 @@ import mode
 from faust.types import TP
 from mode.signals import BaseSignalT
 
+from callstream.alerts import Alert, AlertWebhook
 from callstream.deadline import TurnBudget
 from callstream.messaging import Messenger
 from callstream.settings import Settings
@@ -51,10 +52,9 @@ from connectors.fhir import ModMedClient
 from connectors.ledger import LedgerEntry, LedgerState, MappingLedger
 from connectors.operations import ModMedConnector
 from connectors.ratelimit import RateLimiterRegistry, worker_share
-from schemas.models import Alarm, AlarmKind, AlarmState
+from schemas.models import Alarm, AlarmState
 from schemas.registry import SchemaRegistryClient
 from schemas.topics import CALL_EVENTS, topic_named
-from sinks.alerts import Alert, AlertWebhook
 from streams.drift import DriftInputError, DriftMonitor, PracticeDriftState, WindowStats
 from streams.horizon import SWEEP_CHUNK, RedeliveryHorizon, past_horizon
 from streams.metrics import Metrics, MetricsServer, serve_metrics
@@ -484,13 +484,13 @@ class Pipeline:
     async def _raise_alarm(self, transition: Any) -> None:
         outputs = self.runtime.outputs
         assert outputs is not None
-        firing = transition.state.value == AlarmState.FIRING.value
+        firing = transition.state is AlarmState.FIRING
         self.metrics.set_alarm_state(transition.practice_id, transition.kind.value, firing)
         alarm = Alarm(
             alarm_id=uuid.uuid4(),
             practice_id=transition.practice_id,
-            kind=AlarmKind(transition.kind.value),
-            state=AlarmState(transition.state.value),
+            kind=transition.kind,
+            state=transition.state,
             value=transition.value,
             threshold=transition.threshold,
             window_start=transition.window_start,

@@ -35,6 +35,7 @@ from playwright.async_api import Browser, BrowserContext, Locator, Page, Playwri
 from playwright.async_api import Error as PlaywrightError
 from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
+from callstream.alerts import Alert, AlertContentError, AlertDeliveryError, AlertWebhook
 from callstream.errors import ConfigError, TenantDirectoryError
 from callstream.settings import Settings
 from callstream.tenants import Practice
@@ -52,7 +53,6 @@ from connectors.ema.errors import (
 from connectors.ema.evidence import EvidenceStore
 from connectors.ema.locks import EmaLock, EmaLockStore, LockReason
 from connectors.ema.screens import Screen, ScreenValueError, is_inside, login_path, screen_url, with_query
-from sinks.alerts import Alert, AlertContentError, AlertDeliveryError, AlertWebhook
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class StepObserver(Protocol):
 
 
 class AlertSink(Protocol):
-    """Where lockout alerts go; sinks.alerts.AlertWebhook fits."""
+    """Where lockout alerts go; callstream.alerts.AlertWebhook fits."""
 
     async def send(self, alert: Alert) -> object: ...
 

@@ -17,8 +17,8 @@ from callstream.messaging import (
     send_booking_confirmation,
     verified_appointment,
 )
+from callstream.retry import Backoff
 from guards.model import VisitReason
-from sinks.kafka_io import Backoff
 from tests.fixtures.receivers import SmsReceiver, SmtpReceiver, sms_receiver, smtp_receiver  # noqa: F401
 
 PATIENT_PHONE = "+15125550161"

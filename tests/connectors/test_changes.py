@@ -19,6 +19,7 @@ from pydantic import SecretStr
 
 from callstream.devstack import ensure_topics
 from callstream.tenants import Practice
+from callstream.webhooks import WebhookSecret, WebhookSecretError, sign
 from connectors.changes import AppointmentPoller, ChangeSink, WebhookReceiver
 from connectors.fhir import ModMedClient
 from connectors.ledger import InMemoryLedger
@@ -26,7 +27,6 @@ from connectors.operations import ModMedConnector
 from guards.model import VisitReason
 from schemas.models import AppointmentChange, ChangeSource
 from schemas.serde import AvroSerde
-from sinks.webhooks import WebhookSecret, WebhookSecretError, sign
 from tests.connectors.helpers import PracticeSet, serve
 
 pytestmark = pytest.mark.broker

@@ -8,11 +8,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from callstream.retry import Backoff
 from guards import AgreementStatus, ChartFlags, GoLivePhase, Intent, IntentRequest, PhoneRestriction, VisitReason
 from review import core
 from review.core import ItemBusy, ItemClosed, ItemKind, ItemState, Reason
 from schemas.models import AlarmState, CommandMessage, CommandRoute
-from sinks.kafka_io import Backoff
 
 NOW = datetime(2026, 3, 3, 15, 0, tzinfo=UTC)
 IDENTITY = {"family_name": "Testpatient", "given_name": "Dana", "birth_date": "1968-11-23",

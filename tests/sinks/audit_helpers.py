@@ -29,10 +29,10 @@ from starlette.routing import Route
 
 from callstream.devstack import TansuBroker, free_port
 from callstream.tenants import TenantDirectory, parse_tenant_directory
+from callstream.webhooks import WebhookSecret, WebhookVerificationError, verify
 from schemas.models import AuditAction, AuditEvent, AuditOutcome, DeadLetter
 from schemas.serde import AvroSerde
 from schemas.topics import AUDIT
-from sinks.webhooks import WebhookSecret, WebhookVerificationError, verify
 
 _AUDIT_SERDE = AvroSerde.for_topic(AUDIT)
 _DEAD_LETTER_SERDE = AvroSerde("DeadLetter")

@@ -9,9 +9,9 @@ import uuid
 import pytest
 
 from callstream.devstack import TansuBroker, ensure_topics, free_port, open_clickhouse
+from callstream.retry import Backoff
 from sinks.clickhouse_store import AuditStore
 from sinks.consumer import ClickHouseAuditSink
-from sinks.kafka_io import Backoff
 from tests.sinks.audit_helpers import (
     MotoS3,
     Produced,

@@ -11,8 +11,8 @@ import uuid
 import pytest
 
 from callstream.devstack import ensure_topics
+from callstream.retry import Backoff
 from sinks.backlog import DeliverySchedule
-from sinks.kafka_io import Backoff
 from sinks.siem import DeliveryTally, OffsetTracker, SiemFirehose, SiemOutcome, SiemPolicy
 from tests.sinks.audit_helpers import (
     Produced,

@@ -17,8 +17,8 @@ from datetime import timedelta
 import pytest
 
 from callstream.devstack import ensure_topics
+from callstream.retry import Backoff
 from sinks.backlog import DeliverySchedule
-from sinks.kafka_io import Backoff
 from sinks.redeliver import redeliver_practice
 from sinks.siem import DeliveryTally, SiemFirehose, SiemOutcome, SiemPolicy
 from tests.sinks.audit_helpers import (

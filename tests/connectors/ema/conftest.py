@@ -20,12 +20,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from callstream.alerts import AlertWebhook
 from connectors.ema.evidence import EvidenceStore
 from connectors.ema.locks import EmaLockStore
 from connectors.ema.session import EmaBrowser, EmaSessions
 from sandbox.generator import build_world
 from sandbox.world import SandboxWorld
-from sinks.alerts import AlertWebhook
 from tests.connectors.ema.helpers import AlertReceiver, EmaPracticeSet, MovableClock, ScreenLog
 from tests.connectors.helpers import serve
 from tests.fixtures.sandbox import SandboxServer, running_sandbox

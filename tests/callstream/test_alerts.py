@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from sinks.alerts import Alert, AlertContentError, AlertDeliveryError, AlertWebhook
+from callstream.alerts import Alert, AlertContentError, AlertDeliveryError, AlertWebhook
 from streams.drift import AlarmKind, AlarmState, DriftMonitor, WindowStats
 from streams.metrics import Metrics, serve_metrics
 

@@ -7,13 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from sinks.webhooks import (
+from callstream.webhooks import (
     WebhookHeaderError,
     WebhookSecret,
     WebhookSecretError,
     WebhookVerificationError,
     resolve_secret,
-    retry_after_seconds,
     sign,
     signature_headers,
     verify,
@@ -82,17 +81,6 @@ def test_only_the_first_sixteen_signatures_are_tried() -> None:
     with pytest.raises(WebhookVerificationError, match="no webhook-signature matches") as refused:
         verify(secret, padded, b"{}", now=1_700_000_000)
     assert not isinstance(refused.value, WebhookHeaderError)
-
-
-@pytest.mark.parametrize(
-    ("header", "seconds"),
-    [
-        (None, None), ("", None), ("7", 7.0), (" 0.25 ", 0.25), ("-3", None), ("nan", None), ("inf", None),
-        ("soon", None), ("Tue, 14 Nov 2023 22:13:40 GMT", 20.0), ("Tue, 14 Nov 2023 22:13:00 GMT", 0.0),
-    ],
-)
-def test_retry_after_reads_seconds_and_http_dates(header: str | None, seconds: float | None) -> None:
-    assert retry_after_seconds(header, now=1_700_000_000) == seconds  # 1_700_000_000 = Tue, 14 Nov 2023 22:13:20 GMT
 
 
 def test_another_practices_secret_does_not_verify() -> None:

@@ -6,22 +6,18 @@ cannot be replayed after the tolerance) and ``webhook-signature`` (``v1,`` + bas
 over ``{id}.{timestamp}.{body}``). Secrets have the ``whsec_<base64>`` form; the HMAC key is the
 decoded bytes. `verify` is what a receiver runs: a practice's (and our tests'), and callstream's own
 appointment-change receiver (connectors/changes.py), so there is one implementation of the scheme.
-`retry_after_seconds` reads the Retry-After header every outgoing webhook (SIEM, alerts) and the
-ModMed client honour.
+It lives in callstream/ because the SIEM sink signs and the connectors verify.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import datetime as dt
 import hashlib
 import hmac
-import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 
 from callstream.errors import ConfigError
 from callstream.secrets import read_secret
@@ -149,28 +145,3 @@ def verify(
         if candidate.startswith(f"{SIGNATURE_VERSION},") and hmac.compare_digest(candidate.encode(), expected):
             return message_id
     raise WebhookVerificationError("no webhook-signature matches")
-
-
-def retry_after_seconds(value: str | None, *, now: float | None = None) -> float | None:
-    """A Retry-After header as seconds: delta-seconds (fractions tolerated) or an HTTP date.
-
-    None when absent or unreadable; a date in the past is 0. Callers cap the result, so a hostile
-    header cannot park a sender for hours.
-    """
-    if value is None or not value.strip():
-        return None
-    text = value.strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        pass
-    else:
-        return seconds if math.isfinite(seconds) and seconds >= 0 else None
-    try:
-        moment = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if moment.tzinfo is None:  # RFC 9110 dates are GMT
-        moment = moment.replace(tzinfo=dt.UTC)
-    current = time.time() if now is None else now
-    return max(0.0, moment.timestamp() - current)

@@ -4,7 +4,8 @@ An alert carries only the practice id, the alarm kind and state, numbers and win
 `Alert` has no free-text field, and `Alert.from_alarm` forwards only allow-listed counter
 figures from an alarm's detail, so neither PHI nor secrets can ride along into a chat
 channel. The webhook URL is itself a secret (Slack puts its token in the path): it never
-appears in logs, reprs or error messages.
+appears in logs, reprs or error messages. Lives in callstream/ because the sentinel alarms (streams/)
+and the EMA lockout (connectors/ema/session.py) both raise alerts.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from sinks.webhooks import retry_after_seconds
+from callstream.retry import Backoff, retry_after_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -225,8 +226,7 @@ class AlertWebhook:
             raise AlertContentError("backoff must satisfy 0 <= base <= max <= 300 seconds")
         self._url = parsed
         self._max_attempts = max_attempts
-        self._backoff_base = backoff_base_seconds
-        self._backoff_max = backoff_max_seconds
+        self._backoff = Backoff(base_s=backoff_base_seconds, cap_s=backoff_max_seconds, jitter="equal")
         self._rng = rng or random.Random()
         self._timeout = httpx.Timeout(timeout_seconds).as_dict()
         # The transport, not an AsyncClient: the client logs every request URL at INFO,
@@ -255,13 +255,12 @@ class AlertWebhook:
             await response.aclose()
         return response
 
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        """Exponential backoff with equal jitter; a server's Retry-After wins up to the cap."""
-        ceiling = min(self._backoff_max, self._backoff_base * 2.0 ** (attempt - 1))
-        delay = ceiling / 2 + self._rng.uniform(0, ceiling / 2)
+    def _retry_delay(self, attempt: int, retry_after: float | None) -> float:
+        """Backoff before the next try after attempt `attempt` (1-based); a server's Retry-After wins up to the cap."""
+        delay = self._backoff.delay(attempt - 1, self._rng)
         if retry_after is not None:
             delay = max(delay, retry_after)
-        return min(delay, self._backoff_max)
+        return min(delay, self._backoff.cap_s)
 
     async def send(self, alert: Alert) -> AlertDelivery:
         """Deliver one alert; raises `AlertDeliveryError` when the retry budget is spent."""
@@ -290,7 +289,7 @@ class AlertWebhook:
                     )
                 retry_after = retry_after_seconds(response.headers.get("Retry-After"))
             if attempt < self._max_attempts:
-                delay = self._backoff(attempt, retry_after)
+                delay = self._retry_delay(attempt, retry_after)
                 logger.warning(
                     "alert webhook attempt %d/%d for %s failed (%s); retrying in %.2fs",
                     attempt,
