@@ -26,7 +26,7 @@ from callstream.errors import ConfigError, TenantDirectoryError
 from callstream.mailbox import mailbox_address
 from callstream.secrets import read_login, read_secret
 from guards.hours import DEFAULT_OFFICE_HOURS, OfficeHours
-from guards.model import VisitReason
+from guards.model import GoLivePhase, VisitReason
 from schemas.phone import E164_RULE, is_e164
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -52,12 +52,6 @@ class AuthMethod(StrEnum):
     PASSWORD = "password"
     CLIENT_CREDENTIALS = "client_credentials"
     PRIVATE_KEY_JWT = "private_key_jwt"
-
-
-class GoLivePhase(StrEnum):
-    SANDBOX = "sandbox"
-    READ_ONLY = "read_only"
-    WRITE = "write"
 
 
 class SiemFormat(StrEnum):

@@ -17,7 +17,6 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Literal, TypeVar
 
 from fhir.resources.R4B.appointment import Appointment
@@ -30,7 +29,7 @@ from fhir.resources.R4B.slot import Slot
 from fhir.resources.R4B.task import Task
 
 from callstream.references import clean_reference
-from callstream.tenants import ApiTrack, GoLivePhase, Practice
+from callstream.tenants import ApiTrack, Practice
 from connectors.compliance import ComplianceFlags, compliance_flags
 from connectors.errors import (
     CapabilityMissing,
@@ -61,7 +60,7 @@ from connectors.vocabulary import (
     TASK_KIND_SYSTEM,
     VISIT_REASON_SYSTEM,
 )
-from guards.model import Command, VisitReason
+from guards.model import Command, GoLivePhase, MatchKind, VisitReason
 from guards.scheduling import BlockKind, Equipment, RoomKind, SlotCandidate
 from schemas.models import InsuranceDetails, NewPatientDetails
 
@@ -83,12 +82,6 @@ BLOCK_KIND_OF_REASON: dict[VisitReason, BlockKind] = {
     VisitReason.KYPHOPLASTY: BlockKind.PROCEDURE,
 }
 """Schedule block kind implied by a slot's visit reason; every other reason is a clinic-block visit."""
-
-
-class MatchKind(StrEnum):
-    UNIQUE = "unique"
-    AMBIGUOUS = "ambiguous"
-    NONE = "none"
 
 
 @dataclass(frozen=True, slots=True)

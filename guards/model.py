@@ -250,6 +250,16 @@ class ChartFlags(FrozenModel):
     phone_restrictions: frozenset[PhoneRestriction] = frozenset()
 
 
+class MatchKind(StrEnum):
+    """How many charts a caller's patient search matched: the connector's answer, the call flow's state."""
+
+    UNIQUE = "unique"
+    AMBIGUOUS = "ambiguous"
+    """More than one chart: the voice agent must ask for more before anything is read or written."""
+    NONE = "none"
+    """No chart: the caller is new to the practice (`CallContext.is_new_patient`)."""
+
+
 class CallContext(FrozenModel):
     """What callstream knows about the call so far (no PHI: ids and booleans only)."""
 

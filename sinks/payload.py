@@ -39,7 +39,8 @@ from types import MappingProxyType
 from typing import Any
 
 from callstream.references import SECRET_MARKERS, clean_reference
-from callstream.tenants import ApiTrack, AuthMethod, GoLivePhase
+from callstream.tenants import ApiTrack, AuthMethod
+from guards import GoLivePhase
 from schemas.models import AuditEvent, Intent
 
 ALLOWED_DETAIL_KEYS: frozenset[str] = frozenset(

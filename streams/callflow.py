@@ -44,6 +44,7 @@ from guards import (
     GuardName,
     Intent,
     IntentRequest,
+    MatchKind,
     Outcome,
     ReplyTemplate,
     ReplyValues,
@@ -118,12 +119,6 @@ class CallPhase(StrEnum):
     CLARIFYING = "clarifying"
     HANDED_OFF = "handed_off"
     ENDED = "ended"
-
-
-class LookupKind(StrEnum):
-    UNIQUE = "unique"
-    NONE = "none"
-    AMBIGUOUS = "ambiguous"
 
 
 _PHASE_OF_OUTCOME: dict[Outcome, CallPhase] = {
@@ -288,7 +283,7 @@ class CallState(FrozenModel):
     updated_at: AwareDatetime
     caller_number: str | None = Field(default=None, repr=False)
     identity: CallerIdentity | None = Field(default=None, repr=False)
-    lookup: LookupKind | None = None
+    lookup: MatchKind | None = None
     lookup_failure: str | None = None
     """Error class of a patient search ModMed failed: the caller is not asked again, staff follow up."""
     patient_id: str | None = None
@@ -422,7 +417,7 @@ Work = (SearchPatient | ReadChartFlags | SearchSlots | WriteAppointment | Cancel
 
 @dataclass(frozen=True, slots=True)
 class PatientLookedUp:
-    kind: LookupKind
+    kind: MatchKind
     patient_id: str | None
     route: CommandRoute = CommandRoute.FHIR
     latency_ms: float = 0.0
@@ -590,13 +585,9 @@ class CallFlowError(ValueError):
 # ------------------------------------------------------------------------------------------ helpers
 
 
-def guard_phase(practice: Practice) -> GoLivePhase:
-    return GoLivePhase(practice.phase.value)
-
-
 def _queued_reason(practice: Practice) -> str:
     """Why the guards queued a write: the read-only phase, or else the practice's after-hours rule."""
-    return "read_only_phase" if practice.phase.value == GoLivePhase.READ_ONLY.value else "after_hours_rule"
+    return "read_only_phase" if practice.phase is GoLivePhase.READ_ONLY else "after_hours_rule"
 
 
 def is_after_hours(now: datetime, practice: Practice) -> bool:
@@ -914,7 +905,7 @@ def _on_slot_chosen(state: CallState, payload: SlotChosen, practice: Practice, n
     if offer.queued:
         return _booking_to_staff(state, _queued_reason(practice), practice, now)
     if state.patient_id is None:
-        if state.lookup is not LookupKind.NONE or state.identity is None:
+        if state.lookup is not MatchKind.NONE or state.identity is None:
             return _booking_to_staff(state, "new_patient_registration", practice, now)
         if state.registration is None:
             # A new patient: the voice agent collects demographics, insurance, address and pharmacy, and sends
@@ -1035,7 +1026,7 @@ def _read_audit(resource_type: str, ids: Iterable[str], route: CommandRoute, lat
 
 def _on_lookup(state: CallState, result: PatientLookedUp, practice: Practice, now: datetime) -> Step:
     # A chart read is reconciled like a write: a unique match carries the link that opens the chart.
-    chart = result.patient_id if result.kind is LookupKind.UNIQUE else None
+    chart = result.patient_id if result.kind is MatchKind.UNIQUE else None
     audit = _read_audit(
         "Patient", [result.patient_id] if result.patient_id else [], result.route, result.latency_ms,
         CommandKind.SEARCH_PATIENT, practice.chart_deep_link(chart) if chart else None,
@@ -1043,7 +1034,7 @@ def _on_lookup(state: CallState, result: PatientLookedUp, practice: Practice, no
     )
     state = state.model_copy(update={"lookup": result.kind, "patient_id": result.patient_id})
     state, moved = _transition(state, CallPhase.IDENTIFIED)
-    if result.kind is LookupKind.UNIQUE and result.patient_id is not None:
+    if result.kind is MatchKind.UNIQUE and result.patient_id is not None:
         return Step(state, work=ReadChartFlags(result.patient_id), outputs=(audit, *moved))
     step = _decide(state, practice, now) if state.pending is not None else Step(state)
     return Step(step.state, step.work, (audit, *moved, *step.outputs))
@@ -1055,7 +1046,7 @@ def _on_recheck(state: CallState, result: PatientLookedUp, practice: Practice, n
     confirm the visit, nothing about any chart."""
     audit = _read_audit("Patient", [result.patient_id] if result.patient_id else [], result.route, result.latency_ms,
                         CommandKind.SEARCH_PATIENT, operation=f"recheck_{result.kind.value}")
-    if result.kind is not LookupKind.NONE:
+    if result.kind is not MatchKind.NONE:
         step = _booking_to_staff(state, "chart_found_before_registration", practice, now)
         return Step(step.state, step.work, (audit, *step.outputs))
     identity, details = state.identity, state.registration
@@ -1112,7 +1103,7 @@ def _context(state: CallState, practice: Practice, now: datetime, intent_event_i
         practice_id=state.practice_id,
         caller_identified=state.identity is not None and state.lookup is not None,
         patient_id=state.patient_id,
-        is_new_patient=state.lookup is LookupKind.NONE,
+        is_new_patient=state.lookup is MatchKind.NONE,
         transcript_ref=state.transcript_ref,
         after_hours=is_after_hours(now, practice),
         after_hours_bookings_held=practice.office_hours.after_hours_bookings == "staff_confirm",
@@ -1127,7 +1118,7 @@ def _decide(state: CallState, practice: Practice, now: datetime) -> Step:
     chart = state.chart if state.patient_id is not None else None
     try:
         decision = decide(_context(state, practice, now, pending.event_id), pending.request(), chart,
-                          guard_phase(practice), now)
+                          practice.phase, now)
     except (GuardInputError, ValidationError) as exc:
         return _hand_off(state, practice, now, type(exc).__name__, CommandKind.CREATE_TASK)
     outputs: list[Output] = list(_decision_audits(decision, pending))
@@ -1489,7 +1480,7 @@ def _on_slots(state: CallState, result: SlotsFound, practice: Practice, now: dat
         (s.candidate for s in usable),
         visit_reason,
         now=now,
-        patient_is_new=state.lookup is LookupKind.NONE,
+        patient_is_new=state.lookup is MatchKind.NONE,
         preferred_practitioner=_preferred_practitioner(pending.provider_hint, usable),
         requested_dates=pending.requested_dates,
         limit=OFFERED_SLOTS,
@@ -1613,7 +1604,7 @@ def _on_appointment_written(state: CallState, result: AppointmentWritten, practi
     if intake is not None:
         # The confirmation goes out with the intake link first; the caller then hears that it was sent.
         return Step(state.model_copy(update={"confirming": intake}), work=intake, outputs=(audit,))
-    state, replies = _reply(state, after_booking(guard_phase(practice)), practice, now,
+    state, replies = _reply(state, after_booking(practice.phase), practice, now,
                             visit_reason=result.visit_reason, appointment_time=result.start)
     state, moved = _transition(state.model_copy(update={"offer": None}), CallPhase.BOOKED)
     return Step(state, outputs=(audit, *replies, *moved))

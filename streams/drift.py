@@ -57,8 +57,9 @@ import math
 import re
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from enum import StrEnum
 from typing import Any
+
+from schemas.models import AlarmKind, AlarmState
 
 HEALTHY_WRITE_SUCCESS_RATE = 0.996
 STATE_FORMAT_VERSION = 1
@@ -69,19 +70,10 @@ class DriftInputError(ValueError):
     """Raised for window aggregates, thresholds or stored state that cannot be trusted."""
 
 
-class AlarmKind(StrEnum):
-    """Alarm kinds; the symbols match the `Alarm.kind` Avro enum."""
-
-    WRITE_SUCCESS_DRIFT = "WRITE_SUCCESS_DRIFT"
-    CS_ESCALATION_RATE = "CS_ESCALATION_RATE"
-    GUARDRAIL_BYPASS = "GUARDRAIL_BYPASS"
-
-
-class AlarmState(StrEnum):
-    """Alarm states; the symbols match the `Alarm.state` Avro enum."""
-
-    FIRING = "FIRING"
-    CLEARED = "CLEARED"
+DRIFT_ALARM_KINDS: frozenset[AlarmKind] = frozenset(
+    {AlarmKind.WRITE_SUCCESS_DRIFT, AlarmKind.CS_ESCALATION_RATE, AlarmKind.GUARDRAIL_BYPASS}
+)
+"""The alarms this detector raises and clears; the other kinds belong to the sinks and the review queue."""
 
 
 @dataclass(frozen=True)
@@ -230,10 +222,9 @@ class PracticeDriftState:
             raise DriftInputError("healthy_windows_while_firing must be a non-negative integer")
         if not isinstance(raw_firing, list) or not all(isinstance(k, str) for k in raw_firing):
             raise DriftInputError("firing must be a list of alarm kinds")
-        try:
-            firing = frozenset(AlarmKind(kind) for kind in raw_firing)
-        except ValueError:
-            raise DriftInputError("firing holds an unknown alarm kind") from None
+        if not set(raw_firing) <= DRIFT_ALARM_KINDS:
+            raise DriftInputError("firing holds an unknown alarm kind")
+        firing = frozenset(AlarmKind(kind) for kind in raw_firing)
         return cls(
             baseline_success_rate=baseline,
             cusum=cusum,

@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 # The endpoint is shared with the sinks process; re-exported for the worker.
 from callstream.metrics_server import MetricsServer as MetricsServer
 from callstream.metrics_server import serve_metrics as serve_metrics
+from callstream.siem_delivery import SiemOutcome
 
 EnumT = TypeVar("EnumT", bound=StrEnum)
 
@@ -99,15 +100,6 @@ class Outcome(StrEnum):
 
     SUCCESS = "success"
     FAILURE = "failure"
-
-
-class SiemOutcome(StrEnum):
-    """Outcome of one SIEM webhook delivery attempt series."""
-
-    DELIVERED = "delivered"
-    RETRIED = "retried"
-    FAILED = "failed"
-    DISABLED = "disabled"
 
 
 def _label(name: str, value: object) -> str:

@@ -42,8 +42,7 @@ from callstream.tenants import Practice, TenantDirectory
 from connectors.dispatch import Dispatcher
 from connectors.errors import CapabilityMissing, ConflictError, InvalidResponseError
 from connectors.fhir import TOKEN_REQUEST_LABEL
-from connectors.operations import MatchKind
-from guards.model import Command
+from guards.model import Command, MatchKind
 from guards.replies import ReplyTemplate, ReplyValues, render_reply
 from schemas.errors import SchemaError, SchemaRegistryError
 from schemas.models import (
@@ -81,7 +80,6 @@ from streams.callflow import (
     CreateTask,
     FoundSlot,
     IntakeSent,
-    LookupKind,
     Output,
     PatientLookedUp,
     PatientRegistered,
@@ -133,8 +131,6 @@ _WORK_COMMANDS: dict[type, CommandKind] = {
 WRITE_WORK = (WriteAppointment, CancelAppointment, CreateTask, RegisterPatient, CreateCoverage, SendIntake)
 """Work that changes the chart: never cut once it left (its outcome would be unknown)."""
 _DEEP_LINK = re.compile(EMA_DEEP_LINK_PATTERN)
-_MATCH_KINDS = {MatchKind.UNIQUE: LookupKind.UNIQUE, MatchKind.NONE: LookupKind.NONE,
-                MatchKind.AMBIGUOUS: LookupKind.AMBIGUOUS}
 
 
 @dataclass(frozen=True, slots=True)
@@ -527,7 +523,7 @@ class CallProcessor:
             match = await dispatcher.search_patient(practice, family=work.family_name, given=work.given_name,
                                                     birth_date=work.birth_date, phone=work.phone)
             patient_id = match.patient.id if match.kind is MatchKind.UNIQUE else None
-            return PatientLookedUp(_MATCH_KINDS[match.kind], patient_id, latency_ms=_ms(started))
+            return PatientLookedUp(match.kind, patient_id, latency_ms=_ms(started))
         if isinstance(work, ReadChartFlags):
             flags = await dispatcher.read_flags(practice, work.patient_id)
             return ChartFlagsRead(flags.value.to_chart_flags(), flags.route, _ms(started))

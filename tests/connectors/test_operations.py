@@ -11,12 +11,13 @@ from fhir.resources.R4B.patient import Patient
 from fhir.resources.R4B.task import Task
 
 from callstream.errors import ConfigError
-from callstream.tenants import GoLivePhase, Practice
+from callstream.tenants import Practice
 from connectors.errors import CapabilityMissing, ConflictError, InvalidRequestError, VisitReasonMismatch, WriteNotAllowed
 from connectors.fhir import ClientConfig, ModMedClient
 from connectors.ledger import InMemoryLedger, LedgerState, MappingLedger, idempotency_key
-from connectors.operations import TRANSCRIPT_INPUT, MatchKind, ModMedConnector, SlotOffer
+from connectors.operations import TRANSCRIPT_INPUT, ModMedConnector, SlotOffer
 from connectors.vocabulary import CALL_REFERENCE_SYSTEM, IDEMPOTENCY_KEY_SYSTEM
+from guards import GoLivePhase, MatchKind
 from guards.model import Command, VisitReason
 from guards.scheduling import BlockKind, Equipment, RoomKind, slot_rejections
 from sandbox.world import SandboxWorld

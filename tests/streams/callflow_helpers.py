@@ -23,7 +23,7 @@ from streams.callflow import (
     CheckAppointment,
     CreateTask,
     FoundSlot,
-    LookupKind,
+    MatchKind,
     Output,
     PatientLookedUp,
     ReadChartFlags,
@@ -129,7 +129,7 @@ Responder = Callable[[Work], WorkResult]
 class Answers:
     """How the test's ModMed answers each kind of work (defaults: one matching chart, no flags, three ESI slots)."""
 
-    lookup: LookupKind = LookupKind.UNIQUE
+    lookup: MatchKind = MatchKind.UNIQUE
     flags: ChartFlags = field(default_factory=ChartFlags)
     slots: tuple[FoundSlot, ...] = field(default_factory=lambda: (esi_slot("slot-1", 2), esi_slot("slot-2", 3),
                                                                    esi_slot("slot-3", 4), esi_slot("slot-4", 5)))
@@ -143,7 +143,7 @@ class Answers:
         if type(work) in self.overrides:
             return self.overrides[type(work)](work)
         if isinstance(work, SearchPatient):
-            return PatientLookedUp(self.lookup, PATIENT_ID if self.lookup is LookupKind.UNIQUE else None)
+            return PatientLookedUp(self.lookup, PATIENT_ID if self.lookup is MatchKind.UNIQUE else None)
         if isinstance(work, ReadChartFlags):
             return ChartFlagsRead(self.flags, CommandRoute.FHIR)
         if isinstance(work, SearchSlots):

@@ -17,7 +17,7 @@ from streams.callflow import (
     CallState,
     CancelAppointment,
     CreateTask,
-    LookupKind,
+    MatchKind,
     SearchSlots,
     WorkFailed,
     WriteAppointment,
@@ -276,7 +276,7 @@ def test_a_task_modmed_refuses_goes_to_the_review_queue_and_still_counts_as_esca
 
 def test_a_new_patient_is_offered_a_consultation_then_asked_for_what_registering_needs() -> None:
     """Issue 20: no chart is no longer a review item: the caller's details register them (test_callflow_registration)."""
-    driver = Driver(answers=Answers(lookup=LookupKind.NONE, slots=(consult_slot("slot-c1", 2),)))
+    driver = Driver(answers=Answers(lookup=MatchKind.NONE, slots=(consult_slot("slot-c1", 2),)))
     call = Call()
     driver.send(call.started())
     driver.send(call.identified(family="Newcomer", given="Ola"))
@@ -289,7 +289,7 @@ def test_a_new_patient_is_offered_a_consultation_then_asked_for_what_registering
 
 
 def test_an_ambiguous_chart_match_hands_the_call_to_a_human() -> None:
-    driver = Driver(answers=Answers(lookup=LookupKind.AMBIGUOUS))
+    driver = Driver(answers=Answers(lookup=MatchKind.AMBIGUOUS))
     call = Call()
     driver.send(call.identified())
     outputs = driver.send(call.intent("BOOK_APPOINTMENT", visit_reason="esi"))
@@ -429,9 +429,9 @@ steps = st.lists(
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(steps=steps, flags=flag_sets, phase=st.sampled_from(["sandbox", "read_only", "write"]),
-       lookup=st.sampled_from(list(LookupKind)))
+       lookup=st.sampled_from(list(MatchKind)))
 def test_any_call_gets_one_reply_per_request_and_every_controlled_substance_request_escalates(
-    steps: list[tuple[str, str | None, str | None, bool]], flags: ChartFlags, phase: str, lookup: LookupKind,
+    steps: list[tuple[str, str | None, str | None, bool]], flags: ChartFlags, phase: str, lookup: MatchKind,
 ) -> None:
     driver = Driver(practice=practice(phase=phase), answers=Answers(lookup=lookup, flags=flags))
     call = Call()

@@ -9,7 +9,7 @@ from streams.callflow import (
     CallPhase,
     CoverageCreated,
     CreateCoverage,
-    LookupKind,
+    MatchKind,
     PatientLookedUp,
     PatientRegistered,
     RegisterPatient,
@@ -28,14 +28,14 @@ DETAILS: dict[str, Any] = {
 }
 
 
-def _answers(lookups: list[LookupKind], overrides: dict[type, Any] | None = None) -> Answers:
+def _answers(lookups: list[MatchKind], overrides: dict[type, Any] | None = None) -> Answers:
     queue = list(lookups)
 
     def lookup(work: SearchPatient) -> PatientLookedUp:
         kind = queue.pop(0)
-        return PatientLookedUp(kind, "pt-1001-000042" if kind is LookupKind.UNIQUE else None)
+        return PatientLookedUp(kind, "pt-1001-000042" if kind is MatchKind.UNIQUE else None)
 
-    return Answers(lookup=LookupKind.NONE, slots=(consult_slot("slot-c1", 2), consult_slot("slot-c2", 3)),
+    return Answers(lookup=MatchKind.NONE, slots=(consult_slot("slot-c1", 2), consult_slot("slot-c2", 3)),
                    overrides={SearchPatient: lookup, RegisterPatient: lambda w: PatientRegistered(NEW_ID),
                               CreateCoverage: lambda w: CoverageCreated("cov-1001-000001"), **(overrides or {})})
 
@@ -56,7 +56,7 @@ def _to_slot_choice(driver: Driver, call: Call) -> None:
 
 
 def test_new_patient_is_asked_for_details_then_registered_insured_and_booked() -> None:
-    driver, call = Driver(answers=_answers([LookupKind.NONE, LookupKind.NONE])), Call()
+    driver, call = Driver(answers=_answers([MatchKind.NONE, MatchKind.NONE])), Call()
     _to_slot_choice(driver, call)
     asked = driver.send(call.chose("slot-c1"))
     assert [r.template.value for r in replies(asked)] == ["ASK_NEW_PATIENT_DETAILS"]
@@ -81,7 +81,7 @@ def test_new_patient_is_asked_for_details_then_registered_insured_and_booked() -
 
 
 def test_details_given_up_front_skip_the_question_and_self_pay_books_without_coverage() -> None:
-    answers = _answers([LookupKind.NONE, LookupKind.NONE])
+    answers = _answers([MatchKind.NONE, MatchKind.NONE])
     driver, call = Driver(answers=answers), Call()
     driver.send(call.started())
     driver.send(_identified(call, {**DETAILS, "insurance": None}))
@@ -92,7 +92,7 @@ def test_details_given_up_front_skip_the_question_and_self_pay_books_without_cov
 
 
 def test_a_chart_found_on_the_second_search_is_never_duplicated_and_never_described() -> None:
-    driver, call = Driver(answers=_answers([LookupKind.NONE, LookupKind.UNIQUE])), Call()
+    driver, call = Driver(answers=_answers([MatchKind.NONE, MatchKind.UNIQUE])), Call()
     _to_slot_choice(driver, call)
     driver.send(call.chose("slot-c1"))
     outputs = driver.send(_identified(call, DETAILS))
@@ -106,7 +106,7 @@ def test_a_chart_found_on_the_second_search_is_never_duplicated_and_never_descri
 
 def test_modmed_refusing_a_duplicate_chart_hands_the_booking_to_staff() -> None:
     refuse = {RegisterPatient: lambda w: WorkFailed(CommandKind.REGISTER_PATIENT, "ConflictError", slot_taken=True)}
-    driver, call = Driver(answers=_answers([LookupKind.NONE, LookupKind.NONE], refuse)), Call()
+    driver, call = Driver(answers=_answers([MatchKind.NONE, MatchKind.NONE], refuse)), Call()
     _to_slot_choice(driver, call)
     driver.send(call.chose("slot-c1"))
     outputs = driver.send(_identified(call, DETAILS))
@@ -119,7 +119,7 @@ def test_modmed_refusing_a_duplicate_chart_hands_the_booking_to_staff() -> None:
 
 def test_a_refused_coverage_goes_to_staff_and_the_booking_still_happens() -> None:
     refuse = {CreateCoverage: lambda w: WorkFailed(CommandKind.CREATE_COVERAGE, "InvalidRequestError")}
-    driver, call = Driver(answers=_answers([LookupKind.NONE, LookupKind.NONE], refuse)), Call()
+    driver, call = Driver(answers=_answers([MatchKind.NONE, MatchKind.NONE], refuse)), Call()
     _to_slot_choice(driver, call)
     driver.send(call.chose("slot-c1"))
     outputs = driver.send(_identified(call, DETAILS))
@@ -130,7 +130,7 @@ def test_a_refused_coverage_goes_to_staff_and_the_booking_still_happens() -> Non
 
 
 def test_details_for_someone_else_start_over_and_phi_leaves_with_the_call() -> None:
-    driver, call = Driver(answers=_answers([LookupKind.NONE, LookupKind.NONE])), Call()
+    driver, call = Driver(answers=_answers([MatchKind.NONE, MatchKind.NONE])), Call()
     _to_slot_choice(driver, call)
     driver.send(call.chose("slot-c1"))
     other = call.event({"type": "caller_identified", "family_name": "Other", "given_name": "Person",
