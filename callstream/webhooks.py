@@ -4,9 +4,8 @@ Every SIEM delivery carries ``webhook-id`` (the audit event id, stable across re
 receiver can de-duplicate), ``webhook-timestamp`` (seconds, per attempt, so a captured request
 cannot be replayed after the tolerance) and ``webhook-signature`` (``v1,`` + base64 HMAC-SHA256
 over ``{id}.{timestamp}.{body}``). Secrets have the ``whsec_<base64>`` form; the HMAC key is the
-decoded bytes. `verify` is what a receiver runs: a practice's (and our tests'), and callstream's own
-appointment-change receiver (connectors/changes.py), so there is one implementation of the scheme.
-It lives in callstream/ because the SIEM sink signs and the connectors verify.
+decoded bytes. `verify` is what a receiver runs (a practice's, and our tests' SIEM receivers), so
+there is one implementation of the scheme next to the signer the SIEM sink uses.
 """
 
 from __future__ import annotations

@@ -33,7 +33,6 @@ SENDING_ATTRIBUTES = {"post", "put", "patch", "delete", "request", "send", "stre
 SENDING_FUNCTIONS = {("fhir.py", "_attempt"), ("fhir.py", "__aenter__")}
 """Where httpx requests are built and sent: the chokepoint and the bulk-file stream (GET only)."""
 NOT_MODMED_TRAFFIC = {
-    ("changes.py", "_handle", "request.stream"),  # the webhook receiver reads its *incoming* request body
     ("session.py", "_alert", "self._alerts.send"),  # the EMA lockout alert goes to the operators' chat webhook
 }
 WIRE = {("http_transport.py", "handle_async_request", "self._open().request")}
