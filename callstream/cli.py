@@ -39,7 +39,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "intake": ("connectors.intake:main", "completed intake forms onto the chart: `intake sync [--practice P] [--after N]`"),
     "qa": ("qa.cli:main", "the QA web view for practice staff (`qa serve`) and its users (`qa adduser`)"),
     "demo": ("streams.cli:demo_main", "run a morning of calls end to end on the embedded stack (what `make demo` runs)"),
-    "golive": ("callstream.golive.cli:main",
+    "golive": ("golive.cli:main",
                "go-live: `golive check` runs the scenario catalogue on a mirror, `golive promote P --to PHASE` gates phases"),
 }
 

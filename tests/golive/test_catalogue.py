@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from callstream.golive.catalogue import (
+from golive.catalogue import (
     CATALOGUE_DIR,
     EXAMPLE_MIRROR,
     CallerKind,

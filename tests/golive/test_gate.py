@@ -13,8 +13,10 @@ import pytest
 import yaml
 from confluent_kafka import Producer
 
-from callstream.golive import cli as golive_cli
-from callstream.golive.gate import (
+from callstream.tenants import GoLivePhase, load_tenant_directory
+from callstream.devstack import ensure_topics
+from golive import cli as golive_cli
+from golive.gate import (
     DEFAULT_RULES,
     fired_guard_alarms,
     refusal,
@@ -26,9 +28,7 @@ from callstream.golive.gate import (
     read_only_history,
     unwired_alarms,
 )
-from callstream.golive.runs import CheckRun, RunStore, code_version, sha256_file
-from callstream.tenants import GoLivePhase, load_tenant_directory
-from callstream.devstack import ensure_topics
+from golive.runs import CheckRun, RunStore, code_version, sha256_file
 from schemas.models import Alarm, AuditAction, AuditEvent, AuditOutcome
 from schemas.serde import AvroSerde
 from schemas.topics import ALARMS, topic_named

@@ -42,8 +42,8 @@ def main(argv: list[str]) -> int:
 
 
 def _check(options: argparse.Namespace) -> int:
-    from callstream.golive.catalogue import CATALOGUE_DIR
-    from callstream.golive.check import run_check
+    from golive.catalogue import CATALOGUE_DIR
+    from golive.check import run_check
 
     if not 1 <= options.concurrency <= 200 or not 1000 <= options.turn_budget_ms <= 60_000:
         raise ConfigError("--concurrency must be 1-200 and --turn-budget-ms 1000-60000")
@@ -54,9 +54,9 @@ def _check(options: argparse.Namespace) -> int:
 
 
 def _promote(options: argparse.Namespace) -> int:
-    from callstream.golive import gate
-    from callstream.golive.catalogue import EXAMPLE_MIRROR
-    from callstream.golive.runs import RunStore, code_version, sha256_file
+    from golive import gate
+    from golive.catalogue import EXAMPLE_MIRROR
+    from golive.runs import RunStore, code_version, sha256_file
 
     settings = load_settings()
     tenants_file = options.tenants or settings.tenants_file

@@ -29,8 +29,8 @@ from typing import Any
 import yaml
 
 from callstream.errors import ConfigError, ServiceUnavailableError
-from callstream.golive.runs import CheckRun, Promotion, RunStore
 from callstream.tenants import GoLivePhase, parse_tenant_directory
+from golive.runs import CheckRun, Promotion, RunStore
 
 NEXT_PHASE: dict[GoLivePhase, GoLivePhase] = {GoLivePhase.SANDBOX: GoLivePhase.READ_ONLY,
                                               GoLivePhase.READ_ONLY: GoLivePhase.WRITE}
@@ -40,7 +40,7 @@ SENTINEL_ALERTS: dict[str, str] = {
     "GuardrailBypassAttempt": "GUARDRAIL_BYPASS",
 }
 """Alert name → the drift detector's alarm kind its expression must read (callstream_alarm_state{kind=...})."""
-CHART_DIR = Path(__file__).resolve().parents[2] / "helm" / "callstream"
+CHART_DIR = Path(__file__).resolve().parents[1] / "helm" / "callstream"
 DEFAULT_RULES = CHART_DIR / "files" / "rules.yaml"
 DEFAULT_VALUES = CHART_DIR / "values.yaml"
 DEFAULT_MIN_READ_ONLY = timedelta(days=7)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from callstream.golive.catalogue import CallerKind
+from golive.catalogue import CallerKind
 from sandbox.vocabulary import COMPLIANCE_SYSTEM, PDMP_CHECK_CODE, VISIT_REASON_SYSTEM
 from sandbox.world import Tenant
 from streams.cast import MOVABLE_VISITS, Caller

@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from callstream.golive.catalogue import EXAMPLE_MIRROR, load_catalogue
-from callstream.golive.check import CheckOutcome, run_check
-from callstream.golive.gate import PromotionRequest, promote
-from callstream.golive.runs import RunStore, code_version, sha256_file, source_digest
 from callstream.settings import load_settings
 from callstream.tenants import GoLivePhase, load_tenant_directory
+from golive.catalogue import EXAMPLE_MIRROR, load_catalogue
+from golive.check import CheckOutcome, run_check
+from golive.gate import PromotionRequest, promote
+from golive.runs import RunStore, code_version, sha256_file, source_digest
 
 pytestmark = [pytest.mark.broker, pytest.mark.chromium]
 

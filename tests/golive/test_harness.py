@@ -9,10 +9,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from callstream.golive.callers import FITS
-from callstream.golive.catalogue import EXAMPLE_MIRROR, CallerKind, ChooseStep, Phase, load_catalogue
-from callstream.golive.harness import Planned, Planner, acceptable, scenario_tenant_id, tenant_entries
 from callstream.tenants import parse_tenant_directory
+from golive.callers import FITS
+from golive.catalogue import EXAMPLE_MIRROR, CallerKind, ChooseStep, Phase, load_catalogue
+from golive.harness import Planned, Planner, acceptable, scenario_tenant_id, tenant_entries
 from guards.hours import OfficeHours
 from guards.replies import ReplyTemplate
 from sandbox.generator import build_world, generate_profile

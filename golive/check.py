@@ -28,8 +28,10 @@ import yaml
 
 from callstream.devstack import free_port
 from callstream.errors import ConfigError
-from callstream.golive.catalogue import CATALOGUE_DIR, EXAMPLE_MIRROR, load_catalogue
-from callstream.golive.harness import (
+from callstream.settings import Settings
+from callstream.tenants import load_tenant_directory
+from golive.catalogue import CATALOGUE_DIR, EXAMPLE_MIRROR, load_catalogue
+from golive.harness import (
     DEFAULT_CONCURRENCY,
     AuditCollector,
     NotApplicable,
@@ -44,9 +46,7 @@ from callstream.golive.harness import (
     play,
     set_faults,
 )
-from callstream.golive.runs import CheckRun, RunStore, code_version, sha256_file
-from callstream.settings import Settings
-from callstream.tenants import load_tenant_directory
+from golive.runs import CheckRun, RunStore, code_version, sha256_file
 from sandbox.generator import build_world, generate_profile
 from sandbox.mirror import MirrorError, MirrorFile, apply_mirror, load_mirror
 from streams.sandbox_tenants import practice_entry, sandbox_listing

@@ -31,8 +31,12 @@ from zoneinfo import ZoneInfo
 import httpx
 from confluent_kafka import Consumer, TopicPartition
 
-from callstream.golive.callers import CallerPool, Chart
-from callstream.golive.catalogue import (
+from callstream.errors import ConfigError
+from callstream.tenants import Practice, TenantDirectory
+from connectors.dispatch import task_code
+from connectors.ema.commands import TASK_KEY_LINE, task_kind_code
+from golive.callers import CallerPool, Chart
+from golive.catalogue import (
     AppointmentExpectation,
     CallerKind,
     ChooseStep,
@@ -42,10 +46,6 @@ from callstream.golive.catalogue import (
     Scenario,
     TaskExpectation,
 )
-from callstream.errors import ConfigError
-from callstream.tenants import Practice, TenantDirectory
-from connectors.dispatch import task_code
-from connectors.ema.commands import TASK_KEY_LINE, task_kind_code
 from guards.hours import WEEKDAYS
 from guards.model import TASK_AUDIENCE, Intent, TaskSpec, VisitReason
 from guards.rules import BOOKING_INTENTS
