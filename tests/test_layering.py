@@ -1,0 +1,231 @@
+"""The package layering of docs/CONTRACTS.md as an executable contract (issue 21).
+
+Every module's imports are read with `ast` (top-level, inside functions and under TYPE_CHECKING alike)
+and checked against the layers, so a new upward import fails here instead of in a review. Reading
+source instead of importing keeps it fast (a few seconds) and side-effect free.
+
+Layers, lowest first; a package may import only packages in a lower layer:
+
+    guards < schemas < callstream < connectors | sinks < streams < review | qa | digest | golive
+
+connectors and sinks sit side by side and never import each other; the applications on top may use
+each other. sandbox (the ModMed emulator) is isolated: no production module imports it, and it
+imports nothing of ours but callstream (settings, CLI flags, the dev broker), so it stays an
+independent stand-in for ModMed rather than a mirror of our own guards and schemas.
+
+Dev tooling (`DEV_ONLY`) still lives inside production packages until it moves to its own package;
+production modules must not import it, and it may import anything, sandbox included. Imports that
+break the contract today are listed edge by edge in `KNOWN_VIOLATIONS` with the reason; the test
+fails on any new one and on a listed one that is gone (so the list only shrinks).
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+LAYERS: tuple[frozenset[str], ...] = (
+    frozenset({"guards"}),
+    frozenset({"schemas"}),
+    frozenset({"callstream"}),
+    frozenset({"connectors", "sinks"}),
+    frozenset({"streams"}),
+    frozenset({"review", "qa", "digest", "golive"}),
+)
+APPLICATIONS = LAYERS[-1]
+"""The only layer whose packages may import each other (each is a leaf process or tool)."""
+SANDBOX = "sandbox"
+SANDBOX_MAY_IMPORT = frozenset({"callstream"})
+LAYER_OF = {package: index for index, layer in enumerate(LAYERS) for package in layer}
+OUR_PACKAGES = frozenset(LAYER_OF) | {SANDBOX}
+
+DEV_ONLY: frozenset[str] = frozenset(
+    {
+        "streams.bench",
+        "streams.demo",
+        "streams.cast",
+        "streams.telephony",
+        "streams.services",
+        "streams.sandbox_tenants",
+        "streams.ledger_bench",
+        "connectors.bench",
+        "connectors.ema.bench",
+        "schemas.bench",
+        "guards.bench",
+        "streams.replay",
+    }
+)
+"""Benchmarks, the demo, replay scripting, scripted callers and child-process helpers: the future devkit/."""
+
+KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {
+    # The `callstream sinks` process composes the digest sender, the review reader and the QA PDF,
+    # and its read API serves their figures: the composition root sits inside a layer-3 package.
+    ("sinks.cli", "digest.log"): "sinks process composes the digest sender",
+    ("sinks.cli", "digest.service"): "sinks process composes the digest sender",
+    ("sinks.cli", "digest.smtp"): "sinks process composes the digest sender",
+    ("sinks.cli", "review.reader"): "sinks process serves the review queue read API",
+    ("sinks.cli", "qa.cli"): "sinks process serves the per-call PDF",
+    ("sinks.read_api", "digest.figures"): "read API serves the digest's day window",
+    ("sinks.read_api", "review.reader"): "read API serves the review queue",
+    # `callstream demo`'s argument parsing sits in the worker's CLI module.
+    ("streams.cli", "streams.demo"): "the demo's CLI entry point lives in streams.cli",
+    # The intake connector produces its records with the worker's Kafka outputs (issue 21 item 4).
+    ("connectors.intake", "streams.outputs"): "intake links produced through the worker's outputs",
+    # `golive check` drives a mirrored sandbox with scripted callers: it is built on the dev tooling.
+    ("golive.callers", "sandbox.vocabulary"): "go-live harness drives the sandbox",
+    ("golive.callers", "sandbox.world"): "go-live harness drives the sandbox",
+    ("golive.callers", "streams.cast"): "go-live harness scripts calls with the cast",
+    ("golive.catalogue", "sandbox.faults"): "go-live scenarios inject sandbox faults",
+    ("golive.check", "sandbox.generator"): "go-live harness drives the sandbox",
+    ("golive.check", "sandbox.mirror"): "go-live harness drives the sandbox",
+    ("golive.check", "streams.cast"): "go-live harness scripts calls with the cast",
+    ("golive.check", "streams.sandbox_tenants"): "go-live harness writes sandbox tenants",
+    ("golive.check", "streams.services"): "go-live harness starts broker, sandbox and worker",
+    ("golive.check", "streams.telephony"): "go-live harness replays calls",
+    ("golive.harness", "sandbox.vocabulary"): "go-live harness drives the sandbox",
+    ("golive.harness", "sandbox.world"): "go-live harness drives the sandbox",
+    ("golive.harness", "streams.cast"): "go-live harness scripts calls with the cast",
+    ("golive.harness", "streams.telephony"): "go-live harness replays calls",
+}
+
+MAX_MODULE_LINES = 600
+OVERSIZED: dict[str, int] = {
+    "connectors/ema/session.py": 717,
+    "connectors/fhir.py": 875,
+    "connectors/operations.py": 860,
+    "golive/harness.py": 795,
+    "guards/rules.py": 613,
+    "review/service.py": 622,
+    "schemas/models.py": 665,
+    "sinks/clickhouse_store.py": 751,
+    "sinks/siem.py": 871,
+    "streams/callflow.py": 1823,
+    "streams/processor.py": 994,
+}
+"""Production modules over the limit today, with their size: they may shrink, never grow."""
+
+
+@dataclass(frozen=True, slots=True)
+class Import:
+    importer: str
+    imported: str
+    line: int
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def source_files() -> Iterator[Path]:
+    for package in sorted(OUR_PACKAGES):
+        yield from sorted((ROOT / package).rglob("*.py"))
+
+
+def imports_of(path: Path, known_modules: frozenset[str]) -> Iterator[Import]:
+    """Our modules `path` imports; ``from pkg import mod`` counts as importing ``pkg.mod`` when it is one."""
+    importer = module_name(path)
+    package_parts = importer.split(".") if path.name == "__init__.py" else importer.split(".")[:-1]
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package_parts[: len(package_parts) - node.level + 1]
+                module = ".".join([*base, *([node.module] if node.module else [])])
+            else:
+                module = node.module or ""
+            names = [module]
+            names += [f"{module}.{alias.name}" for alias in node.names if f"{module}.{alias.name}" in known_modules]
+        else:
+            continue
+        for name in names:
+            if name.split(".")[0] in OUR_PACKAGES:
+                yield Import(importer, name, node.lineno)
+
+
+def all_imports() -> list[Import]:
+    files = list(source_files())
+    known = frozenset(module_name(path) for path in files)
+    return [found for path in files for found in imports_of(path, known)]
+
+
+def is_dev_only(module: str) -> bool:
+    return any(module == dev or module.startswith(f"{dev}.") for dev in DEV_ONLY)
+
+
+def breaks_contract(found: Import) -> str | None:
+    """Why this import breaks the layering, or None."""
+    source, target = found.importer.split(".")[0], found.imported.split(".")[0]
+    if is_dev_only(found.importer):
+        return None
+    if is_dev_only(found.imported):
+        return f"imports dev-only {found.imported}"
+    if source == target:
+        return None
+    if source == SANDBOX:
+        return None if target in SANDBOX_MAY_IMPORT else f"sandbox may import only {sorted(SANDBOX_MAY_IMPORT)}"
+    if target == SANDBOX:
+        return "imports the sandbox"
+    if LAYER_OF[target] < LAYER_OF[source]:
+        return None
+    if source in APPLICATIONS and target in APPLICATIONS:
+        return None
+    return f"{source} (layer {LAYER_OF[source]}) imports {target} (layer {LAYER_OF[target]})"
+
+
+def test_every_import_respects_the_layering() -> None:
+    imports = all_imports()
+    assert len(imports) > 500, "the scan found too few imports: the walker is broken"
+    broken = {(found.importer, found.imported): (found, reason) for found in imports
+              if (reason := breaks_contract(found)) is not None}
+    new = sorted(f"{found.importer}:{found.line} -> {found.imported}: {reason}"
+                 for edge, (found, reason) in broken.items() if edge not in KNOWN_VIOLATIONS)
+    assert not new, "imports that break docs/CONTRACTS.md's layering:\n" + "\n".join(new)
+    gone = sorted(f"{importer} -> {imported}" for importer, imported in KNOWN_VIOLATIONS if (importer, imported) not in broken)
+    assert not gone, "fixed (remove from KNOWN_VIOLATIONS):\n" + "\n".join(gone)
+
+
+def test_the_contract_catches_what_it_is_meant_to_catch() -> None:
+    """The rule itself, on made-up edges: upward, sideways, into the sandbox or dev tooling."""
+    def verdict(importer: str, imported: str) -> str | None:
+        return breaks_contract(Import(importer, imported, 1))
+
+    assert verdict("connectors.fhir", "sinks.webhooks") is not None
+    assert verdict("sinks.siem", "connectors.fhir") is not None
+    assert verdict("guards.rules", "schemas.models") is not None
+    assert verdict("callstream.messaging", "streams.outputs") is not None
+    assert verdict("streams.processor", "sandbox.world") is not None
+    assert verdict("streams.processor", "streams.cast") is not None
+    assert verdict("sandbox.app", "guards.model") is not None
+    assert verdict("streams.processor", "connectors.fhir") is None
+    assert verdict("qa.app", "review.reader") is None
+    assert verdict("sandbox.cli", "callstream.devstack") is None
+    assert verdict("streams.demo", "sandbox.generator") is None
+
+
+def test_every_dev_only_module_exists() -> None:
+    files = {module_name(path) for path in source_files()}
+    assert DEV_ONLY <= files, f"DEV_ONLY names modules that are gone: {sorted(DEV_ONLY - files)}"
+
+
+def production_modules() -> Iterator[Path]:
+    for path in source_files():
+        if path.relative_to(ROOT).parts[0] != SANDBOX and not is_dev_only(module_name(path)):
+            yield path
+
+
+def test_no_production_module_grows_past_the_size_limit() -> None:
+    sizes = {path.relative_to(ROOT).as_posix(): len(path.read_text(encoding="utf-8").splitlines())
+             for path in production_modules()}
+    problems = [f"{name}: {lines} lines (limit {MAX_MODULE_LINES}; split it)"
+                for name, lines in sorted(sizes.items()) if lines > MAX_MODULE_LINES and name not in OVERSIZED]
+    problems += [f"{name}: grew to {sizes[name]} lines (allowed {allowed}; split it instead)"
+                 for name, allowed in sorted(OVERSIZED.items()) if name in sizes and sizes[name] > allowed]
+    problems += [f"{name}: now {sizes.get(name, 0)} lines, under the limit (remove it from OVERSIZED)"
+                 for name in sorted(OVERSIZED) if sizes.get(name, 0) <= MAX_MODULE_LINES]
+    assert not problems, "\n".join(problems)
