@@ -36,7 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "siem": ("sinks.redeliver:main", "SIEM firehose operations: `siem redeliver --practice P` re-sends dead letters"),
     "queue": ("review.cli:main", "the review queue: `queue run` (intake, retries, age alarm), `list`, `show`, `resolve`"),
     "ema": ("connectors.ema.cli:main", "EMA automation: lockout status and operator unlock"),
-    "intake": ("connectors.intake:main", "completed intake forms onto the chart: `intake sync [--practice P] [--after N]`"),
+    "intake": ("streams.intake_sync:main", "completed intake forms onto the chart: `intake sync [--practice P] [--after N]`"),
     "qa": ("qa.cli:main", "the QA web view for practice staff (`qa serve`) and its users (`qa adduser`)"),
     "demo": ("streams.cli:demo_main", "run a morning of calls end to end on the embedded stack (what `make demo` runs)"),
     "golive": ("golive.cli:main",

@@ -9,12 +9,9 @@ master identifier make a completion listed twice one document).
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import json
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
 import httpx
 from fhir.resources.R4B.appointment import Appointment
@@ -165,49 +162,3 @@ async def sync_practice(connector: ModMedConnector, http: httpx.AsyncClient, pra
         if not blocked:
             report.next_after = completion.seq
     return report
-
-
-def main(argv: list[str]) -> int:
-    """`callstream intake sync [--practice P] [--after N]`: file completed intake forms as DocumentReferences."""
-    from callstream.cli_options import add_logging_options, add_service_options, require_tenants_file, settings_from
-    from callstream.errors import ConfigError
-    from callstream.tenants import load_tenant_directory
-
-    parser = argparse.ArgumentParser(prog="callstream intake", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="action", required=True)
-    sync = sub.add_parser("sync", help="file each completed intake form on its chart and audit it")
-    sync.add_argument("--practice", help="only this practice (default: every practice with a completions_url)")
-    sync.add_argument("--after", type=int, default=0, help="the listing cursor: completions with a higher seq")
-    add_service_options(sync, kafka=True, tenants=True)
-    add_logging_options(sync)
-    options = parser.parse_args(argv)
-    settings = settings_from(options)
-    directory = load_tenant_directory(require_tenants_file(settings, "intake sync"))
-    practices = [p for p in directory.values() if p.intake is not None and p.intake.completions_url
-                 and options.practice in (None, p.practice_id)]
-    if options.practice is not None and not practices:
-        raise ConfigError(f"practice {options.practice!r} has no intake completions_url in the tenant directory")
-    return asyncio.run(_sync(practices, options.after, settings.bootstrap_servers))
-
-
-async def _sync(practices: list[Practice], after: int, bootstrap: str) -> int:
-    from connectors.fhir import ModMedClient
-    from connectors.ledger import InMemoryLedger
-    from streams.outputs import KafkaOutputs
-
-    outputs = KafkaOutputs(bootstrap)
-    outputs.start(asyncio.get_running_loop())
-    failed = 0
-    try:
-        async with ModMedClient() as client, httpx.AsyncClient(timeout=10.0) as http:
-            # An in-memory ledger is enough: without a write-ahead entry the connector asks ModMed (by the master
-            # identifier) before each DocumentReference, so a rerun never files a form twice.
-            connector = ModMedConnector(client, InMemoryLedger())
-            for practice in practices:
-                report = await sync_practice(connector, http, practice, after, datetime.now(UTC))
-                await asyncio.gather(*(outputs.audit(event) for event in report.audits))
-                failed += report.failed
-                print(json.dumps(report.summary()), flush=True)
-    finally:
-        await outputs.close()
-    return 1 if failed else 0

@@ -73,8 +73,6 @@ KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {
     ("sinks.read_api", "review.reader"): "read API serves the review queue",
     # `callstream demo`'s argument parsing sits in the worker's CLI module.
     ("streams.cli", "streams.demo"): "the demo's CLI entry point lives in streams.cli",
-    # The intake connector produces its records with the worker's Kafka outputs (issue 21 item 4).
-    ("connectors.intake", "streams.outputs"): "intake links produced through the worker's outputs",
     # `golive check` drives a mirrored sandbox with scripted callers: it is built on the dev tooling.
     ("golive.callers", "sandbox.vocabulary"): "go-live harness drives the sandbox",
     ("golive.callers", "sandbox.world"): "go-live harness drives the sandbox",
