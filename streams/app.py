@@ -26,6 +26,8 @@ Changelogged tables (Faust's own JSON, docs/events.md):
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import gc
 import logging
 import threading
@@ -35,7 +37,7 @@ from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faust
 import mode
@@ -64,6 +66,9 @@ from streams.outputs import KafkaOutputs
 from streams.processor import CallProcessor, CallSequencer, DriftCounts, RawEvent, hold_event_ack, purge_expired
 from streams.transport import FAUST_MACHINERY_LOG, PipelineFaustApp
 
+if TYPE_CHECKING:
+    from connectors.ema.session import EmaSessions
+
 log = logging.getLogger(__name__)
 
 DEFAULT_APP_ID = "callstream-worker"
@@ -87,6 +92,10 @@ class WorkerOptions:
     max_in_flight: int = 2000
     per_practice_concurrency: int = DEFAULT_PRACTICE_CONCURRENCY
     use_ema: bool = True
+    ema_upkeep_s: float = 60.0
+    """How often the EMA session keeper closes idle contexts and health-checks the rest."""
+    ema_idle_close_s: float = 900.0
+    """A practice whose EMA context no command used for this long gives it back (Chromium memory)."""
     idempotent_outputs: bool = False
     data_dir: str = "var"
 
@@ -252,6 +261,7 @@ class PipelineRuntime(mode.Service):
         self._client: ModMedClient | None = None
         self._messenger: Messenger | None = None
         self._ema_close: list[Callable[[], Any]] = []
+        self.ema_sessions: EmaSessions | None = None
         self._metrics_server: MetricsServer | None = None
         self.webhook: AlertWebhook | None = None
 
@@ -294,10 +304,13 @@ class PipelineRuntime(mode.Service):
         from connectors.ema.directory import FhirEmaDirectory
         from connectors.ema.session import EmaBrowser, EmaSessions
 
+        options = self.pipeline.options
         browser = EmaBrowser()
-        sessions = EmaSessions.from_settings(settings.model_copy(update={"data_dir": self.pipeline.options.data_dir}),
+        sessions = EmaSessions.from_settings(settings.model_copy(update={"data_dir": options.data_dir}),
                                              browser=browser, observer=self.pipeline.metrics)
-        self._ema_close = [sessions.close, browser.close]
+        keeper = asyncio.ensure_future(sessions.keep(every_s=options.ema_upkeep_s, idle_for_s=options.ema_idle_close_s))
+        self.ema_sessions = sessions
+        self._ema_close = [functools.partial(_cancelled, keeper), sessions.close, browser.close]
         return EmaCommands(sessions, FhirEmaDirectory(client))
 
     async def on_stop(self) -> None:
@@ -573,6 +586,13 @@ async def _send_alert(webhook: AlertWebhook, alert: Alert) -> None:
         await webhook.send(alert)
     except Exception as exc:  # noqa: BLE001 - the alarm is on the alarms topic either way
         log.warning("alert webhook delivery failed: %s", type(exc).__name__)
+
+
+async def _cancelled(task: asyncio.Future[None]) -> None:
+    """Stop a background task and wait until it has (before what it uses is closed)."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def _wall_clock(_event: object = None) -> float:

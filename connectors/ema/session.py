@@ -13,6 +13,9 @@ few failed logins, which also locks the practice's own staff out. So:
 * Every step is timed for the optional metrics observer; a failed step leaves evidence (screenshot,
   URL, step, time) in the restricted evidence directory, and its log line names only the practice,
   the step, the error class and the evidence file.
+* ``EmaSessions.keep`` is the worker's session keeper: every ``every_s`` (the worker: a minute) it closes
+  the contexts no command used for ``idle_for_s`` (15 minutes; Chromium's memory stays bounded) and
+  health-checks the rest, so a session EMA logged out is signed in again (once) before a caller needs it.
 * The browser can only reach the practice's EMA origin (other requests are aborted), only screens of
   ``connectors.ema.screens.Screen`` are opened, and each page is blanked before it is lent again.
 """
@@ -113,6 +116,14 @@ class SessionHealth:
     logged_in_now: bool
     """The check found no live session and its one login attempt succeeded."""
     checked_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SessionUpkeep:
+    """What one round of the session keeper did: practices whose idle context it closed, and the checks."""
+
+    closed: tuple[str, ...]
+    health: tuple[SessionHealth, ...]
 
 
 class EmaBrowser:
@@ -357,20 +368,28 @@ class EmaSessionKeeper:
         return self._generation
 
     @asynccontextmanager
-    async def page(self) -> AsyncIterator[EmaPage]:
-        """Lend a page of the signed-in context; fails fast with EmaLockedError while the path is locked."""
+    async def page(self, *, counts_as_use: bool = True) -> AsyncIterator[EmaPage]:
+        """Lend a page of the signed-in context; fails fast with EmaLockedError while the path is locked.
+
+        ``counts_as_use=False`` is for the session keeper's own health checks: they keep the session alive
+        but must not keep an otherwise unused practice's context from being closed as idle.
+        """
         self._locks.raise_if_locked(self.practice_id)
+        if counts_as_use:  # from the first moment, so the keeper never closes a context a command waits for
+            self.last_used = time.monotonic()
         async with self._pages:
             self._locks.raise_if_locked(self.practice_id)
             page = await self._checkout()
-            self.last_used = time.monotonic()
+            if counts_as_use:
+                self.last_used = time.monotonic()
             self.stats.pages_in_use += 1
             self.stats.peak_pages_in_use = max(self.stats.peak_pages_in_use, self.stats.pages_in_use)
             try:
                 yield EmaPage(self, page)
             finally:
                 self.stats.pages_in_use -= 1
-                self.last_used = time.monotonic()
+                if counts_as_use:
+                    self.last_used = time.monotonic()
                 await self._checkin(page)
 
     @asynccontextmanager
@@ -438,13 +457,16 @@ class EmaSessionKeeper:
             await self._lock_out(page, reason, started)
 
     async def health_check(self) -> SessionHealth:
-        """Open the home screen (signing in once if needed) and confirm it shows the signed-in user."""
+        """Open the home screen (signing in once if needed) and confirm it shows the signed-in user.
+
+        A check is not use: it never keeps an idle practice's context open (see `EmaSessions.close_idle`).
+        """
         now = datetime.now(UTC)
         if self._locks.get(self.practice_id) is not None:
             return SessionHealth(self.practice_id, healthy=False, locked=True, logged_in_now=False, checked_at=now)
         attempts = self.stats.login_attempts
         try:
-            async with self.page() as page, self.step("health_check", page):
+            async with self.page(counts_as_use=False) as page, self.step("health_check", page):
                 await page.open(Screen.HOME)
                 await page.one("signed-in-user")
         except EmaLockedError:
@@ -696,10 +718,37 @@ class EmaSessions:
         now, closed = time.monotonic(), []
         for practice_id, keeper in list(self._keepers.items()):
             if keeper.stats.pages_in_use == 0 and now - keeper.last_used >= idle_for_s:
-                await keeper.close()
+                # Forgotten before the await: a command arriving meanwhile gets a new keeper, not this closing one.
                 del self._keepers[practice_id]
+                await keeper.close()
                 closed.append(practice_id)
         return closed
+
+    async def upkeep(self, idle_for_s: float) -> SessionUpkeep:
+        """One round of the session keeper: close what no command used for ``idle_for_s``, check the rest.
+
+        The check signs a logged-out session in (once, as a command would) and replaces a context whose
+        browser went away, so the next caller's command finds a live session instead of paying for it.
+        """
+        closed = await self.close_idle(idle_for_s)
+        health = await self.health_check()
+        if closed:
+            log.info("EMA contexts closed after %g s idle: %s", idle_for_s, ", ".join(closed))
+        for check in health:
+            if not check.healthy and not check.locked:  # a locked path was alerted when it locked
+                log.warning("EMA session of practice %s failed its health check", check.practice_id)
+        return SessionUpkeep(tuple(closed), tuple(health))
+
+    async def keep(self, *, every_s: float, idle_for_s: float) -> None:
+        """Run `upkeep` every ``every_s`` seconds until cancelled (the worker's EMA session keeper)."""
+        if not 0 < every_s <= idle_for_s:
+            raise ConfigError("the EMA keeper's interval must be positive and at most the idle time")
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                await self.upkeep(idle_for_s)
+            except Exception as exc:  # noqa: BLE001 - a keeper that died would stop closing contexts silently
+                log.error("EMA session upkeep failed (%s); retried in %g s", type(exc).__name__, every_s)
 
     async def close(self) -> None:
         """Close every practice's context (the browser itself belongs to the caller)."""

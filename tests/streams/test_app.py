@@ -1,7 +1,9 @@
-"""The worker's write-ahead ledger decides when a missing entry proves a write never attempted."""
+"""The worker's write-ahead ledger decides when a missing entry proves a write never attempted; the worker
+runs the keeper of the EMA sessions it owns."""
 
 from __future__ import annotations
 
+import asyncio
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,9 +16,11 @@ from faust.types.tuples import Message
 
 from callstream.settings import load_settings
 from callstream.tenants import parse_tenant_directory
+from connectors.fhir import ModMedClient
 from connectors.ledger import idempotency_key
 from schemas.topics import CALL_EVENTS
 from streams.app import Pipeline, WorkerOptions
+from tests.streams.callflow_helpers import practice
 
 KEY = idempotency_key("call-fresh", "CREATE_TASK", "Patient/pt-1|callback")
 
@@ -105,3 +109,26 @@ def test_the_faust_hooks_the_uncommitted_seek_relies_on_exist(pipeline: Pipeline
     consumer = pipeline.app.consumer
     assert callable(consumer.perform_seek) and callable(AIOKafkaConsumerThread.seek_to_beginning)
     assert consumer._committed_offset.get(TP(CALL_EVENTS, 0)) is None
+
+
+async def test_the_worker_keeps_its_ema_sessions_until_it_stops(tmp_path: Path) -> None:
+    """The process that owns the EMA sessions runs their keeper (idle contexts closed, the rest checked), and
+    stops it before it closes them; no practice here ever used EMA, so Chromium never starts."""
+    pipeline = Pipeline(load_settings(), parse_tenant_directory({"practices": []}, "empty"),
+                        WorkerOptions(data_dir=str(tmp_path / "var"), ema_upkeep_s=0.05, ema_idle_close_s=0.05))
+    client = ModMedClient()
+    try:
+        await pipeline.runtime._ema(pipeline.settings, client)
+        sessions = pipeline.runtime.ema_sessions
+        assert sessions is not None
+        first = sessions.keeper(practice())
+        async with asyncio.timeout(10):
+            while sessions.keeper(practice()) is first:  # the keeper closed the unused practice's session
+                await asyncio.sleep(0.02)
+        await pipeline.runtime.on_stop()
+        kept = sessions.keeper(practice())
+        await asyncio.sleep(0.3)
+        assert sessions.keeper(practice()) is kept, "the keeper must stop with the worker"
+        assert sessions.browser.context_count == 0
+    finally:
+        await client.aclose()

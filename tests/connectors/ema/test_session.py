@@ -26,7 +26,7 @@ from connectors.ema.directory import FhirEmaDirectory
 from connectors.ema.errors import EmaCredentialsError, EmaLockedError, EmaLoginFailed
 from connectors.ema.evidence import EvidenceStore
 from connectors.ema.locks import EmaLockStore, LockReason
-from connectors.ema.session import EmaBrowser, EmaSessions
+from connectors.ema.session import EmaBrowser, EmaSessions, SessionUpkeep
 from connectors.fhir import ModMedClient
 from sandbox.world import SandboxWorld
 from streams.metrics import Metrics
@@ -115,6 +115,34 @@ async def test_health_check_confirms_the_signed_in_user_and_signs_in_once_when_l
     [after_expiry] = await ema_sessions.health_check()
     assert (after_expiry.practice_id, after_expiry.healthy, after_expiry.logged_in_now) == (PRACTICE, True, True)
     assert screen_log.logins(PRACTICE) - logins == 1
+
+
+async def test_the_keeper_signs_a_logged_out_session_in_and_gives_an_idle_context_back(
+    ema_sessions: EmaSessions, commands: EmaCommands, practice: Practice, charts: list[str],
+    screen_log: ScreenLog, ema_clock: MovableClock,
+) -> None:
+    await commands.read_compliance(practice, charts[0])
+    keeper = ema_sessions.keeper(practice)
+    used, logins = keeper.last_used, screen_log.logins(PRACTICE)
+    ema_clock.expire_ema_sessions()
+    keeping = asyncio.create_task(ema_sessions.keep(every_s=0.05, idle_for_s=3600))
+    try:
+        async with asyncio.timeout(30):
+            while keeper.stats.relogins == 0:
+                await asyncio.sleep(0.02)
+    finally:
+        keeping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await keeping
+    assert screen_log.logins(PRACTICE) - logins == 1  # once, by the keeper, before any caller needed the session
+    assert keeper.last_used == used, "a health check is not use: it must not keep an idle context open"
+    assert await ema_sessions.upkeep(idle_for_s=0) == SessionUpkeep(closed=(PRACTICE,), health=())
+    assert ema_sessions.browser.context_count == 0
+    logins = screen_log.logins(PRACTICE)
+    await commands.read_compliance(practice, charts[1])
+    assert screen_log.logins(PRACTICE) - logins == 1 and ema_sessions.browser.context_count == 1
+    with pytest.raises(ConfigError, match="interval"):
+        await ema_sessions.keep(every_s=60, idle_for_s=30)
 
 
 async def test_a_failed_relogin_locks_the_path_alerts_once_and_later_commands_fail_fast(
