@@ -17,6 +17,7 @@ from connectors.ratelimit import RateLimiterRegistry
 from sandbox.generator import build_world
 from sandbox.world import SandboxWorld
 from tests.connectors.helpers import PracticeSet, Recorder
+from tests.fixtures.pipeline import pipeline_cast, pipeline_tenants  # noqa: F401  (test_dispatch's practices)
 from tests.fixtures.sandbox import SandboxServer, running_sandbox, sandbox  # noqa: F401  (fixture registration)
 
 
