@@ -183,6 +183,19 @@ class TaskReason(StrEnum):
     MEDICATION_QUESTION = "MEDICATION_QUESTION"
 
 
+class GuardAction(StrEnum):
+    """What a guard hit truly did to the caller's request (a GUARD_HIT record's guard_action)."""
+
+    BLOCKED = "BLOCKED"
+    """The request's path was refused and handed to nobody (e.g. a prescription change)."""
+    ROUTED = "ROUTED"
+    """The request went to a team instead of (or besides) being handled on the phone."""
+    ESCALATED = "ESCALATED"
+    """A provider task was created (controlled substances, refills)."""
+    NOTED = "NOTED"
+    """Recorded or asked for information only: nothing was blocked."""
+
+
 class GuardName(StrEnum):
     """Every rule of guards/rules.py, by name, so the audit can show which ones fired."""
 

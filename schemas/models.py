@@ -31,7 +31,7 @@ from pydantic import (
     model_validator,
 )
 
-from guards.model import Command, Intent  # one source for the domain vocabulary the Avro enums carry
+from guards.model import Command, GuardAction, Intent  # one source for the domain vocabulary the Avro enums carry
 from schemas.catalogue import NAMESPACE
 from schemas.errors import SchemaError
 from schemas.phone import E164Number
@@ -144,19 +144,6 @@ class AuditOutcome(StrEnum):
     FAILURE = "FAILURE"
     BLOCKED = "BLOCKED"
     QUEUED = "QUEUED"
-
-
-class GuardAction(StrEnum):
-    """What a guard hit truly did to the caller's request (a GUARD_HIT record's guard_action)."""
-
-    BLOCKED = "BLOCKED"
-    """The request's path was refused and handed to nobody (e.g. a prescription change)."""
-    ROUTED = "ROUTED"
-    """The request went to a team instead of (or besides) being handled on the phone."""
-    ESCALATED = "ESCALATED"
-    """A provider task was created (controlled substances, refills)."""
-    NOTED = "NOTED"
-    """Recorded or asked for information only: nothing was blocked."""
 
 
 DialoguePath = Annotated[str, StringConstraints(pattern=r"^[A-Z][A-Z_]{0,47}(?:/[a-z0-9][a-z0-9-]{0,47})?$")]

@@ -58,6 +58,7 @@ from guards import (
     filter_and_rank,
     render_reply,
 )
+from guards import effects
 from guards.hours import is_after_hours as office_closed
 from guards.model import FrozenModel
 from guards.replies import INTERIM_TEMPLATES, adapt_reply
@@ -136,24 +137,6 @@ _WRITE_COMMAND_KINDS = {
 _CONTROLLED_SUBSTANCE_GUARDS = frozenset(
     {GuardName.REFILL_ESCALATES_TO_PROVIDER, GuardName.CONTROLLED_SUBSTANCE_ESCALATES}
 )
-_BLOCKING_GUARDS = frozenset({
-    GuardName.AGREEMENT_BLOCKS_CONTROLLED_VISIT,
-    GuardName.AGREEMENT_REVIEW_GATED,
-    GuardName.PHONE_RESTRICTION_HONOURED,
-    GuardName.PROTECTED_RESULTS_WITHHELD,
-    GuardName.MEDICATION_WRITE_REFUSED,
-})
-"""Guards that stop the caller's request itself, even when an escalation outranks the block."""
-_GUARD_ACTIONS: dict[GuardName, GuardAction] = {
-    GuardName.MEDICATION_WRITE_REFUSED: GuardAction.BLOCKED,
-    **dict.fromkeys((GuardName.AGREEMENT_BLOCKS_CONTROLLED_VISIT, GuardName.AGREEMENT_REVIEW_GATED,
-                     GuardName.PHONE_RESTRICTION_HONOURED, GuardName.PROTECTED_RESULTS_WITHHELD,
-                     GuardName.ABERRANT_UDS_ROUTES, GuardName.UDS_QUESTION_TO_COORDINATOR,
-                     GuardName.UDS_DUE_TO_COORDINATOR, GuardName.MESSAGE_ROUTED_TO_TEAM), GuardAction.ROUTED),
-    **dict.fromkeys((GuardName.REFILL_ESCALATES_TO_PROVIDER, GuardName.CONTROLLED_SUBSTANCE_ESCALATES,
-                     GuardName.CONTROLLED_VISIT_ESCALATES), GuardAction.ESCALATED),
-}
-"""What each guard does to the request when it fires; every other guard only notes or asks (NOTED)."""
 _HANDOFF_REPLY = ReplyTemplate.ROUTED_TO_CARE_TEAM
 
 
@@ -1172,7 +1155,7 @@ def _decision_audits(decision: Decision, pending: PendingIntent) -> Iterable[Aud
             action=AuditAction.GUARD_HIT,
             outcome=_guard_outcome(guard, decision, pending),
             guards_fired=(guard.value,),
-            guard_action=_GUARD_ACTIONS.get(guard, GuardAction.NOTED),
+            guard_action=effects.guard_action(guard),
             dialogue_path=path,
             detail=detail,
         )
@@ -1189,11 +1172,9 @@ def _decision_audits(decision: Decision, pending: PendingIntent) -> Iterable[Aud
 
 
 def _guard_outcome(guard: GuardName, decision: Decision, pending: PendingIntent) -> AuditOutcome:
-    """BLOCKED when this guard stopped the caller's request (an aberrant-UDS flag only when it routed a
-    controlled visit), QUEUED for the read-only phase's queueing, SUCCESS for everything else."""
-    routed_visit = (guard is GuardName.ABERRANT_UDS_ROUTES and decision.outcome is Outcome.BLOCK_AND_ROUTE
-                    and pending.intent in (Intent.BOOK_APPOINTMENT, Intent.RESCHEDULE_APPOINTMENT))
-    if guard in _BLOCKING_GUARDS or routed_visit:
+    """BLOCKED when this guard stopped the caller's request (guards.effects), QUEUED for the read-only phase's
+    queueing, SUCCESS for everything else."""
+    if effects.stopped_request(guard, decision, pending.intent):
         return AuditOutcome.BLOCKED
     if guard is GuardName.READ_ONLY_WRITES_QUEUED:
         return AuditOutcome.QUEUED
