@@ -34,6 +34,7 @@ from connectors.errors import CapabilityMissing, NotFoundError, TerminalError
 from connectors.ledger import IdempotencyLedger, LedgerState, idempotency_key
 from connectors.operations import ModMedConnector, PatientMatch, SlotOffer
 from connectors.vocabulary import VISIT_REASON_SYSTEM
+from guards.booking import is_callers_appointment
 from guards.model import Command, TaskAudience, TaskKind, TaskSpec, VisitReason
 from schemas.models import CommandRoute, InsuranceDetails, NewPatientDetails
 
@@ -309,7 +310,7 @@ class Dispatcher:
             if participant.actor is not None and participant.actor.reference
             and participant.actor.reference.startswith("Patient/")
         }
-        if patients != {patient_id}:
+        if not is_callers_appointment(patients, patient_id):
             raise AppointmentNotForPatient("the appointment is not the caller's", practice_id=practice.practice_id,
                                            resource_type="Appointment")
 

@@ -58,7 +58,7 @@ from guards import (
     filter_and_rank,
     render_reply,
 )
-from guards import effects
+from guards import booking, effects
 from guards.hours import is_after_hours as office_closed
 from guards.model import FrozenModel
 from guards.replies import INTERIM_TEMPLATES, adapt_reply
@@ -871,19 +871,20 @@ def _on_intent(state: CallState, event_id: str, payload: IntentRecognised, pract
 
 def _on_slot_chosen(state: CallState, payload: SlotChosen, practice: Practice, now: datetime) -> Step:
     offer = state.offer
-    chosen = next((slot for slot in offer.slots if slot.slot_id == payload.slot_id), None) if offer else None
-    if offer is None or chosen is None:
-        # Only a slot the guard ranked and offered in this call can be booked.
+    refused = booking.refuse_choice(None if offer is None else [slot.slot_id for slot in offer.slots], payload.slot_id)
+    if refused is not None:
         refusal = AuditOut(
             action=AuditAction.GUARD_HIT,
             outcome=AuditOutcome.BLOCKED,
-            error_class="SlotNotOffered" if offer else "NoOpenOffer",
+            error_class=refused.value,
             guard_action=GuardAction.BLOCKED,
             dialogue_path=dialogue_path(offer.write.value, offer.visit_reason) if offer else None,
         )
         state, outputs = _reply(state, ReplyTemplate.CLARIFY, practice, now)
         state, moved = _transition(state, CallPhase.CLARIFYING)
         return Step(state, outputs=(refusal, *outputs, *moved))
+    assert offer is not None
+    chosen = next(slot for slot in offer.slots if slot.slot_id == payload.slot_id)
     state = state.model_copy(update={"offer": offer.model_copy(update={"chosen_slot_id": chosen.slot_id})})
     if offer.queued:
         return _booking_to_staff(state, _queued_reason(practice), practice, now)
@@ -1763,14 +1764,8 @@ def _slot_taken(state: CallState, practice: Practice, now: datetime) -> Step:
     intent = Intent.RESCHEDULE_APPOINTMENT if offer.write is Command.RESCHEDULE_APPOINTMENT else Intent.BOOK_APPOINTMENT
     pending = PendingIntent(event_id=state.last_event_id, intent=intent, visit_reason=offer.visit_reason,
                             appointment_id=offer.appointment_id, requested_dates=offer.requested_dates)
-    decision = Decision(
-        outcome=Outcome.ALLOW,
-        commands=(Command.SEARCH_SLOTS, offer.write),
-        visit_reason=offer.visit_reason,
-        reply=ReplyTemplate.OFFER_SLOTS,
-        guards_fired=(),
-    )
-    turn = Turn(event_id=state.last_event_id, decision=decision, pending_tasks=(),
+    turn = Turn(event_id=state.last_event_id, decision=booking.search_again(offer.write, offer.visit_reason),
+                pending_tasks=(),
                 excluded_slots=tuple(slot.slot_id for slot in offer.slots))
     state = state.model_copy(update={"pending": pending, "turn": turn, "offer": None})
     window = _search_window(offer.requested_dates, practice, now)
