@@ -361,6 +361,7 @@ async def test_a_worker_killed_mid_call_resumes_the_call_and_books_once(
     [offer] = report.answers(script.call_id)
     assert offer.template == "OFFER_SLOTS"
     chosen = script.chooses(offer.offered_slots[0].slot_id).events[-1]
+    starts = pipeline_worker.starts  # other tests restart the session's worker too
     sandbox.set_faults("pain-1002", latency_ms=900)
     try:
         telephony.publish(chosen)
@@ -380,7 +381,7 @@ async def test_a_worker_killed_mid_call_resumes_the_call_and_books_once(
     assert confirmation.template == "BOOKING_CONFIRMED"
     booked = await appointments_of(modmed, pipeline_tenants[1], "pain-1002", script.call_id, caller.patient_id)
     assert len(booked) == 1 and booked[0].start == offer.offered_slots[0].start
-    assert pipeline_worker.starts == 2
+    assert pipeline_worker.starts == starts + 1
     assert "unreadable" not in pipeline_worker.log_text(), "the restarted worker resumed the call from its changelog"
 
 
