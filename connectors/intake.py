@@ -107,6 +107,8 @@ class SyncReport:
     failed: int = 0
     """Completions ModMed could not take now: the cursor stops before the first, so the next run tries again."""
     next_after: int = 0
+    oldest_unfiled: datetime | None = None
+    """When the oldest completion ModMed could not take was completed (the age the unfiled-form alert watches)."""
     audits: list[AuditEvent] = field(default_factory=list)
 
     def summary(self) -> dict[str, object]:
@@ -154,6 +156,8 @@ async def sync_practice(connector: ModMedConnector, http: httpx.AsyncClient, pra
         except ModMedError as exc:
             report.failed += 1
             blocked = True
+            if report.oldest_unfiled is None or completion.completed_at < report.oldest_unfiled:
+                report.oldest_unfiled = completion.completed_at
             report.audits.append(completion_audit(practice, completion, now, error_class=type(exc).__name__))
             continue
         else:

@@ -89,6 +89,8 @@ def test_rendered_kinds(
             "Deployment",
             "Deployment",
             "Deployment",
+            "Deployment",
+            "Service",
             "Service",
             "Service",
             "Service",
@@ -101,14 +103,16 @@ def test_rendered_kinds(
         "cs-callstream-worker",
         "cs-callstream-sinks",
         "cs-callstream-queue",
+        "cs-callstream-intake",
     }
     assert {d["metadata"]["name"] for d in of_kind(manifests_with_ema, "Deployment")} == {
         "cs-callstream-worker",
         "cs-callstream-sinks",
         "cs-callstream-queue",
+        "cs-callstream-intake",
         "cs-callstream-ema",
     }
-    assert len(of_kind(manifests_with_ema, "Service")) == 4
+    assert len(of_kind(manifests_with_ema, "Service")) == 5
 
 
 def test_workers_run_the_callstream_commands(manifests_with_ema: list[dict[str, Any]]) -> None:
@@ -120,6 +124,7 @@ def test_workers_run_the_callstream_commands(manifests_with_ema: list[dict[str, 
         "cs-callstream-worker": ["callstream", "worker"],
         "cs-callstream-sinks": ["callstream", "sinks", "run"],
         "cs-callstream-queue": ["callstream", "queue", "run"],
+        "cs-callstream-intake": ["callstream", "intake", "run", "--every", "60"],
         "cs-callstream-ema": ["callstream", "worker"],
     }
     replicas = {
@@ -127,16 +132,18 @@ def test_workers_run_the_callstream_commands(manifests_with_ema: list[dict[str, 
         for d in of_kind(manifests_with_ema, "Deployment")
     }
     assert replicas == {"cs-callstream-worker": 3, "cs-callstream-sinks": 2, "cs-callstream-queue": 1,
-                        "cs-callstream-ema": 1}
+                        "cs-callstream-intake": 1, "cs-callstream-ema": 1}
 
 
-def test_the_review_queue_never_runs_two_writers(manifests: list[dict[str, Any]]) -> None:
-    """The queue process is its store's only writer: one replica, and no rolling update overlapping two pods."""
+def test_the_review_queue_and_the_intake_poller_never_run_two_writers(manifests: list[dict[str, Any]]) -> None:
+    """The queue process is its store's only writer, the intake poller its cursors' (two would file the same forms
+    at once): one replica each, and no rolling update overlapping two pods."""
     strategies = {d["metadata"]["name"]: d["spec"].get("strategy") for d in of_kind(manifests, "Deployment")}
     assert strategies == {"cs-callstream-worker": None, "cs-callstream-sinks": None,
-                          "cs-callstream-queue": {"type": "Recreate"}}
-    report = helm.lint(CHART, {"components": {"queue": {"replicas": 2}}})
-    assert any("/components/queue/replicas" in error for error in report["errors"]), report["errors"]
+                          "cs-callstream-queue": {"type": "Recreate"}, "cs-callstream-intake": {"type": "Recreate"}}
+    for component in ("queue", "intake"):
+        report = helm.lint(CHART, {"components": {component: {"replicas": 2}}})
+        assert any(f"/components/{component}/replicas" in error for error in report["errors"]), report["errors"]
 
 
 def test_probes_resources_and_hardening(manifests_with_ema: list[dict[str, Any]]) -> None:

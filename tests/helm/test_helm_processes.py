@@ -16,9 +16,9 @@ from streams.metrics import Metrics
 from tests.helm.test_helm_chart import containers, render
 from tests.helm.test_helm_rules import METRIC_NAME, RULES, process_registries, series_names
 
-PROBED = {"worker", "sinks", "queue"}
+PROBED = {"worker", "sinks", "queue", "intake"}
 """Commands whose process serves /healthz and /readyz (callstream.metrics_server; the queue's probes ask
-review.service.Rounds, tests/review/test_rounds.py)."""
+review.service.Rounds, tests/review/test_rounds.py; the intake poller's its Heartbeat)."""
 
 
 def exported(process: str) -> set[str]:
@@ -61,7 +61,7 @@ def test_every_metric_a_rule_uses_is_exported_by_some_process() -> None:
             used = set(METRIC_NAME.findall(rule["expr"]))
             assert used <= everywhere, (rule.get("alert") or rule.get("record"), used - everywhere)
     for alert, process in (("SiemDeliveryFailing", "sinks"), ("SiemDeliveryDelayed", "sinks"),
-                           ("ReviewQueueStale", "queue")):
+                           ("ReviewQueueStale", "queue"), ("IntakeFormUnfiled", "intake")):
         rule = next(rule for group in rules["groups"] for rule in group["rules"] if rule.get("alert") == alert)
         used = set(METRIC_NAME.findall(rule["expr"]))
         assert used <= exported(process), f"{alert} reads what `callstream {process}` exports"

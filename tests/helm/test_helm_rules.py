@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from guards.model import WRITE_COMMANDS
 from review.service import QueueMetrics
 from sinks.metrics import SinkMetrics
+from streams.intake_poller import IntakeMetrics
 from streams.metrics import Metrics
 
 CHART = Path(__file__).resolve().parents[2] / "helm" / "callstream"
@@ -53,7 +54,8 @@ def process_registries() -> dict[str, CollectorRegistry]:
     """The registry each `callstream <command>` serves on /metrics, by command."""
     sinks = SinkMetrics()
     sinks.watch_backlogs(list)  # the scrape-time backlog gauges exist with or without parked practices
-    return {"worker": Metrics().registry, "sinks": sinks.registry, "queue": QueueMetrics().registry}
+    return {"worker": Metrics().registry, "sinks": sinks.registry, "queue": QueueMetrics().registry,
+            "intake": IntakeMetrics().registry}
 
 
 def series_names(registry: CollectorRegistry) -> set[str]:
@@ -62,7 +64,7 @@ def series_names(registry: CollectorRegistry) -> set[str]:
 
 
 def exported_series_names() -> set[str]:
-    """Series names some callstream process (worker, sinks, review queue) exposes."""
+    """Series names some callstream process (worker, sinks, review queue, intake poller) exposes."""
     return set().union(*(series_names(registry) for registry in process_registries().values()))
 
 
@@ -74,7 +76,7 @@ def dashboard_expressions() -> list[str]:
 def test_promtool_checks_the_rules_file() -> None:
     result = promtool("check", "rules", str(RULES))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 11 rules found" in result.stdout
+    assert "SUCCESS: 12 rules found" in result.stdout
 
 
 def test_promtool_unit_tests_pass() -> None:

@@ -45,5 +45,5 @@ app.kubernetes.io/component: {{ .component }}
 
 {{/* Components in a fixed order, so rendering is deterministic. */}}
 {{- define "callstream.componentNames" -}}
-worker sinks queue ema
+worker sinks queue intake ema
 {{- end -}}
