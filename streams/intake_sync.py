@@ -20,6 +20,7 @@ from connectors.fhir import ModMedClient
 from connectors.intake import sync_practice
 from connectors.ledger import InMemoryLedger
 from connectors.operations import ModMedConnector
+from streams.intake_run import add_run_parser, run
 from streams.outputs import KafkaOutputs
 
 DESCRIPTION = "Completed intake forms onto the chart: each becomes one DocumentReference, through the FHIR allow-list."
@@ -34,7 +35,10 @@ def main(argv: list[str]) -> int:
     sync.add_argument("--after", type=int, default=0, help="the listing cursor: completions with a higher seq")
     add_service_options(sync, kafka=True, tenants=True)
     add_logging_options(sync)
+    add_run_parser(sub)
     options = parser.parse_args(argv)
+    if options.action == "run":
+        return run(options)
     settings = settings_from(options)
     directory = load_tenant_directory(require_tenants_file(settings, "intake sync"))
     practices = [p for p in directory.values() if p.intake is not None and p.intake.completions_url
