@@ -283,5 +283,5 @@ class IntakePoller:
         delay = next_delay(self.every_s, state.failures, self.backoff, self.rng)
         state.due = time.monotonic() + delay
         self.metrics.poll_failures.labels(state.practice.practice_id).inc()
-        log.warning("intake %s: poll failed (%s), attempt %d, next in %.0f s", state.practice.practice_id,
+        log.warning("intake %s: poll failed (%s), attempt %d, next in %.1f s", state.practice.practice_id,
                     error_class, state.failures, delay)

@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -134,6 +139,38 @@ async def test_a_completed_form_is_filed_once_and_a_restart_files_nothing_twice(
 def _failure_labels(metrics: IntakeMetrics) -> list[dict[str, str]]:
     return [sample.labels for family in metrics.registry.collect() if family.name == "callstream_intake_poll_failures"
             for sample in family.samples if sample.name.endswith("_total")]
+
+
+def test_the_deployed_process_serves_its_probes_and_stops_on_sigterm(
+    pipeline_broker: str, pipeline_tenants: tuple[Path, TenantDirectory], tmp_path: Path,
+) -> None:
+    """What the Helm `intake` Deployment runs: `callstream intake run`, probed on its metrics port."""
+    port, log_file = free_port(), tmp_path / "intake-run.log"
+    with log_file.open("wb") as log_sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "callstream.cli", "intake", "run", "--every", "0.5", "--practice", "pain-1002",
+             "--tenants", str(pipeline_tenants[0]), "-b", pipeline_broker, "--metrics-host", "127.0.0.1",
+             "--metrics-port", str(port)], stdout=log_sink, stderr=subprocess.STDOUT, env=dict(os.environ))
+        try:
+            deadline = time.monotonic() + 30
+            while not _answers(f"http://127.0.0.1:{port}/readyz"):
+                assert process.poll() is None and time.monotonic() < deadline, log_file.read_text()[-2000:]
+                time.sleep(0.1)
+            assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+            metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+            assert 'callstream_intake_oldest_unfiled_age_seconds{practice_id="pain-1002"}' in metrics
+        finally:
+            process.send_signal(signal.SIGTERM)
+            returncode = process.wait(timeout=20)
+    assert returncode == 0, log_file.read_text()[-2000:]
+    assert "intake.sandbox.callstream.dev" not in log_file.read_text(), "a document URL reached the log"
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1.0).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 def test_a_failing_practice_waits_longer_each_time_up_to_the_cap() -> None:
