@@ -174,9 +174,11 @@ def open_clickhouse(dsn: str) -> Client:
             raise ConfigError(f"ClickHouse DSN {redact_dsn(dsn)!r}: cannot create {path}: {exc.strerror}") from None
     # Network timeouts mean nothing to embedded chDB (clickhouse-connect warns on each one it is given).
     timeouts = {} if scheme == "chdb" else {"connect_timeout": 5, "send_receive_timeout": 30}
-    driver_log = logging.getLogger("clickhouse_connect")
-    level = driver_log.level
-    driver_log.setLevel(logging.ERROR)  # its warning about a failed first query is the error raised below
+    # The driver's warning about a failed first query, and urllib3's about retrying it, are the error raised below.
+    quieted = [logging.getLogger(name) for name in ("clickhouse_connect", "urllib3.connectionpool")]
+    levels = [log.level for log in quieted]
+    for log in quieted:
+        log.setLevel(logging.ERROR)
     try:
         client = clickhouse_connect.get_client(dsn=dsn, **timeouts)
         client.query("SELECT 1")
@@ -184,7 +186,8 @@ def open_clickhouse(dsn: str) -> Client:
         reason = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
         raise ServiceUnavailableError(f"ClickHouse at {redact_dsn(dsn)} is unavailable: {reason}") from None
     finally:
-        driver_log.setLevel(level)
+        for log, level in zip(quieted, levels, strict=True):
+            log.setLevel(level)
     return client
 
 

@@ -13,8 +13,9 @@ import sys
 from datetime import date
 from typing import Any
 
+from callstream.cli_options import add_service_options, require_tenants_file, settings_from
 from callstream.errors import ConfigError, ServiceUnavailableError
-from callstream.settings import Settings, load_settings
+from callstream.settings import Settings
 from callstream.tenants import load_tenant_directory
 from digest.log import DigestLog
 from digest.service import DigestService
@@ -32,10 +33,11 @@ def main(argv: list[str]) -> int:
     send.add_argument("--practice", help="one practice id (default: every practice with digest_recipients)")
     send.add_argument("--database", help="ClickHouse database (default: the DSN's, else 'callstream')")
     send.add_argument("--json", action="store_true", help="print the outcomes as JSON")
+    add_service_options(send, clickhouse=True, data_dir=True, tenants=True)
     options = parser.parse_args(argv)
     day = parse_day(options.date, "UTC") if options.date else None
     practice = check_practice_id(options.practice) if options.practice else None
-    settings = load_settings()
+    settings = settings_from(options)
     database = database_for_dsn(settings.effective_clickhouse_dsn, options.database)
     outcomes = _send(settings, database, day, practice)
     if options.json:
@@ -59,9 +61,7 @@ def _send(settings: Settings, database: str, day: date | None, practice: str | N
     relay = SmtpRelay.from_settings(settings)
     if relay is None:
         raise ConfigError("no SMTP relay configured: set CALLSTREAM_SMTP_HOST (and port, security, credentials)")
-    if settings.tenants_file is None:
-        raise ConfigError("the digest needs the tenant directory (its recipients): set CALLSTREAM_TENANTS_FILE")
-    tenants = load_tenant_directory(settings.tenants_file)
+    tenants = load_tenant_directory(require_tenants_file(settings, "the digest (its recipients)"))
     dsn = settings.effective_clickhouse_dsn
     store = AuditStore.open(dsn, database)
     if not store.is_initialised():

@@ -9,8 +9,8 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from callstream.cli_options import add_service_options, require_tenants_file, settings_from
 from callstream.errors import ConfigError
-from callstream.settings import load_settings
 from callstream.tenants import GoLivePhase
 
 
@@ -26,17 +26,19 @@ def main(argv: list[str]) -> int:
     check.add_argument("--concurrency", type=int, default=4, help="calls in progress at once (default 4)")
     check.add_argument("--turn-budget-ms", type=int, default=15_000,
                        help="the check worker's turn budget (default 15000: outcomes, not timing, are checked)")
+    add_service_options(check, data_dir=True)  # its broker, sandbox and worker are its own, started here
 
     promote = actions.add_parser("promote", help="move a practice to its next go-live phase if the gate allows it")
     promote.add_argument("practice")
     promote.add_argument("--to", required=True, choices=[GoLivePhase.READ_ONLY.value, GoLivePhase.WRITE.value])
-    promote.add_argument("--tenants", type=Path, help="tenant directory (default CALLSTREAM_TENANTS_FILE)")
     promote.add_argument("--mirror", type=Path, help="the practice's current mirror (default: the bundled example)")
     promote.add_argument("--by", help="who promotes (default: the login name)")
     promote.add_argument("--min-read-only-hours", type=float, default=168.0,
                          help="read-only traffic needed before write, in hours (default 168)")
     promote.add_argument("--rules", type=Path, help="the deployment's alert rules (default: the chart's rules.yaml)")
     promote.add_argument("--values", type=Path, help="the deployment's Helm values (default: the chart's values.yaml)")
+    # Kafka and ClickHouse: the read-only history and fired guard alarms a promotion to write needs
+    add_service_options(promote, kafka=True, clickhouse=True, data_dir=True, tenants=True)
     options = parser.parse_args(argv)
     return _check(options) if options.action == "check" else _promote(options)
 
@@ -47,7 +49,7 @@ def _check(options: argparse.Namespace) -> int:
 
     if not 1 <= options.concurrency <= 200 or not 1000 <= options.turn_budget_ms <= 60_000:
         raise ConfigError("--concurrency must be 1-200 and --turn-budget-ms 1000-60000")
-    outcome = run_check(load_settings(), mirror=options.mirror, practice=options.practice, out=sys.stdout,
+    outcome = run_check(settings_from(options), mirror=options.mirror, practice=options.practice, out=sys.stdout,
                         catalogue_dir=options.catalogue or CATALOGUE_DIR, json_output=options.json,
                         junit=options.junit, concurrency=options.concurrency, turn_budget_ms=options.turn_budget_ms)
     return 0 if outcome.run.green else 1
@@ -58,10 +60,8 @@ def _promote(options: argparse.Namespace) -> int:
     from golive.catalogue import EXAMPLE_MIRROR
     from golive.runs import RunStore, code_version, sha256_file
 
-    settings = load_settings()
-    tenants_file = options.tenants or settings.tenants_file
-    if tenants_file is None:
-        raise ConfigError("promote needs the tenant directory: --tenants FILE or CALLSTREAM_TENANTS_FILE")
+    settings = settings_from(options)
+    tenants_file = require_tenants_file(settings, "promote")
     if options.min_read_only_hours < 0:
         raise ConfigError("--min-read-only-hours must not be negative")
     mirror = options.mirror or EXAMPLE_MIRROR

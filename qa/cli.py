@@ -22,9 +22,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from callstream.cli_options import (
+    add_logging_options,
+    add_service_options,
+    configure_logging_from,
+    require_tenants_file,
+    settings_from,
+)
+from callstream.devstack import ensure_port_free
 from callstream.errors import ConfigError, ServiceUnavailableError
 from callstream.secrets import read_secret
-from callstream.settings import Settings, load_settings
+from callstream.settings import Settings
 from callstream.tenants import TenantDirectory, load_tenant_directory
 from qa.app import QaConfig
 from qa.pdf import record_sha256, write_call_pdf
@@ -47,7 +55,6 @@ def main(argv: list[str]) -> int:
     serve = commands.add_parser("serve", help="serve the QA view (calls, call detail, escalations, PDF)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
-    serve.add_argument("--tenants", type=Path, help="tenant directory (default CALLSTREAM_TENANTS_FILE)")
     serve.add_argument("--users", help="users reference, file:/path or env:VAR (default CALLSTREAM_QA_USERS, "
                                        "else file:<data dir>/qa-users.json)")
     serve.add_argument("--database", help="ClickHouse database (default: the DSN's, else 'callstream')")
@@ -56,14 +63,17 @@ def main(argv: list[str]) -> int:
     serve.add_argument("--secure-cookies", action="store_true", help="mark cookies Secure (behind a TLS proxy)")
     serve.add_argument("--no-review-queue", action="store_true", help="do not read review-queue items")
     serve.add_argument("--with-sinks", action="store_true",
-                       help="also run the audit sinks in this process (the embedded chDB's one owner)")
+                       help="also run the audit sinks in this process (the embedded chDB's one owner; Kafka from -b)")
+    add_service_options(serve, kafka=True, clickhouse=True, data_dir=True, tenants=True)
+    add_logging_options(serve)
     adduser = commands.add_parser("adduser", help="add a user (or set a user's password) in the users file")
     adduser.add_argument("username")
     adduser.add_argument("--practice", required=True, help="the practice id the user sees")
     adduser.add_argument("--users", help="file:/path (default CALLSTREAM_QA_USERS, else file:<data dir>/qa-users.json)")
     adduser.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    add_service_options(adduser, data_dir=True)
     options = parser.parse_args(argv)
-    settings = load_settings()
+    settings = settings_from(options)
     if options.command == "adduser":
         return _adduser(options, settings)
     return _serve(options, settings)
@@ -101,15 +111,12 @@ def qa_config(settings: Settings, tenants: TenantDirectory, store: AuditStore, *
 
 
 def _serve(options: argparse.Namespace, settings: Settings) -> int:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    tenants_file = options.tenants or settings.tenants_file
-    if tenants_file is None:
-        raise ConfigError("the QA view needs the tenant directory (practice names and time zones): --tenants FILE "
-                          "or CALLSTREAM_TENANTS_FILE")
-    tenants = load_tenant_directory(tenants_file)
+    tenants = load_tenant_directory(require_tenants_file(settings, "the QA view (practice names and time zones)"))
     if not 0 <= options.port <= 65535:
         raise ConfigError("--port must be 0-65535")
+    if options.port:  # before the store opens and the sinks start: a taken port leaves nothing running
+        ensure_port_free(options.host, options.port, "QA view (--port)")
+    configure_logging_from(settings)  # once the arguments are good: a caller's own logging stays as it was
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
@@ -165,10 +172,9 @@ def _start_sinks(settings: Settings, tenants: TenantDirectory, database: str | N
 
 
 def audit_pdf(call_id: str, out: Path, read: Callable[[Callable[[Any], dict[str, Any]]], dict[str, Any]], *,
-              practice_id: str | None = None, tenants_file: Path | None = None) -> int:
+              tenants_file: Path | None, practice_id: str | None = None) -> int:
     """`callstream audit pdf CALL_ID --out FILE`: the call's record as a PDF; ``read`` runs a read on the sinks
     process's read API when it runs, else on the store opened here (sinks/cli.py), as `audit call` does."""
-    tenants_file = tenants_file or load_settings().tenants_file
     if tenants_file is None:
         raise ConfigError("the PDF names the practice: --tenants FILE or CALLSTREAM_TENANTS_FILE")
     tenants = load_tenant_directory(tenants_file)

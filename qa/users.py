@@ -185,13 +185,19 @@ def add_user(ref: str, username: str, practice_id: str, password: str) -> bool:
     if not MIN_PASSWORD_LENGTH <= len(password) <= MAX_PASSWORD_LENGTH:
         raise ConfigError(f"the password must be {MIN_PASSWORD_LENGTH}-{MAX_PASSWORD_LENGTH} characters")
     path = Path(target)
-    users = parse_users(path.read_text(encoding="utf-8"), ref) if path.exists() else {}
+    try:
+        users = parse_users(path.read_text(encoding="utf-8"), ref) if path.exists() else {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read the QA users file {path}: {exc.strerror}") from None
     new = username not in users
     users[username] = QaUser(username, practice_id, hash_password(password))
     document = {"users": [{"username": u.username, "practice_id": u.practice_id, "password_hash": u.password_hash}
                           for u in users.values()]}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".qa-users-")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".qa-users-")
+    except OSError as exc:
+        raise ConfigError(f"cannot write the QA users file {path}: {exc.strerror}") from None
     try:
         os.fchmod(handle, 0o600)
         with os.fdopen(handle, "w", encoding="utf-8") as out:

@@ -79,12 +79,11 @@ def audit_main(argv: list[str]) -> int:
     pdf.add_argument("call_id", help="the call id (as in the call events)")
     pdf.add_argument("--out", type=Path, required=True, help="the PDF file to write")
     pdf.add_argument("--practice", help="practice id, when a call id is known to more than one practice")
-    pdf.add_argument("--tenants", type=Path, help="tenant directory, for the practice's name (default CALLSTREAM_TENANTS_FILE)")
-    pdf.add_argument("--database", help="ClickHouse database (default: the DSN's, else 'callstream')")
     for sub in (call, calls):
         sub.add_argument("--json", action="store_true", help="print JSON")
+    for sub in (call, calls, pdf):  # the tenant directory: practice time zones and, in the PDF, names
         sub.add_argument("--database", help="ClickHouse database (default: the DSN's, else 'callstream')")
-        add_service_options(sub, clickhouse=True, data_dir=True)
+        add_service_options(sub, clickhouse=True, data_dir=True, tenants=True)
     options = parser.parse_args(argv)
     settings = settings_from(options)
     database = database_for_dsn(settings.effective_clickhouse_dsn, options.database)
@@ -92,7 +91,7 @@ def audit_main(argv: list[str]) -> int:
         from qa.cli import audit_pdf
 
         return audit_pdf(check_call_id(options.call_id), options.out, partial(_audit_read, settings, database),
-                         practice_id=options.practice, tenants_file=options.tenants)
+                         tenants_file=settings.tenants_file, practice_id=options.practice)
     if options.command == "call":
         check_call_id(options.call_id)
         try:

@@ -102,5 +102,6 @@ def demo_main(argv: list[str]) -> int:
 
     parser = argparse.ArgumentParser(prog="callstream demo", description="Run a morning of calls end to end.")
     parser.add_argument("--json", action="store_true", help="end with the summary as one JSON object")
+    add_service_options(parser, kafka=True, clickhouse=True, data_dir=True)  # unset: a private embedded stack
     options = parser.parse_args(argv)
-    return run_demo(json_output=options.json, out=sys.stdout)
+    return run_demo(settings_from(options), json_output=options.json, out=sys.stdout)

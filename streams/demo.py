@@ -29,7 +29,7 @@ from typing import Any, TextIO
 from callstream.devstack import TansuBroker, ensure_topics, free_port, wait_for_broker
 from callstream.errors import ServiceUnavailableError
 from callstream.invocation import command_line
-from callstream.settings import Settings, load_settings, redact_dsn
+from callstream.settings import Settings, redact_dsn
 from callstream.tenants import load_tenant_directory
 from digest.local import demo_digests
 from qa.demo import DemoView, prepare_demo_view
@@ -92,9 +92,8 @@ def morning_calls(cast: dict[str, PracticeCast]) -> list[DemoCall]:
     ]
 
 
-def run_demo(*, json_output: bool, out: TextIO) -> int:
-    """Run the demo; returns the exit status (0 when every call was answered)."""
-    settings = load_settings()
+def run_demo(settings: Settings, *, json_output: bool, out: TextIO) -> int:
+    """Run the demo with the command's settings; returns the exit status (0 when every call was answered)."""
     started = datetime.now(UTC)
     run_dir = (settings.data_dir / "demo" / started.strftime("%Y%m%dT%H%M%S")).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -137,7 +136,7 @@ def _printer(out: TextIO) -> Any:
 def _broker(settings: Settings, run_dir: Path) -> Iterator[str]:
     """A private embedded broker on a free port (never clashing with `callstream dev up`), or the cluster."""
     if not settings.uses_embedded_broker:
-        wait_for_broker(settings.bootstrap_servers)
+        wait_for_broker(settings.bootstrap_servers, settings.connect_timeout_s)
         ensure_topics(settings.bootstrap_servers, [(t.name, t.partitions) for t in TOPICS])
         yield settings.bootstrap_servers
         return

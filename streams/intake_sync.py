@@ -13,7 +13,14 @@ from datetime import UTC, datetime
 
 import httpx
 
-from callstream.cli_options import add_logging_options, add_service_options, require_tenants_file, settings_from
+from callstream.cli_options import (
+    add_logging_options,
+    add_service_options,
+    configure_logging_from,
+    require_tenants_file,
+    settings_from,
+)
+from callstream.devstack import wait_for_broker
 from callstream.errors import ConfigError
 from callstream.tenants import Practice, load_tenant_directory
 from connectors.fhir import ModMedClient
@@ -43,8 +50,12 @@ def main(argv: list[str]) -> int:
     directory = load_tenant_directory(require_tenants_file(settings, "intake sync"))
     practices = [p for p in directory.values() if p.intake is not None and p.intake.completions_url
                  and options.practice in (None, p.practice_id)]
+    if options.practice is not None and options.practice not in directory:
+        raise ConfigError(f"no such practice {options.practice!r} in the tenant directory")
     if options.practice is not None and not practices:
         raise ConfigError(f"practice {options.practice!r} has no intake completions_url in the tenant directory")
+    wait_for_broker(settings.bootstrap_servers, settings.connect_timeout_s)  # one line, not a producer's retries
+    configure_logging_from(settings)
     return asyncio.run(_sync(practices, options.after, settings.bootstrap_servers))
 
 

@@ -2,7 +2,10 @@
 
 Each case runs `callstream ...` as a person would, in its own process: a taken port, an unreachable Kafka
 broker or ClickHouse, a bad file and an unknown practice. The cases run concurrently from one module
-fixture (each is a short-lived process that fails early), and each test reads its own outcome.
+fixture (each is a short-lived process that fails early), and each test reads its own outcome. A case
+that also sets a service's variable to a wrong place shows the flag given wins over it: its error names
+the flag's place. The shared connection flags (callstream/cli_options.py) are listed, with their variable,
+in the --help of every command that talks to Kafka, ClickHouse or the sandbox.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from callstream.cli import main as callstream_main
+
 REPO = Path(__file__).resolve().parents[2]
 CASE_TIMEOUT_S = 60.0
 """A case is a hang, not a slow failure, past this (under a loaded machine each still ends in seconds)."""
@@ -32,6 +37,9 @@ class Case:
     argv: tuple[str, ...]
     expect: str
     """A fragment the one error line must hold."""
+    env: tuple[tuple[str, str], ...] = ()
+    """Variables set for this case only (a flag of the case overrides them)."""
+    stdin: str = ""
 
 
 @dataclass(frozen=True)
@@ -101,6 +109,47 @@ def _cases(at: Places) -> dict[str, Case]:
                                          "already in use"),
         "replay-missing-file": Case(("replay", str(at.work / "gone.jsonl")), "gone.jsonl"),
         "bench-scale-too-small": Case(("bench", "pipeline", "--practices", "5"), "--practices"),
+        **_later_commands(at),
+    }
+
+
+def _later_commands(at: Places) -> dict[str, Case]:
+    """qa, digest, golive, intake, audit pdf and demo; each `…-flag-over-variable` case sets the variables to
+    wrong places (port 1, an absent file) and gives the flags: the error names the flag's place."""
+    good, port, closed = str(at.good_tenants), str(at.taken_port), at.closed_port
+    flagged_dsn, flagged_address = f"http://127.0.0.1:{closed}/audit", f"127.0.0.1:{closed}"
+    wrong = (("CLICKHOUSE_DSN", "http://127.0.0.1:1/audit"), ("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1"),
+             ("CALLSTREAM_TENANTS_FILE", str(at.work / "absent.yaml")))
+    users_dir, golive = at.work / "qa-data", str(at.work / "golive")
+    return {
+        "qa-serve-taken-port": Case(("qa", "serve", "--tenants", good, "--port", port), "already in use"),
+        "qa-serve-flag-over-variable": Case(("qa", "serve", "--tenants", good, "--port", "0", "--clickhouse-dsn",
+                                             flagged_dsn, "--data-dir", str(at.work / "qa")), flagged_address, wrong),
+        "qa-adduser-unreadable-users-file": Case(
+            ("qa", "adduser", "ana", "--practice", "pain-1001", "--password-stdin", "--data-dir", str(users_dir)),
+            f"{users_dir / 'qa-users.json'}: Is a directory", stdin="a long enough password\n"),
+        "digest-no-smtp-relay": Case(("digest", "send", "--tenants", good), "no SMTP relay configured"),
+        "digest-flag-over-variable": Case(("digest", "send", "--tenants", good, "--clickhouse-dsn", flagged_dsn,
+                                           "--data-dir", str(at.work / "digest")), flagged_address,
+                                          (*wrong, ("CALLSTREAM_SMTP_HOST", "127.0.0.1"))),
+        "golive-check-unknown-practice": Case(("golive", "check", "--practice", "nope", "--data-dir", golive),
+                                              "practice nope is not in the mirror"),
+        "golive-promote-unknown-practice": Case(("golive", "promote", "nope", "--to", "read_only", "--tenants", good,
+                                                 "--data-dir", golive), "no practice nope"),
+        "golive-promote-flag-over-variable": Case(("golive", "promote", "pain-1001", "--to", "write", "--tenants", good,
+                                                   "--clickhouse-dsn", flagged_dsn, "--data-dir", golive),
+                                                  flagged_address, wrong),
+        "intake-unknown-practice": Case(("intake", "sync", "--practice", "nope", "--tenants", good),
+                                        "no such practice 'nope'"),
+        "intake-flag-over-variable": Case(("intake", "sync", "--tenants", good, "-b", flagged_address),
+                                          f"Kafka broker at {flagged_address} is unreachable", wrong),
+        "audit-pdf-no-tenants": Case(("audit", "pdf", "call-1", "--out", str(at.work / "call.pdf")),
+                                     "the PDF names the practice"),
+        "audit-calls-flag-over-variable": Case(("audit", "calls", "--practice", "pain-1001", "--clickhouse-dsn",
+                                                flagged_dsn, "--data-dir", str(at.work / "audit")),
+                                               flagged_address, wrong),
+        "demo-flag-over-variable": Case(("demo", "-b", flagged_address, "--data-dir", str(at.work / "demo")),
+                                        f"Kafka broker at {flagged_address} is unreachable", wrong),
     }
 
 
@@ -115,6 +164,7 @@ def places(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Places]:
     bad_number.write_text(yaml.safe_dump({"practices": [_practice(called_numbers=["+155501"])]}))
     faults = work / "faults.json"
     faults.write_text("{not json")
+    (work / "qa-data" / "qa-users.json").mkdir(parents=True)  # a directory where the users file should be
     with socket.socket() as taken, socket.socket() as probe:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -130,8 +180,8 @@ def outcomes(places: Places) -> dict[str, Outcome]:
 
     def run(case: Case) -> Outcome:
         started = time.monotonic()
-        done = subprocess.run([sys.executable, "-m", "callstream.cli", *case.argv], env=env, cwd=REPO,
-                              capture_output=True, text=True, timeout=CASE_TIMEOUT_S, stdin=subprocess.DEVNULL)
+        done = subprocess.run([sys.executable, "-m", "callstream.cli", *case.argv], env={**env, **dict(case.env)},
+                              cwd=REPO, capture_output=True, text=True, timeout=CASE_TIMEOUT_S, input=case.stdin)
         return Outcome(done.returncode, done.stdout, done.stderr, time.monotonic() - started)
 
     cases = _cases(places)
@@ -152,3 +202,36 @@ def test_an_expected_failure_is_one_error_line_and_status_2(name: str, places: P
     assert len(lines) == 1 and lines[0].startswith("callstream: error: "), f"{name}:\n{outcome.stderr[-2000:]}"
     assert expect in lines[0], f"{name}: {lines[0]!r} lacks {expect!r}"
     assert "Traceback" not in outcome.stdout
+
+
+SHARED_FLAGS = {  # flag → the variable its help names as the default
+    "--bootstrap-servers": "$KAFKA_BOOTSTRAP_SERVERS", "--clickhouse-dsn": "$CLICKHOUSE_DSN",
+    "--data-dir": "$CALLSTREAM_DATA_DIR", "--tenants": "$CALLSTREAM_TENANTS_FILE",
+    "--log-level": "$CALLSTREAM_LOG_LEVEL", "--log-format": "$CALLSTREAM_LOG_FORMAT",
+}
+SERVICES = ("--bootstrap-servers", "--clickhouse-dsn", "--data-dir", "--tenants")
+STORE = ("--clickhouse-dsn", "--data-dir", "--tenants")
+
+
+@pytest.mark.parametrize(("command", "flags"), [
+    (("qa", "serve"), (*SERVICES, "--log-level", "--log-format")),
+    (("qa", "adduser"), ("--data-dir",)),
+    (("digest", "send"), STORE),
+    (("golive", "check"), ("--data-dir",)),
+    (("golive", "promote"), SERVICES),
+    (("intake", "sync"), ("--bootstrap-servers", "--tenants", "--log-level", "--log-format")),
+    (("audit", "call"), STORE),
+    (("audit", "calls"), STORE),
+    (("audit", "pdf"), STORE),
+    (("demo",), ("--bootstrap-servers", "--clickhouse-dsn", "--data-dir")),
+], ids=" ".join)
+def test_help_lists_the_shared_flags_with_their_variables(command: tuple[str, ...], flags: tuple[str, ...],
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        callstream_main([*command, "--help"])
+    shown = capsys.readouterr().out
+    assert exited.value.code == 0
+    for flag in flags:
+        assert flag in shown and SHARED_FLAGS[flag] in shown, f"{' '.join(command)} --help lacks {flag}:\n{shown}"
+    if "--bootstrap-servers" in flags:
+        assert "-b SERVERS, --bootstrap-servers SERVERS" in shown
