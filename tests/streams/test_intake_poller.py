@@ -29,6 +29,7 @@ from callstream.tenants import Practice, TenantDirectory
 from connectors.fhir import ModMedClient
 from connectors.ledger import InMemoryLedger
 from connectors.operations import ModMedConnector
+from guards.model import GoLivePhase
 from streams.cast import PracticeCast
 from streams.intake_poller import CursorStore, IntakeMetrics, IntakePoller, PracticeState, _apply, next_delay
 from streams.outputs import KafkaOutputs
@@ -112,6 +113,17 @@ async def test_a_completed_form_is_filed_once_and_a_restart_files_nothing_twice(
             # cursor topic that never got the record) and finds the document by its master identifier.
             relisted = poller(fresh, [practice])
             await running(relisted, lambda: relisted.states["pain-1002"].after >= first_seq, "the relisting")
+            assert await _documents(client, practice, rebooking.caller.patient_id, {first_url}) == [first_url]
+
+            # ModMed refuses the write (the practice is back in read-only): the cursor stays before the form, the
+            # practice backs off, and the unfiled form's age is exported for IntakeFormUnfiled.
+            held = poller(CursorStore(pipeline_broker, f"{topic}-held"),
+                          [practice.model_copy(update={"phase": GoLivePhase.READ_ONLY})])
+            await running(held, lambda: held.states["pain-1002"].failures >= 1, "the refused write")
+            waiting = held.states["pain-1002"]
+            assert waiting.after < first_seq and waiting.oldest_unfiled is not None
+            assert held.metrics.registry.get_sample_value("callstream_intake_oldest_unfiled_age_seconds",
+                                                          {"practice_id": "pain-1002"}) > 0
             assert await _documents(client, practice, rebooking.caller.patient_id, {first_url}) == [first_url]
 
             # A restart resumes at the stored cursor and files what was completed meanwhile, once.
