@@ -3,27 +3,22 @@
 Thin wiring around `sinks.backlog`: the state topic (`<consumer group>-backlog`, one partition,
 compacted) holds one JSON `Backlog` per parked practice, keyed by practice id, a tombstone once it
 caught up. It is read whole when partitions are assigned, so a restarted or rebalanced firehose
-resumes every parked practice where it stopped. Tansu reports stale high watermarks, so "whole"
-means up to a fence record this reader wrote itself.
+resumes every parked practice where it stopped ("whole": up to a fence, callstream.state_topic).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
-import uuid
 from collections.abc import Callable
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
-from callstream.errors import ServiceUnavailableError
+from callstream.state_topic import read_to_fence
 from sinks.backlog import Backlog, BacklogRecordError, latest_backlogs
 
 logger = logging.getLogger(__name__)
 
-FENCE_KEY = b"__fence__"
-"""Practice ids start with a letter or digit, so the fence can never be one."""
 STATE_TOPIC_SUFFIX = "-backlog"
 
 
@@ -60,30 +55,9 @@ class BacklogStore:
         Raises:
             ServiceUnavailableError: the fence did not come back within the timeout.
         """
-        fence = uuid.uuid4().hex.encode()
-        self._producer.produce(self.topic, key=FENCE_KEY, value=fence)
-        if self._producer.flush(timeout_s) != 0:
-            raise ServiceUnavailableError(f"backlog state topic {self.topic} did not acknowledge a write")
-        consumer = Consumer({"bootstrap.servers": self._bootstrap, "group.id": f"{self.topic}-reader",
-                             "enable.auto.commit": False, "log.connection.close": False,
-                             "logger": logging.getLogger("sinks.kafka")})
-        records: list[tuple[str, bytes | None]] = []
-        deadline = time.monotonic() + timeout_s
-        try:
-            consumer.assign([TopicPartition(self.topic, 0, OFFSET_BEGINNING)])
-            while time.monotonic() < deadline:
-                message = consumer.poll(0.2)
-                if message is None or message.error() is not None:
-                    continue
-                key = message.key() or b""
-                if key == FENCE_KEY:
-                    if message.value() == fence:
-                        return self._decode(records)
-                    continue
-                records.append((key.decode("utf-8", "replace"), message.value()))
-        finally:
-            consumer.close()
-        raise ServiceUnavailableError(f"backlog state topic {self.topic} not read to its end within {timeout_s:.0f} s")
+        records = read_to_fence(self._bootstrap, self.topic, self._producer, "backlog state topic",
+                                logging.getLogger("sinks.kafka"), timeout_s)
+        return self._decode(records)
 
     @staticmethod
     def _decode(records: list[tuple[str, bytes | None]]) -> dict[str, Backlog]:

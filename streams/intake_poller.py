@@ -5,7 +5,7 @@ Each practice with an intake ``completions_url`` is polled on an interval; a pas
 
 - the cursor is durable: one record per practice on the compacted topic ``callstream-intake-cursors`` (key the
   practice id, value ``{"after": N}``), written only after the pass's audit events were acknowledged, read whole at
-  start (up to a fence record this process wrote, since Tansu reports stale high watermarks). A crash between a
+  start (callstream.state_topic). A crash between a
   filing and its cursor record re-lists the completion on restart; the connector then finds the DocumentReference
   by its master identifier and files nothing twice;
 - a practice whose listing or ModMed write fails waits the shared backoff (callstream.retry.Backoff) before its next
@@ -23,13 +23,12 @@ import json
 import logging
 import random
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import httpx
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily
@@ -37,6 +36,7 @@ from prometheus_client.registry import Collector
 
 from callstream.errors import ServiceUnavailableError
 from callstream.retry import Backoff
+from callstream.state_topic import read_to_fence
 from callstream.tenants import Practice
 from connectors.intake import sync_practice
 from connectors.operations import ModMedConnector
@@ -45,8 +45,6 @@ from streams.outputs import KafkaOutputs
 log = logging.getLogger(__name__)
 
 CURSOR_TOPIC = "callstream-intake-cursors"
-FENCE_KEY = b"__fence__"
-"""Practice ids start with a letter or digit, so the fence can never be one."""
 STALL_AFTER_S = 300.0
 """Liveness: the loop must finish a round within this (a round's polls are each bounded by the poll timeout)."""
 
@@ -85,38 +83,18 @@ class CursorStore:
         Raises:
             ServiceUnavailableError: the topic was not read up to this reader's fence within the timeout.
         """
-        fence = uuid.uuid4().hex.encode()
-        self._producer.produce(self.topic, key=FENCE_KEY, value=fence)
-        if self._producer.flush(timeout_s) != 0:
-            raise ServiceUnavailableError(f"intake cursor topic {self.topic} did not acknowledge a write")
-        consumer = Consumer({"bootstrap.servers": self._bootstrap, "group.id": f"{self.topic}-reader",
-                             "enable.auto.commit": False, "log.connection.close": False,
-                             "logger": logging.getLogger("streams.kafka")})
         cursors: dict[str, int] = {}
-        deadline = time.monotonic() + timeout_s
-        try:
-            consumer.assign([TopicPartition(self.topic, 0, OFFSET_BEGINNING)])
-            while time.monotonic() < deadline:
-                message = consumer.poll(0.2)
-                if message is None or message.error() is not None:
-                    continue
-                key = message.key() or b""
-                if key == FENCE_KEY:
-                    if message.value() == fence:
-                        return cursors
-                    continue
-                _apply(cursors, key, message.value())
-        finally:
-            consumer.close()
-        raise ServiceUnavailableError(f"intake cursor topic {self.topic} not read to its end within {timeout_s:.0f} s")
+        for practice_id, value in read_to_fence(self._bootstrap, self.topic, self._producer, "intake cursor topic",
+                                                logging.getLogger("streams.kafka"), timeout_s):
+            _apply(cursors, practice_id, value)
+        return cursors
 
     def close(self) -> None:
         self._producer.flush(5)
 
 
-def _apply(cursors: dict[str, int], key: bytes, value: bytes | None) -> None:
+def _apply(cursors: dict[str, int], practice_id: str, value: bytes | None) -> None:
     """One cursor record over the ones before it (a tombstone forgets the practice)."""
-    practice_id = key.decode("utf-8", "replace")
     if value is None:
         cursors.pop(practice_id, None)
         return

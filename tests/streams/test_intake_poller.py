@@ -197,9 +197,9 @@ def test_a_failing_practice_waits_longer_each_time_up_to_the_cap() -> None:
 
 def test_cursor_records_resume_and_a_hostile_one_is_skipped(caplog: pytest.LogCaptureFixture) -> None:
     cursors: dict[str, int] = {}
-    for key, value in ((b"pain-1", b'{"after": 4}'), (b"pain-2", b'{"after": 9}'), (b"pain-1", b'{"after": 7}'),
-                       (b"pain-3", b'{"after": -1}'), (b"pain-4", b"not json"), (b"pain-5", b'{"after": true}'),
-                       (b"pain-2", None)):
+    for key, value in (("pain-1", b'{"after": 4}'), ("pain-2", b'{"after": 9}'), ("pain-1", b'{"after": 7}'),
+                       ("pain-3", b'{"after": -1}'), ("pain-4", b"not json"), ("pain-5", b'{"after": true}'),
+                       ("pain-2", None)):
         _apply(cursors, key, value)
     assert cursors == {"pain-1": 7}
     assert caplog.text.count("is unreadable") == 3
