@@ -38,7 +38,6 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
 
 from callstream.cli_options import (
     add_logging_options,
@@ -51,6 +50,7 @@ from callstream.devstack import wait_for_broker
 from callstream.errors import ConfigError, ServiceUnavailableError
 from callstream.references import clean_reference
 from callstream.settings import Settings
+from callstream.state_topic import ensure_compacted_topic
 from schemas.errors import SchemaError
 from schemas.models import AuditEvent, CallEvent, DeadLetter
 from schemas.privacy import REDACTED, phi_fields, phi_redacted
@@ -367,15 +367,7 @@ def plan(letters: Sequence[Letter], log: dict[str, ReplayRecord], horizon: Redel
 
 def ensure_replay_log(bootstrap: str) -> None:
     """Create the replay log (one compacted partition) if it is missing."""
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
-    if REPLAY_LOG_TOPIC in admin.list_topics(timeout=10).topics:
-        return
-    topic = NewTopic(REPLAY_LOG_TOPIC, num_partitions=1, replication_factor=1, config={"cleanup.policy": "compact"})
-    try:
-        admin.create_topics([topic], operation_timeout=10)[REPLAY_LOG_TOPIC].result(timeout=15)
-    except KafkaException as exc:
-        if "TOPIC_ALREADY_EXISTS" not in str(exc):
-            raise ServiceUnavailableError(f"cannot create {REPLAY_LOG_TOPIC} on {bootstrap}: {exc}") from None
+    ensure_compacted_topic(bootstrap, REPLAY_LOG_TOPIC)
 
 
 def publish(bootstrap: str, letters: Sequence[Letter], now: datetime) -> list[ReplayOutcome]:

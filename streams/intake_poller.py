@@ -28,15 +28,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import httpx
-from confluent_kafka import KafkaException, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import Producer
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from callstream.errors import ServiceUnavailableError
 from callstream.retry import Backoff
-from callstream.state_topic import read_to_fence
+from callstream.state_topic import ensure_compacted_topic, read_to_fence
 from callstream.tenants import Practice
 from connectors.intake import sync_practice
 from connectors.operations import ModMedConnector
@@ -59,16 +58,7 @@ class CursorStore:
                                    "log.connection.close": False, "logger": logging.getLogger("streams.kafka")})
 
     def ensure_topic(self) -> None:
-        """Create the topic (one compacted partition) when it is missing."""
-        admin = AdminClient({"bootstrap.servers": self._bootstrap, "log_level": 0})
-        if self.topic in admin.list_topics(timeout=10).topics:
-            return
-        topic = NewTopic(self.topic, num_partitions=1, replication_factor=1, config={"cleanup.policy": "compact"})
-        try:
-            admin.create_topics([topic], operation_timeout=10)[self.topic].result(timeout=15)
-        except KafkaException as exc:
-            if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                raise ServiceUnavailableError(f"cannot create {self.topic} on {self._bootstrap}: {exc}") from None
+        ensure_compacted_topic(self._bootstrap, self.topic)
 
     def save(self, practice_id: str, after: int, timeout_s: float = 20.0) -> None:
         """Record the cursor and wait until the log has it."""
@@ -166,7 +156,9 @@ class Heartbeat:
     stall_after_s: float = STALL_AFTER_S
     monotonic: Callable[[], float] = time.monotonic
     last: float | None = None
-    started: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        self.started = self.monotonic()
 
     def beat(self) -> None:
         self.last = self.monotonic()
