@@ -532,13 +532,16 @@ class ModMedConnector:
         )
 
         async def landed() -> DocumentReference | None:
-            since = (started - dt.timedelta(days=1)).date().isoformat()
-            found = await self.client.search(
-                practice, DocumentReference, {"patient": patient_id, "_lastUpdated": f"ge{since}"}
-            )
-            return next(
-                (d for d in found.matches if d.masterIdentifier and d.masterIdentifier.value == key), None
-            )
+            # ModMed searches DocumentReference by patient, not by identifier, and with no date bound: a form filed
+            # long ago (a lost intake cursor, a cron of `intake sync` replaced by `intake run`) is found too.
+            found = await self.client.search(practice, DocumentReference, {"patient": patient_id})
+            match = next((d for d in found.matches if d.masterIdentifier and d.masterIdentifier.value == key), None)
+            if match is None and found.truncated:
+                raise RetryableError(
+                    "the chart's documents exceed the search page budget: cannot prove this form is not filed",
+                    practice_id=practice.practice_id, resource_type="DocumentReference", method="GET",
+                )
+            return match
 
         # Only callstream writes this master identifier (as for Tasks).
         return await self._idempotent_write(practice, key, Command.CREATE_DOCUMENT_REFERENCE, "POST", document,
