@@ -23,6 +23,8 @@ REQUIRED_ALERTS = {
     "SiemDeliveryFailing",
     "DeadLettersIncreasing",
 }
+OPT_INS: dict[str, Any] = {"components": {"ema": {"enabled": True}}, "qa": {"enabled": True}}
+"""Every component off by default switched on: the EMA browser workers and the QA view."""
 SECRET_LOOKING = re.compile(
     r"PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|PRIVATE_?KEY|DSN|WEBHOOK_URL|CREDENTIAL"
 )
@@ -56,8 +58,8 @@ def manifests() -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def manifests_with_ema() -> list[dict[str, Any]]:
-    return render({"components": {"ema": {"enabled": True}}})
+def manifests_with_opt_ins() -> list[dict[str, Any]]:
+    return render(OPT_INS)
 
 
 def test_chart_metadata_loads() -> None:
@@ -79,7 +81,7 @@ def test_lint_reports_invalid_values() -> None:
 
 
 def test_rendered_kinds(
-    manifests: list[dict[str, Any]], manifests_with_ema: list[dict[str, Any]]
+    manifests: list[dict[str, Any]], manifests_with_opt_ins: list[dict[str, Any]]
 ) -> None:
     kinds = sorted(doc["kind"] for doc in manifests)
     assert kinds == sorted(
@@ -105,20 +107,22 @@ def test_rendered_kinds(
         "cs-callstream-queue",
         "cs-callstream-intake",
     }
-    assert {d["metadata"]["name"] for d in of_kind(manifests_with_ema, "Deployment")} == {
+    assert {d["metadata"]["name"] for d in of_kind(manifests_with_opt_ins, "Deployment")} == {
         "cs-callstream-worker",
         "cs-callstream-sinks",
         "cs-callstream-queue",
         "cs-callstream-intake",
         "cs-callstream-ema",
+        "cs-callstream-qa",
     }
-    assert len(of_kind(manifests_with_ema, "Service")) == 5
+    assert len(of_kind(manifests_with_opt_ins, "Service")) == 6
+    assert of_kind(manifests_with_opt_ins, "Ingress") == []
 
 
-def test_workers_run_the_callstream_commands(manifests_with_ema: list[dict[str, Any]]) -> None:
+def test_workers_run_the_callstream_commands(manifests_with_opt_ins: list[dict[str, Any]]) -> None:
     commands = {
         name: container["command"] + container["args"]
-        for name, container in containers(manifests_with_ema)
+        for name, container in containers(manifests_with_opt_ins)
     }
     assert commands == {
         "cs-callstream-worker": ["callstream", "worker"],
@@ -126,13 +130,16 @@ def test_workers_run_the_callstream_commands(manifests_with_ema: list[dict[str, 
         "cs-callstream-queue": ["callstream", "queue", "run"],
         "cs-callstream-intake": ["callstream", "intake", "run", "--every", "60"],
         "cs-callstream-ema": ["callstream", "worker"],
+        "cs-callstream-qa": ["callstream", "qa", "serve", "--host", "0.0.0.0", "--port", "19098",
+                             "--users", "file:/etc/callstream/qa-users/qa-users.json",
+                             "--secret-ref", "env:CALLSTREAM_QA_SESSION_KEY", "--secure-cookies"],
     }
     replicas = {
         d["metadata"]["name"]: d["spec"]["replicas"]
-        for d in of_kind(manifests_with_ema, "Deployment")
+        for d in of_kind(manifests_with_opt_ins, "Deployment")
     }
     assert replicas == {"cs-callstream-worker": 3, "cs-callstream-sinks": 2, "cs-callstream-queue": 1,
-                        "cs-callstream-intake": 1, "cs-callstream-ema": 1}
+                        "cs-callstream-intake": 1, "cs-callstream-ema": 1, "cs-callstream-qa": 1}
 
 
 def test_the_review_queue_and_the_intake_poller_never_run_two_writers(manifests: list[dict[str, Any]]) -> None:
@@ -146,17 +153,15 @@ def test_the_review_queue_and_the_intake_poller_never_run_two_writers(manifests:
         assert any(f"/components/{component}/replicas" in error for error in report["errors"]), report["errors"]
 
 
-def test_probes_resources_and_hardening(manifests_with_ema: list[dict[str, Any]]) -> None:
-    for name, container in containers(manifests_with_ema):
-        assert container["ports"] == [
-            {"name": "metrics", "containerPort": 9102, "protocol": "TCP"}
-        ], name
-        assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}, (
-            name
-        )
-        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}, (
-            name
-        )
+def test_probes_resources_and_hardening(manifests_with_opt_ins: list[dict[str, Any]]) -> None:
+    for name, container in containers(manifests_with_opt_ins):
+        if name.endswith("-qa"):  # the QA view serves no metrics port: its probes ask the app itself
+            port, ready = {"name": "http", "containerPort": 19098, "protocol": "TCP"}, "/healthz"
+        else:
+            port, ready = {"name": "metrics", "containerPort": 9102, "protocol": "TCP"}, "/readyz"
+        assert container["ports"] == [port], name
+        assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port["name"]}, name
+        assert container["readinessProbe"]["httpGet"] == {"path": ready, "port": port["name"]}, name
         for bound in ("requests", "limits"):
             assert set(container["resources"][bound]) == {"cpu", "memory"}, name
         security = container["securityContext"]
@@ -166,7 +171,8 @@ def test_probes_resources_and_hardening(manifests_with_ema: list[dict[str, Any]]
         mounts = {mount["mountPath"] for mount in container["volumeMounts"]}
         assert {"/tmp", "/etc/callstream/tenants"} <= mounts
         assert ("/dev/shm" in mounts) == name.endswith("-ema")
-    for deployment in of_kind(manifests_with_ema, "Deployment"):
+        assert ("/etc/callstream/qa-users" in mounts) == name.endswith("-qa")
+    for deployment in of_kind(manifests_with_opt_ins, "Deployment"):
         pod = deployment["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["runAsUser"] != 0
@@ -174,28 +180,37 @@ def test_probes_resources_and_hardening(manifests_with_ema: list[dict[str, Any]]
 
 
 def test_configuration_and_secrets_are_references_only(
-    manifests_with_ema: list[dict[str, Any]],
+    manifests_with_opt_ins: list[dict[str, Any]],
 ) -> None:
-    assert of_kind(manifests_with_ema, "Secret") == []
-    for name, container in containers(manifests_with_ema):
+    assert of_kind(manifests_with_opt_ins, "Secret") == []
+    for name, container in containers(manifests_with_opt_ins):
         env = {entry["name"]: entry for entry in container["env"]}
         assert env["CLICKHOUSE_DSN"]["valueFrom"]["secretKeyRef"] == {
             "name": "callstream-clickhouse",
             "key": "dsn",
         }
-        assert (
-            env["CALLSTREAM_ALERT_WEBHOOK_URL"]["valueFrom"]["secretKeyRef"]["name"]
-            == "callstream-alert-webhook"
-        )
         for entry in container["env"]:
             if SECRET_LOOKING.search(entry["name"]):
                 assert "value" not in entry, f"{name}: {entry['name']} is plaintext"
         sources = container["envFrom"]
         assert {"configMapRef": {"name": "cs-callstream-config"}} in sources
+        if name.endswith("-qa"):
+            # It signs cookies with a key from a Secret, and talks to neither ModMed nor SIEMs nor the alert hook.
+            assert env["CALLSTREAM_QA_SESSION_KEY"]["valueFrom"]["secretKeyRef"] == {
+                "name": "callstream-qa-session",
+                "key": "key",
+            }
+            assert sources == [{"configMapRef": {"name": "cs-callstream-config"}}]
+            assert "CALLSTREAM_ALERT_WEBHOOK_URL" not in env
+            continue
+        assert (
+            env["CALLSTREAM_ALERT_WEBHOOK_URL"]["valueFrom"]["secretKeyRef"]["name"]
+            == "callstream-alert-webhook"
+        )
         assert {"secretRef": {"name": "callstream-modmed-credentials"}} in sources
     [config] = [
         c
-        for c in of_kind(manifests_with_ema, "ConfigMap")
+        for c in of_kind(manifests_with_opt_ins, "ConfigMap")
         if c["metadata"]["name"] == "cs-callstream-config"
     ]
     assert config["data"]["KAFKA_BOOTSTRAP_SERVERS"] == "kafka-bootstrap.kafka.svc:9092"
@@ -205,8 +220,9 @@ def test_configuration_and_secrets_are_references_only(
 
 def test_tenant_directory_can_come_from_a_secret() -> None:
     documents = render(
-        {"tenantDirectory": {"source": "secret", "name": "tenants", "key": "practices.yaml"}}
+        {**OPT_INS, "tenantDirectory": {"source": "secret", "name": "tenants", "key": "practices.yaml"}}
     )
+    assert len(of_kind(documents, "Deployment")) == 6
     for deployment in of_kind(documents, "Deployment"):
         [volume] = [
             v
@@ -218,9 +234,9 @@ def test_tenant_directory_can_come_from_a_secret() -> None:
 
 
 def test_service_monitor_selects_every_metrics_service(
-    manifests_with_ema: list[dict[str, Any]],
+    manifests_with_opt_ins: list[dict[str, Any]],
 ) -> None:
-    [monitor] = of_kind(manifests_with_ema, "ServiceMonitor")
+    [monitor] = of_kind(manifests_with_opt_ins, "ServiceMonitor")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     selector = monitor["spec"]["selector"]["matchLabels"]
     endpoint_ports = {endpoint["port"] for endpoint in monitor["spec"]["endpoints"]}
@@ -229,10 +245,15 @@ def test_service_monitor_selects_every_metrics_service(
         d["metadata"]["labels"]["app.kubernetes.io/component"]: d["spec"]["template"]["metadata"][
             "labels"
         ]
-        for d in of_kind(manifests_with_ema, "Deployment")
+        for d in of_kind(manifests_with_opt_ins, "Deployment")
     }
-    for service in of_kind(manifests_with_ema, "Service"):
-        assert selector.items() <= service["metadata"]["labels"].items()
+    services = of_kind(manifests_with_opt_ins, "Service")
+    assert [s["metadata"]["name"] for s in services if not selector.items() <= s["metadata"]["labels"].items()] == [
+        "cs-callstream-qa"
+    ], "only the QA view's web Service is not scraped"
+    for service in services:
+        if service["metadata"]["name"] == "cs-callstream-qa":
+            continue
         assert {port["name"] for port in service["spec"]["ports"]} == endpoint_ports
         assert service["spec"]["ports"][0]["targetPort"] == "metrics"
         component = service["metadata"]["labels"]["app.kubernetes.io/component"]
@@ -241,8 +262,8 @@ def test_service_monitor_selects_every_metrics_service(
         assert not any(service["spec"]["selector"].items() <= labels.items() for labels in others)
 
 
-def test_deployment_selectors_match_their_pods(manifests_with_ema: list[dict[str, Any]]) -> None:
-    for deployment in of_kind(manifests_with_ema, "Deployment"):
+def test_deployment_selectors_match_their_pods(manifests_with_opt_ins: list[dict[str, Any]]) -> None:
+    for deployment in of_kind(manifests_with_opt_ins, "Deployment"):
         selector = deployment["spec"]["selector"]["matchLabels"]
         assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
 
@@ -330,6 +351,12 @@ def test_monitoring_objects_can_be_switched_off() -> None:
         ),
         ({"metrics": {"port": 80}}, "/metrics/port"),
         (
+            {"qa": {"sessionKeySecret": {"name": "callstream-qa-session", "key": "key", "value": "hunter2"}}},
+            "additional properties 'value'",
+        ),
+        ({"qa": {"extraEnv": [{"name": "CALLSTREAM_QA_SECRET_REF", "value": "env:X"}]}}, "extraEnv/0/name"),
+        ({"qa": {"ingress": {"enabled": True, "host": "QA host; x"}}}, "/qa/ingress/host"),
+        (
             {
                 "components": {
                     "worker": {
@@ -372,3 +399,30 @@ def test_a_clickhouse_cluster_name_reaches_the_processes_only_when_set() -> None
     assert config({"clickhouse": {"cluster": "prod_eu"}})["CLICKHOUSE_CLUSTER"] == "prod_eu"
     report = helm.lint(CHART, {"clickhouse": {"cluster": "prod; DROP DATABASE x"}})
     assert any("/clickhouse/cluster" in error for error in report["errors"]), report["errors"]
+
+
+def test_the_qa_view_is_reached_through_its_service_and_an_opt_in_ingress(
+    manifests_with_opt_ins: list[dict[str, Any]],
+) -> None:
+    [service] = [s for s in of_kind(manifests_with_opt_ins, "Service") if s["metadata"]["name"] == "cs-callstream-qa"]
+    assert service["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
+    [deployment] = [d for d in of_kind(manifests_with_opt_ins, "Deployment") if d["metadata"]["name"] == "cs-callstream-qa"]
+    assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    [users] = [v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "qa-users"]
+    assert users["secret"]["secretName"] == "callstream-qa-users"
+    assert users["secret"]["items"] == [{"key": "qa-users.json", "path": "qa-users.json"}]
+    documents = render({"qa": {"enabled": True, "secureCookies": False, "ingress": {
+        "enabled": True, "className": "nginx", "host": "qa.example.org",
+        "tls": [{"secretName": "qa-tls", "hosts": ["qa.example.org"]}]}}})
+    [ingress] = of_kind(documents, "Ingress")
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    assert ingress["spec"]["tls"] == [{"secretName": "qa-tls", "hosts": ["qa.example.org"]}]
+    [rule] = ingress["spec"]["rules"]
+    assert rule["host"] == "qa.example.org"
+    assert rule["http"]["paths"][0]["backend"]["service"] == {"name": "cs-callstream-qa", "port": {"name": "http"}}
+    [(_, container)] = [(n, c) for n, c in containers(documents) if n == "cs-callstream-qa"]
+    assert "--secure-cookies" not in container["args"]
+    report = helm.lint(CHART, OPT_INS | {"qa": {"enabled": True, "ingress": {"enabled": True}}}, strict=True,
+                       namespace=NAMESPACE, kube_version="v1.30.0")
+    assert report["errors"] == []
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []

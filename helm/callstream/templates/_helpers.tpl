@@ -47,3 +47,21 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "callstream.componentNames" -}}
 worker sinks queue intake ema
 {{- end -}}
+
+{{/* The tenant directory volume every pod mounts at /etc/callstream/tenants (a ConfigMap, or a Secret). */}}
+{{- define "callstream.tenantDirectoryVolume" -}}
+- name: tenant-directory
+  {{- if eq .Values.tenantDirectory.source "secret" }}
+  secret:
+    secretName: {{ .Values.tenantDirectory.name }}
+    items:
+      - key: {{ .Values.tenantDirectory.key }}
+        path: {{ .Values.tenantDirectory.key }}
+  {{- else }}
+  configMap:
+    name: {{ .Values.tenantDirectory.name }}
+    items:
+      - key: {{ .Values.tenantDirectory.key }}
+        path: {{ .Values.tenantDirectory.key }}
+  {{- end }}
+{{- end -}}
