@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("callstream.cli:bench_main",
               "benchmarks: fhir-rate (connector rate limiter), pipeline, ledger (restore with the redelivery horizon)"),
     "worker": ("streams.cli:worker_main", "run the stream pipeline (call events → guards → ModMed → replies, audit)"),
-    "replay": ("streams.replay:main",
+    "replay": ("devkit.replay:main",
                "play scripted calls (JSONL) as the telephony side would: what each caller heard, what happened"),
     "audit": ("sinks.cli:audit_main", "the audit trail: `audit call CALL_ID`, `audit calls --practice P [--date D]`"),
     "sinks": ("sinks.cli:sinks_main", "run the audit sinks: ClickHouse store and per-practice SIEM firehose"),
@@ -38,16 +38,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ema": ("connectors.ema.cli:main", "EMA automation: lockout status and operator unlock"),
     "intake": ("streams.intake_sync:main", "completed intake forms onto the chart: `intake sync [--practice P] [--after N]`"),
     "qa": ("qa.cli:main", "the QA web view for practice staff (`qa serve`) and its users (`qa adduser`)"),
-    "demo": ("streams.cli:demo_main", "run a morning of calls end to end on the embedded stack (what `make demo` runs)"),
+    "demo": ("devkit.demo:main", "run a morning of calls end to end on the embedded stack (what `make demo` runs)"),
     "golive": ("golive.cli:main",
                "go-live: `golive check` runs the scenario catalogue on a mirror, `golive promote P --to PHASE` gates phases"),
 }
 
 # benchmark name → module:function; each prints its figures as one JSON object on its last line
 BENCHMARKS: dict[str, str] = {
-    "fhir-rate": "connectors.bench:main",
-    "pipeline": "streams.bench:main",
-    "ledger": "streams.ledger_bench:main",
+    "fhir-rate": "devkit.bench_fhir:main",
+    "pipeline": "devkit.bench_pipeline:main",
+    "ledger": "devkit.bench_ledger:main",
 }
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from golive.catalogue import CallerKind
 from sandbox.vocabulary import COMPLIANCE_SYSTEM, PDMP_CHECK_CODE, VISIT_REASON_SYSTEM
 from sandbox.world import Tenant
-from streams.cast import MOVABLE_VISITS, Caller
+from devkit.cast import MOVABLE_VISITS, Caller
 
 Flags = Mapping[str, str | None]
 """Compliance flag code → its value code (agreement status, restriction) or None."""

@@ -49,10 +49,10 @@ from golive.harness import (
 from golive.runs import CheckRun, RunStore, code_version, sha256_file
 from sandbox.generator import build_world, generate_profile
 from sandbox.mirror import MirrorError, MirrorFile, apply_mirror, load_mirror
-from streams.sandbox_tenants import practice_entry, sandbox_listing
-from streams.cast import Script
-from streams.services import private_broker, sandbox_process, worker_process
-from streams.telephony import ReplayReport
+from devkit.sandbox_tenants import practice_entry, sandbox_listing
+from devkit.cast import Script
+from devkit.services import private_broker, sandbox_process, worker_process
+from devkit.telephony import ReplayReport
 
 SEED = 7
 PATIENTS_PER_PRACTICE = 400

@@ -58,8 +58,8 @@ from schemas.models import AuditAction, AuditEvent, AuditOutcome
 from schemas.serde import AvroSerde
 from schemas.topics import AUDIT, topic_named
 from streams.callflow import is_after_hours
-from streams.cast import Script
-from streams.telephony import ReplayReport, Telephony
+from devkit.cast import Script
+from devkit.telephony import ReplayReport, Telephony
 
 FORBIDDEN_WRITE_TYPES = frozenset({"MedicationRequest", "MedicationStatement"})
 WRITE_ACTIONS = frozenset({AuditAction.FHIR_WRITE, AuditAction.EMA_WRITE})

@@ -1,13 +1,9 @@
-"""`callstream worker` and `callstream demo` (wired in callstream/cli.py; `callstream replay` is streams.replay).
-
-`callstream bench pipeline` lives in streams.bench.
-"""
+"""`callstream worker` (wired in callstream/cli.py; `callstream demo`, `replay` and `bench` live in devkit/)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
 from callstream.cli_options import (
     add_logging_options,
@@ -94,14 +90,3 @@ def _pipeline_worker_class(settings: Settings) -> type:
             configure_logging_from(settings, replace_handlers=True)
 
     return Worker
-
-
-def demo_main(argv: list[str]) -> int:
-    """`callstream demo [--json]`: the whole pipeline on the embedded stack with a morning of calls."""
-    from streams.demo import run_demo
-
-    parser = argparse.ArgumentParser(prog="callstream demo", description="Run a morning of calls end to end.")
-    parser.add_argument("--json", action="store_true", help="end with the summary as one JSON object")
-    add_service_options(parser, kafka=True, clickhouse=True, data_dir=True)  # unset: a private embedded stack
-    options = parser.parse_args(argv)
-    return run_demo(settings_from(options), json_output=options.json, out=sys.stdout)

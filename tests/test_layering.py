@@ -13,10 +13,10 @@ each other. sandbox (the ModMed emulator) is isolated: no production module impo
 imports nothing of ours but callstream (settings, CLI flags, the dev broker), so it stays an
 independent stand-in for ModMed rather than a mirror of our own guards and schemas.
 
-Dev tooling (`DEV_ONLY`) still lives inside production packages until it moves to its own package;
-production modules must not import it, and it may import anything, sandbox included. Imports that
-break the contract today are listed edge by edge in `KNOWN_VIOLATIONS` with the reason; the test
-fails on any new one and on a listed one that is gone (so the list only shrinks).
+Dev tooling (devkit: the demo, benchmarks, replay scripting, scripted callers, child-process helpers)
+may import anything, sandbox included; no production module imports it. Imports that break the
+contract today are listed edge by edge in `KNOWN_VIOLATIONS` with the reason; the test fails on any
+new one and on a listed one that is gone (so the list only shrinks).
 """
 
 from __future__ import annotations
@@ -40,26 +40,10 @@ APPLICATIONS = LAYERS[-1]
 """The only layer whose packages may import each other (each is a leaf process or tool)."""
 SANDBOX = "sandbox"
 SANDBOX_MAY_IMPORT = frozenset({"callstream"})
+DEVKIT = "devkit"
+"""Benchmarks, the demo, replay scripting, scripted callers and child-process helpers."""
 LAYER_OF = {package: index for index, layer in enumerate(LAYERS) for package in layer}
-OUR_PACKAGES = frozenset(LAYER_OF) | {SANDBOX}
-
-DEV_ONLY: frozenset[str] = frozenset(
-    {
-        "streams.bench",
-        "streams.demo",
-        "streams.cast",
-        "streams.telephony",
-        "streams.services",
-        "streams.sandbox_tenants",
-        "streams.ledger_bench",
-        "connectors.bench",
-        "connectors.ema.bench",
-        "schemas.bench",
-        "guards.bench",
-        "streams.replay",
-    }
-)
-"""Benchmarks, the demo, replay scripting, scripted callers and child-process helpers: the future devkit/."""
+OUR_PACKAGES = frozenset(LAYER_OF) | {SANDBOX, DEVKIT}
 
 KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {
     # The `callstream sinks` process composes the digest sender, the review reader and the QA PDF,
@@ -71,23 +55,21 @@ KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {
     ("sinks.cli", "qa.cli"): "sinks process serves the per-call PDF",
     ("sinks.read_api", "digest.figures"): "read API serves the digest's day window",
     ("sinks.read_api", "review.reader"): "read API serves the review queue",
-    # `callstream demo`'s argument parsing sits in the worker's CLI module.
-    ("streams.cli", "streams.demo"): "the demo's CLI entry point lives in streams.cli",
     # `golive check` drives a mirrored sandbox with scripted callers: it is built on the dev tooling.
     ("golive.callers", "sandbox.vocabulary"): "go-live harness drives the sandbox",
     ("golive.callers", "sandbox.world"): "go-live harness drives the sandbox",
-    ("golive.callers", "streams.cast"): "go-live harness scripts calls with the cast",
+    ("golive.callers", "devkit.cast"): "go-live harness scripts calls with the cast",
     ("golive.catalogue", "sandbox.faults"): "go-live scenarios inject sandbox faults",
     ("golive.check", "sandbox.generator"): "go-live harness drives the sandbox",
     ("golive.check", "sandbox.mirror"): "go-live harness drives the sandbox",
-    ("golive.check", "streams.cast"): "go-live harness scripts calls with the cast",
-    ("golive.check", "streams.sandbox_tenants"): "go-live harness writes sandbox tenants",
-    ("golive.check", "streams.services"): "go-live harness starts broker, sandbox and worker",
-    ("golive.check", "streams.telephony"): "go-live harness replays calls",
+    ("golive.check", "devkit.cast"): "go-live harness scripts calls with the cast",
+    ("golive.check", "devkit.sandbox_tenants"): "go-live harness writes sandbox tenants",
+    ("golive.check", "devkit.services"): "go-live harness starts broker, sandbox and worker",
+    ("golive.check", "devkit.telephony"): "go-live harness replays calls",
     ("golive.harness", "sandbox.vocabulary"): "go-live harness drives the sandbox",
     ("golive.harness", "sandbox.world"): "go-live harness drives the sandbox",
-    ("golive.harness", "streams.cast"): "go-live harness scripts calls with the cast",
-    ("golive.harness", "streams.telephony"): "go-live harness replays calls",
+    ("golive.harness", "devkit.cast"): "go-live harness scripts calls with the cast",
+    ("golive.harness", "devkit.telephony"): "go-live harness replays calls",
 }
 
 MAX_MODULE_LINES = 600
@@ -153,19 +135,13 @@ def all_imports() -> list[Import]:
     return [found for path in files for found in imports_of(path, known)]
 
 
-def is_dev_only(module: str) -> bool:
-    return any(module == dev or module.startswith(f"{dev}.") for dev in DEV_ONLY)
-
-
 def breaks_contract(found: Import) -> str | None:
     """Why this import breaks the layering, or None."""
     source, target = found.importer.split(".")[0], found.imported.split(".")[0]
-    if is_dev_only(found.importer):
+    if source == DEVKIT or source == target:
         return None
-    if is_dev_only(found.imported):
+    if target == DEVKIT:
         return f"imports dev-only {found.imported}"
-    if source == target:
-        return None
     if source == SANDBOX:
         return None if target in SANDBOX_MAY_IMPORT else f"sandbox may import only {sorted(SANDBOX_MAY_IMPORT)}"
     if target == SANDBOX:
@@ -199,22 +175,18 @@ def test_the_contract_catches_what_it_is_meant_to_catch() -> None:
     assert verdict("guards.rules", "schemas.models") is not None
     assert verdict("callstream.messaging", "streams.outputs") is not None
     assert verdict("streams.processor", "sandbox.world") is not None
-    assert verdict("streams.processor", "streams.cast") is not None
+    assert verdict("streams.processor", "devkit.cast") is not None
     assert verdict("sandbox.app", "guards.model") is not None
     assert verdict("streams.processor", "connectors.fhir") is None
     assert verdict("qa.app", "review.reader") is None
     assert verdict("sandbox.cli", "callstream.devstack") is None
-    assert verdict("streams.demo", "sandbox.generator") is None
-
-
-def test_every_dev_only_module_exists() -> None:
-    files = {module_name(path) for path in source_files()}
-    assert DEV_ONLY <= files, f"DEV_ONLY names modules that are gone: {sorted(DEV_ONLY - files)}"
+    assert verdict("devkit.demo", "sandbox.generator") is None
+    assert verdict("devkit.bench_pipeline", "streams.processor") is None
 
 
 def production_modules() -> Iterator[Path]:
     for path in source_files():
-        if path.relative_to(ROOT).parts[0] != SANDBOX and not is_dev_only(module_name(path)):
+        if path.relative_to(ROOT).parts[0] not in {SANDBOX, DEVKIT}:
             yield path
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from callstream.tenants import TenantDirectory
-from streams.cast import PracticeCast
+from devkit.cast import PracticeCast
 from tests.chaos.harness import ChaosRun, RunFactory, chaos_run
 from tests.fixtures.pipeline import pipeline_cast, pipeline_tenants  # noqa: F401  (fixture registration)
 from tests.fixtures.sandbox import SandboxServer, sandbox  # noqa: F401  (fixture registration)

@@ -47,8 +47,8 @@ from schemas.errors import SchemaError
 from schemas.models import AuditEvent, CallEvent, IntentRecognised, Reply, SlotChosen
 from schemas.serde import AvroSerde
 from schemas.topics import AUDIT, CALL_EVENTS, REPLIES, TOPICS, topic_named
-from streams.cast import Caller, PracticeCast, Script, booking, refill
-from streams.telephony import Telephony
+from devkit.cast import Caller, PracticeCast, Script, booking, refill
+from devkit.telephony import Telephony
 from tests.fixtures.pipeline import REPO, WorkerProcess
 from tests.fixtures.sandbox import SandboxServer
 from tests.sinks.audit_helpers import MotoS3, committed_offsets
@@ -131,7 +131,7 @@ class PlayedCall:
 
 
 class CallBook:
-    """Builds the scripted calls of a run from the sandbox's real patients (streams.cast) and remembers them."""
+    """Builds the scripted calls of a run from the sandbox's real patients (devkit.cast) and remembers them."""
 
     def __init__(self, cast: dict[str, PracticeCast], prefix: str, rng: random.Random) -> None:
         self._cast = cast

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from schemas.models import CallEvent, Reply
-from streams.telephony import Telephony
+from devkit.telephony import Telephony
 from tests.chaos.harness import (
     WRITE_PRACTICE,
     ChaosRun,

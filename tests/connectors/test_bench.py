@@ -7,7 +7,7 @@ import json
 import pytest
 
 from callstream.errors import ConfigError
-from connectors.bench import main, window_counts
+from devkit.bench_fhir import main, window_counts
 from tests.fixtures.sandbox import SandboxServer
 
 

@@ -20,7 +20,7 @@ from connectors.ledger import InMemoryLedger
 from connectors.operations import ModMedConnector
 from guards.model import TaskAudience, TaskKind, TaskReason, TaskSpec, VisitReason
 from schemas.models import CommandRoute
-from streams.cast import PracticeCast
+from devkit.cast import PracticeCast
 from tests.fixtures.sandbox import SandboxServer
 
 

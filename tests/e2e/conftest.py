@@ -8,7 +8,7 @@ import pytest
 from connectors.fhir import ModMedClient
 from schemas.models import AuditEvent
 from schemas.topics import AUDIT
-from streams.telephony import Telephony
+from devkit.telephony import Telephony
 from tests.fixtures.pipeline import (  # noqa: F401  (fixture registration)
     TopicReader,
     WorkerProcess,

@@ -17,8 +17,9 @@ from callstream.tenants import TenantDirectory
 from guards.replies import ReplyTemplate
 from schemas.models import AuditEvent, Reply
 from schemas.topics import AUDIT, REPLIES
-from streams import dlq, replay
-from streams.cast import Script
+from devkit import replay
+from streams import dlq
+from devkit.cast import Script
 from tests.fixtures.pipeline import TopicReader, WorkerProcess
 
 pytestmark = pytest.mark.broker

@@ -25,8 +25,8 @@ from connectors.fhir import ModMedClient
 from connectors.vocabulary import CALL_REFERENCE_SYSTEM
 from guards.replies import INTERIM_TEMPLATES, ReplyTemplate
 from schemas.models import AuditAction, AuditOutcome
-from streams.cast import PracticeCast, Script
-from streams.telephony import Telephony
+from devkit.cast import PracticeCast, Script
+from devkit.telephony import Telephony
 from tests.fixtures.pipeline import E2E_INTAKE_FORM, E2E_INTAKE_LINK_SECRET, TopicReader, WorkerProcess
 from tests.fixtures.receivers import shared_sms_receiver
 from tests.fixtures.sandbox import SandboxServer

@@ -29,8 +29,8 @@ from guards.replies import INTERIM_TEMPLATES, ReplyTemplate
 from schemas.models import Alarm, AuditAction, AuditEvent, AuditOutcome, DeadLetter, Reply
 from schemas.serde import AvroSerde
 from schemas.topics import ALARMS, AUDIT, CALL_EVENTS, DEAD_LETTER
-from streams.cast import Caller, PracticeCast, Script, booking, controlled_visit, refill
-from streams.telephony import Telephony
+from devkit.cast import Caller, PracticeCast, Script, booking, controlled_visit, refill
+from devkit.telephony import Telephony
 from tests.fixtures.pipeline import AlertReceiver, TopicReader, WorkerProcess
 from tests.fixtures.sandbox import SandboxServer
 

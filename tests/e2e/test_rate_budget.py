@@ -14,10 +14,10 @@ import pytest
 from callstream.devstack import TansuBroker, ensure_topics, free_port
 from schemas.topics import TOPICS
 from sandbox.generator import build_world
-from streams.cast import Script, cast_of
-from streams.sandbox_tenants import load_sandbox_directory
-from streams.services import sandbox_process
-from streams.telephony import Telephony
+from devkit.cast import Script, cast_of
+from devkit.sandbox_tenants import load_sandbox_directory
+from devkit.services import sandbox_process
+from devkit.telephony import Telephony
 from tests.fixtures.pipeline import WorkerProcess
 
 PRACTICE = "pain-1001"

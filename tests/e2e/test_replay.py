@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.cast import PracticeCast, Script, booking
+from devkit.cast import PracticeCast, Script, booking
 from tests.fixtures.pipeline import REPO, WorkerProcess
 
 pytestmark = pytest.mark.broker

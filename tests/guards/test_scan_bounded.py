@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from guards import bypass
-from guards.bench import LIMIT_SNIPPETS
+from devkit.bench_guards import LIMIT_SNIPPETS
 from guards.bypass import LEXICON, _alt, scan_snippet
 from guards.text import _INVISIBLE, _LOOKALIKES, _deletions, fold
 

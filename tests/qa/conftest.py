@@ -40,10 +40,10 @@ from schemas.models import CommandRoute, SlotChosen
 from schemas.serde import AvroSerde
 from schemas.topics import AUDIT, CALL_EVENTS
 from sinks.clickhouse_store import AuditRowProcessor, AuditStore
-from streams.cast import PracticeCast, Script, booking, controlled_visit, refill
+from devkit.cast import PracticeCast, Script, booking, controlled_visit, refill
 from streams.metrics import Metrics
 from streams.processor import CallProcessor, InMemoryCallStates, RawEvent
-from streams.telephony import OFFERED_SLOT
+from devkit.telephony import OFFERED_SLOT
 from tests.fixtures.outputs import Published
 from tests.fixtures.pipeline import pipeline_cast, pipeline_tenants  # noqa: F401  (fixture registration)
 from tests.fixtures.sandbox import sandbox  # noqa: F401  (fixture registration)

@@ -34,7 +34,7 @@ from schemas.models import Alarm, AlarmKind, AlarmState, CommandMessage, Command
 from schemas.serde import AvroSerde
 from schemas.topics import ALARMS, COMMANDS, topic_named
 from streams.callflow import EARLIER_CS_REQUESTS_PARAM, GUARD_REQUEST_PARAM
-from streams.cast import Caller, PracticeCast
+from devkit.cast import Caller, PracticeCast
 from streams.outputs import KafkaOutputs
 from tests.fixtures.pipeline import TopicReader
 

@@ -31,8 +31,8 @@ from connectors.fhir import ModMedClient
 from connectors.vocabulary import CALL_REFERENCE_SYSTEM
 from schemas.models import Alarm, AlarmKind, AlarmState, AuditAction, AuditEvent, AuditOutcome
 from schemas.topics import ALARMS, AUDIT
-from streams.cast import PracticeCast, refill
-from streams.telephony import Telephony
+from devkit.cast import PracticeCast, refill
+from devkit.telephony import Telephony
 from tests.fixtures.pipeline import TopicReader, WorkerProcess
 from tests.fixtures.sandbox import SandboxServer
 

@@ -17,7 +17,7 @@ from fastavro.schema import parse_schema
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas import bench
+from devkit import bench_schemas
 from schemas.catalogue import AVRO_DIR, SchemaCatalogue, default_catalogue
 from schemas.errors import SchemaError, SchemaRegistryError
 from schemas.models import MODEL_BY_SCHEMA, CallerIdentified, CallEvent, Intent, IntentRecognised, Reply
@@ -321,6 +321,6 @@ def test_serde_construction_errors_are_clear() -> None:
 
 
 def test_benchmark_script_prints_a_figure_per_event_shape(capsys: pytest.CaptureFixture[str]) -> None:
-    assert bench.main(["--events", "20"]) == 0
+    assert bench_schemas.main(["--events", "20"]) == 0
     figures = [line for line in capsys.readouterr().out.splitlines() if "µs/event" in line]
     assert [line.split()[0] for line in figures] == ["CallEvent", "Reply", "AuditEvent"]

@@ -21,7 +21,7 @@ from schemas.models import AuditAction, AuditEvent, AuditOutcome, CallEvent, Dea
 from schemas.serde import AvroSerde
 from schemas.topics import AUDIT, CALL_EVENTS, DEAD_LETTER, SIEM_DEAD_LETTER, topic_named
 from streams import dlq
-from streams.cast import Script
+from devkit.cast import Script
 from streams.processor import RawEvent, dead_letter_record
 
 pytestmark = pytest.mark.broker

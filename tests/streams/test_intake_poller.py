@@ -30,7 +30,7 @@ from connectors.fhir import ModMedClient
 from connectors.ledger import InMemoryLedger
 from connectors.operations import ModMedConnector
 from guards.model import GoLivePhase
-from streams.cast import PracticeCast
+from devkit.cast import PracticeCast
 from streams.intake_poller import CursorStore, IntakeMetrics, IntakePoller, PracticeState, _apply, next_delay
 from streams.outputs import KafkaOutputs
 from tests.fixtures.pipeline import E2E_INTAKE_LINK_SECRET

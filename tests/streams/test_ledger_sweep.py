@@ -21,7 +21,7 @@ from connectors.ledger import LedgerEntry, LedgerState, idempotency_key, stored_
 from schemas.topics import CALL_EVENTS, topic_named
 from streams.app import Pipeline, RawTableChangelog, WorkerOptions
 from streams.horizon import HORIZON_MARGIN
-from streams.ledger_bench import read_log
+from devkit.bench_ledger import read_log
 from streams.outputs import KafkaOutputs
 from streams.processor import _held_acks
 from tests.streams.test_app import handling  # noqa: F401  (fixture: the event being handled)

@@ -28,7 +28,7 @@ from schemas.models import AuditAction, AuditEvent, AuditOutcome, CommandMessage
 from schemas.serde import AvroSerde
 from schemas.topics import AUDIT, CALL_EVENTS, COMMANDS, DEAD_LETTER, REPLIES
 from streams import callflow
-from streams.cast import PracticeCast, Script, booking
+from devkit.cast import PracticeCast, Script, booking
 from streams.metrics import Metrics
 from streams.outputs import KafkaOutputs, OutputDeliveryError
 from streams.observers import FhirRequestMetrics

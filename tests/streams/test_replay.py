@@ -9,9 +9,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from schemas.models import AuditAction, AuditEvent, AuditOutcome, CommandKind, GuardAction, Reply
-from streams.cast import Script
-from streams.replay import call_json, call_text, summary, summary_text
-from streams.telephony import CallProgress, DeadLettered, Dropped, ReplayReport
+from devkit.cast import Script
+from devkit.replay import call_json, call_text, summary, summary_text
+from devkit.telephony import CallProgress, DeadLettered, Dropped, ReplayReport
 
 NOW = datetime(2026, 12, 7, 15, 0, tzinfo=UTC)
 

@@ -1,4 +1,4 @@
-"""`python -m connectors.ema.bench`: EMA screen-automation latencies against a sandbox practice.
+"""`python -m devkit.bench_ema`: EMA screen-automation latencies against a sandbox practice.
 
 Prints one line per command kind and, last, a JSON object: p50/p95 milliseconds of the first command
 (new browser context + the one login), compliance reads (three screens each), all of them again at
@@ -32,7 +32,7 @@ from fhir.resources.R4B.patient import Patient
 
 from callstream.errors import ConfigError
 from callstream.tenants import Practice
-from connectors.bench import _in_process_sandbox, sandbox_practice
+from devkit.bench_fhir import _in_process_sandbox, sandbox_practice
 from connectors.ema.commands import EmaCommands
 from connectors.ema.directory import FhirEmaDirectory
 from connectors.ema.evidence import EvidenceStore
@@ -105,7 +105,7 @@ async def run_bench(
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m connectors.ema.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m devkit.bench_ema", description=__doc__.splitlines()[0])
     parser.add_argument("--base-url", help="a running sandbox (default: start one in-process)")
     parser.add_argument("--practice", help="proprietary sandbox practice id (default: the first one)")
     parser.add_argument("--rounds", type=int, default=20, help="commands of each kind (1-50)")

@@ -1,7 +1,7 @@
 """`callstream replay FILE`: scripted calls played as the telephony side would, each call reported as it ends.
 
 A call's report says what its caller heard (each reply's template and text, hold messages marked) and
-what happened, read off the audit and dead-letter topics while the calls play (streams.telephony with
+what happened, read off the audit and dead-letter topics while the calls play (devkit.telephony with
 ``watch_outcomes``): booked / rescheduled / cancelled appointments, tasks and escalations, review-queue
 items, guard hits, the end of the call; an event the pipeline dead-lettered (with the dead letter's
 reason) or dropped because the call had already ended is reported as soon as it is seen, never waited on.
@@ -30,7 +30,7 @@ from schemas.registry import SchemaRegistryClient
 from schemas.topics import TOPICS
 from streams.callflow import DROPPED_DETAIL, DropReason
 from streams.horizon import REFUSAL_CLASS
-from streams.telephony import (
+from devkit.telephony import (
     INTERIM_TEMPLATE_NAMES,
     CallProgress,
     DeadLettered,

@@ -14,9 +14,11 @@ last line), and stops everything it started.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import logging
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -26,6 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from callstream.cli_options import add_service_options, settings_from
 from callstream.devstack import TansuBroker, ensure_topics, free_port, wait_for_broker
 from callstream.errors import ServiceUnavailableError
 from callstream.invocation import command_line
@@ -36,10 +39,10 @@ from qa.demo import DemoView, prepare_demo_view
 from sandbox.generator import build_world
 from schemas.topics import CALL_EVENTS, TOPICS
 from sinks.clickhouse_store import AUDIT_TABLE, AuditStore
-from streams.cast import PracticeCast, Script, booking, cast_of, controlled_visit, refill, reschedule
-from streams.sandbox_tenants import write_sandbox_directory
-from streams.services import sandbox_process, worker_process
-from streams.telephony import ReplayReport, Telephony
+from devkit.cast import PracticeCast, Script, booking, cast_of, controlled_visit, refill, reschedule
+from devkit.sandbox_tenants import write_sandbox_directory
+from devkit.services import sandbox_process, worker_process
+from devkit.telephony import ReplayReport, Telephony
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +93,15 @@ def morning_calls(cast: dict[str, PracticeCast]) -> list[DemoCall]:
         DemoCall("refill request (read-only practice)", refill(read_only, read_only.refill[0])),
         DemoCall("unknown called number", stranger.ended(), answered=False),
     ]
+
+
+def main(argv: list[str]) -> int:
+    """`callstream demo [--json]`: the whole pipeline on the embedded stack with a morning of calls."""
+    parser = argparse.ArgumentParser(prog="callstream demo", description="Run a morning of calls end to end.")
+    parser.add_argument("--json", action="store_true", help="end with the summary as one JSON object")
+    add_service_options(parser, kafka=True, clickhouse=True, data_dir=True)  # unset: a private embedded stack
+    options = parser.parse_args(argv)
+    return run_demo(settings_from(options), json_output=options.json, out=sys.stdout)
 
 
 def run_demo(settings: Settings, *, json_output: bool, out: TextIO) -> int:

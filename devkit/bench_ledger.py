@@ -59,10 +59,10 @@ from callstream.tenants import TenantDirectory
 from connectors.ledger import LedgerEntry, LedgerState, idempotency_key
 from schemas.topics import CALL_EVENTS, topic_named
 from streams.app import Pipeline, RawTableChangelog, WorkerOptions
-from streams.bench import bench_broker
+from devkit.bench_pipeline import bench_broker
 from streams.horizon import RedeliveryHorizon
 from streams.outputs import KafkaOutputs, producer_settings
-from streams.services import worker_process
+from devkit.services import worker_process
 
 ARMS = ("before", "after", "steady", "compacted", "empty")
 PARTITIONS = topic_named(CALL_EVENTS).partitions

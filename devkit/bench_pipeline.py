@@ -69,10 +69,10 @@ from sandbox.generator import build_world
 from schemas.models import CallEvent, Reply
 from schemas.serde import AvroSerde
 from schemas.topics import CALL_EVENTS, REPLIES, TOPICS, topic_named
-from streams.cast import Caller, PracticeCast, Script, cast_of
-from streams.sandbox_tenants import sandbox_listing, write_sandbox_directory
-from streams.services import sandbox_process, worker_process
-from streams.telephony import INTERIM_TEMPLATE_NAMES
+from devkit.cast import Caller, PracticeCast, Script, cast_of
+from devkit.sandbox_tenants import sandbox_listing, write_sandbox_directory
+from devkit.services import sandbox_process, worker_process
+from devkit.telephony import INTERIM_TEMPLATE_NAMES
 
 BENCH_PRACTICE = "pain-1002"
 BENCH_PATIENTS = 200

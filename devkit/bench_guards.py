@@ -1,4 +1,4 @@
-"""decide() latency: `python -m guards.bench [--rounds N]` prints p50/p99/max in microseconds, JSON on the last line.
+"""decide() latency: `python -m devkit.bench_guards [--rounds N]` prints p50/p99/max in microseconds, JSON on the last line.
 
 Turns mix every intent, chart state and phase with caller snippets of ordinary length (benign, hostile,
 obfuscated) and, apart, snippets at the 4,000-character limit, so the bypass scan's cost shows: the hostile

@@ -1,4 +1,4 @@
-"""Serialization throughput of the event contract: `python -m schemas.bench [--events N]`.
+"""Serialization throughput of the event contract: `python -m devkit.bench_schemas [--events N]`.
 
 The pipeline targets 2,000 events/s per worker; this prints what one core spends on the contract
 part of that budget (model validation + Avro framing), in both directions, per event shape.
@@ -114,7 +114,7 @@ def _measure(name: str, topic: str, build: Callable[[int], AvroModel], model: ty
 
 def main(argv: list[str] | None = None) -> int:
     """Print per-shape throughput of single-object encoding on this machine."""
-    parser = argparse.ArgumentParser(prog="python -m schemas.bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m devkit.bench_schemas", description=__doc__)
     parser.add_argument("--events", type=int, default=20_000, help="events per shape (default 20000)")
     arguments = parser.parse_args(argv)
     if arguments.events < 1:
