@@ -532,15 +532,12 @@ class ModMedConnector:
         )
 
         async def landed() -> DocumentReference | None:
-            # ModMed searches DocumentReference by patient, not by identifier, and with no date bound: a form filed
-            # long ago (a lost intake cursor, a cron of `intake sync` replaced by `intake run`) is found too.
+            # By patient (ModMed has no identifier search here), no date bound: a form filed long ago is found too.
             found = await self.client.search(practice, DocumentReference, {"patient": patient_id})
             match = next((d for d in found.matches if d.masterIdentifier and d.masterIdentifier.value == key), None)
-            if match is None and found.truncated:
-                raise RetryableError(
-                    "the chart's documents exceed the search page budget: cannot prove this form is not filed",
-                    practice_id=practice.practice_id, resource_type="DocumentReference", method="GET",
-                )
+            if match is None and found.truncated:  # unread pages may hold it: not proven unfiled, so never resend
+                raise RetryableError("the chart's documents exceed the search page budget", method="GET",
+                                     practice_id=practice.practice_id, resource_type="DocumentReference")
             return match
 
         # Only callstream writes this master identifier (as for Tasks).
