@@ -35,7 +35,14 @@ def test_replay_plays_scripted_calls_as_the_telephony_side_would(
     done = replay(script, pipeline_broker)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "replayed 2 calls (8 events)" in done.stdout
-    assert "3 replies received, 0 waits timed out" in done.stdout, "offer, confirmation and the message reply"
+    # Offer, confirmation and the message reply; a slow turn may add hold messages (marked "while waiting").
+    answers = sorted(line.split()[1].rstrip(":") for line in done.stdout.splitlines()
+                     if line.startswith("  heard ") and "(while waiting)" not in line)
+    assert len(answers) == 3, done.stdout
+    assert answers[0] == "BOOKING_CONFIRMED" and answers[1].startswith("MESSAGE_FORWARDED"), done.stdout
+    assert answers[2] == "OFFER_SLOTS", done.stdout
+    received = re.search(r"(\d+) replies received, 0 waits timed out", done.stdout)
+    assert received is not None and int(received.group(1)) >= 3, done.stdout
 
 
 def test_a_malformed_script_is_refused_with_its_line_and_nothing_is_published(
