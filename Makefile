@@ -30,10 +30,11 @@ system-packages:
 demo: venv system-packages
 	$(BIN)/callstream demo
 
-# Three pytest workers, one test module each at a time (module fixtures stay whole): most of the suite waits
-# on brokers, workers and timers, so three share two cores (7.4 min on this 2-core box; one process: 15-20).
+# Two pytest workers, one test module each at a time (module fixtures stay whole): most of the suite waits on
+# brokers, workers and timers, so two share two cores (one process: 15-20 min on this 2-core box). Three
+# workers were a minute faster but crowded the timing-sensitive tests.
 test: venv system-packages
-	$(BIN)/python -m pytest -q -n 3 --dist loadfile
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
