@@ -62,7 +62,7 @@ import httpx
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from callstream.cli_options import add_service_options, settings_from
-from callstream.devstack import TansuBroker, ensure_topics, free_port, wait_for_broker
+from callstream.devstack import ensure_topics, free_port, wait_for_broker
 from callstream.errors import ConfigError, ServiceUnavailableError
 from sandbox.cli import GENERATE_NOW
 from sandbox.generator import build_world
@@ -71,7 +71,7 @@ from schemas.serde import AvroSerde
 from schemas.topics import CALL_EVENTS, REPLIES, TOPICS, topic_named
 from devkit.cast import Caller, PracticeCast, Script, cast_of
 from devkit.sandbox_tenants import sandbox_listing, write_sandbox_directory
-from devkit.services import sandbox_process, worker_process
+from devkit.services import private_broker, sandbox_process, worker_process
 from devkit.telephony import INTERIM_TEMPLATE_NAMES
 
 BENCH_PRACTICE = "pain-1002"
@@ -271,13 +271,8 @@ def bench_broker(external: str | None, work: Path) -> Iterator[str]:
         ensure_topics(external, [(t.name, t.partitions) for t in TOPICS])
         yield external
         return
-    broker = TansuBroker(port=free_port(), log_path=work / "tansu.log")
-    broker.start()
-    try:
-        ensure_topics(broker.bootstrap, [(t.name, t.partitions) for t in TOPICS])
-        yield broker.bootstrap
-    finally:
-        broker.stop()
+    with private_broker(work) as bootstrap:
+        yield bootstrap
 
 
 def _burst(called_number: str, calls: int) -> list[CallEvent]:

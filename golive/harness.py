@@ -34,6 +34,7 @@ from confluent_kafka import Consumer, TopicPartition
 from callstream.errors import ConfigError
 from callstream.tenants import Practice, TenantDirectory
 from connectors.dispatch import task_code
+from connectors.fhir import FORBIDDEN_WRITE_TYPES
 from connectors.ema.commands import TASK_KEY_LINE, task_kind_code
 from golive.callers import CallerPool, Chart
 from golive.catalogue import (
@@ -61,7 +62,6 @@ from streams.callflow import is_after_hours
 from devkit.cast import Script
 from devkit.telephony import ReplayReport, Telephony
 
-FORBIDDEN_WRITE_TYPES = frozenset({"MedicationRequest", "MedicationStatement"})
 WRITE_ACTIONS = frozenset({AuditAction.FHIR_WRITE, AuditAction.EMA_WRITE})
 PDMP_CONTENT_MARK = "SYNTHETIC"
 """Every sandbox PDMP report and UDS result starts with it: it must never reach a task."""
