@@ -1,4 +1,4 @@
-"""The one declared set of callstream metrics, and the /metrics, /healthz, /readyz endpoint.
+"""The one declared set of callstream metrics (served by callstream.metrics_server, like every process's).
 
 Every worker records into a `Metrics` built on its own `CollectorRegistry` (never the
 prometheus_client global one), so several workers or tests in one process never collide.
@@ -22,8 +22,6 @@ from typing import TypeVar
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # The endpoint is shared with the sinks process; re-exported for the worker.
-from callstream.metrics_server import MetricsServer as MetricsServer
-from callstream.metrics_server import serve_metrics as serve_metrics
 from callstream.siem_delivery import SiemOutcome
 
 EnumT = TypeVar("EnumT", bound=StrEnum)

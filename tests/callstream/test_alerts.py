@@ -22,8 +22,10 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from callstream.alerts import Alert, AlertContentError, AlertDeliveryError, AlertWebhook
-from streams.drift import AlarmKind, AlarmState, DriftMonitor, WindowStats
-from streams.metrics import Metrics, serve_metrics
+from callstream.metrics_server import serve_metrics
+from schemas.models import AlarmKind, AlarmState
+from streams.drift import DriftMonitor, WindowStats
+from streams.metrics import Metrics
 
 SECRET_PATH = "/services/T0CALLSTREAM/B0ALERTS/xoxbSECRETwebhookTOKEN"
 EPOCH = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)

@@ -9,15 +9,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams.metrics import (
-    VOICE_TURN_BUCKETS,
-    MetricLabelError,
-    Metrics,
-    MetricsServer,
-    Route,
-    SiemOutcome,
-    serve_metrics,
-)
+from callstream.metrics_server import MetricsServer, serve_metrics
+from callstream.siem_delivery import SiemOutcome
+from streams.metrics import VOICE_TURN_BUCKETS, MetricLabelError, Metrics, Route
 
 DECLARED_FAMILIES = {
     "callstream_command_attempts": "counter",

@@ -13,7 +13,7 @@ import pytest
 from callstream.settings import load_settings
 from callstream.tenants import parse_tenant_directory
 from streams.app import Pipeline, WorkerOptions
-from streams.metrics import serve_metrics
+from callstream.metrics_server import serve_metrics
 
 SECRET = "s3cret-of-the-practice"
 
