@@ -59,12 +59,15 @@ from schemas.models import Alarm, AlarmState
 from schemas.registry import SchemaRegistryClient
 from schemas.topics import CALL_EVENTS, topic_named
 from streams.drift import DriftInputError, DriftMonitor, PracticeDriftState, WindowStats
+from streams.event_scope import hold_event_ack
 from streams.horizon import SWEEP_CHUNK, RedeliveryHorizon, past_horizon
 from streams.metrics import Metrics
 from streams.observers import FhirRequestMetrics
 from streams.offsets import InFlight
 from streams.outputs import KafkaOutputs
-from streams.processor import CallProcessor, CallSequencer, DriftCounts, RawEvent, hold_event_ack, purge_expired
+from streams.processor import CallProcessor, CallSequencer, DriftCounts
+from streams.records import RawEvent
+from streams.retention import purge_expired
 from streams.transport import FAUST_MACHINERY_LOG, PipelineFaustApp
 
 if TYPE_CHECKING:

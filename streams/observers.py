@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from streams.metrics import MetricLabelError, Metrics, Outcome
-from streams.processor import tally_write_request
+from streams.event_scope import tally_write_request
 
 log = logging.getLogger(__name__)
 

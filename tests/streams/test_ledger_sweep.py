@@ -23,7 +23,7 @@ from streams.app import Pipeline, RawTableChangelog, WorkerOptions
 from streams.horizon import HORIZON_MARGIN
 from devkit.bench_ledger import read_log
 from streams.outputs import KafkaOutputs
-from streams.processor import _held_acks
+from streams.event_scope import _held_acks
 from tests.streams.test_app import handling  # noqa: F401  (fixture: the event being handled)
 
 pytestmark = pytest.mark.broker

@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,17 +32,10 @@ from devkit.cast import PracticeCast, Script, booking
 from streams.metrics import Metrics
 from streams.outputs import KafkaOutputs, OutputDeliveryError
 from streams.observers import FhirRequestMetrics
-from streams.processor import (
-    CallProcessor,
-    CallSequencer,
-    DriftCounts,
-    InMemoryCallStates,
-    RawEvent,
-    audit_record,
-    expired_calls,
-    hold_event_ack,
-    purge_expired,
-)
+from streams.event_scope import hold_event_ack
+from streams.call_states import InMemoryCallStates
+from streams.processor import CallProcessor, CallSequencer, DriftCounts
+from streams.records import RawEvent
 from tests.fixtures.pipeline import TopicReader
 from tests.guards.spoken_text import broken_promises
 from tests.streams.callflow_helpers import CALLER_NUMBER, NOW, Call, practice
@@ -538,67 +531,10 @@ async def test_the_sequencer_keeps_a_calls_order_while_other_calls_go_ahead() ->
     assert sequencer.in_flight == 0
 
 
-def sweep_cases() -> tuple[callflow.CallState, callflow.CallState, InMemoryCallStates]:
-    """A live call and an ended one on partition 3, and a live call of partition 7, as stored."""
-    from tests.streams.callflow_helpers import Call, Driver
-
-    live, ended, elsewhere = Driver(), Driver(), Driver()
-    for driver in (live, ended, elsewhere):
-        call = Call()
-        driver.send(call.started())
-        if driver is ended:
-            driver.send(call.ended())
-    assert live.state is not None and ended.state is not None and elsewhere.state is not None
-    states = InMemoryCallStates({d.state.call_id: d.state.model_dump_json().encode() for d in (live, ended)})
-    states[elsewhere.state.call_id] = elsewhere.state.model_copy(update={"partition": 7}).model_dump_json().encode()
-    return live.state, ended.state, states
-
-
-async def test_the_ttl_sweep_picks_abandoned_calls_and_old_markers_of_owned_partitions() -> None:
-    from tests.streams.callflow_helpers import NOW
-
-    live, ended, states = sweep_cases()
-    states["corrupt"] = b'{"not": "a call"}'
-    owned = {3}
-    assert await expired_calls(states, owned, NOW + timedelta(minutes=30), chunk=2) == []
-    soon = {call_id for call_id, _ in await expired_calls(states, owned, NOW + callflow.ENDED_MARKER_TTL, chunk=2)}
-    assert soon == {ended.call_id}
-    later = {call_id for call_id, _ in await expired_calls(states, owned, NOW + callflow.CALL_IDLE_TTL, chunk=2)}
-    assert later == {live.call_id, ended.call_id}
-
-
-async def test_the_ttl_sweep_purges_abandoned_calls_and_audits_each_purge(
-    outputs: KafkaOutputs, readers: dict[str, TopicReader],
-) -> None:
-    from tests.streams.callflow_helpers import NOW
-
-    abandoned, ended, states = sweep_cases()
-    elsewhere = set(states) - {abandoned.call_id, ended.call_id}
-    assert await purge_expired(states, {3}, outputs, NOW + callflow.CALL_IDLE_TTL) == 2
-    assert set(states) == elsewhere, "another worker's partition is left to that worker"
-    gone = {abandoned.call_id, ended.call_id}
-    audit = readers[AUDIT].wait_for(lambda rs: any(r is not None and r.call_id in gone for r in rs))
-    purged = [r for r in audit if r is not None and r.call_id in gone]
-    assert [(r.call_id, r.state_to) for r in purged] == [(abandoned.call_id, "expired")]
-
-
-def test_a_stored_state_reads_back_as_written_and_as_restored_from_the_changelog() -> None:
-    from streams.processor import stored_state
-    from tests.streams.callflow_helpers import Call, Driver
-
-    driver = Driver()
-    driver.send(Call().started())
-    assert driver.state is not None
-    written = driver.state.model_dump_json().encode()
-    assert stored_state(written) == driver.state
-    assert stored_state(json.loads(written)) == driver.state  # what Faust's JSON codec restores
-    with pytest.raises(ValueError):
-        stored_state(b'{"call_id": 7}')
-
-
 def test_drift_counts_take_fhir_write_requests_from_the_tally_and_the_rest_off_the_audit() -> None:
     from schemas.models import AuditOutcome
-    from streams.processor import WriteRequests, drift_counts
+    from streams.event_scope import WriteRequests
+    from streams.processor import drift_counts
 
     audit = callflow.AuditOut
     outputs: list[callflow.Output] = [
@@ -631,25 +567,6 @@ def test_the_worker_counts_a_controlled_substance_escalation_only_once_its_task_
     sample = metrics.registry.get_sample_value
     assert sample("callstream_cs_requests_total", {"practice_id": "prac-0001"}) == 3
     assert sample("callstream_cs_escalations_total", {"practice_id": "prac-0001"}) == 1
-
-
-@pytest.mark.parametrize(
-    ("link", "kept"),
-    [
-        ("https://ema.example/firm/acme/chart/pat-1", True),
-        ("http://127.0.0.1:8700/ema/acme/chart/pat-1", True),
-        ("https://ema.example/firm/acme/chart/pat-1\n", False),  # re's "$" would match before the newline
-        ("javascript:alert(1)", False),
-    ],
-)
-def test_an_audit_record_keeps_only_links_the_schema_takes(link: str, kept: bool) -> None:
-    """A link the schema would refuse is dropped, never allowed to fail the audit record (and the event)."""
-    from tests.streams.callflow_helpers import NOW
-
-    audit = callflow.AuditOut(AuditAction.EMA_READ, AuditOutcome.SUCCESS, resource_ids=("pat-1",), deep_link=link)
-    record = audit_record(audit, "event-1:0", "pain-1001", "call-1", None, NOW)
-    assert record.ema_deep_link == (link if kept else None)
-    assert record.resource_ids == ["pat-1"]
 
 
 # ------------------------------------------------------------------------ the caller's time budget
