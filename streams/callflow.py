@@ -16,8 +16,8 @@ flags are read; a taken slot means searching again), and the guard's decision fo
 the state so every step of the turn acts on the same decision.
 
 PHI (caller number, name, date of birth, the caller's words) is held in the state only while the call
-lives: ``call_ended`` replaces the state by an ``ended`` marker without PHI, and ``expired`` tells the
-shell when an abandoned call must be purged.
+lives: ``call_ended`` replaces the state by an ``ended`` marker without PHI; the state of an abandoned
+call is purged by the TTL timer (``streams.retention``).
 """
 
 from __future__ import annotations
@@ -78,10 +78,6 @@ from schemas.models import (
     SlotChosen,
 )
 
-CALL_IDLE_TTL = timedelta(hours=2)
-"""A live call with no event for this long is abandoned: its PHI is purged."""
-ENDED_MARKER_TTL = timedelta(hours=1)
-"""How long the PHI-free marker of an ended call stays, so late redeliveries are recognised."""
 DEFAULT_SEARCH_DAYS = 14
 MAX_SEARCH_DAYS = 31
 """Longest slot search (the EMA booking screen is searched day by day; FHIR allows up to 92 days)."""
@@ -936,11 +932,6 @@ def _on_ended(state: CallState, payload: CallEnded) -> Step:
         for audit in moved
     )
     return Step(marker, outputs=audits)
-
-
-def expired(state: CallState, now: datetime) -> bool:
-    """Whether the TTL timer must delete this call: abandoned live calls and old ended markers."""
-    return now - state.updated_at >= (ENDED_MARKER_TTL if state.ended else CALL_IDLE_TTL)
 
 
 def dropped_audit(state: CallState, seq: int, reason: DropReason) -> AuditOut:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -377,16 +377,6 @@ def test_call_end_purges_phi_and_late_events_are_dropped() -> None:
     assert ended.state_to == "ended" and ended.detail == {"disposition": "COMPLETED"}
     assert ended.transcript_ref == f"s3://transcripts/{call.call_id}.json"
     assert driver.send(call.chose("slot-1")) == []
-
-
-def test_ttl_expiry_of_live_calls_and_ended_markers() -> None:
-    driver, call = identified_driver()
-    assert driver.state is not None
-    assert not callflow.expired(driver.state, NOW + timedelta(minutes=90))
-    assert callflow.expired(driver.state, NOW + callflow.CALL_IDLE_TTL)
-    driver.send(call.ended())
-    assert callflow.expired(driver.state, NOW + callflow.ENDED_MARKER_TTL)
-    assert callflow.expiry_audit(driver.state).state_to == "expired"
 
 
 def test_state_round_trips_through_json_for_the_changelog() -> None:
