@@ -47,6 +47,7 @@ from mode.signals import BaseSignalT
 from callstream.alerts import Alert, AlertWebhook
 from callstream.deadline import TurnBudget
 from callstream.messaging import Messenger
+from callstream.metrics_server import MetricsServer, serve_metrics
 from callstream.settings import Settings
 from callstream.tenants import TenantDirectory, unresolvable_credentials
 from connectors.dispatch import DEFAULT_PRACTICE_CONCURRENCY, Dispatcher, EmaPort
@@ -58,12 +59,14 @@ from schemas.models import Alarm, AlarmState
 from schemas.registry import SchemaRegistryClient
 from schemas.topics import CALL_EVENTS, topic_named
 from streams.drift import DriftInputError, DriftMonitor, PracticeDriftState, WindowStats
+from streams.event_scope import hold_event_ack
 from streams.horizon import SWEEP_CHUNK, RedeliveryHorizon, past_horizon
-from streams.metrics import Metrics, MetricsServer, serve_metrics
+from streams.metrics import Metrics
 from streams.observers import FhirRequestMetrics
 from streams.offsets import InFlight
 from streams.outputs import KafkaOutputs
-from streams.processor import CallProcessor, CallSequencer, DriftCounts, RawEvent, hold_event_ack
+from streams.processor import CallProcessor, CallSequencer, DriftCounts
+from streams.records import RawEvent
 from streams.retention import purge_expired
 from streams.transport import FAUST_MACHINERY_LOG, PipelineFaustApp
 

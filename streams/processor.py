@@ -23,49 +23,39 @@ concurrently.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from contextvars import ContextVar
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
 from callstream.deadline import Deadline, TurnBudget, within
 from callstream.messaging import PatientMessenger, send_booking_confirmation
 from callstream.tenants import Practice, TenantDirectory
 from connectors.dispatch import Dispatcher
 from connectors.errors import CapabilityMissing, ConflictError, InvalidResponseError
-from connectors.fhir import TOKEN_REQUEST_LABEL
 from guards.model import Command, MatchKind
-from guards.replies import ReplyTemplate, ReplyValues, render_reply
-from schemas.errors import SchemaError, SchemaRegistryError
+from guards.replies import ReplyTemplate
+from schemas.errors import SchemaError
 from schemas.models import (
-    EMA_DEEP_LINK_PATTERN,
     UNRESOLVED_PRACTICE_ID,
     AuditAction,
     AuditEvent,
     AuditOutcome,
     CallEvent,
     CommandKind,
-    CommandMessage,
-    CommandRoute,
-    DeadLetter,
-    Identifier,
     IntentRecognised,
     SlotChosen,
-    OfferedSlot,
-    Reply,
 )
 from schemas.registry import SchemaRegistryClient
 from schemas.serde import AvroSerde
 from schemas.topics import CALL_EVENTS, DEAD_LETTER
 from streams import callflow
+from streams.event_scope import WriteRequests, event_scope, hold_event_ack
 from streams.callflow import (
     AppointmentChecked,
     AppointmentWritten,
@@ -90,7 +80,6 @@ from streams.callflow import (
     SearchPatient,
     SearchSlots,
     SendIntake,
-    SentReply,
     SlotsFound,
     TaskWritten,
     Work,
@@ -101,19 +90,23 @@ from streams.callflow import (
 from streams.metrics import MetricLabelError, Metrics
 from streams.horizon import DEFAULT_HORIZON, REFUSAL_CLASS, RedeliveryHorizon
 from streams.outputs import OutputDeliveryError
+from streams.call_states import CallStateStore, stored_state
+from streams.records import (
+    DEAD_LETTER_REPLY,
+    RawEvent,
+    audit_record,
+    command_record,
+    dead_letter_record,
+    dead_letter_reply,
+    dead_letter_seed,
+    readable_call,
+    reply_record,
+)
 
 log = logging.getLogger(__name__)
 
 DISPATCH_TIMEOUT_S = 30.0
 """Upper bound of one ModMed/EMA operation; past it the call is handed to staff (the caller hears so)."""
-MAX_DEAD_LETTER_VALUE_BYTES = 900 * 1024
-"""Above this the original value cannot ride inside a dead letter (Kafka's 1 MiB message limit): the dead
-letter then keeps its size, SHA-256 and first DEAD_LETTER_HEAD_BYTES, and names partition and offset, where
-the original stays for the topic's retention."""
-DEAD_LETTER_HEAD_BYTES = 1024
-"""The first bytes of an oversized original a dead letter keeps: its framing, schema fingerprint and first fields."""
-DEAD_LETTER_REPLY = ReplyTemplate.TRANSFER_TO_STAFF
-"""What a caller hears when an event of their call is dead-lettered: a person takes over, nothing is promised."""
 MAX_WORK_STEPS = 32
 """A turn never needs more steps than this; more would mean a loop, which is cut and handed to staff."""
 _WORK_COMMANDS: dict[type, CommandKind] = {
@@ -128,18 +121,6 @@ _WORK_COMMANDS: dict[type, CommandKind] = {
 }
 WRITE_WORK = (WriteAppointment, CancelAppointment, CreateTask, RegisterPatient, CreateCoverage, SendIntake)
 """Work that changes the chart: never cut once it left (its outcome would be unknown)."""
-_DEEP_LINK = re.compile(EMA_DEEP_LINK_PATTERN)
-
-
-@dataclass(frozen=True, slots=True)
-class RawEvent:
-    """One consumed message, as the agent hands it over (nothing decoded yet)."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None = field(repr=False)
-    value: bytes | None = field(repr=False)
 
 
 @dataclass(slots=True)
@@ -192,46 +173,6 @@ class DriftCounts:
         return cls(**values)
 
 
-@dataclass(slots=True)
-class WriteRequests:
-    """The FHIR write requests (POST/PUT, resends included) one event sent to its practice.
-
-    Write-success drift is judged on what ModMed answered to each request, not on the command's final
-    outcome: the connector resends a write once it has proved the first did not land, so a practice
-    failing 20 % of its writes would show as ~4 % failed commands and the degradation would stay hidden
-    until it got worse. A write refused before sending (open circuit breaker) is no attempt."""
-
-    sent: int = 0
-    succeeded: int = 0
-
-
-_event_writes: ContextVar[WriteRequests | None] = ContextVar("callstream_event_writes", default=None)
-
-_WRITE_METHODS = frozenset({"POST", "PUT"})
-
-_held_acks: ContextVar[list[Awaitable[None]] | None] = ContextVar("callstream_held_acks", default=None)
-
-
-def hold_event_ack(publish: Callable[[], Awaitable[None]]) -> None:
-    """Publish now and acknowledge the event being handled only once that is acknowledged, without waiting
-    for it here: for records that must be durable before the event counts as done but need not delay the
-    reply. Outside an event nothing is published (RuntimeError)."""
-    held = _held_acks.get()
-    if held is None:
-        raise RuntimeError("no call event is being handled")
-    held.append(publish())
-
-
-def tally_write_request(resource: str, method: str, status: int | None) -> None:
-    """Called by the FHIR client's observer for every HTTP attempt; counts the writes of the event being
-    handled (a context variable: the dispatcher's sub-tasks inherit it). Token requests are not writes."""
-    tally = _event_writes.get()
-    if tally is None or method not in _WRITE_METHODS or resource == TOKEN_REQUEST_LABEL:
-        return
-    tally.sent += 1
-    tally.succeeded += status is not None and 200 <= status < 300
-
-
 def drift_counts(outputs: list[Output], fhir_writes: WriteRequests) -> DriftCounts:
     """FHIR write requests from the tally; EMA writes (one screen submit per command), controlled-substance
     requests and bypass attempts read off the audit records."""
@@ -250,30 +191,6 @@ def drift_counts(outputs: list[Output], fhir_writes: WriteRequests) -> DriftCoun
         elif output.action is AuditAction.BYPASS_ATTEMPT:
             counts.bypass_attempts += 1
     return counts
-
-
-class CallStateStore(Protocol):
-    """Where per-call state lives between events (``CallState`` JSON, keyed by call id).
-
-    ``put`` returns once the state is durable: the event that changed it is acknowledged only after, so a
-    worker killed at any moment resumes every call from a state at least as new as its committed offset."""
-
-    def get(self, call_id: str) -> Any: ...
-
-    def items(self) -> Iterable[tuple[str, Any]]: ...
-
-    def put(self, call_id: str, partition: int, value: bytes | None) -> Awaitable[None]:
-        """Store ``value`` (None deletes) for the call, whose events live on ``partition``."""
-
-
-class InMemoryCallStates(dict[str, Any]):
-    """A CallStateStore in a dict (tests, tools): durable as soon as it is set."""
-
-    async def put(self, call_id: str, partition: int, value: bytes | None) -> None:
-        if value is None:
-            self.pop(call_id, None)
-        else:
-            self[call_id] = value
 
 
 class DriftSink(Protocol):
@@ -326,19 +243,13 @@ class CallProcessor:
 
     async def handle(self, raw: RawEvent) -> None:
         """Process one message completely; returns once every output is acknowledged."""
-        writes = WriteRequests()
-        held: list[Awaitable[None]] = []
-        token, held_token = _event_writes.set(writes), _held_acks.set(held)
-        try:
-            await self._handle(raw, writes)
-        except BaseException:
-            _settle_unawaited(held)
-            raise
-        else:
+        with event_scope() as (writes, held):
+            try:
+                await self._handle(raw, writes)
+            except BaseException:
+                _settle_unawaited(held)
+                raise
             await asyncio.gather(*held)
-        finally:
-            _event_writes.reset(token)
-            _held_acks.reset(held_token)
 
     def queued(self, raw: RawEvent) -> None:
         """An event that waits behind its call's previous one: if the caller asked something, they hear
@@ -693,179 +604,6 @@ class CallProcessor:
             return stored_state(stored)
         except ValidationError:
             return None
-
-
-# --------------------------------------------------------------------------------------- records
-
-
-def reply_record(reply: SentReply, call_id: str, practice_id: str) -> Reply:
-    return Reply(
-        reply_id=uuid.UUID(reply.reply_id),
-        call_id=call_id,
-        in_reply_to=uuid.UUID(reply.in_reply_to),
-        practice_id=practice_id,
-        template=reply.template.value,
-        text=reply.text,
-        offered_slots=[
-            OfferedSlot(slot_id=slot.slot_id, start=slot.start, end=slot.end,
-                        practitioner_display=slot.practitioner_display, location_display=slot.location_display,
-                        visit_reason=slot.visit_reason.value)
-            for slot in reply.offered_slots
-        ],
-        escalated=reply.escalated,
-        created_at=reply.created_at,
-    )
-
-
-def audit_record(audit: AuditOut, id_seed: str, practice_id: str, call_id: str, caller_number: str | None,
-                 now: datetime) -> AuditEvent:
-    """The full audit event; ids derive from the source event, so a redelivery repeats them (de-duplicated)."""
-    return AuditEvent(
-        event_id=uuid.uuid5(callflow.REPLY_NAMESPACE, f"audit:{id_seed}"),
-        occurred_at=now,
-        practice_id=practice_id,
-        call_id=call_id,
-        caller_number=caller_number,
-        action=audit.action,
-        outcome=audit.outcome,
-        state_from=audit.state_from,
-        state_to=audit.state_to,
-        resource_type=audit.resource_type,
-        resource_ids=list(audit.resource_ids),
-        # A link the schema refuses is left out (the chart id is in resource_ids): the audit record must not fail.
-        ema_deep_link=audit.deep_link if audit.deep_link and _DEEP_LINK.fullmatch(audit.deep_link) else None,
-        task_refs=list(audit.task_refs),
-        transcript_ref=audit.transcript_ref,
-        guards_fired=list(audit.guards_fired),
-        command=audit.command,
-        error_class=audit.error_class,
-        latency_ms=audit.latency_ms,
-        detail=dict(audit.detail),
-        guard_action=audit.guard_action,
-        dialogue_path=audit.dialogue_path,
-        slot_id=audit.slot_id,
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class ReadableCall:
-    """What a message that could not be processed still tells about its call (None: unreadable)."""
-
-    call_id: str | None
-    event_id: str | None = None
-    called_number: str | None = field(default=None, repr=False)
-
-
-_IDENTIFIER: TypeAdapter[str] = TypeAdapter(Identifier)
-
-
-def readable_call(raw: RawEvent, serde: AvroSerde) -> ReadableCall:
-    """The call a dead-lettered call event belongs to, as far as it can be read.
-
-    When the value still decodes as Avro (the event broke a rule of the model, or the call flow refused
-    it), its own call_id, event_id and called_number; otherwise the message key, which is the call id by
-    contract. Only a value that passes the id rules counts, so nothing hostile reaches a reply or an audit
-    record. Dead letters are rare: decoding again here costs the normal path nothing."""
-    record: Mapping[str, Any] = {}
-    if raw.value:
-        try:
-            record = serde.decode(raw.value)
-        except (SchemaError, SchemaRegistryError):
-            pass
-    from_value = _valid_identifier(record.get("call_id"))
-    if from_value is None:
-        key = raw.key.decode("utf-8", "replace") if raw.key is not None else None
-        return ReadableCall(_valid_identifier(key))
-    try:
-        event_id: str | None = str(uuid.UUID(str(record.get("event_id"))))
-    except ValueError:
-        event_id = None
-    called_number = record.get("called_number")
-    return ReadableCall(from_value, event_id, called_number if isinstance(called_number, str) else None)
-
-
-def _valid_identifier(value: Any) -> str | None:
-    try:
-        return _IDENTIFIER.validate_python(value, strict=True)
-    except ValidationError:
-        return None
-
-
-def dead_letter_record(raw: RawEvent, reason: str, error_class: str, practice_id: str | None,
-                       now: datetime) -> DeadLetter:
-    """The original bytes with a PHI-free reason; an original over the broker's limit is kept as its size,
-    SHA-256 and first bytes (the rest stays at its partition and offset). Its id derives from the offset."""
-    value = raw.value or b""
-    truncated = len(value) > MAX_DEAD_LETTER_VALUE_BYTES
-    if truncated:
-        reason = (f"{reason[:360]} (original value of {len(value)} bytes: its first {DEAD_LETTER_HEAD_BYTES} "
-                  "kept, the whole left at its partition and offset)")
-    return DeadLetter(
-        dead_letter_id=uuid.uuid5(callflow.REPLY_NAMESPACE, f"{dead_letter_seed(raw)}:letter"),
-        source_topic=raw.topic,
-        source_partition=raw.partition,
-        source_offset=raw.offset,
-        key=raw.key,
-        value=value[:DEAD_LETTER_HEAD_BYTES] if truncated else value,
-        reason=reason[:500],
-        error_class=error_class,
-        failed_at=now,
-        attempts=1,
-        practice_id=practice_id,
-        value_size=len(value),
-        value_sha256=hashlib.sha256(value).hexdigest(),
-        value_truncated=truncated,
-    )
-
-
-def dead_letter_seed(raw: RawEvent) -> str:
-    """What the ids of a dead letter and its records derive from: the message's place, the same on redelivery."""
-    return f"dead-letter:{raw.topic}:{raw.partition}:{raw.offset}"
-
-
-def dead_letter_reply(call_id: str, in_reply_to: str, practice_id: str | None, now: datetime) -> Reply:
-    """The hand-over to staff for a dead-lettered event; its id derives from the event it answers (or, for an
-    event whose id is unreadable, from its offset), apart from the ids of the call flow's own replies."""
-    return Reply(
-        reply_id=uuid.uuid5(callflow.REPLY_NAMESPACE, f"{in_reply_to}:dead-letter-reply"),
-        call_id=call_id,
-        in_reply_to=uuid.UUID(in_reply_to),
-        practice_id=practice_id,
-        template=DEAD_LETTER_REPLY.value,
-        text=render_reply(DEAD_LETTER_REPLY, ReplyValues()),
-        escalated=False,
-        created_at=now,
-    )
-
-
-COMMAND_PARAM_CHARS = {callflow.GUARD_REQUEST_PARAM: 8192}
-"""Params that may run past 1,024 characters: the decided request holds a transcript snippet of up to 4,000
-(JSON-escaped), which the review queue's retry must decide on whole."""
-
-
-def command_record(review: ReviewOut, call_id: str, practice_id: str, now: datetime) -> CommandMessage:
-    return CommandMessage(
-        command_id=uuid.uuid5(callflow.REPLY_NAMESPACE, f"command:{review.idempotency_key}"),
-        call_id=call_id,
-        practice_id=practice_id,
-        kind=review.kind,
-        route=CommandRoute.REVIEW_QUEUE,
-        idempotency_key=review.idempotency_key,
-        params={key: value[:COMMAND_PARAM_CHARS.get(key, 1024)] for key, value in review.params.items()},
-        issued_at=now,
-    )
-
-
-def stored_state(stored: bytes | str | Mapping[str, Any]) -> CallState:
-    """A call state from the table: the JSON bytes written while processing, or the mapping Faust's JSON
-    codec makes of them when it restores the table from its changelog after a restart.
-
-    Raises:
-        ValidationError: the stored value is not a call state (the caller starts the call afresh).
-    """
-    if isinstance(stored, bytes | str):
-        return CallState.model_validate_json(stored)
-    return CallState.model_validate(stored)
 
 
 # -------------------------------------------------------------------------------------- ordering

@@ -19,7 +19,8 @@ from pydantic import ValidationError
 
 from streams import callflow
 from streams.callflow import CallState
-from streams.processor import CallStateStore, audit_record, stored_state
+from streams.call_states import CallStateStore, stored_state
+from streams.records import audit_record
 
 CALL_IDLE_TTL = timedelta(hours=2)
 """A live call with no event for this long is abandoned: its PHI is purged."""

@@ -11,8 +11,8 @@ import pytest
 from schemas.models import AuditEvent
 from schemas.topics import AUDIT
 from streams import callflow
+from streams.call_states import InMemoryCallStates
 from streams.outputs import KafkaOutputs
-from streams.processor import InMemoryCallStates
 from streams.retention import CALL_IDLE_TTL, ENDED_MARKER_TTL, expired, expired_calls, purge_expired
 from tests.fixtures.pipeline import TopicReader
 from tests.streams.callflow_helpers import NOW, Call, Driver
