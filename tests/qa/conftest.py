@@ -39,10 +39,13 @@ from review.store import ReviewStore
 from schemas.models import CommandRoute, SlotChosen
 from schemas.serde import AvroSerde
 from schemas.topics import AUDIT, CALL_EVENTS
-from sinks.clickhouse_store import AuditRowProcessor, AuditStore
+from sinks.audit_rows import AuditRowProcessor
+from sinks.clickhouse_store import AuditStore
 from devkit.cast import PracticeCast, Script, booking, controlled_visit, refill
 from streams.metrics import Metrics
-from streams.processor import CallProcessor, InMemoryCallStates, RawEvent
+from streams.call_states import InMemoryCallStates
+from streams.processor import CallProcessor
+from streams.records import RawEvent
 from devkit.telephony import OFFERED_SLOT
 from tests.fixtures.outputs import Published
 from tests.fixtures.pipeline import pipeline_cast, pipeline_tenants  # noqa: F401  (fixture registration)

@@ -22,7 +22,7 @@ from schemas.serde import AvroSerde
 from schemas.topics import AUDIT, CALL_EVENTS, DEAD_LETTER, SIEM_DEAD_LETTER, topic_named
 from streams import dlq
 from devkit.cast import Script
-from streams.processor import RawEvent, dead_letter_record
+from streams.records import RawEvent, dead_letter_record
 
 pytestmark = pytest.mark.broker
 

@@ -29,7 +29,9 @@ from streams.horizon import (
     past_horizon,
 )
 from streams.metrics import Metrics
-from streams.processor import DISPATCH_TIMEOUT_S, MAX_WORK_STEPS, CallProcessor, InMemoryCallStates, RawEvent
+from streams.call_states import InMemoryCallStates
+from streams.processor import DISPATCH_TIMEOUT_S, MAX_WORK_STEPS, CallProcessor
+from streams.records import RawEvent
 from tests.fixtures.outputs import Published
 from tests.streams.callflow_helpers import NOW, Call, practice
 
