@@ -5,7 +5,7 @@ An alert carries only the practice id, the alarm kind and state, numbers and win
 figures from an alarm's detail, so neither PHI nor secrets can ride along into a chat
 channel. The webhook URL is itself a secret (Slack puts its token in the path): it never
 appears in logs, reprs or error messages. Lives in callstream/ because the sentinel alarms (streams/)
-and the EMA lockout (connectors/ema/session.py) both raise alerts.
+and the EMA lockout (connectors/ema/keeper.py) both raise alerts.
 """
 
 from __future__ import annotations

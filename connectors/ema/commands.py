@@ -40,6 +40,8 @@ from connectors.ema.errors import (
     EmaUnavailableError,
     EmaVisitReasonMismatch,
 )
+from connectors.ema.keeper import EmaSessionKeeper
+from connectors.ema.page import EmaPage, SessionEnded
 from connectors.ema.results import EmaWriteResult
 from connectors.ema.screens import (
     FHIR_ID,
@@ -52,7 +54,7 @@ from connectors.ema.screens import (
     read_phone_restrictions,
     read_yes_no,
 )
-from connectors.ema.session import EmaPage, EmaSessionKeeper, EmaSessions, SessionEnded
+from connectors.ema.session import EmaSessions
 from connectors.errors import InvalidRequestError
 from connectors.operations import SlotOffer, expected_reason, require_write_phase
 from connectors.vocabulary import OCCUPYING_APPOINTMENT_STATUSES, VISIT_REASON_SYSTEM

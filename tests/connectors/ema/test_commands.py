@@ -519,7 +519,7 @@ async def test_a_failed_step_leaves_restricted_evidence_for_operators(
     rig: Rig, ema_practices: EmaPracticeSet, caplog: pytest.LogCaptureFixture
 ) -> None:
     practice = ema_practices.practice("pain-1001")
-    caplog.set_level(logging.WARNING, logger="connectors.ema.session")
+    caplog.set_level(logging.WARNING, logger="connectors.ema.keeper")
     with pytest.raises(EmaNotFoundError) as failure:
         await rig.commands.read_compliance(practice, "pt-1001-888888")
     error = failure.value
