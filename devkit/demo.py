@@ -38,7 +38,8 @@ from digest.local import demo_digests
 from qa.demo import DemoView, prepare_demo_view
 from sandbox.generator import build_world
 from schemas.topics import CALL_EVENTS, TOPICS
-from sinks.clickhouse_store import AUDIT_TABLE, AuditStore
+from sinks.clickhouse_schema import AUDIT_TABLE
+from sinks.clickhouse_store import AuditStore
 from devkit.cast import PracticeCast, Script, booking, cast_of, controlled_visit, refill, reschedule
 from devkit.sandbox_tenants import write_sandbox_directory
 from devkit.services import sandbox_process, worker_process

@@ -21,7 +21,8 @@ from digest.log import DigestLog
 from digest.service import DigestService
 from digest.smtp import SmtpRelay
 from review.reader import review_reader
-from sinks.clickhouse_store import AuditStore, cluster_from_env, database_for_dsn
+from sinks.clickhouse_schema import cluster_from_env, database_for_dsn
+from sinks.clickhouse_store import AuditStore
 from sinks.read_api import ReadApiClient, api_token, check_practice_id, discover, parse_day
 
 

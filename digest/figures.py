@@ -15,7 +15,8 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sinks.clickhouse_store import AUDIT_TABLE, AuditStore
+from sinks.clickhouse_schema import AUDIT_TABLE
+from sinks.clickhouse_store import AuditStore
 
 MAX_LISTED_CALLS = 50
 """Call ids listed per section; more are counted, not listed (the QA view lists them all)."""

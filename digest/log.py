@@ -17,7 +17,8 @@ from datetime import date
 from enum import StrEnum
 from typing import ClassVar
 
-from sinks.clickhouse_store import AuditStore, Migration
+from sinks.clickhouse_schema import Migration
+from sinks.clickhouse_store import AuditStore
 
 SENDS_TABLE = "digest_sends"
 DEFAULT_SERIES = "daily"

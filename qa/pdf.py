@@ -22,7 +22,7 @@ from typing import Any
 from fpdf import FPDF
 from fpdf.enums import WrapMode, XPos, YPos
 
-from sinks.clickhouse_store import render_call_text
+from sinks.call_record import render_call_text
 
 _LINE_MM = 4.2
 _TRANSLITERATE = str.maketrans({"→": "->", "…": "...", "–": "-", "—": "-", "‘": "'", "’": "'", "“": '"', "”": '"'})

@@ -29,7 +29,9 @@ from callstream.errors import CallstreamError, ServiceUnavailableError
 from review.core import ItemState
 from review.reader import ReviewReader
 from callstream.tenants import TenantDirectory
-from sinks.clickhouse_store import AUDIT_TABLE, AuditStore, CallAuditRecord
+from sinks.call_record import CallAuditRecord
+from sinks.clickhouse_schema import AUDIT_TABLE
+from sinks.clickhouse_store import AuditStore
 from sinks.read_api import CallReads, NotFoundError
 
 PAGE_SIZE = 25

@@ -48,7 +48,7 @@ from review.service import DEFAULT_API_PORT, CommandLog, QueueOptions, ReviewQue
 from review.store import ReviewStore
 from schemas.registry import SchemaRegistryClient
 from schemas.topics import ALARMS, AUDIT, COMMANDS, topic_named
-from sinks.clickhouse_store import cluster_from_env
+from sinks.clickhouse_schema import cluster_from_env
 from streams.outputs import KafkaOutputs
 
 API_ENV = "CALLSTREAM_QUEUE_API"

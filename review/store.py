@@ -20,7 +20,8 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from review.core import UNFINISHED, ItemKind, ItemNotFound, ItemState, Reason, ReviewItem
-from sinks.clickhouse_store import AuditStore, Migration
+from sinks.clickhouse_schema import Migration
+from sinks.clickhouse_store import AuditStore
 
 ITEMS_TABLE = "review_items"
 ALARMS_TABLE = "review_alarms"

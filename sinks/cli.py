@@ -34,7 +34,10 @@ from digest.smtp import SmtpRelay
 from review.reader import review_reader
 from schemas.registry import SchemaRegistryClient
 from schemas.topics import ALARMS, AUDIT, DEAD_LETTER, SIEM_DEAD_LETTER, topic_named
-from sinks.clickhouse_store import AuditRowProcessor, AuditStore, cluster_from_env, database_for_dsn, render_call_text
+from sinks.audit_rows import AuditRowProcessor
+from sinks.call_record import render_call_text
+from sinks.clickhouse_schema import cluster_from_env, database_for_dsn
+from sinks.clickhouse_store import AuditStore
 from sinks.consumer import ClickHouseAuditSink
 from sinks.kafka_io import AuditDecoder
 from schemas.models import AlarmKind

@@ -29,7 +29,8 @@ from callstream.errors import ServiceUnavailableError
 from callstream.retry import Backoff
 from schemas.errors import SchemaRegistryError
 from schemas.topics import AUDIT, DEAD_LETTER
-from sinks.clickhouse_store import AuditRow, AuditRowProcessor, AuditStore, Rejection, StoreUnavailableError
+from sinks.audit_rows import AuditRow, AuditRowProcessor, Rejection
+from sinks.clickhouse_store import AuditStore, StoreUnavailableError
 from sinks.kafka_io import (
     DeadLetterError,
     DeadLetterWriter,

@@ -3,7 +3,7 @@
 The embedded chDB admits one process per data directory, so `callstream audit call|calls` (and the QA
 view) read through this API while the sinks run, and open the store themselves only when they do not.
 
-- ``GET /v1/calls/{call_id}[?practice=P]``: the per-call record (sinks.clickhouse_store.CallAuditRecord, with
+- ``GET /v1/calls/{call_id}[?practice=P]``: the per-call record (sinks.call_record.CallAuditRecord, with
   what the caller heard) plus the call's review items (``review_items``; ``review_error`` when the queue does
   not answer).
 - ``GET /v1/calls?practice=P[&date=YYYY-MM-DD][&limit=N][&offset=M]``: the practice's calls that began on that

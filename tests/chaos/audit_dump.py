@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 import sys
 
-from sinks.clickhouse_store import AUDIT_TABLE, AuditStore
+from sinks.clickhouse_schema import AUDIT_TABLE
+from sinks.clickhouse_store import AuditStore
 
 
 def main(argv: list[str]) -> int:

@@ -11,7 +11,8 @@ from callstream.tenants import TenantDirectory, parse_tenant_directory
 from review.core import ItemKind, ItemState, Reason, ReviewItem
 from review.store import ReviewStore
 from schemas.models import AuditAction, AuditOutcome, CommandKind, GuardAction
-from sinks.clickhouse_store import AuditRowProcessor, AuditStore
+from sinks.audit_rows import AuditRowProcessor
+from sinks.clickhouse_store import AuditStore
 from tests.sinks.audit_helpers import encode, make_event
 
 PRACTICE = "northside-pain"

@@ -32,7 +32,8 @@ from golive.runs import CheckRun, RunStore, code_version, sha256_file
 from schemas.models import Alarm, AuditAction, AuditEvent, AuditOutcome
 from schemas.serde import AvroSerde
 from schemas.topics import ALARMS, topic_named
-from sinks.clickhouse_store import AuditStore, row_from_record
+from sinks.audit_rows import row_from_record
+from sinks.clickhouse_store import AuditStore
 from sinks.payload import audit_record
 
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)

@@ -16,7 +16,8 @@ from schemas.models import AuditAction, AuditOutcome, CommandKind, GuardAction
 from schemas.registry import SchemaRegistryClient
 from schemas.topics import AUDIT
 from sinks.cli import audit_main, run_sinks, sinks_main
-from sinks.clickhouse_store import AmbiguousCallError, AuditRowProcessor, AuditStore
+from sinks.audit_rows import AuditRowProcessor
+from sinks.clickhouse_store import AmbiguousCallError, AuditStore
 from tests.sinks.audit_helpers import (
     SiemReceiver,
     discard_broker,

@@ -10,17 +10,9 @@ import pytest
 from callstream.errors import ConfigError
 from schemas.models import AuditAction, AuditOutcome, CallEvent, CallStarted, CommandKind, GuardAction
 from schemas.serde import AvroSerde
-from sinks.clickhouse_store import (
-    INSERT_COLUMNS,
-    MIGRATIONS,
-    AmbiguousCallError,
-    AuditRowProcessor,
-    AuditStore,
-    Migration,
-    Rejection,
-    StoreUnavailableError,
-    database_for_dsn,
-)
+from sinks.audit_rows import INSERT_COLUMNS, AuditRowProcessor, Rejection
+from sinks.clickhouse_schema import MIGRATIONS, Migration, database_for_dsn
+from sinks.clickhouse_store import AmbiguousCallError, AuditStore, StoreUnavailableError
 from tests.sinks.audit_helpers import BASE_TIME, encode, make_event
 
 

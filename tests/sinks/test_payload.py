@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from callstream.tenants import SiemFormat
 from schemas.models import AuditAction, AuditOutcome, CommandKind
-from sinks.clickhouse_store import row_from_record
+from sinks.audit_rows import row_from_record
 from sinks.formats import render_body
 from sinks.payload import ALLOWED_DETAIL_KEYS, audit_record
 from tests.sinks.audit_helpers import make_event

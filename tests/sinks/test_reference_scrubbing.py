@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from callstream.tenants import SiemFormat
-from sinks.clickhouse_store import row_from_record
+from sinks.audit_rows import row_from_record
 from sinks.formats import render_body
 from sinks.payload import audit_record
 from tests.sinks.audit_helpers import make_event

@@ -10,14 +10,8 @@ import pytest
 from callstream.errors import ConfigError
 from review.store import MIGRATIONS as REVIEW_MIGRATIONS
 from review.store import ReviewStore
-from sinks.clickhouse_store import (
-    CLUSTER_ENV,
-    MIGRATIONS,
-    AuditStore,
-    cluster_from_env,
-    clustered_alter,
-    clustered_ddl,
-)
+from sinks.clickhouse_schema import CLUSTER_ENV, MIGRATIONS, cluster_from_env, clustered_alter, clustered_ddl
+from sinks.clickhouse_store import AuditStore
 
 
 class RecordingClient:
