@@ -32,7 +32,8 @@ from callstream.tenants import ApiTrack, Practice
 from connectors.compliance import ComplianceFlags
 from connectors.errors import CapabilityMissing, NotFoundError, TerminalError
 from connectors.ledger import IdempotencyLedger, LedgerState, idempotency_key
-from connectors.operations import ModMedConnector, PatientMatch, SlotOffer
+from connectors.operations import ModMedConnector, PatientMatch
+from connectors.slot_offers import SlotOffer
 from connectors.vocabulary import VISIT_REASON_SYSTEM
 from guards.booking import is_callers_appointment
 from guards.model import Command, TaskAudience, TaskKind, TaskSpec, VisitReason

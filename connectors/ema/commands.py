@@ -56,7 +56,8 @@ from connectors.ema.screens import (
 )
 from connectors.ema.session import EmaSessions
 from connectors.errors import InvalidRequestError
-from connectors.operations import SlotOffer, expected_reason, require_write_phase
+from connectors.preconditions import expected_reason, require_write_phase
+from connectors.slot_offers import SlotOffer
 from connectors.vocabulary import OCCUPYING_APPOINTMENT_STATUSES, VISIT_REASON_SYSTEM
 from guards.model import AgreementStatus, TaskAudience, TaskKind, TaskReason, TaskSpec, VisitReason
 

@@ -15,8 +15,10 @@ from callstream.tenants import Practice
 from connectors.errors import CapabilityMissing, ConflictError, InvalidRequestError, VisitReasonMismatch, WriteNotAllowed
 from connectors.fhir import ClientConfig, ModMedClient
 from connectors.ledger import InMemoryLedger, LedgerState, MappingLedger, idempotency_key
-from connectors.operations import TRANSCRIPT_INPUT, ModMedConnector, SlotOffer
+from connectors.operations import ModMedConnector
+from connectors.slot_offers import SlotOffer
 from connectors.vocabulary import CALL_REFERENCE_SYSTEM, IDEMPOTENCY_KEY_SYSTEM
+from connectors.write_resources import TRANSCRIPT_INPUT
 from guards import GoLivePhase, MatchKind
 from guards.model import Command, VisitReason
 from guards.scheduling import BlockKind, Equipment, RoomKind, slot_rejections

@@ -23,7 +23,8 @@ from callstream.tenants import Practice, TenantDirectory
 from connectors.dispatch import Dispatcher
 from connectors.fhir import ModMedClient
 from connectors.ledger import InMemoryLedger
-from connectors.operations import ModMedConnector, SlotOffer
+from connectors.operations import ModMedConnector
+from connectors.slot_offers import SlotOffer
 from connectors.vocabulary import CALL_REFERENCE_SYSTEM
 from guards import Intent, IntentRequest, VisitReason, filter_and_rank
 from review import core
