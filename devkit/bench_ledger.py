@@ -58,7 +58,8 @@ from callstream.settings import Settings
 from callstream.tenants import TenantDirectory
 from connectors.ledger import LedgerEntry, LedgerState, idempotency_key
 from schemas.topics import CALL_EVENTS, topic_named
-from streams.app import Pipeline, RawTableChangelog, WorkerOptions
+from streams.app import Pipeline, WorkerOptions
+from streams.faust_boundary import RawTableChangelog
 from devkit.bench_pipeline import bench_broker
 from streams.horizon import RedeliveryHorizon
 from streams.outputs import KafkaOutputs, producer_settings

@@ -13,9 +13,10 @@ Changelogged tables (Faust's own JSON, docs/events.md):
 
 - ``calls``: per-call state (``CallState``), keyed by call id on the event's partition; PHI is purged at
   call end (a PHI-free marker stays) and by the TTL timer for abandoned calls. Its changelog records are
-  written by the outputs producer (``ChangelogCallStates``) and acknowledged before their event is;
-- ``ledger``: the idempotency ledger of every write (``ChangelogLedger``), so a redelivered or
-  duplicated event never books or queues twice, even on another worker. It is write-ahead: an entry is
+  written by the outputs producer (``streams.faust_boundary.ChangelogCallStates``) and acknowledged
+  before their event is;
+- ``ledger``: the idempotency ledger of every write (``streams.faust_boundary.ChangelogLedger``), so a
+  redelivered or duplicated event never books or queues twice, even on another worker. It is write-ahead: an entry is
   acknowledged by the broker before its ModMed write leaves. Entries past the redelivery horizon are
   tombstoned by a timer (``streams.horizon``), so memory and restore time stay bounded;
 - ``drift``: tumbling windows of per-practice counters (writes, controlled-substance requests and
@@ -33,7 +34,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -52,15 +53,14 @@ from callstream.settings import Settings
 from callstream.tenants import TenantDirectory, unresolvable_credentials
 from connectors.dispatch import DEFAULT_PRACTICE_CONCURRENCY, Dispatcher, EmaPort
 from connectors.fhir import ModMedClient
-from connectors.ledger import LedgerEntry, LedgerState, MappingLedger
 from connectors.operations import ModMedConnector
 from connectors.ratelimit import RateLimiterRegistry, worker_share
 from schemas.models import Alarm, AlarmState
 from schemas.registry import SchemaRegistryClient
 from schemas.topics import CALL_EVENTS, topic_named
 from streams.drift import DriftInputError, DriftMonitor, PracticeDriftState, WindowStats
-from streams.event_scope import hold_event_ack
-from streams.horizon import SWEEP_CHUNK, RedeliveryHorizon, past_horizon
+from streams.faust_boundary import FAUST_MACHINERY_LOG, ChangelogCallStates, ChangelogLedger, PipelineFaustApp
+from streams.horizon import RedeliveryHorizon
 from streams.metrics import Metrics
 from streams.observers import FhirRequestMetrics
 from streams.offsets import InFlight
@@ -68,7 +68,6 @@ from streams.outputs import KafkaOutputs
 from streams.processor import CallProcessor, CallSequencer, DriftCounts
 from streams.records import RawEvent
 from streams.retention import purge_expired
-from streams.transport import FAUST_MACHINERY_LOG, PipelineFaustApp
 
 if TYPE_CHECKING:
     from connectors.ema.session import EmaSessions

@@ -1,7 +1,7 @@
 """The redelivery horizon: how old a call event may be and still be processed, and so how long the
 idempotency ledger has to remember a write.
 
-Without it the ledger (``streams.app.ChangelogLedger``) grows by every write forever, and so do the
+Without it the ledger (``streams.faust_boundary.ChangelogLedger``) grows by every write forever, and so do the
 worker's memory and the time it takes to restore the ledger from its changelog. With it, both sides of
 the ledger's proof use one ``RedeliveryHorizon`` (horizon H, margin M):
 

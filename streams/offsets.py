@@ -9,7 +9,7 @@ delivered events that have all finished.
 The prefix is taken in delivery order, not by offset arithmetic: offsets of a partition need not be
 consecutive (transaction markers, compaction), and the consumer delivers a partition's records in offset
 order. Faust's own rule (``min(acked) - committed > 1``, skipped before the first commit) is off by one
-and lets a commit pass an in-flight event; ``streams.transport`` asks this module instead.
+and lets a commit pass an in-flight event; ``streams.faust_boundary`` asks this module instead.
 
 Pure and synchronous: no Kafka here, so the rule is unit-tested on its own.
 """

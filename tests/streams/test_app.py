@@ -101,7 +101,7 @@ def test_other_topics_keep_fausts_commit_rule(pipeline: Pipeline) -> None:
 
 
 def test_the_faust_hooks_the_uncommitted_seek_relies_on_exist(pipeline: Pipeline) -> None:
-    """streams.transport starts call-events partitions without a committed offset at their beginning, through
+    """streams.faust_boundary starts call-events partitions without a committed offset at their beginning, through
     Faust's perform_seek, its committed-offset map and the consumer thread's seek_to_beginning: an upgrade
     that renames them fails here."""
     from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread

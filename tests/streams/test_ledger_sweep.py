@@ -19,7 +19,8 @@ from callstream.settings import load_settings
 from callstream.tenants import parse_tenant_directory
 from connectors.ledger import LedgerEntry, LedgerState, idempotency_key, stored_updated_at
 from schemas.topics import CALL_EVENTS, topic_named
-from streams.app import Pipeline, RawTableChangelog, WorkerOptions
+from streams.app import Pipeline, WorkerOptions
+from streams.faust_boundary import RawTableChangelog
 from streams.horizon import HORIZON_MARGIN
 from devkit.bench_ledger import read_log
 from streams.outputs import KafkaOutputs
