@@ -19,7 +19,7 @@ from callstream.errors import CallstreamError, ConfigError
 
 # group → (module:function, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "dev": ("callstream.cli:dev_main", "start, stop or check the embedded Kafka + ClickHouse stack"),
+    "dev": ("devkit.broker:main", "start, stop or check the embedded Kafka + ClickHouse stack"),
     "tenants": ("callstream.cli:tenants_main", "validate a practice (tenant) directory file"),
     "sandbox": ("sandbox.cli:main", "run the ModMed sandbox emulator (FHIR + EMA screens) on 127.0.0.1"),
     "export": ("connectors.bulk:main", "bulk-export a certified-track practice's data as ndjson"),
@@ -88,33 +88,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()
         return 0
-
-
-def dev_main(argv: list[str]) -> int:
-    """`callstream dev up|down|status`."""
-    from callstream import devstack
-    from callstream.cli_options import add_service_options, settings_from
-
-    parser = argparse.ArgumentParser(prog="callstream dev", description="The embedded default stack.")
-    parser.add_argument("action", choices=["up", "down", "status"])
-    parser.add_argument("--broker-port", type=int,
-                        help="port of the embedded Tansu broker (default $CALLSTREAM_BROKER_PORT, else 19092)")
-    add_service_options(parser, kafka=True, clickhouse=True, data_dir=True)
-    options = parser.parse_args(argv)
-    settings = settings_from(options, **({"broker_port": options.broker_port} if options.broker_port else {}))
-    if options.action == "up":
-        from schemas.topics import TOPICS
-
-        lines = devstack.dev_up(settings, [(topic.name, topic.partitions) for topic in TOPICS])
-    elif options.action == "down":
-        lines = devstack.dev_down(settings)
-    else:
-        devstack.wait_for_broker(settings.bootstrap_servers, timeout_s=min(3.0, settings.connect_timeout_s))
-        client = devstack.open_clickhouse(settings.effective_clickhouse_dsn)
-        lines = [f"kafka: {settings.bootstrap_servers} reachable",
-                 f"clickhouse: healthy (ClickHouse {client.query('SELECT version()').result_rows[0][0]})"]
-    print("\n".join(lines))
-    return 0
 
 
 def bench_main(argv: list[str]) -> int:

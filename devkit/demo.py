@@ -29,11 +29,12 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from callstream.cli_options import add_service_options, settings_from
-from callstream.devstack import TansuBroker, ensure_topics, free_port, wait_for_broker
+from callstream.devstack import ensure_topics, free_port, wait_for_broker
 from callstream.errors import ServiceUnavailableError
 from callstream.invocation import command_line
 from callstream.settings import Settings, redact_dsn
 from callstream.tenants import load_tenant_directory
+from devkit.broker import TansuBroker
 from digest.local import demo_digests
 from qa.demo import DemoView, prepare_demo_view
 from sandbox.generator import build_world

@@ -97,7 +97,8 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 def private_broker(run_dir: Path) -> Iterator[str]:
     """An embedded Tansu broker of its own on a free port, with every catalogue topic: a worker reading the
     call-events topic from its start then sees no one else's calls. Yields the bootstrap address."""
-    from callstream.devstack import TansuBroker, ensure_topics
+    from callstream.devstack import ensure_topics
+    from devkit.broker import TansuBroker
     from schemas.topics import TOPICS
 
     broker = TansuBroker(port=free_port(), log_path=run_dir / "tansu.log")

@@ -104,23 +104,6 @@ def test_cli_unreachable_external_broker_is_one_line(tmp_path: Path) -> None:
     assert_one_error_line(result, "is unreachable")
 
 
-def test_cli_dev_up_and_down(tmp_path: Path) -> None:
-    port = str(free_port())
-    env = {"CALLSTREAM_CLICKHOUSE_DSN": f"chdb://{tmp_path / 'ch'}"}
-    up = run_cli("dev", "up", "--data-dir", str(tmp_path), "--broker-port", port, env=env)
-    try:
-        assert up.returncode == 0, up.stderr
-        assert f"started Tansu" in up.stdout and "topics ready" in up.stdout and "healthy" in up.stdout
-        wait_for_broker(f"127.0.0.1:{port}", timeout_s=5)
-        again = run_cli("dev", "up", "--data-dir", str(tmp_path), "--broker-port", port, env=env)
-        assert "already running" in again.stdout, again.stderr
-    finally:
-        down = run_cli("dev", "down", "--data-dir", str(tmp_path), "--broker-port", port)
-    assert down.returncode == 0 and "stopped Tansu" in down.stdout
-    with pytest.raises(ServiceUnavailableError):
-        wait_for_broker(f"127.0.0.1:{port}", timeout_s=1)
-
-
 def test_port_check_names_the_port() -> None:
     from callstream.devstack import ensure_port_free
 

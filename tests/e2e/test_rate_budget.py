@@ -11,7 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from callstream.devstack import TansuBroker, ensure_topics, free_port
+from callstream.devstack import ensure_topics, free_port
+from devkit.broker import TansuBroker
 from schemas.topics import TOPICS
 from sandbox.generator import build_world
 from devkit.cast import Script, cast_of

@@ -27,9 +27,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from callstream.devstack import TansuBroker, free_port
+from callstream.devstack import free_port
 from callstream.tenants import TenantDirectory, parse_tenant_directory
 from callstream.webhooks import WebhookSecret, WebhookVerificationError, verify
+from devkit.broker import TansuBroker
 from schemas.models import AuditAction, AuditEvent, AuditOutcome, DeadLetter
 from schemas.serde import AvroSerde
 from schemas.topics import AUDIT

@@ -9,9 +9,10 @@ import threading
 import httpx
 import pytest
 
-from callstream.devstack import TansuBroker, free_port
+from callstream.devstack import free_port
 from callstream.errors import ConfigError, ServiceUnavailableError
 from callstream.settings import load_settings
+from devkit.broker import TansuBroker
 from schemas.models import AuditAction, AuditOutcome, CommandKind, GuardAction
 from schemas.registry import SchemaRegistryClient
 from schemas.topics import AUDIT

@@ -8,8 +8,9 @@ import uuid
 
 import pytest
 
-from callstream.devstack import TansuBroker, ensure_topics, free_port, open_clickhouse
+from callstream.devstack import ensure_topics, free_port, open_clickhouse
 from callstream.retry import Backoff
+from devkit.broker import TansuBroker
 from sinks.clickhouse_store import AuditStore
 from sinks.consumer import ClickHouseAuditSink
 from tests.sinks.audit_helpers import (

@@ -16,9 +16,10 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 
-from callstream.devstack import TansuBroker, free_port
+from callstream.devstack import free_port
 from callstream.errors import ConfigError
 from callstream.settings import redact_dsn
+from devkit.broker import TansuBroker
 from digest.local import LocalSmtpReceiver
 from digest.message import DIGEST_HEADER
 from review.reader import StoreReader
