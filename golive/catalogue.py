@@ -5,7 +5,7 @@ names the kind of caller it needs (``CallerKind``: the harness picks a sandbox p
 different one per scenario), the go-live phase it runs in, sandbox faults it needs, the call's steps with
 the reply each turn must get, and what must be observable afterwards: Appointments and Tasks in the
 sandbox with their codes and rooms, guard hits, bypass signals and other audit records. Every scenario
-also checks the invariants no call may break (``harness.INVARIANTS``): no MedicationRequest or
+also checks the invariants no call may break (``scenario_checks.INVARIANTS``): no MedicationRequest or
 MedicationStatement write, no controlled-substance request left unescalated.
 
 Loading validates everything with pydantic; an error names the file, the scenario and the field.

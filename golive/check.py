@@ -1,9 +1,9 @@
 """`callstream golive check`: the catalogue against a sandbox started from a practice's mirror.
 
 Starts a private broker, the sandbox (from the mirror, the example one when none is given), and a
-`callstream worker` whose tenant directory has each mirrored practice once per go-live phase; plays every
-applicable scenario (``harness``), prints one line per scenario as it is checked and a report of the
-failures, records the run for the phase gate (``runs``) and ends with one JSON line.
+`callstream worker` whose tenant directory has each mirrored practice once per go-live phase; plays and checks
+every applicable scenario (``planning``, ``harness``, ``scenario_checks``), prints one line per scenario as it
+is checked and a report of the failures, records the run for the phase gate (``runs``) and ends with one JSON line.
 """
 
 from __future__ import annotations
@@ -31,21 +31,11 @@ from callstream.errors import ConfigError
 from callstream.settings import Settings
 from callstream.tenants import load_tenant_directory
 from golive.catalogue import CATALOGUE_DIR, EXAMPLE_MIRROR, load_catalogue
-from golive.harness import (
-    DEFAULT_CONCURRENCY,
-    AuditCollector,
-    NotApplicable,
-    Planned,
-    Planner,
-    ScenarioResult,
-    check_all,
-    merge_reports,
-    ALWAYS_OPEN,
-    SmsReceiver,
-    tenant_entries,
-    play,
-    set_faults,
-)
+from golive.audit_collector import AuditCollector
+from golive.harness import DEFAULT_CONCURRENCY, merge_reports, play, set_faults
+from golive.planning import ALWAYS_OPEN, NotApplicable, Planned, Planner, tenant_entries
+from golive.scenario_checks import ScenarioResult, check_all
+from golive.sms_receiver import SmsReceiver
 from golive.runs import CheckRun, RunStore, code_version, sha256_file
 from sandbox.generator import build_world, generate_profile
 from sandbox.mirror import MirrorError, MirrorFile, apply_mirror, load_mirror
@@ -241,7 +231,7 @@ def _write_latencies(say: Any, records: list[Any]) -> None:
 
 def _tenant_directory(sandbox_url: str, run_dir: Path, practices: list[str], twins: list[str],
                       sms: SmsReceiver) -> Path:
-    """Each practice's tenant entries (``harness.tenant_entries``: per phase, closed, holiday, with intake) and
+    """Each practice's tenant entries (``planning.tenant_entries``: per phase, closed, holiday, with intake) and
     each fault twin's one entry, credentials in 0600 files."""
     secrets = run_dir / "secrets"
     secrets.mkdir(mode=0o700, exist_ok=True)

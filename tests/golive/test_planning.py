@@ -12,7 +12,8 @@ import pytest
 from callstream.tenants import parse_tenant_directory
 from golive.callers import FITS
 from golive.catalogue import EXAMPLE_MIRROR, CallerKind, ChooseStep, Phase, load_catalogue
-from golive.harness import Planned, Planner, acceptable, scenario_tenant_id, tenant_entries
+from golive.planning import Planned, Planner, scenario_tenant_id, tenant_entries
+from golive.scenario_checks import acceptable
 from guards.hours import OfficeHours
 from guards.replies import ReplyTemplate
 from sandbox.generator import build_world, generate_profile
