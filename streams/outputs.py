@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
@@ -56,6 +56,20 @@ def producer_settings(bootstrap: str, *, linger_ms: float = 1.0, idempotent: boo
 
 REPLY_LINGER_MS = 1.0
 BULK_LINGER_MS = 10.0
+
+
+class Outputs(Protocol):
+    """What handling a call event publishes (``streams.processor``): each call returns a future that completes
+    once the broker acknowledged the record, or fails with OutputDeliveryError. ``KafkaOutputs`` in the
+    worker; tests that need no broker use an in-memory one."""
+
+    def reply(self, reply: Reply) -> asyncio.Future[None]: ...
+
+    def audit(self, event: AuditEvent) -> asyncio.Future[None]: ...
+
+    def command(self, command: CommandMessage) -> asyncio.Future[None]: ...
+
+    def dead_letter(self, letter: DeadLetter) -> asyncio.Future[None]: ...
 
 
 class KafkaOutputs:

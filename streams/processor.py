@@ -89,7 +89,7 @@ from streams.callflow import (
 )
 from streams.metrics import MetricLabelError, Metrics
 from streams.horizon import DEFAULT_HORIZON, REFUSAL_CLASS, RedeliveryHorizon
-from streams.outputs import OutputDeliveryError
+from streams.outputs import OutputDeliveryError, Outputs
 from streams.call_states import CallStateStore, stored_state
 from streams.records import (
     DEAD_LETTER_REPLY,
@@ -212,7 +212,7 @@ class CallProcessor:
         *,
         tenants: TenantDirectory,
         dispatcher: Dispatcher,
-        outputs: Any,
+        outputs: Outputs,
         states: CallStateStore,
         metrics: Metrics,
         drift: DriftSink | None = None,

@@ -47,7 +47,7 @@ from streams.call_states import InMemoryCallStates
 from streams.processor import CallProcessor
 from streams.records import RawEvent
 from devkit.telephony import OFFERED_SLOT
-from tests.fixtures.outputs import Published
+from tests.fixtures.outputs import InMemoryOutputs
 from tests.fixtures.pipeline import pipeline_cast, pipeline_tenants  # noqa: F401  (fixture registration)
 from tests.fixtures.sandbox import sandbox  # noqa: F401  (fixture registration)
 
@@ -67,9 +67,9 @@ class QaWorld:
     users_ref: str
 
 
-async def _play(tenants: TenantDirectory, scripts: list[Script]) -> Published:
+async def _play(tenants: TenantDirectory, scripts: list[Script]) -> InMemoryOutputs:
     """Each script's events through one CallProcessor, a slot choice naming the slot its offer listed."""
-    published, ledger, serde = Published(), InMemoryLedger(), AvroSerde.for_topic(CALL_EVENTS)
+    published, ledger, serde = InMemoryOutputs(), InMemoryLedger(), AvroSerde.for_topic(CALL_EVENTS)
     async with ModMedClient() as client:
         processor = CallProcessor(tenants=tenants, dispatcher=Dispatcher(ModMedConnector(client, ledger), ledger),
                                   outputs=published, states=InMemoryCallStates(), metrics=Metrics())
@@ -80,7 +80,7 @@ async def _play(tenants: TenantDirectory, scripts: list[Script]) -> Published:
             for event in script.events:
                 match = OFFERED_SLOT.match(event.payload.slot_id) if isinstance(event.payload, SlotChosen) else None
                 if match is not None:
-                    offer = next(reply for reply in reversed(published.records.get("reply", []))
+                    offer = next(reply for reply in reversed(published.replies)
                                  if reply.call_id == script.call_id and reply.offered_slots)
                     slot = offer.offered_slots[int(match.group(1)) - 1]
                     event = event.model_copy(update={"payload": SlotChosen(slot_id=slot.slot_id,
@@ -105,12 +105,12 @@ def qa_world(clickhouse_client: Any, pipeline_tenants: tuple[Path, TenantDirecto
     store.migrate()
     rows = AuditRowProcessor()
     audit_serde = AvroSerde.for_topic(AUDIT)
-    store.insert([rows.process(audit_serde.encode(event.to_avro())) for event in published.records["audit"]])  # type: ignore[misc]
+    store.insert([rows.process(audit_serde.encode(event.to_avro())) for event in published.audits])
     reviews = ReviewStore(clickhouse_client, database)
     reviews.migrate()
     now = datetime.now(UTC)
     items = [item_from_command(command, 0, offset, now, retries=False)
-             for offset, command in enumerate(published.records.get("command", []))
+             for offset, command in enumerate(published.commands)
              if command.route is CommandRoute.REVIEW_QUEUE]
     for item in items:
         reviews.put(item)

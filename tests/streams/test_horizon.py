@@ -32,7 +32,7 @@ from streams.metrics import Metrics
 from streams.call_states import InMemoryCallStates
 from streams.processor import DISPATCH_TIMEOUT_S, MAX_WORK_STEPS, CallProcessor
 from streams.records import RawEvent
-from tests.fixtures.outputs import Published
+from tests.fixtures.outputs import InMemoryOutputs
 from tests.streams.callflow_helpers import NOW, Call, practice
 
 H = DEFAULT_HORIZON.horizon
@@ -138,8 +138,8 @@ def test_a_naive_or_missing_updated_at_reads_as_unreadable() -> None:
 async def processor_at() -> AsyncIterator[Any]:
     """Hands one call's first event to a processor whose clock reads ``NOW + age``."""
     async with ModMedClient() as client:  # never called: a call start needs no ModMed
-        async def handle(age: timedelta) -> tuple[Published, InMemoryCallStates]:
-            published, states, ledger = Published(), InMemoryCallStates(), InMemoryLedger()
+        async def handle(age: timedelta) -> tuple[InMemoryOutputs, InMemoryCallStates]:
+            published, states, ledger = InMemoryOutputs(), InMemoryCallStates(), InMemoryLedger()
             processor = CallProcessor(tenants=TenantDirectory([practice()]), outputs=published, states=states,
                                       dispatcher=Dispatcher(ModMedConnector(client, ledger), ledger),
                                       metrics=Metrics(), clock=lambda: NOW + age)
@@ -155,15 +155,15 @@ async def processor_at() -> AsyncIterator[Any]:
 async def test_an_event_outside_the_horizon_is_dead_lettered_and_not_processed(processor_at: Any,
                                                                                   age: timedelta) -> None:
     published, states = await processor_at(age)
-    [letter] = published.records["dead_letter"]
+    [letter] = published.dead_letters
     assert isinstance(letter, DeadLetter) and letter.error_class == REFUSAL_CLASS
     assert "redelivery horizon" in letter.reason and letter.practice_id == "pain-1001"
     assert any(a.action is AuditAction.DEAD_LETTER and a.error_class == REFUSAL_CLASS
-               for a in published.records["audit"])
+               for a in published.audits)
     assert not states, "the call was not started"
 
 
 async def test_an_event_inside_the_horizon_is_processed(processor_at: Any) -> None:
     published, states = await processor_at(H)
-    assert "dead_letter" not in published.records
+    assert published.dead_letters == []
     assert len(states) == 1
