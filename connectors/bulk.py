@@ -34,8 +34,9 @@ from pydantic import ValidationError
 from callstream.cli_options import add_service_options, require_tenants_file, settings_from
 from callstream.errors import ConfigError
 from callstream.tenants import ApiTrack, Practice, load_tenant_directory
+from connectors.allow_lists import relative_path
 from connectors.errors import CapabilityMissing, InvalidRequestError, InvalidResponseError, RetryableError
-from connectors.fhir import ModMedClient, relative_path
+from connectors.fhir import ModMedClient
 from connectors.vocabulary import COMPLIANCE_SYSTEM, PDMP_CHECK_CODE, UDS_CODE
 
 NDJSON = "application/fhir+ndjson"

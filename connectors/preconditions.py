@@ -10,6 +10,7 @@ checks, so a write is allowed or refused by the same rule whichever way it reach
 from __future__ import annotations
 
 from callstream.tenants import ApiTrack, Practice
+from connectors.allow_lists import FHIR_ID
 from connectors.errors import (
     CapabilityMissing,
     InvalidRequestError,
@@ -17,7 +18,6 @@ from connectors.errors import (
     VisitReasonMismatch,
     WriteNotAllowed,
 )
-from connectors.fhir import FHIR_ID
 from connectors.vocabulary import VISIT_REASON_SYSTEM
 from guards.model import GoLivePhase, VisitReason
 

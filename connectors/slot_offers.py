@@ -18,8 +18,9 @@ from fhir.resources.R4B.schedule import Schedule
 from fhir.resources.R4B.slot import Slot
 
 from callstream.tenants import Practice
+from connectors.allow_lists import FHIR_ID
 from connectors.errors import InvalidResponseError
-from connectors.fhir import FHIR_ID, ModMedClient
+from connectors.fhir import ModMedClient
 from connectors.vocabulary import EQUIPMENT_SYSTEM, EXT_ROOM_EQUIPMENT, ROOM_KIND_SYSTEM
 from guards.model import VisitReason
 from guards.scheduling import BlockKind, Equipment, RoomKind, SlotCandidate

@@ -21,7 +21,7 @@ from callstream.errors import ConfigError
 from callstream.tenants import Practice
 from connectors.dispatch import task_code
 from connectors.ema.commands import TASK_KEY_LINE, task_kind_code
-from connectors.fhir import FORBIDDEN_WRITE_TYPES
+from connectors.allow_lists import FORBIDDEN_WRITE_TYPES
 from golive.audit_collector import AuditCollector
 from golive.catalogue import AppointmentExpectation, CallerKind, TaskExpectation
 from golive.planning import Planned

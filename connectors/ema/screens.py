@@ -17,7 +17,7 @@ from callstream.tenants import Practice
 from guards.model import AgreementStatus, PhoneRestriction
 
 FHIR_ID = re.compile(r"^(?!\.+\Z)[A-Za-z0-9\-.]{1,64}\Z")
-"""A ModMed id as it may appear in a screen path (same rule as connectors.fhir.FHIR_ID)."""
+"""A ModMed id as it may appear in a screen path (same rule as connectors.allow_lists.FHIR_ID)."""
 MAX_VALUE_CHARS = 200
 
 
