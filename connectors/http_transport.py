@@ -18,7 +18,8 @@ Errors keep the meaning the connector's write safety rests on (connectors/fhir.p
 So the transport itself never sends a request twice: aiohttp's own resend of a GET or PUT whose
 connection dropped (RFC 9112 §9.3.1) is switched off, or a PUT that arrived, followed by a resend that
 could not connect, would read "not sent". That switch is a private attribute (aiohttp is pinned, and
-``tests/connectors/test_http_transport.py`` fails if it stops working). httpx's write timeout and its
+``tests/connectors/test_http_transport.py`` fails if it stops working; it is pinned with the other private
+names callstream relies on in ``streams.faust_boundary.PRIVATE_DEPENDENCIES``). httpx's write timeout and its
 separate keep-alive connection cap have no aiohttp counterpart: writes are bounded by the read timeout
 and the dispatcher's deadline, keep-alive connections by ``max_connections``.
 """

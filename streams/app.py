@@ -272,7 +272,7 @@ class Pipeline:
                 processor.queued(raw)  # its caller may hear PLEASE_HOLD while it waits
             await sequencer.submit(event.key, _bind(processor.handle, raw), _acker(self, event, delivered))
 
-    def _failed(self, error: BaseException) -> None:
+    def stop_on_failure(self, error: BaseException) -> None:
         """Only infrastructure failures reach here (outputs undeliverable): stop, so the event is redelivered."""
         log.critical("stopping the worker: %s", type(error).__name__)
         self._spawn(self.app.crash(error))
@@ -423,7 +423,7 @@ def _acker(pipeline: Pipeline, event: Any, delivered: InFlight) -> Callable[[Bas
             pipeline.offsets.finish(delivered)
             event.ack()
         else:
-            pipeline._failed(error)
+            pipeline.stop_on_failure(error)
 
     return done
 

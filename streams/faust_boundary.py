@@ -25,8 +25,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, MutableMapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import faust
 from aiokafka.structs import TopicPartition as KafkaTopicPartition
@@ -48,6 +49,61 @@ FAUST_MACHINERY_LOG = logging.getLogger("faust.callstream")
 """Where the worker's Faust services (these and streams.app's runtime) log their start and stop: under ``faust``, whose INFO is held back below DEBUG
 (callstream.logs), as Faust's own services' is; mode would name the logger after this module."""
 
+
+
+@dataclass(frozen=True, slots=True)
+class PrivateDependency:
+    """A private attribute or method of faust-streaming, aiokafka or aiohttp that an override relies on.
+
+    ``owner`` is ``module:Class``. A ``method`` must still be a function of the class; an ``attribute``
+    must still be assigned (``self.<name> =``) in ``assigned_in``. ``read_in`` names the library method
+    whose source must still use it: what makes the override take effect (e.g. aiokafka building its
+    fetcher from ``_fetch_max_wait_ms`` in ``start``)."""
+
+    owner: str
+    name: str
+    kind: Literal["method", "attribute"]
+    used_by: str
+    assigned_in: str | None = None
+    read_in: str | None = None
+
+
+_THREAD = "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread"
+_FAUST_CONSUMER = "faust.transport.consumer:Consumer"
+_KAFKA_CONSUMER = "aiokafka.consumer.consumer:AIOKafkaConsumer"
+
+PRIVATE_DEPENDENCIES: tuple[PrivateDependency, ...] = (
+    PrivateDependency(_THREAD, "_create_worker_consumer", "method", "ShortWaitConsumerThread._create_worker_consumer",
+                      read_in="_create_consumer"),
+    PrivateDependency(_KAFKA_CONSUMER, "_fetch_max_wait_ms", "attribute",
+                      "ShortWaitConsumerThread._create_worker_consumer", assigned_in="__init__", read_in="start"),
+    PrivateDependency(_THREAD, "_consumer", "attribute", "ShortWaitConsumerThread.on_start", assigned_in="on_start"),
+    PrivateDependency(_KAFKA_CONSUMER, "_fetcher", "attribute", "ShortWaitConsumerThread.on_start",
+                      assigned_in="start"),
+    PrivateDependency("aiokafka.consumer.fetcher:Fetcher", "_prefetch_backoff", "attribute",
+                      "ShortWaitConsumerThread.on_start", assigned_in="__init__", read_in="_proc_fetch_request"),
+    PrivateDependency(_FAUST_CONSUMER, "_new_offset", "method", "ShortWaitConsumer._new_offset",
+                      read_in="_filter_committable_offsets"),
+    PrivateDependency(_FAUST_CONSUMER, "_acked", "attribute", "ShortWaitConsumer._new_offset",
+                      assigned_in="__init__", read_in="ack"),
+    PrivateDependency(_FAUST_CONSUMER, "_acked_index", "attribute", "ShortWaitConsumer._new_offset",
+                      assigned_in="__init__", read_in="ack"),
+    PrivateDependency(_FAUST_CONSUMER, "_committed_offset", "attribute", "ShortWaitConsumer.perform_seek",
+                      assigned_in="__init__"),
+    PrivateDependency("faust.transport.consumer:ThreadDelegateConsumer", "_thread", "attribute",
+                      "ShortWaitConsumer.perform_seek", assigned_in="__init__"),
+    PrivateDependency("faust.transport.consumer:ThreadDelegateConsumer", "_new_consumer_thread", "method",
+                      "ShortWaitConsumer._new_consumer_thread", read_in="__init__"),
+    PrivateDependency("faust.app.base:App", "_new_transport", "method", "PipelineFaustApp._new_transport",
+                      read_in="transport"),
+    PrivateDependency("faust.stores.memory:Store", "_key_partition", "attribute", "_key_partitions",
+                      assigned_in="__post_init__", read_in="apply_changelog_batch"),
+    PrivateDependency("aiohttp.client:ClientSession", "_retry_connection", "attribute",
+                      "connectors.http_transport.AiohttpTransport._open", assigned_in="__init__", read_in="_request"),
+)
+"""Every private name of those libraries callstream touches, here and in the FHIR client's aiohttp transport
+(which the connector layer owns, so it cannot live here). tests/streams/test_faust_boundary.py checks each
+on the installed versions and that these modules touch no other."""
 
 class ShortWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     fetch_max_wait_ms = DEFAULT_FETCH_MAX_WAIT_MS
