@@ -55,7 +55,8 @@ from sinks.read_api import (
     parse_day,
     serve_read_api,
 )
-from sinks.siem import DeliveryTally, SiemFirehose, SiemMetrics
+from sinks.siem.firehose import SiemFirehose
+from sinks.siem.outcomes import DeliveryTally, SiemMetrics
 
 logger = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ class _BacklogCollector(Collector):
 
 
 class SinkMetrics:
-    """The sinks process's metrics; satisfies sinks.siem.SiemMetrics."""
+    """The sinks process's metrics; satisfies sinks.siem.outcomes.SiemMetrics."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()

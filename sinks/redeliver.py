@@ -46,7 +46,7 @@ from schemas.topics import AUDIT, SIEM_DEAD_LETTER
 from sinks.formats import render_body
 from sinks.kafka_io import AuditDecoder
 from sinks.payload import audit_record
-from sinks.siem import Endpoint, EndpointDirectory, Undeliverable, post_signed
+from sinks.siem.endpoints import Endpoint, EndpointDirectory, Undeliverable, post_signed
 
 logger = logging.getLogger(__name__)
 

@@ -18,9 +18,12 @@ import pytest
 
 from callstream.devstack import ensure_topics
 from callstream.retry import Backoff
+from callstream.siem_delivery import SiemOutcome
 from sinks.backlog import DeliverySchedule
 from sinks.redeliver import redeliver_practice
-from sinks.siem import DeliveryTally, SiemFirehose, SiemOutcome, SiemPolicy
+from sinks.siem.firehose import SiemFirehose
+from sinks.siem.outcomes import DeliveryTally
+from sinks.siem.policy import SiemPolicy
 from tests.sinks.audit_helpers import (
     BASE_TIME,
     SiemReceiver,

@@ -12,8 +12,11 @@ import pytest
 
 from callstream.devstack import ensure_topics
 from callstream.retry import Backoff
+from callstream.siem_delivery import SiemOutcome
 from sinks.backlog import DeliverySchedule
-from sinks.siem import DeliveryTally, OffsetTracker, SiemFirehose, SiemOutcome, SiemPolicy
+from sinks.siem.firehose import SiemFirehose
+from sinks.siem.outcomes import DeliveryTally
+from sinks.siem.policy import SiemPolicy
 from tests.sinks.audit_helpers import (
     Produced,
     SiemReceiver,
@@ -238,20 +241,3 @@ def test_siem_urls_never_reach_the_logs_whatever_the_log_level(
     assert tally.total(SiemOutcome.DELIVERED) == 3
     assert caplog.records, "the firehose logs its own progress"
     assert "hec-TOKEN-4d1f9e" not in caplog.text and "/siem/token-practice" not in caplog.text
-
-
-def test_offsets_become_committable_only_over_a_settled_prefix() -> None:
-    tracker = OffsetTracker()
-    for offset in (10, 11, 12, 13):
-        tracker.start(0, offset)
-    tracker.start(1, 5)
-    tracker.finish(0, 12)
-    tracker.finish(0, 11)
-    assert tracker.take_committable() == {}, "offset 10 is still on its way"
-    tracker.finish(0, 10)
-    tracker.finish(1, 5)
-    assert tracker.take_committable() == {0: 13, 1: 6}
-    assert tracker.pending == 1 and tracker.take_committable() == {}
-    tracker.forget({0})
-    tracker.finish(0, 13)  # settled after its partition was revoked: the new owner re-reads it
-    assert tracker.take_committable() == {} and tracker.pending == 0
