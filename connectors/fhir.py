@@ -21,13 +21,11 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit
 
 import httpx
-from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.resource import Resource
-from pydantic import ValidationError
 
 from callstream import deadline as turn_deadline
 from callstream.deadline import Deadline
@@ -35,7 +33,6 @@ from callstream.errors import ConfigError, TenantDirectoryError
 from callstream.retry import Backoff, retry_after_seconds
 from callstream.tenants import ApiTrack, Credentials, Practice
 from connectors.allow_lists import (
-    FHIR_ID,
     WRITE_ALLOW_LIST,
     WritableResource,
     authorize,
@@ -58,13 +55,25 @@ from connectors.errors import (
     WriteNotAllowed,
     error_for_status,
 )
+from connectors.fhir_responses import (
+    UNPARSEABLE,
+    FhirResponse,
+    R,
+    SearchResult,
+    bundle_matches,
+    decode_json,
+    entry_resources,
+    id_from_location,
+    parse_resource,
+    read_capped,
+    searchset_page,
+)
 from connectors.http_transport import AiohttpTransport
 from connectors.ratelimit import RateLimiter, RateLimiterRegistry, WaitPastDeadline
 
 log = logging.getLogger(__name__)
 
 FHIR_JSON = "application/fhir+json"
-R = TypeVar("R", bound=Resource)
 
 
 _READ = httpx.ByteStream(b"")
@@ -109,23 +118,6 @@ class ClientConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
                 raise ConfigError(f"connector setting {name} must be a positive number")
-
-
-@dataclass(frozen=True, slots=True)
-class FhirResponse:
-    """A successful answer: status, the headers callers need, the parsed JSON body (None when empty)."""
-
-    status: int
-    headers: httpx.Headers
-    body: Any
-
-
-@dataclass(frozen=True, slots=True)
-class SearchResult(Generic[R]):
-    """Matches of a search (all pages read) and whether the page budget left pages unread."""
-
-    matches: list[R]
-    truncated: bool = False
 
 
 class PracticeSession:
@@ -248,7 +240,7 @@ class ModMedClient:
         resource_type = model.get_resource_type()
         url = resource_url(practice, resource_type, resource_id)
         response = await self._call(self.session(practice), "GET", url)
-        resource = _parse_resource(response.body, model, practice.practice_id)
+        resource = parse_resource(response.body, model, practice.practice_id)
         if resource.id != resource_id:
             raise InvalidResponseError(
                 "ModMed answered with a different resource id", practice_id=practice.practice_id,
@@ -269,17 +261,7 @@ class ModMedClient:
         matches: list[R] = []
         more = False
         async for bundle, more in self._pages(practice, resource_type, params, max_pages or self.config.max_search_pages):
-            try:
-                page = Bundle.model_validate(bundle)
-            except ValidationError:  # pydantic's message echoes values (PHI): say which type, not what
-                raise InvalidResponseError(
-                    "search answered with an invalid Bundle", practice_id=practice.practice_id,
-                    resource_type=resource_type, method="GET",
-                ) from None
-            matches.extend(
-                entry.resource for entry in page.entry or ()
-                if isinstance(entry.resource, model) and not (entry.search and entry.search.mode == "include")
-            )
+            matches.extend(bundle_matches(bundle, model, practice.practice_id))
         return SearchResult(matches, truncated=more)
 
     async def search_json(
@@ -293,14 +275,7 @@ class ModMedClient:
         found: list[Mapping[str, Any]] = []
         more = False
         async for bundle, more in self._pages(practice, resource_type, params, self.config.max_search_pages):
-            entries = bundle.get("entry") or []
-            if not isinstance(entries, list):
-                raise InvalidResponseError(
-                    "search Bundle has a malformed entry list", practice_id=practice.practice_id,
-                    resource_type=resource_type, method="GET",
-                )
-            resources = [entry.get("resource") for entry in entries if isinstance(entry, Mapping)]
-            found.extend(r for r in resources if isinstance(r, Mapping) and r.get("resourceType") == resource_type)
+            found.extend(entry_resources(bundle, resource_type, practice.practice_id))
         if more:
             raise InvalidResponseError(
                 "search has more pages than the page budget", practice_id=practice.practice_id,
@@ -320,18 +295,9 @@ class ModMedClient:
         query: Mapping[str, str | Sequence[str]] | None = params
         for _ in range(max_pages):
             body = (await self._call(session, "GET", url, params=query)).body
-            if not isinstance(body, Mapping) or body.get("resourceType") != "Bundle":
-                raise InvalidResponseError(
-                    "search answered without a Bundle", practice_id=practice.practice_id,
-                    resource_type=resource_type, method="GET",
-                )
-            links = body.get("link")
-            next_url = next(
-                (link.get("url") for link in links if isinstance(link, Mapping) and link.get("relation") == "next"),
-                None,
-            ) if isinstance(links, list) else None
-            yield body, isinstance(next_url, str)
-            if not isinstance(next_url, str):
+            bundle, next_url = searchset_page(body, practice.practice_id, resource_type)
+            yield bundle, next_url is not None
+            if next_url is None:
                 return
             url, query = next_url, None
 
@@ -373,9 +339,9 @@ class ModMedClient:
                 ) from None
             raise
         if isinstance(response.body, Mapping) and response.body.get("resourceType") == resource_type:
-            return _parse_resource(response.body, type(resource), practice.practice_id)
+            return parse_resource(response.body, type(resource), practice.practice_id)
         location = response.headers.get("location") or response.headers.get("content-location")
-        created_id = _id_from_location(location, resource_type)
+        created_id = id_from_location(location, resource_type)
         if created_id is None:
             raise InvalidResponseError(
                 "write answered with neither the resource nor its Location", practice_id=practice.practice_id,
@@ -474,9 +440,9 @@ class ModMedClient:
                     resource_type=label, method=method, status=429,
                 )
             session.limiter.record_accepted()
-            body = _decode_json(response.content)
+            body = decode_json(response.content)
             if 200 <= status < 300:
-                if body is _UNPARSEABLE:
+                if body is UNPARSEABLE:
                     raise InvalidResponseError(
                         "ModMed answered with a body that is not JSON", practice_id=practice_id,
                         resource_type=label, method=method, status=status,
@@ -489,7 +455,7 @@ class ModMedClient:
                 continue
             error = error_for_status(
                 status, practice_id=practice_id, resource_type=label, method=method,
-                body=None if body is _UNPARSEABLE else body,
+                body=None if body is UNPARSEABLE else body,
             )
             if isinstance(error, RetryableError) and idempotent:
                 await self._back_off_or_raise(error, attempt, deadline)
@@ -536,7 +502,7 @@ class ModMedClient:
                 response = await self._http.send(request, stream=True)
                 try:
                     status = response.status_code
-                    body = await _read_capped(response, self.config.max_response_bytes, practice_id, label, method)
+                    body = await read_capped(response, self.config.max_response_bytes, practice_id, label, method)
                 finally:
                     await response.aclose()
                     # httpx's response and its body stream refer to each other: a cycle that takes the request,
@@ -635,9 +601,6 @@ class _FileStream:
                                  resource_type="bulk-file", method="GET") from None
 
 
-_UNPARSEABLE = object()
-
-
 @asynccontextmanager
 async def _rate_slot(session: PracticeSession, turn: Deadline | None, label: str, method: str) -> AsyncIterator[None]:
     """The practice's rate-limit slot; a slot past the caller's deadline is a typed refusal (nothing sent)."""
@@ -661,60 +624,6 @@ def _acceptable_token_endpoint(endpoint: str, fhir_base: str) -> bool:
     """SMART discovery may point elsewhere, but never to plain http on another host (assertion leak)."""
     parts = urlsplit(endpoint)
     return parts.scheme == "https" or (parts.scheme == "http" and _origin(endpoint) == _origin(fhir_base))
-
-
-async def _read_capped(response: httpx.Response, limit: int, practice_id: str, label: str, method: str) -> bytes:
-    declared = response.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise InvalidResponseError(
-            f"ModMed response exceeds {limit} bytes", practice_id=practice_id, resource_type=label, method=method,
-            status=response.status_code,
-        )
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        if size > limit:
-            raise InvalidResponseError(
-                f"ModMed response exceeds {limit} bytes", practice_id=practice_id, resource_type=label,
-                method=method, status=response.status_code,
-            )
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _decode_json(content: bytes) -> Any:
-    if not content.strip():
-        return None
-    try:
-        return json.loads(content)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return _UNPARSEABLE
-
-
-def _parse_resource(body: Any, model: type[R], practice_id: str) -> R:
-    resource_type = model.get_resource_type()
-    if not isinstance(body, Mapping) or body.get("resourceType") != resource_type:
-        raise InvalidResponseError(
-            f"expected a {resource_type} resource", practice_id=practice_id, resource_type=resource_type
-        )
-    try:
-        return model.model_validate(body)
-    except ValidationError:  # pydantic's message echoes values (PHI): say which type, not what
-        raise InvalidResponseError(
-            f"ModMed returned an invalid {resource_type}", practice_id=practice_id, resource_type=resource_type
-        ) from None
-
-
-def _id_from_location(location: str | None, resource_type: str) -> str | None:
-    """The id in a Location header like .../Appointment/123/_history/1."""
-    if not location:
-        return None
-    parts = urlsplit(location).path.split("/")
-    for index, part in enumerate(parts[:-1]):
-        if part == resource_type and FHIR_ID.match(parts[index + 1]):
-            return parts[index + 1]
-    return None
 
 
 class _QueryRedaction(logging.Filter):
