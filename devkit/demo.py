@@ -166,7 +166,7 @@ def _broker(settings: Settings, run_dir: Path) -> Iterator[str]:
 @contextlib.contextmanager
 def _audit_sink(settings: Settings) -> Iterator[AuditStore]:
     """The ClickHouse audit sink in a thread of this process (the only chDB user of the data directory)."""
-    from sinks.cli import run_sinks
+    from sinks.process import run_sinks
 
     store = AuditStore.open(settings.effective_clickhouse_dsn)
     store.migrate()

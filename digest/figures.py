@@ -11,10 +11,10 @@ EMA_WRITE records.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date
 from typing import Any
-from zoneinfo import ZoneInfo
 
+from guards.hours import local_day_window
 from sinks.clickhouse_schema import AUDIT_TABLE
 from sinks.clickhouse_store import AuditStore
 
@@ -24,14 +24,6 @@ MAX_LISTED_CALLS = 50
 _CS = "action = 'ESCALATION' AND detail['trigger'] = 'controlled_substance'"
 _WRITE = "action IN ('FHIR_WRITE', 'EMA_WRITE')"
 _BLOCK = "action = 'GUARD_HIT' AND outcome = 'BLOCKED'"
-
-
-def local_day_window(day: date, zone: str) -> tuple[datetime, datetime]:
-    """[start, end) in UTC of a calendar day in a time zone (23 or 25 hours on a DST change)."""
-    tz = ZoneInfo(zone)
-    start = datetime.combine(day, time(0), tzinfo=tz)
-    end = datetime.combine(day + timedelta(days=1), time(0), tzinfo=tz)
-    return start.astimezone(UTC), end.astimezone(UTC)
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,9 @@ question, "is the office closed at this moment, in the practice's own time zone?
 to 911, tasks say they came in after hours). A practice without ``office_hours`` keeps the long-standing
 default, Monday to Friday 08:00-17:00 local time, no holidays.
 
+A practice's calendar day (`local_day_window`: the day the digest and the audit read API count calls of)
+is a day of the same zone, in UTC bounds.
+
 Times are wall-clock times of the practice's zone (zoneinfo), so a daylight-saving change moves nothing:
 08:00 stays 08:00 local. An interval may not cross midnight (a night clinic lists two intervals instead).
 """
@@ -13,7 +16,7 @@ Times are wall-clock times of the practice's zone (zoneinfo), so a daylight-savi
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated, Literal, Self
 from zoneinfo import ZoneInfo
 
@@ -123,3 +126,11 @@ def is_after_hours(now: datetime, timezone: str, hours: OfficeHours = DEFAULT_OF
     local = now.astimezone(ZoneInfo(timezone))
     moment = local.time().replace(tzinfo=None)
     return not any(interval.contains(moment) for interval in hours.openings(local.date()))
+
+
+def local_day_window(day: date, zone: str) -> tuple[datetime, datetime]:
+    """[start, end) in UTC of a calendar day in a time zone (23 or 25 hours on a DST change)."""
+    tz = ZoneInfo(zone)
+    start = datetime.combine(day, time(0), tzinfo=tz)
+    end = datetime.combine(day + timedelta(days=1), time(0), tzinfo=tz)
+    return start.astimezone(UTC), end.astimezone(UTC)

@@ -10,7 +10,7 @@ audit call|pdf` keep working) in threads beside the pages. Serving the pages thr
 HTTP query API was the alternative; it would have put every filter and page shape into that API and a
 second hop into every page for no gain in isolation, since the owner of the data is the only process
 that can read it either way. `callstream audit pdf` reads like `audit call`:
-through the sinks process's read API when it runs, else from the store (sinks/cli.py).
+through the sinks process's read API when it runs, else from the store (processes/audit.py).
 
 Modules: `records` (the typed reads, always scoped to one practice), `users` (users file, scrypt hashes,
 login throttle), `app` (Starlette + Jinja2 pages, sessions, CSRF), `pdf` (fpdf2), `server` (uvicorn in a

@@ -154,15 +154,17 @@ def _serve(options: argparse.Namespace, settings: Settings) -> int:
 def _start_sinks(settings: Settings, tenants: TenantDirectory, database: str | None, stop: threading.Event,
                  failures: list[BaseException]) -> threading.Thread:
     """`callstream sinks run` in a thread of this process (SIEM too when a practice has an endpoint), with the
-    audit read API, so `callstream audit call|pdf` keep working; a failure lands in ``failures`` and stops
-    the process."""
-    from sinks.cli import run_sinks
+    audit read API (with the review items and the digest, as processes/sinks.py composes them), so `callstream
+    audit call|pdf` keep working; a failure lands in ``failures`` and stops the process."""
+    from processes.sinks import application_additions
+    from sinks.process import run_sinks
 
     only = None if any(practice.siem for practice in tenants.values()) else "clickhouse"
 
     def run() -> None:
         try:
-            run_sinks(settings, stop, tenants=tenants, database=database, only=only, read_api=True)
+            run_sinks(settings, stop, tenants=tenants, database=database, only=only, read_api=True,
+                      additions=application_additions(settings, tenants))
         except BaseException as exc:  # noqa: BLE001 - re-raised by the main thread
             failures.append(exc)
 
@@ -174,7 +176,7 @@ def _start_sinks(settings: Settings, tenants: TenantDirectory, database: str | N
 def audit_pdf(call_id: str, out: Path, read: Callable[[Callable[[Any], dict[str, Any]]], dict[str, Any]], *,
               tenants_file: Path | None, practice_id: str | None = None) -> int:
     """`callstream audit pdf CALL_ID --out FILE`: the call's record as a PDF; ``read`` runs a read on the sinks
-    process's read API when it runs, else on the store opened here (sinks/cli.py), as `audit call` does."""
+    process's read API when it runs, else on the store opened here (processes/audit.py), as `audit call` does."""
     if tenants_file is None:
         raise ConfigError("the PDF names the practice: --tenants FILE or CALLSTREAM_TENANTS_FILE")
     tenants = load_tenant_directory(tenants_file)

@@ -16,6 +16,10 @@ view) read through this API while the sinks run, and open the store themselves o
 Bound to 127.0.0.1 by default; on any other address it refuses to start without a bearer token
 (``read_api_token_ref``), and with a token every request must carry it. Errors are JSON ``{"error": ...}``.
 The address is published in ``data_dir/run/read-api.json`` for clients on the same machine.
+
+The review items and the digest endpoints belong to applications above the sinks (review/, digest/): the API
+takes them as the small interfaces below (`ReviewItems`, `SendDigests`, `DigestFigures`), handed in by the
+process that composes it (processes/sinks.py), so it never imports them.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 from zoneinfo import ZoneInfo
 
@@ -41,8 +45,7 @@ from callstream.errors import CallstreamError, ConfigError, ServiceUnavailableEr
 from callstream.secrets import read_secret
 from callstream.settings import Settings, is_loopback, redact_dsn
 from callstream.tenants import TenantDirectory
-from digest.figures import local_day_window
-from review.reader import ReviewReader
+from guards.hours import local_day_window
 from sinks.clickhouse_store import AmbiguousCallError, AuditStore, StoreUnavailableError
 
 log = logging.getLogger(__name__)
@@ -52,6 +55,20 @@ PRACTICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}\Z")
 MAX_PAGE = 1000
 MAX_BODY_BYTES = 4096
 RUN_FILE = Path("run") / "read-api.json"
+
+
+SendDigests = Callable[[date | None, str | None], list[dict[str, Any]]]
+"""Send the digests of a day (None: today) for one practice (None: all); each outcome as JSON."""
+DigestFigures = Callable[[str, date], dict[str, Any]]
+"""A practice's digest figures of one day, as JSON."""
+
+
+class ReviewItems(Protocol):
+    """The review items of a call, as the queue renders them (review.reader.ReviewReader is one)."""
+
+    def items(self, practice_id: str, *, call_id: str | None = None) -> list[dict[str, Any]]:
+        """Raises ServiceUnavailableError when the items cannot be read now."""
+        ...
 
 
 class NotFoundError(CallstreamError):
@@ -86,7 +103,7 @@ class CallReads:
     """The reads behind the API (and behind `callstream audit` when it opens the store itself)."""
 
     def __init__(self, store: AuditStore, tenants: TenantDirectory | None = None,
-                 reviews: ReviewReader | None = None) -> None:
+                 reviews: ReviewItems | None = None) -> None:
         self.store = store
         self.tenants = tenants
         self.reviews = reviews
@@ -161,8 +178,7 @@ def api_token(settings: Settings) -> str | None:
 
 
 def serve_read_api(reads: CallReads, host: str, port: int, *, token: str | None = None,
-                   send_digests: Callable[[date | None, str | None], list[dict[str, Any]]] | None = None,
-                   digest_figures: Callable[[str, date], dict[str, Any]] | None = None,
+                   send_digests: SendDigests | None = None, digest_figures: DigestFigures | None = None,
                    publish: tuple[Path, str, str] | None = None) -> ReadApiServer:
     """Serve the API from a daemon thread. ``publish`` (data_dir, redacted DSN, database) writes the run file.
 

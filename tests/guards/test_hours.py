@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime, time
 import pytest
 from pydantic import ValidationError
 
-from guards.hours import DEFAULT_OFFICE_HOURS, OfficeHours, is_after_hours
+from guards.hours import DEFAULT_OFFICE_HOURS, OfficeHours, is_after_hours, local_day_window
 
 NY = "America/New_York"
 
@@ -109,3 +109,13 @@ def test_the_after_hours_rule_holds_appointment_writes_but_never_an_escalation()
     open_hours = held.model_copy(update={"after_hours": False})
     assert decide(open_hours, IntentRequest(intent=Intent.BOOK_APPOINTMENT, visit_reason=VisitReason.FOLLOW_UP),
                   ChartFlags(), GoLivePhase.WRITE, now).queued_commands == ()
+
+
+def test_a_practice_day_is_its_local_midnight_to_midnight_in_utc_23_or_25_hours_on_a_dst_change() -> None:
+    assert local_day_window(date(2026, 3, 14), "America/Chicago") == (
+        datetime(2026, 3, 14, 5, 0, tzinfo=UTC), datetime(2026, 3, 15, 5, 0, tzinfo=UTC))
+    spring, autumn = local_day_window(date(2026, 3, 8), "America/Chicago"), local_day_window(date(2026, 11, 1), "UTC")
+    assert (spring[1] - spring[0]).total_seconds() == 23 * 3600
+    assert (autumn[1] - autumn[0]).total_seconds() == 24 * 3600
+    fall = local_day_window(date(2026, 11, 1), "America/Chicago")
+    assert (fall[1] - fall[0]).total_seconds() == 25 * 3600

@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from callstream.devstack import free_port
+from processes.audit import main as audit_main
 from qa.pdf import record_sha256
-from sinks.cli import audit_main
 from tests.qa.conftest import PASSWORDS, PRACTICE_A, QaWorld
 from tests.qa.helpers import sign_in
 

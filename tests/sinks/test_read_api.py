@@ -22,10 +22,10 @@ from callstream.settings import redact_dsn
 from devkit.broker import TansuBroker
 from digest.local import LocalSmtpReceiver
 from digest.message import DIGEST_HEADER
+from processes.audit import main as audit_main
 from review.reader import StoreReader
 from review.store import ReviewStore
 from schemas.topics import AUDIT
-from sinks.cli import audit_main
 from sinks.clickhouse_store import AuditStore
 from sinks.read_api import CallReads, ReadApiServer, serve_read_api
 from tests.digest.seed import PRACTICE, day_events, directory, seed_audit, seed_review

@@ -1,10 +1,11 @@
-"""`callstream audit call` and the `callstream sinks run` wiring, on the real engine and a real broker."""
+"""The sinks process (sinks/process.py) and `callstream sinks run`, on the real engine and a real broker."""
 
 from __future__ import annotations
 
-import json
 import random
 import threading
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -13,12 +14,13 @@ from callstream.devstack import free_port
 from callstream.errors import ConfigError, ServiceUnavailableError
 from callstream.settings import load_settings
 from devkit.broker import TansuBroker
-from schemas.models import AuditAction, AuditOutcome, CommandKind, GuardAction
+from processes.sinks import main as sinks_main
 from schemas.registry import SchemaRegistryClient
 from schemas.topics import AUDIT
-from sinks.cli import audit_main, run_sinks, sinks_main
 from sinks.audit_rows import AuditRowProcessor
-from sinks.clickhouse_store import AmbiguousCallError, AuditStore
+from sinks.clickhouse_store import AuditStore
+from sinks.process import Additions, run_sinks
+from sinks.read_api import discover
 from tests.sinks.audit_helpers import (
     SiemReceiver,
     discard_broker,
@@ -29,60 +31,6 @@ from tests.sinks.audit_helpers import (
     tenant_directory,
     wait_until,
 )
-
-
-@pytest.fixture
-def seeded_store(clickhouse_client, clickhouse_database: str, clickhouse_dsn: str,  # type: ignore[no-untyped-def]
-                 monkeypatch: pytest.MonkeyPatch) -> AuditStore:
-    monkeypatch.delenv("CALLSTREAM_CONFIG", raising=False)
-    monkeypatch.setenv("CLICKHOUSE_DSN", clickhouse_dsn)
-    store = AuditStore(clickhouse_client, clickhouse_database)
-    store.migrate()
-    processor = AuditRowProcessor()
-    store.insert([processor.process(encode(event)) for event in (  # type: ignore[misc]
-        make_event("northside-pain", 0, call_id="call-5", action=AuditAction.CALL_STATE_TRANSITION,
-                   state_from="RINGING", state_to="IDENTIFIED", resource_type=None, resource_ids=[]),
-        make_event("northside-pain", 1, call_id="call-5", action=AuditAction.ESCALATION, command=CommandKind.CREATE_TASK,
-                   resource_type="Task", resource_ids=["task-1"], task_refs=["Task/task-1"], transcript_ref="tr:5",
-                   guards_fired=["refill_escalates"], ema_deep_link="https://ema.example/chart/pat-1"),
-        make_event("northside-pain", 1, call_id="call-5", action=AuditAction.GUARD_HIT, resource_type=None,
-                   resource_ids=[], guards_fired=["refill_escalates"], guard_action=GuardAction.ESCALATED,
-                   dialogue_path="REFILL_REQUEST"),
-        make_event("northside-pain", 2, call_id="twice", outcome=AuditOutcome.FAILURE),
-        make_event("southside-pain", 3, call_id="twice"),
-    )])
-    return store
-
-
-def test_audit_call_prints_the_record_as_json_and_text(seeded_store: AuditStore, capsys: pytest.CaptureFixture[str]) -> None:
-    assert audit_main(["call", "call-5", "--database", seeded_store.database, "--json"]) == 0
-    record = json.loads(capsys.readouterr().out)
-    assert record["caller_number"] == "+15551230000"
-    assert record["state_transitions"] == [{"at": "2026-03-14T15:09:26.000Z", "from": "RINGING", "to": "IDENTIFIED"}]
-    assert record["tasks"] == [{"at": "2026-03-14T15:09:27.000Z", "task_ref": "Task/task-1", "transcript_ref": "tr:5"}]
-    assert record["fhir_resources"] == {"Task": ["task-1"]}
-    assert record["ema_deep_links"] == ["https://ema.example/chart/pat-1"]
-    [hit] = record["guards_fired"]
-    assert (hit["guard"], hit["guard_action"], hit["dialogue_path"]) == ("refill_escalates", "ESCALATED", "REFILL_REQUEST")
-    assert audit_main(["call", "call-5", "--database", seeded_store.database]) == 0
-    text = capsys.readouterr().out
-    assert "RINGING -> IDENTIFIED" in text and "Task/task-1  transcript tr:5" in text
-    assert "refill_escalates  ESCALATED REFILL_REQUEST" in text
-
-
-def test_audit_call_failures_are_clear(seeded_store: AuditStore, capsys: pytest.CaptureFixture[str],
-                                       clickhouse_client) -> None:  # type: ignore[no-untyped-def]
-    assert audit_main(["call", "call-unknown", "--database", seeded_store.database]) == 1
-    assert "no audit events for call call-unknown" in capsys.readouterr().err
-    with pytest.raises(AmbiguousCallError, match="northside-pain, southside-pain; name one with --practice"):
-        audit_main(["call", "twice", "--database", seeded_store.database])
-    assert audit_main(["call", "twice", "--practice", "southside-pain", "--database", seeded_store.database]) == 0
-    with pytest.raises(ConfigError, match="call id must be"):
-        audit_main(["call", "call 5; DROP", "--database", seeded_store.database])
-    with pytest.raises(ConfigError, match="no audit store in ClickHouse database"):
-        audit_main(["call", "call-5", "--database", f"{seeded_store.database}_empty"])
-    with pytest.raises(SystemExit):
-        audit_main(["call"])
 
 
 def test_sinks_run_needs_a_tenant_directory_for_the_siem(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -162,3 +110,64 @@ def test_run_sinks_feeds_clickhouse_and_the_siem(clickhouse_dsn: str, clickhouse
         discard_broker(broker)
     assert not failures, failures
     assert receiver.bad_signatures == 0
+
+
+class _Reviews:
+    """Stands in for review.reader: the read API sees only the ReviewItems interface."""
+
+    def items(self, practice_id: str, *, call_id: str | None = None) -> list[dict[str, Any]]:
+        return [{"item_id": "item-1", "practice_id": practice_id, "call_id": call_id}]
+
+
+@pytest.mark.broker
+def test_the_applications_parts_come_in_as_additions(clickhouse_dsn: str, clickhouse_client,  # type: ignore[no-untyped-def]
+                                                     clickhouse_database: str, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """What processes/sinks.py hands in reaches the process: built once for the store's database, the read
+    API serves its review items and digest figures (and no send endpoint it was not given), its runner runs
+    beside the sinks and stops with them."""
+    monkeypatch.delenv("CALLSTREAM_CONFIG", raising=False)
+    asked: list[str] = []
+    ran, stopped = threading.Event(), threading.Event()
+
+    def extra(stop: threading.Event) -> None:
+        ran.set()
+        stop.wait()
+        stopped.set()
+
+    def add(database: str) -> Additions:
+        asked.append(database)
+        return Additions(reviews=_Reviews(), runners={"extra": extra},
+                         digest_figures=lambda practice, day: {"practice": practice, "date": day.isoformat()})
+
+    broker = TansuBroker(port=free_port())  # private: run_sinks uses the fixed topic and group names
+    broker.start()
+    settings = load_settings(kafka_bootstrap_servers=broker.bootstrap, clickhouse_dsn=clickhouse_dsn, data_dir=tmp_path)
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            run_sinks(settings, stop, database=clickhouse_database, only="clickhouse", read_api=True, additions=add)
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
+            failures.append(exc)
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    try:
+        wait_until(lambda: discover(settings, clickhouse_database) is not None and ran.is_set(), 20, "read API and runner")
+        store = AuditStore(clickhouse_client, clickhouse_database)
+        store.insert([AuditRowProcessor().process(encode(make_event("northside-pain", 0, call_id="call-added")))])  # type: ignore[list-item]
+        url = discover(settings, clickhouse_database)
+        record = httpx.get(f"{url}/v1/calls/call-added").json()
+        assert record["review_items"] == [{"item_id": "item-1", "practice_id": "northside-pain", "call_id": "call-added"}]
+        assert record["review_error"] is None
+        figures = httpx.get(f"{url}/v1/digests/figures", params={"practice": "northside-pain", "date": "2026-03-14"})
+        assert figures.json() == {"practice": "northside-pain", "date": "2026-03-14"}
+        assert httpx.post(f"{url}/v1/digests", json={"date": None, "practice": None}).status_code == 404
+    finally:
+        stop.set()
+        runner.join(30)
+        discard_broker(broker)
+    assert not failures, failures
+    assert asked == [clickhouse_database] and stopped.is_set()
