@@ -10,7 +10,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from callstream.tenants import Practice
-from guards import ChartFlags, SlotCandidate
+from guards import ChartFlags, Command, MatchKind, SlotCandidate, VisitReason
 from guards.scheduling import BlockKind, Equipment, RoomKind
 from schemas.models import CallEvent, CommandRoute
 from streams import callflow
@@ -23,7 +23,6 @@ from streams.callflow import (
     CheckAppointment,
     CreateTask,
     FoundSlot,
-    MatchKind,
     Output,
     PatientLookedUp,
     ReadChartFlags,
@@ -154,8 +153,8 @@ class Answers:
         if isinstance(work, CheckAppointment):
             return AppointmentChecked(work.appointment_id in self.owned_appointments, work.appointment_id)
         if isinstance(work, CancelAppointment):
-            return AppointmentWritten(callflow.Command.CANCEL_APPOINTMENT, work.appointment_id,
-                                      NOW + timedelta(days=6), callflow.VisitReason.FOLLOW_UP, CommandRoute.FHIR)
+            return AppointmentWritten(Command.CANCEL_APPOINTMENT, work.appointment_id,
+                                      NOW + timedelta(days=6), VisitReason.FOLLOW_UP, CommandRoute.FHIR)
         assert isinstance(work, CreateTask)
         return TaskWritten("Task", f"task-1001-{len(self.seen):06d}", CommandRoute.FHIR)
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from guards import AgreementStatus, ChartFlags, PhoneRestriction, ReplyTemplate, TaskAudience, TaskKind
+from guards import AgreementStatus, ChartFlags, MatchKind, PhoneRestriction, ReplyTemplate, TaskAudience, TaskKind
 from schemas.models import AuditAction, AuditOutcome, CommandKind, CommandRoute, GuardAction
 from streams import callflow
 from streams.callflow import (
@@ -17,7 +17,6 @@ from streams.callflow import (
     CallState,
     CancelAppointment,
     CreateTask,
-    MatchKind,
     SearchSlots,
     WorkFailed,
     WriteAppointment,

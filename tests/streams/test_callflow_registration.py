@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from guards import MatchKind
 from schemas.models import CommandKind
 from streams.callflow import (
     CallPhase,
     CoverageCreated,
     CreateCoverage,
-    MatchKind,
     PatientLookedUp,
     PatientRegistered,
     RegisterPatient,
