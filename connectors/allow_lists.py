@@ -156,6 +156,12 @@ def relative_path(url: str, base: str) -> str | None:
     return relative
 
 
+def origin(url: str) -> str:
+    """scheme://host[:port] of ``url``: where a bearer token may go."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
 def _require_pdmp_check_search(
     practice_id: str, relative: str, url: str, params: Mapping[str, str | Sequence[str]] | None
 ) -> None:

@@ -32,15 +32,17 @@ from callstream.deadline import Deadline
 from callstream.errors import ConfigError, TenantDirectoryError
 from callstream.retry import Backoff, retry_after_seconds
 from callstream.tenants import ApiTrack, Credentials, Practice
+from callstream.work_scope import BACKGROUND, WorkScope, WriteRequests
 from connectors.allow_lists import (
     WRITE_ALLOW_LIST,
     WritableResource,
     authorize,
-    relative_path,
+    origin,
     resource_url,
 )
 from connectors.auth import AccessToken, TokenCache, grant_for, parse_token_response
 from connectors.breaker import CircuitBreaker
+from connectors.bulk_files import BulkFileStream
 from connectors.errors import (
     AuthError,
     CircuitOpenError,
@@ -79,6 +81,8 @@ FHIR_JSON = "application/fhir+json"
 _READ = httpx.ByteStream(b"")
 """Stands in for a response's consumed body stream (see ModMedClient._attempt)."""
 
+WRITE_METHODS = frozenset({"POST", "PUT"})
+"""The requests a write tally counts (``WorkScope.writes``)."""
 TOKEN_REQUEST_LABEL = "token"
 """The resource label of token-endpoint requests (errors and RequestObserver calls): not a FHIR resource."""
 
@@ -144,11 +148,12 @@ class PracticeSession:
     def practice_id(self) -> str:
         return self.practice.practice_id
 
-    async def token_url(self) -> str:
+    async def token_url(self, deadline: Deadline | None = None) -> str:
         """The token endpoint: configured, the proprietary grant URL, or SMART discovery (certified)."""
         if self.known_token_url is None:
             response = await self._client._call(
-                self, "GET", f"{self.practice.fhir_base}/.well-known/smart-configuration", authenticated=False
+                self, "GET", f"{self.practice.fhir_base}/.well-known/smart-configuration", authenticated=False,
+                scope=BACKGROUND.under(deadline),
             )
             endpoint = response.body.get("token_endpoint") if isinstance(response.body, Mapping) else None
             if not isinstance(endpoint, str) or not _acceptable_token_endpoint(endpoint, self.practice.fhir_base):
@@ -158,11 +163,12 @@ class PracticeSession:
             self.known_token_url = endpoint
         return self.known_token_url
 
-    async def _fetch_token(self, form: dict[str, str]) -> AccessToken:
+    async def _fetch_token(self, form: dict[str, str], deadline: Deadline | None) -> AccessToken:
         """One token request; a 4xx refusal (RFC 6749 answers ``400 invalid_grant`` for a bad password or
         refresh token) is an AuthError: the credentials need an operator, retrying cannot help."""
         try:
-            response = await self._client._call(self, "POST", await self.token_url(), form=form, authenticated=False)
+            response = await self._client._call(self, "POST", await self.token_url(deadline), form=form,
+                                                authenticated=False, scope=BACKGROUND.under(deadline))
         except (TerminalError, NotFoundError, ConflictError) as exc:
             if exc.status is None or not 400 <= exc.status < 500:
                 raise
@@ -235,11 +241,12 @@ class ModMedClient:
 
     # ----------------------------------------------------------------------------------- reads
 
-    async def read(self, practice: Practice, model: type[R], resource_id: str) -> R:
+    async def read(self, practice: Practice, model: type[R], resource_id: str, *,
+                   scope: WorkScope = BACKGROUND) -> R:
         """GET {Type}/{id} as the model; NotFoundError when absent."""
         resource_type = model.get_resource_type()
         url = resource_url(practice, resource_type, resource_id)
-        response = await self._call(self.session(practice), "GET", url)
+        response = await self._call(self.session(practice), "GET", url, scope=scope)
         resource = parse_resource(response.body, model, practice.practice_id)
         if resource.id != resource_id:
             raise InvalidResponseError(
@@ -255,17 +262,20 @@ class ModMedClient:
         params: Mapping[str, str | Sequence[str]],
         *,
         max_pages: int | None = None,
+        scope: WorkScope = BACKGROUND,
     ) -> SearchResult[R]:
         """GET {Type}?params as models, following ``next`` links (same practice only) up to the page budget."""
         resource_type = model.get_resource_type()
         matches: list[R] = []
         more = False
-        async for bundle, more in self._pages(practice, resource_type, params, max_pages or self.config.max_search_pages):
+        async for bundle, more in self._pages(practice, resource_type, params,
+                                              max_pages or self.config.max_search_pages, scope):
             matches.extend(bundle_matches(bundle, model, practice.practice_id))
         return SearchResult(matches, truncated=more)
 
     async def search_json(
-        self, practice: Practice, resource_type: str, params: Mapping[str, str | Sequence[str]]
+        self, practice: Practice, resource_type: str, params: Mapping[str, str | Sequence[str]], *,
+        scope: WorkScope = BACKGROUND,
     ) -> list[Mapping[str, Any]]:
         """Raw entry resources of every page, for callers that must not even build a full model.
 
@@ -274,7 +284,7 @@ class ModMedClient:
         """
         found: list[Mapping[str, Any]] = []
         more = False
-        async for bundle, more in self._pages(practice, resource_type, params, self.config.max_search_pages):
+        async for bundle, more in self._pages(practice, resource_type, params, self.config.max_search_pages, scope):
             found.extend(entry_resources(bundle, resource_type, practice.practice_id))
         if more:
             raise InvalidResponseError(
@@ -284,7 +294,8 @@ class ModMedClient:
         return found
 
     async def _pages(
-        self, practice: Practice, resource_type: str, params: Mapping[str, str | Sequence[str]], max_pages: int
+        self, practice: Practice, resource_type: str, params: Mapping[str, str | Sequence[str]], max_pages: int,
+        scope: WorkScope,
     ) -> AsyncIterator[tuple[Mapping[str, Any], bool]]:
         """Each searchset Bundle body, and whether a ``next`` page follows (unread once the budget is spent).
 
@@ -294,7 +305,7 @@ class ModMedClient:
         url = resource_url(practice, resource_type)
         query: Mapping[str, str | Sequence[str]] | None = params
         for _ in range(max_pages):
-            body = (await self._call(session, "GET", url, params=query)).body
+            body = (await self._call(session, "GET", url, params=query, scope=scope)).body
             bundle, next_url = searchset_page(body, practice.practice_id, resource_type)
             yield bundle, next_url is not None
             if next_url is None:
@@ -303,7 +314,8 @@ class ModMedClient:
 
     # ---------------------------------------------------------------------------------- writes
 
-    async def write(self, practice: Practice, method: Literal["POST", "PUT"], resource: WritableResource) -> WritableResource:
+    async def write(self, practice: Practice, method: Literal["POST", "PUT"], resource: WritableResource, *,
+                    scope: WorkScope = BACKGROUND) -> WritableResource:
         """The only write entry: POST (create) or PUT (update) of an allow-listed resource type.
 
         Not idempotent by itself: use ModMedConnector, which wraps every write in the ledger and the
@@ -330,7 +342,8 @@ class ModMedClient:
         version = resource.meta.versionId if method == "PUT" and resource.meta else None
         if_match = {"If-Match": f'W/"{version}"'} if version else None
         try:
-            response = await self._call(self.session(practice), method, url, json_body=payload, if_match=if_match)
+            response = await self._call(self.session(practice), method, url, json_body=payload, if_match=if_match,
+                                        scope=scope)
         except TerminalError as exc:
             if exc.status == 412 and if_match:  # the resource changed since it was read
                 raise ConflictError(
@@ -347,7 +360,7 @@ class ModMedClient:
                 "write answered with neither the resource nor its Location", practice_id=practice.practice_id,
                 resource_type=resource_type, method=method, status=response.status,
             )
-        return await self.read(practice, type(resource), created_id)
+        return await self.read(practice, type(resource), created_id, scope=scope)
 
     # ----------------------------------------------------------------------- bulk (certified)
 
@@ -364,9 +377,9 @@ class ModMedClient:
         headers = {"Prefer": "respond-async"} if prefer_async else None
         return await self._call(self.session(practice), method, url, params=params, extra_headers=headers)
 
-    def stream_file(self, practice: Practice, url: str, *, with_token: bool) -> _FileStream:
+    def stream_file(self, practice: Practice, url: str, *, with_token: bool) -> BulkFileStream:
         """Stream one bulk output file; the token goes only to the practice's own origin."""
-        return _FileStream(self, self.session(practice), url, with_token=with_token)
+        return BulkFileStream(self._http, self.session(practice), url, with_token=with_token)
 
     # --------------------------------------------------------------------------- chokepoint
 
@@ -382,12 +395,14 @@ class ModMedClient:
         extra_headers: Mapping[str, str] | None = None,
         if_match: Mapping[str, str] | None = None,
         authenticated: bool = True,
+        scope: WorkScope = BACKGROUND,
     ) -> FhirResponse:
-        """Send one logical request with the retry, auth, breaker and rate-limit rules above."""
+        """Send one logical request with the retry, auth, breaker and rate-limit rules above, within the scope's
+        deadline (a caller's turn; None: background work), counting write requests into its tally."""
         label = self._authorize(session, method, url, params)
         practice_id = session.practice_id
         idempotent = method in ("GET", "PUT", "DELETE") or form is not None
-        turn = turn_deadline.current()  # a caller's turn (None: background work)
+        turn = scope.deadline if scope.deadline is not None else turn_deadline.current()
         deadline = time.monotonic() + self.config.request_budget_s
         if turn is not None:
             deadline = min(deadline, turn.at)
@@ -401,14 +416,15 @@ class ModMedClient:
                 headers["x-api-key"] = api_key
             bearer = None
             if authenticated:  # token requests are calls of their own: own retries, own breaker check
-                bearer = await session.tokens.bearer()
+                bearer = await session.tokens.bearer(turn)
                 headers["Authorization"] = f"Bearer {bearer}"
             if not session.breaker.allow():
                 raise CircuitOpenError(
                     "circuit open after repeated failures", practice_id=practice_id, resource_type=label, method=method
                 )
             try:
-                response = await self._attempt(session, method, url, label, params, json_body, form, headers, turn)
+                response = await self._attempt(session, method, url, label, params, json_body, form, headers, turn,
+                                               scope.writes)
             except RetryableError as exc:
                 session.breaker.on_failure()
                 if not (idempotent or isinstance(exc, RequestNotSentError)):
@@ -451,7 +467,7 @@ class ModMedClient:
             if status == 401 and authenticated and bearer is not None and not reauthenticated:
                 reauthenticated = True
                 log.info("practice %s: ModMed answered 401; re-authenticating once", practice_id)
-                await session.tokens.reauthenticate(bearer)
+                await session.tokens.reauthenticate(bearer, turn)
                 continue
             error = error_for_status(
                 status, practice_id=practice_id, resource_type=label, method=method,
@@ -483,6 +499,7 @@ class ModMedClient:
         form: Mapping[str, str] | None,
         headers: dict[str, str],
         turn: Deadline | None,
+        writes: WriteRequests | None,
     ) -> _Received:
         """One HTTP exchange under the practice's in-flight cap and rate limiter; body size is capped.
 
@@ -524,6 +541,8 @@ class ModMedClient:
                 ) from None
             finally:
                 self._observe(practice_id, label, method, status, time.monotonic() - started)
+                if writes is not None and method in WRITE_METHODS and label != TOKEN_REQUEST_LABEL:
+                    writes.record(status)
         return _Received(response.status_code, response.headers, body)
 
     async def _back_off_or_raise(self, error: ModMedError, attempt: int, deadline: float) -> None:
@@ -551,56 +570,6 @@ class _Received:
     content: bytes
 
 
-class _FileStream:
-    """Async context manager yielding the lines of one bulk file (see ModMedClient.stream_file)."""
-
-    def __init__(self, client: ModMedClient, session: PracticeSession, url: str, *, with_token: bool) -> None:
-        self._client = client
-        self._session = session
-        self._url = url
-        self._with_token = with_token and relative_path(url, _origin(session.practice.fhir_base)) is not None
-        self._response: httpx.Response | None = None
-
-    async def __aenter__(self) -> _FileStream:
-        session = self._session
-        headers = {"Accept": "application/fhir+ndjson"}
-        if self._with_token:
-            headers["Authorization"] = f"Bearer {await session.tokens.bearer()}"
-        if not session.breaker.allow():
-            raise CircuitOpenError("circuit open after repeated failures", practice_id=session.practice_id,
-                                   resource_type="bulk-file", method="GET")
-        request = self._client._http.build_request("GET", self._url, headers=headers)
-        async with session.limiter.slot():
-            try:
-                self._response = await self._client._http.send(request, stream=True)
-            except httpx.TransportError:
-                session.breaker.on_failure()
-                raise RetryableError("bulk file download failed", practice_id=session.practice_id,
-                                     resource_type="bulk-file", method="GET") from None
-        status = self._response.status_code
-        if status != 200:
-            await self._response.aclose()
-            (session.breaker.on_failure if status >= 500 else session.breaker.on_success)()
-            raise error_for_status(status, practice_id=session.practice_id, resource_type="bulk-file", method="GET")
-        session.breaker.on_success()
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        if self._response is not None:
-            await self._response.aclose()
-
-    async def lines(self) -> AsyncIterator[str]:
-        """Each non-empty line of the file, decoded, as it arrives."""
-        assert self._response is not None, "use inside 'async with'"
-        try:
-            async for line in self._response.aiter_lines():
-                if line.strip():
-                    yield line
-        except httpx.TransportError:
-            raise RetryableError("bulk file download broke off", practice_id=self._session.practice_id,
-                                 resource_type="bulk-file", method="GET") from None
-
-
 @asynccontextmanager
 async def _rate_slot(session: PracticeSession, turn: Deadline | None, label: str, method: str) -> AsyncIterator[None]:
     """The practice's rate-limit slot; a slot past the caller's deadline is a typed refusal (nothing sent)."""
@@ -615,15 +584,10 @@ async def _rate_slot(session: PracticeSession, turn: Deadline | None, label: str
         yield
 
 
-def _origin(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}"
-
-
 def _acceptable_token_endpoint(endpoint: str, fhir_base: str) -> bool:
     """SMART discovery may point elsewhere, but never to plain http on another host (assertion leak)."""
     parts = urlsplit(endpoint)
-    return parts.scheme == "https" or (parts.scheme == "http" and _origin(endpoint) == _origin(fhir_base))
+    return parts.scheme == "https" or (parts.scheme == "http" and origin(endpoint) == origin(fhir_base))
 
 
 class _QueryRedaction(logging.Filter):

@@ -31,7 +31,7 @@ from tests.fixtures.sandbox import SandboxServer
 PACKAGE = Path(connectors.__file__).parent
 MEDICATION_WORDS = ("MedicationRequest", "MedicationStatement")
 SENDING_ATTRIBUTES = {"post", "put", "patch", "delete", "request", "send", "stream", "build_request"}
-SENDING_FUNCTIONS = {("fhir.py", "_attempt"), ("fhir.py", "__aenter__")}
+SENDING_FUNCTIONS = {("fhir.py", "_attempt"), ("bulk_files.py", "__aenter__")}
 """Where httpx requests are built and sent: the chokepoint and the bulk-file stream (GET only)."""
 NOT_MODMED_TRAFFIC = {
     ("session.py", "_alert", "self._alerts.send"),  # the EMA lockout alert goes to the operators' chat webhook
