@@ -61,7 +61,7 @@ def expiry_audit(state: CallState) -> AuditOut:
 
 
 def read_audit(resource_type: str, ids: Iterable[str], route: CommandRoute, latency_ms: float, command: CommandKind,
-                deep_link: str | None = None, **detail: str) -> AuditOut:
+               deep_link: str | None = None, **detail: str) -> AuditOut:
     return AuditOut(
         action=AuditAction.EMA_READ if route is CommandRoute.EMA else AuditAction.FHIR_READ,
         outcome=AuditOutcome.SUCCESS,
@@ -135,9 +135,9 @@ def escalation_audit(state: CallState) -> Iterable[AuditOut]:
 
 
 def write_audit(route: CommandRoute, outcome: AuditOutcome, command: CommandKind, resource_type: str,
-                 ids: tuple[str, ...], latency_ms: float, deep_link: str | None = None,
-                 error_class: str | None = None, task_refs: tuple[str, ...] = (), slot_id: str | None = None,
-                 transcript_ref: str | None = None, **detail: str) -> AuditOut:
+                ids: tuple[str, ...], latency_ms: float, deep_link: str | None = None,
+                error_class: str | None = None, task_refs: tuple[str, ...] = (), slot_id: str | None = None,
+                transcript_ref: str | None = None, **detail: str) -> AuditOut:
     return AuditOut(
         action=AuditAction.EMA_WRITE if route is CommandRoute.EMA else AuditAction.FHIR_WRITE,
         outcome=outcome,

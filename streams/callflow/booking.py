@@ -108,8 +108,8 @@ def on_slots(state: CallState, result: SlotsFound, practice: Practice, now: date
     )
     # The read's record names the slots offered (what the caller heard), and how many were free.
     audit = read_audit("Slot", [choice.slot_id for choice in choices], result.route, result.latency_ms,
-                        CommandKind.SEARCH_SLOTS, visit_reason=visit_reason.value,
-                        operation=f"offered_{len(choices)}_of_{len(result.slots)}")
+                       CommandKind.SEARCH_SLOTS, visit_reason=visit_reason.value,
+                       operation=f"offered_{len(choices)}_of_{len(result.slots)}")
     state = state.model_copy(update={"turn": turn.model_copy(update={"slots_searched": True})})
     step = offer_slots(state, choices, practice, now)
     return Step(step.state, step.work, (audit, *step.outputs))
@@ -140,7 +140,7 @@ def offer_slots(state: CallState, choices: tuple[SlotChoice, ...], practice: Pra
             earlier_cs_requests=earlier_cs_requests(state, pending.event_id),
         )
     state, replies = reply(state, template, practice, now, visit_reason=decision.visit_reason,
-                            slots=choices if offer is not None else (), escalated=decision.escalated)
+                           slots=choices if offer is not None else (), escalated=decision.escalated)
     outputs.extend(replies)
     state = state.model_copy(update={"turn": None, "offer": offer, "pending": None})
     phase = CallPhase.OFFERING_SLOTS if offer is not None else CallPhase.NO_SLOTS
@@ -156,14 +156,14 @@ def on_appointment_written(state: CallState, result: AppointmentWritten, practic
     # A reschedule names the appointment it moved as well as the one it wrote (the same id when moved in place).
     ids = tuple(dict.fromkeys(filter(None, (result.appointment_id, offer.appointment_id))))
     audit = write_audit(result.route, AuditOutcome.SUCCESS, WRITE_COMMAND_KINDS[offer.write], "Appointment",
-                         ids, result.latency_ms, result.deep_link, slot_id=offer.chosen_slot_id,
-                         visit_reason=result.visit_reason.value)
+                        ids, result.latency_ms, result.deep_link, slot_id=offer.chosen_slot_id,
+                        visit_reason=result.visit_reason.value)
     intake = _intake_push(state, practice, offer, result) if result.command is Command.BOOK_APPOINTMENT else None
     if intake is not None:
         # The confirmation goes out with the intake link first; the caller then hears that it was sent.
         return Step(state.model_copy(update={"confirming": intake}), work=intake, outputs=(audit,))
     state, replies = reply(state, after_booking(practice.phase), practice, now,
-                            visit_reason=result.visit_reason, appointment_time=result.start)
+                           visit_reason=result.visit_reason, appointment_time=result.start)
     state, moved = transition(state.model_copy(update={"offer": None}), CallPhase.BOOKED)
     return Step(state, outputs=(audit, *replies, *moved))
 
@@ -196,11 +196,11 @@ def on_intake_sent(state: CallState, result: IntakeSent, practice: Practice, now
 
 
 def confirm_booking(state: CallState, practice: Practice, now: datetime, template: ReplyTemplate,
-                     outputs: tuple[Output, ...]) -> Step:
+                    outputs: tuple[Output, ...]) -> Step:
     sent = state.confirming
     assert sent is not None
     state, replies = reply(state, template, practice, now, visit_reason=sent.visit_reason,
-                            appointment_time=sent.start)
+                           appointment_time=sent.start)
     state, moved = transition(state.model_copy(update={"offer": None, "confirming": None}), CallPhase.BOOKED)
     return Step(state, outputs=(*outputs, *replies, *moved))
 
@@ -240,9 +240,9 @@ def booking_to_staff(state: CallState, reason: str, practice: Practice, now: dat
         **guard_params(offer.decided, offer.earlier_cs_requests),
     }
     queued = queue_for_review(state, WRITE_COMMAND_KINDS[offer.write], chosen.slot_id, params, reason,
-                     resource_type="Appointment", slot_id=chosen.slot_id,
-                     resource_ids=(offer.appointment_id,) if offer.appointment_id and state.patient_id else ())
+                              resource_type="Appointment", slot_id=chosen.slot_id,
+                              resource_ids=(offer.appointment_id,) if offer.appointment_id and state.patient_id else ())
     state, replies = reply(state, after_booking(GoLivePhase.READ_ONLY), practice, now,
-                            visit_reason=chosen.visit_reason, appointment_time=chosen.start)
+                           visit_reason=chosen.visit_reason, appointment_time=chosen.start)
     state, moved = transition(state.model_copy(update={"offer": None}), CallPhase.REVIEW_QUEUED)
     return Step(state, outputs=(*queued, *replies, *moved))

@@ -182,7 +182,7 @@ def _on_slot_chosen(state: CallState, payload: SlotChosen, practice: Practice, n
             # A new patient: the voice agent collects demographics, insurance, address and pharmacy, and sends
             # them with the caller's name and birth date again; the chosen slot waits.
             state, replies = reply(state, ReplyTemplate.ASK_NEW_PATIENT_DETAILS, practice, now,
-                                    visit_reason=chosen.visit_reason)
+                                   visit_reason=chosen.visit_reason)
             state, moved = transition(state, CallPhase.AWAITING_REGISTRATION)
             return Step(state, outputs=(*replies, *moved))
         return register_again(state)

@@ -41,7 +41,7 @@ def on_recheck(state: CallState, result: PatientLookedUp, practice: Practice, no
     caller meanwhile, or several match) goes to staff with the chosen slot. The caller hears that staff will
     confirm the visit, nothing about any chart."""
     audit = read_audit("Patient", [result.patient_id] if result.patient_id else [], result.route, result.latency_ms,
-                        CommandKind.SEARCH_PATIENT, operation=f"recheck_{result.kind.value}")
+                       CommandKind.SEARCH_PATIENT, operation=f"recheck_{result.kind.value}")
     if result.kind is not MatchKind.NONE:
         step = booking_to_staff(state, "chart_found_before_registration", practice, now)
         return Step(step.state, step.work, (audit, *step.outputs))
@@ -81,12 +81,12 @@ def registration_failed(state: CallState, failure: WorkFailed, practice: Practic
     resource = "Patient" if failure.command is CommandKind.REGISTER_PATIENT else "Coverage"
     error_class = "DuplicatePatient" if failure.slot_taken and resource == "Patient" else failure.error_class
     audit = write_audit(failure.route or CommandRoute.FHIR, AuditOutcome.FAILURE, failure.command, resource, (),
-                         failure.latency_ms, error_class=error_class)
+                        failure.latency_ms, error_class=error_class)
     if resource == "Patient":
         step = booking_to_staff(state, error_class, practice, now)
         return Step(step.state, step.work, (audit, *step.outputs))
     assert state.patient_id is not None
     queued = queue_for_review(state, CommandKind.CREATE_COVERAGE, state.patient_id,
                      {"patient_id": state.patient_id, **registration_params(state, insurance_only=True)},
-                     error_class, resource_type="Patient", resource_ids=(state.patient_id,))
+                              error_class, resource_type="Patient", resource_ids=(state.patient_id,))
     return Step(state, work=book_chosen(state), outputs=(audit, *queued))

@@ -99,9 +99,9 @@ def _on_appointment_checked(state: CallState, result: AppointmentChecked, practi
     assert turn is not None
     if result.owned:
         audit = read_audit("Appointment", (result.appointment_id,), result.route, result.latency_ms,
-                            CommandKind.RESCHEDULE_APPOINTMENT if Command.RESCHEDULE_APPOINTMENT in turn.decision.commands
-                            or Command.RESCHEDULE_APPOINTMENT in turn.decision.queued_commands
-                            else CommandKind.CANCEL_APPOINTMENT, operation="ownership_proved")
+                           CommandKind.RESCHEDULE_APPOINTMENT if Command.RESCHEDULE_APPOINTMENT in turn.decision.commands
+                           or Command.RESCHEDULE_APPOINTMENT in turn.decision.queued_commands
+                           else CommandKind.CANCEL_APPOINTMENT, operation="ownership_proved")
         state = state.model_copy(update={"turn": turn.model_copy(update={"appointment_check": "owned"})})
         step = continue_turn(state, practice, now)
         return Step(step.state, step.work, (audit, *step.outputs))
@@ -129,7 +129,7 @@ def _on_task_written(state: CallState, result: TaskWritten, practice: Practice, 
     audits = (
         write_audit(result.route, AuditOutcome.SUCCESS, CommandKind.CREATE_TASK, result.resource_type,
                      (result.resource_id,), result.latency_ms, result.deep_link, task_refs=(ref,),
-                     transcript_ref=state.transcript_ref),
+                    transcript_ref=state.transcript_ref),
         AuditOut(
             action=AuditAction.ESCALATION,
             outcome=AuditOutcome.SUCCESS,
@@ -163,7 +163,7 @@ def _on_failure(state: CallState, failure: WorkFailed, practice: Practice, now: 
         audit = intake_audit(sent, AuditOutcome.FAILURE, failure.latency_ms, failure.error_class)
         queued = queue_for_review(state, CommandKind.CREATE_DOCUMENT_REFERENCE, sent.appointment_id,
                          {"patient_id": sent.patient_id, "appointment_id": sent.appointment_id, "channel": sent.channel},
-                         failure.error_class, resource_type="Appointment", resource_ids=(sent.appointment_id,))
+                                  failure.error_class, resource_type="Appointment", resource_ids=(sent.appointment_id,))
         return confirm_booking(state, practice, now, ReplyTemplate.BOOKING_CONFIRMED, (audit, *queued))
     if failure.command in (CommandKind.REGISTER_PATIENT, CommandKind.CREATE_COVERAGE) or (
             state.phase is CallPhase.REGISTERING and failure.command is CommandKind.SEARCH_PATIENT):
@@ -181,7 +181,7 @@ def _on_failure(state: CallState, failure: WorkFailed, practice: Practice, now: 
         assert turn is not None and turn.pending_tasks
         task = turn.pending_tasks[0]
         audit = write_audit(route, AuditOutcome.FAILURE, CommandKind.CREATE_TASK, "Task", (), failure.latency_ms,
-                             error_class=failure.error_class)
+                            error_class=failure.error_class)
         outputs = (audit, *queue_task(state, task, failure.error_class))
         step = continue_turn(task_settled(state, task, "queued"), practice, now)
         return Step(step.state, step.work, (*outputs, *step.outputs))
@@ -189,7 +189,7 @@ def _on_failure(state: CallState, failure: WorkFailed, practice: Practice, now: 
         offer = state.offer
         audit = write_audit(route, AuditOutcome.FAILURE, failure.command, "Appointment",
                              (offer.appointment_id,) if offer and offer.appointment_id else (), failure.latency_ms,
-                             error_class=failure.error_class, slot_id=offer.chosen_slot_id if offer else None)
+                            error_class=failure.error_class, slot_id=offer.chosen_slot_id if offer else None)
         step = slot_taken(state, practice, now) if failure.slot_taken else booking_to_staff(
             state, failure.error_class, practice, now)
         return Step(step.state, step.work, (audit, *step.outputs))
@@ -198,10 +198,10 @@ def _on_failure(state: CallState, failure: WorkFailed, practice: Practice, now: 
         assert pending is not None
         target = (pending.appointment_id,) if pending.appointment_id else ()
         audit = write_audit(route, AuditOutcome.FAILURE, CommandKind.CANCEL_APPOINTMENT, "Appointment", target,
-                             failure.latency_ms, error_class=failure.error_class)
+                            failure.latency_ms, error_class=failure.error_class)
         queued = queue_for_review(state, CommandKind.CANCEL_APPOINTMENT, pending.event_id,
                          {"appointment_id": pending.appointment_id or "", **identity_params(state)},
-                         failure.error_class, resource_type="Appointment", resource_ids=target)
+                                  failure.error_class, resource_type="Appointment", resource_ids=target)
         step = finish_turn(state, practice, now, ReplyTemplate.CHANGE_STAFF_WILL_CONFIRM)
         return Step(step.state, step.work, (audit, *queued, *step.outputs))
     resource = {CommandKind.SEARCH_PATIENT: "Patient", CommandKind.READ_COMPLIANCE_FLAGS: "Flag"}.get(

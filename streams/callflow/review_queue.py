@@ -30,7 +30,7 @@ def queued_reason(practice: Practice) -> str:
 
 
 def queue_for_review(state: CallState, kind: CommandKind, target: str, params: dict[str, str], reason: str, *,
-            resource_type: str | None = None, resource_ids: tuple[str, ...] = (), slot_id: str | None = None,
+                     resource_type: str | None = None, resource_ids: tuple[str, ...] = (), slot_id: str | None = None,
             ) -> tuple[Output, ...]:
     """A review-queue entry and its audit record, naming what the queued write is about (the appointment a
     reschedule or cancel targets, the slot chosen) so the per-call record shows it."""

@@ -151,7 +151,7 @@ def continue_turn(state: CallState, practice: Practice, now: datetime) -> Step:
         if pending.appointment_id is not None and state.patient_id is not None:
             return Step(state, work=CancelAppointment(state.patient_id, pending.appointment_id))
         outputs = queue_for_review(state, CommandKind.CANCEL_APPOINTMENT, pending.event_id, identity_params(state),
-                          "appointment_not_identified")
+                                   "appointment_not_identified")
         step = finish_turn(state, practice, now, ReplyTemplate.CHANGE_STAFF_WILL_CONFIRM)
         return Step(step.state, step.work, (*outputs, *step.outputs))
     return finish_turn(state, practice, now)
@@ -174,7 +174,7 @@ def _ownership_check(state: CallState) -> CheckAppointment | None:
 
 
 def finish_turn(state: CallState, practice: Practice, now: datetime, template: ReplyTemplate | None = None, *,
-            visit_reason: VisitReason | None = None, appointment_time: datetime | None = None) -> Step:
+                visit_reason: VisitReason | None = None, appointment_time: datetime | None = None) -> Step:
     """End the turn with a reply: the guard's template unless what happened calls for another one."""
     turn = state.turn
     pending = state.pending
@@ -191,15 +191,15 @@ def finish_turn(state: CallState, practice: Practice, now: datetime, template: R
             outputs.extend(queue_for_review(state, WRITE_COMMAND_KINDS[command], pending.event_id,
                                    {"intent": pending.intent.value, **dict(zip(("appointment_id",), target)),
                                     **identity_params(state)},
-                                   queued_reason(practice), resource_type="Appointment", resource_ids=target))
+                                            queued_reason(practice), resource_type="Appointment", resource_ids=target))
     if Command.CREATE_DOCUMENT_REFERENCE in decision.commands:
         # Asked for outside a booking: a link is signed for an appointment this call has not made, so staff send
-        # it, and the reply says so (a booking's confirmation carries the link itself: _intake_push).
+        # it, and the reply says so (a booking's confirmation carries the link itself: booking._intake_push).
         outputs.extend(queue_for_review(state, CommandKind.CREATE_DOCUMENT_REFERENCE, pending.event_id,
                                {"patient_id": state.patient_id or ""}, "intake_link_by_staff"))
         template = ReplyTemplate.INTAKE_STAFF_WILL_SEND
     state, replies = reply(state, template, practice, now, visit_reason=visit_reason or decision.visit_reason,
-                            appointment_time=appointment_time, escalated=decision.escalated)
+                           appointment_time=appointment_time, escalated=decision.escalated)
     outputs.extend(replies)
     # Decided again once the caller is identified (a refill then also reaches the chart's provider).
     keep = GuardName.CALLER_IDENTIFICATION_REQUIRED in decision.guards_fired
@@ -270,7 +270,8 @@ def hand_off(state: CallState, practice: Practice, now: datetime, reason: str, k
         params["controlled_substance"] = "true"  # the review queue's age alarm watches these
         if counted:
             params[CS_REQUEST_PARAM] = pending.event_id  # counted as escalated once the item is stored
-    outputs.extend(queue_for_review(state, kind, f"handoff:{state.last_event_id}", {**params, **identity_params(state)}, reason))
+    outputs.extend(queue_for_review(state, kind, f"handoff:{state.last_event_id}",
+                                    {**params, **identity_params(state)}, reason))
     template = adapt_reply(_HANDOFF_REPLY, after_hours=is_after_hours(now, practice), writes_queued=False)
     state, replies = reply(state, template, practice, now, escalated=True)
     state = state.model_copy(update={"turn": None, "pending": None, "offer": None})

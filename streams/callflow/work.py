@@ -25,6 +25,7 @@ WRITE_COMMAND_KINDS = {
     Command.CREATE_TASK: CommandKind.CREATE_TASK,
     Command.CREATE_DOCUMENT_REFERENCE: CommandKind.CREATE_DOCUMENT_REFERENCE,
 }
+"""The command kind (audit records, review-queue items) of each write the guards decide."""
 
 
 class SlotChoice(FrozenModel):
