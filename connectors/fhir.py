@@ -32,7 +32,6 @@ from callstream.deadline import Deadline
 from callstream.errors import ConfigError, TenantDirectoryError
 from callstream.retry import Backoff, retry_after_seconds
 from callstream.tenants import ApiTrack, Credentials, Practice
-from callstream.work_scope import BACKGROUND, WorkScope, WriteRequests
 from connectors.allow_lists import (
     WRITE_ALLOW_LIST,
     WritableResource,
@@ -81,8 +80,6 @@ FHIR_JSON = "application/fhir+json"
 _READ = httpx.ByteStream(b"")
 """Stands in for a response's consumed body stream (see ModMedClient._attempt)."""
 
-WRITE_METHODS = frozenset({"POST", "PUT"})
-"""The requests a write tally counts (``WorkScope.writes``)."""
 TOKEN_REQUEST_LABEL = "token"
 """The resource label of token-endpoint requests (errors and RequestObserver calls): not a FHIR resource."""
 
@@ -148,12 +145,11 @@ class PracticeSession:
     def practice_id(self) -> str:
         return self.practice.practice_id
 
-    async def token_url(self, deadline: Deadline | None = None) -> str:
+    async def token_url(self) -> str:
         """The token endpoint: configured, the proprietary grant URL, or SMART discovery (certified)."""
         if self.known_token_url is None:
             response = await self._client._call(
-                self, "GET", f"{self.practice.fhir_base}/.well-known/smart-configuration", authenticated=False,
-                scope=BACKGROUND.under(deadline),
+                self, "GET", f"{self.practice.fhir_base}/.well-known/smart-configuration", authenticated=False
             )
             endpoint = response.body.get("token_endpoint") if isinstance(response.body, Mapping) else None
             if not isinstance(endpoint, str) or not _acceptable_token_endpoint(endpoint, self.practice.fhir_base):
@@ -163,12 +159,11 @@ class PracticeSession:
             self.known_token_url = endpoint
         return self.known_token_url
 
-    async def _fetch_token(self, form: dict[str, str], deadline: Deadline | None) -> AccessToken:
+    async def _fetch_token(self, form: dict[str, str]) -> AccessToken:
         """One token request; a 4xx refusal (RFC 6749 answers ``400 invalid_grant`` for a bad password or
         refresh token) is an AuthError: the credentials need an operator, retrying cannot help."""
         try:
-            response = await self._client._call(self, "POST", await self.token_url(deadline), form=form,
-                                                authenticated=False, scope=BACKGROUND.under(deadline))
+            response = await self._client._call(self, "POST", await self.token_url(), form=form, authenticated=False)
         except (TerminalError, NotFoundError, ConflictError) as exc:
             if exc.status is None or not 400 <= exc.status < 500:
                 raise
@@ -241,12 +236,11 @@ class ModMedClient:
 
     # ----------------------------------------------------------------------------------- reads
 
-    async def read(self, practice: Practice, model: type[R], resource_id: str, *,
-                   scope: WorkScope = BACKGROUND) -> R:
+    async def read(self, practice: Practice, model: type[R], resource_id: str) -> R:
         """GET {Type}/{id} as the model; NotFoundError when absent."""
         resource_type = model.get_resource_type()
         url = resource_url(practice, resource_type, resource_id)
-        response = await self._call(self.session(practice), "GET", url, scope=scope)
+        response = await self._call(self.session(practice), "GET", url)
         resource = parse_resource(response.body, model, practice.practice_id)
         if resource.id != resource_id:
             raise InvalidResponseError(
@@ -262,20 +256,17 @@ class ModMedClient:
         params: Mapping[str, str | Sequence[str]],
         *,
         max_pages: int | None = None,
-        scope: WorkScope = BACKGROUND,
     ) -> SearchResult[R]:
         """GET {Type}?params as models, following ``next`` links (same practice only) up to the page budget."""
         resource_type = model.get_resource_type()
         matches: list[R] = []
         more = False
-        async for bundle, more in self._pages(practice, resource_type, params,
-                                              max_pages or self.config.max_search_pages, scope):
+        async for bundle, more in self._pages(practice, resource_type, params, max_pages or self.config.max_search_pages):
             matches.extend(bundle_matches(bundle, model, practice.practice_id))
         return SearchResult(matches, truncated=more)
 
     async def search_json(
-        self, practice: Practice, resource_type: str, params: Mapping[str, str | Sequence[str]], *,
-        scope: WorkScope = BACKGROUND,
+        self, practice: Practice, resource_type: str, params: Mapping[str, str | Sequence[str]]
     ) -> list[Mapping[str, Any]]:
         """Raw entry resources of every page, for callers that must not even build a full model.
 
@@ -284,7 +275,7 @@ class ModMedClient:
         """
         found: list[Mapping[str, Any]] = []
         more = False
-        async for bundle, more in self._pages(practice, resource_type, params, self.config.max_search_pages, scope):
+        async for bundle, more in self._pages(practice, resource_type, params, self.config.max_search_pages):
             found.extend(entry_resources(bundle, resource_type, practice.practice_id))
         if more:
             raise InvalidResponseError(
@@ -294,8 +285,7 @@ class ModMedClient:
         return found
 
     async def _pages(
-        self, practice: Practice, resource_type: str, params: Mapping[str, str | Sequence[str]], max_pages: int,
-        scope: WorkScope,
+        self, practice: Practice, resource_type: str, params: Mapping[str, str | Sequence[str]], max_pages: int
     ) -> AsyncIterator[tuple[Mapping[str, Any], bool]]:
         """Each searchset Bundle body, and whether a ``next`` page follows (unread once the budget is spent).
 
@@ -305,7 +295,7 @@ class ModMedClient:
         url = resource_url(practice, resource_type)
         query: Mapping[str, str | Sequence[str]] | None = params
         for _ in range(max_pages):
-            body = (await self._call(session, "GET", url, params=query, scope=scope)).body
+            body = (await self._call(session, "GET", url, params=query)).body
             bundle, next_url = searchset_page(body, practice.practice_id, resource_type)
             yield bundle, next_url is not None
             if next_url is None:
@@ -314,8 +304,7 @@ class ModMedClient:
 
     # ---------------------------------------------------------------------------------- writes
 
-    async def write(self, practice: Practice, method: Literal["POST", "PUT"], resource: WritableResource, *,
-                    scope: WorkScope = BACKGROUND) -> WritableResource:
+    async def write(self, practice: Practice, method: Literal["POST", "PUT"], resource: WritableResource) -> WritableResource:
         """The only write entry: POST (create) or PUT (update) of an allow-listed resource type.
 
         Not idempotent by itself: use ModMedConnector, which wraps every write in the ledger and the
@@ -342,8 +331,7 @@ class ModMedClient:
         version = resource.meta.versionId if method == "PUT" and resource.meta else None
         if_match = {"If-Match": f'W/"{version}"'} if version else None
         try:
-            response = await self._call(self.session(practice), method, url, json_body=payload, if_match=if_match,
-                                        scope=scope)
+            response = await self._call(self.session(practice), method, url, json_body=payload, if_match=if_match)
         except TerminalError as exc:
             if exc.status == 412 and if_match:  # the resource changed since it was read
                 raise ConflictError(
@@ -360,7 +348,7 @@ class ModMedClient:
                 "write answered with neither the resource nor its Location", practice_id=practice.practice_id,
                 resource_type=resource_type, method=method, status=response.status,
             )
-        return await self.read(practice, type(resource), created_id, scope=scope)
+        return await self.read(practice, type(resource), created_id)
 
     # ----------------------------------------------------------------------- bulk (certified)
 
@@ -395,14 +383,12 @@ class ModMedClient:
         extra_headers: Mapping[str, str] | None = None,
         if_match: Mapping[str, str] | None = None,
         authenticated: bool = True,
-        scope: WorkScope = BACKGROUND,
     ) -> FhirResponse:
-        """Send one logical request with the retry, auth, breaker and rate-limit rules above, within the scope's
-        deadline (a caller's turn; None: background work), counting write requests into its tally."""
+        """Send one logical request with the retry, auth, breaker and rate-limit rules above."""
         label = self._authorize(session, method, url, params)
         practice_id = session.practice_id
         idempotent = method in ("GET", "PUT", "DELETE") or form is not None
-        turn = scope.deadline if scope.deadline is not None else turn_deadline.current()
+        turn = turn_deadline.current()  # a caller's turn (None: background work)
         deadline = time.monotonic() + self.config.request_budget_s
         if turn is not None:
             deadline = min(deadline, turn.at)
@@ -416,15 +402,14 @@ class ModMedClient:
                 headers["x-api-key"] = api_key
             bearer = None
             if authenticated:  # token requests are calls of their own: own retries, own breaker check
-                bearer = await session.tokens.bearer(turn)
+                bearer = await session.tokens.bearer()
                 headers["Authorization"] = f"Bearer {bearer}"
             if not session.breaker.allow():
                 raise CircuitOpenError(
                     "circuit open after repeated failures", practice_id=practice_id, resource_type=label, method=method
                 )
             try:
-                response = await self._attempt(session, method, url, label, params, json_body, form, headers, turn,
-                                               scope.writes)
+                response = await self._attempt(session, method, url, label, params, json_body, form, headers, turn)
             except RetryableError as exc:
                 session.breaker.on_failure()
                 if not (idempotent or isinstance(exc, RequestNotSentError)):
@@ -467,7 +452,7 @@ class ModMedClient:
             if status == 401 and authenticated and bearer is not None and not reauthenticated:
                 reauthenticated = True
                 log.info("practice %s: ModMed answered 401; re-authenticating once", practice_id)
-                await session.tokens.reauthenticate(bearer, turn)
+                await session.tokens.reauthenticate(bearer)
                 continue
             error = error_for_status(
                 status, practice_id=practice_id, resource_type=label, method=method,
@@ -499,7 +484,6 @@ class ModMedClient:
         form: Mapping[str, str] | None,
         headers: dict[str, str],
         turn: Deadline | None,
-        writes: WriteRequests | None,
     ) -> _Received:
         """One HTTP exchange under the practice's in-flight cap and rate limiter; body size is capped.
 
@@ -541,8 +525,6 @@ class ModMedClient:
                 ) from None
             finally:
                 self._observe(practice_id, label, method, status, time.monotonic() - started)
-                if writes is not None and method in WRITE_METHODS and label != TOKEN_REQUEST_LABEL:
-                    writes.record(status)
         return _Received(response.status_code, response.headers, body)
 
     async def _back_off_or_raise(self, error: ModMedError, attempt: int, deadline: float) -> None:
