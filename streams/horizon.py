@@ -14,8 +14,8 @@ the ledger's proof use one ``RedeliveryHorizon`` (horizon H, margin M):
 
 Why the proof stays sound: a copy of that event (redelivered, re-published or replayed) is processed
 only at some ``P <= occurred_at + H`` and reads the ledger by ``P + d``, where d, the time from an event's
-check to its last ledger read, is at most ``MAX_WORK_STEPS × DISPATCH_TIMEOUT_S`` (16 min). Workers'
-clocks differ by some s (seconds, with NTP). With ``d + s <= M``, the entry is then at most
+check to its last ledger read, is at most ``MAX_WORK_STEPS × DISPATCH_TIMEOUT_S`` (``streams.work``, 16 min).
+Workers' clocks differ by some s (seconds, with NTP). With ``d + s <= M``, the entry is then at most
 ``H + 2M + d + s <= H + 3M`` old: still there. So for every event the pipeline processes, "no entry"
 still means "no copy of this event attempted this write", as when entries were kept forever; only an
 event older than the horizon could find its entries gone, and no such event is processed. A later event of

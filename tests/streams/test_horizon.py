@@ -30,8 +30,9 @@ from streams.horizon import (
 )
 from streams.metrics import Metrics
 from streams.call_states import InMemoryCallStates
-from streams.processor import DISPATCH_TIMEOUT_S, MAX_WORK_STEPS, CallProcessor
+from streams.processor import CallProcessor
 from streams.records import RawEvent
+from streams.work import DISPATCH_TIMEOUT_S, MAX_WORK_STEPS
 from tests.fixtures.outputs import InMemoryOutputs
 from tests.streams.callflow_helpers import NOW, Call, practice
 
