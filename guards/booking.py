@@ -16,6 +16,7 @@ from guards.model import Command, Outcome, VisitReason
 from guards.replies import ReplyTemplate
 
 _SLOT_WRITES = frozenset({Command.BOOK_APPOINTMENT, Command.RESCHEDULE_APPOINTMENT})
+_APPOINTMENT_CHANGES = (Command.RESCHEDULE_APPOINTMENT, Command.CANCEL_APPOINTMENT)
 
 
 class ChoiceRefusal(StrEnum):
@@ -42,6 +43,14 @@ def refuse_choice(offered_slot_ids: Collection[str] | None, chosen_slot_id: str)
 def is_callers_appointment(appointment_patient_ids: Iterable[str], caller_patient_id: str) -> bool:
     """A caller may only move or cancel their own appointment: the caller is its one and only patient."""
     return set(appointment_patient_ids) == {caller_patient_id}
+
+
+def change_needing_ownership(decision: Decision) -> Command | None:
+    """Ownership before words: the change of an existing appointment (a reschedule before a cancel) the decision
+    allows or queues. The appointment the caller names for it must be proved theirs (``is_callers_appointment``)
+    before a slot is offered, a change promised or anything queued with its id; None when the decision changes
+    no appointment."""
+    return next((c for c in _APPOINTMENT_CHANGES if c in decision.commands or c in decision.queued_commands), None)
 
 
 def search_again(write: Command, visit_reason: VisitReason) -> Decision:

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 from guards import Decision, GuardName, Intent, TaskAudience, VisitReason, effects
 from schemas.models import AuditAction, AuditOutcome, CommandKind, CommandRoute, GuardAction
-from streams.callflow.protocol import AuditOut, DROPPED_DETAIL, DropReason, Output
+from streams.callflow.protocol import DROPPED_DETAIL, AuditOut, DropReason, Output
 from streams.callflow.state import CallPhase, CallState, PendingIntent
 from streams.callflow.work import SendIntake
 

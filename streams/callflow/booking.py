@@ -22,9 +22,9 @@ from guards import (
     ReplyTemplate,
     after_booking,
     after_slot_search,
-    booking,
     filter_and_rank,
 )
+from guards.booking import search_again
 from schemas.models import AuditOutcome, CommandKind
 from streams.callflow.audits import escalation_audit, intake_audit, read_audit, transition, write_audit
 from streams.callflow.protocol import Output, Step
@@ -32,6 +32,7 @@ from streams.callflow.replies import reply
 from streams.callflow.review_queue import guard_params, identity_params, queue_for_review, registration_params
 from streams.callflow.state import CallPhase, CallState, Offer, PendingIntent, Turn, earlier_cs_requests
 from streams.callflow.work import (
+    WRITE_COMMAND_KINDS,
     AppointmentWritten,
     FoundSlot,
     IntakeSent,
@@ -39,7 +40,6 @@ from streams.callflow.work import (
     SendIntake,
     SlotChoice,
     SlotsFound,
-    WRITE_COMMAND_KINDS,
     WriteAppointment,
 )
 
@@ -213,7 +213,7 @@ def slot_taken(state: CallState, practice: Practice, now: datetime) -> Step:
     intent = Intent.RESCHEDULE_APPOINTMENT if offer.write is Command.RESCHEDULE_APPOINTMENT else Intent.BOOK_APPOINTMENT
     pending = PendingIntent(event_id=state.last_event_id, intent=intent, visit_reason=offer.visit_reason,
                             appointment_id=offer.appointment_id, requested_dates=offer.requested_dates)
-    turn = Turn(event_id=state.last_event_id, decision=booking.search_again(offer.write, offer.visit_reason),
+    turn = Turn(event_id=state.last_event_id, decision=search_again(offer.write, offer.visit_reason),
                 pending_tasks=(),
                 excluded_slots=tuple(slot.slot_id for slot in offer.slots))
     state = state.model_copy(update={"pending": pending, "turn": turn, "offer": None})

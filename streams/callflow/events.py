@@ -12,14 +12,15 @@ from datetime import datetime
 from pydantic import ValidationError
 
 from callstream.tenants import Practice
-from guards import DateRange, Intent, MatchKind, ReplyTemplate, VisitReason, booking
+from guards import DateRange, Intent, MatchKind, ReplyTemplate, VisitReason
+from guards.booking import refuse_choice
 from schemas.models import (
     AuditAction,
     AuditOutcome,
     CallEnded,
+    CallerIdentified,
     CallEvent,
     CallStarted,
-    CallerIdentified,
     GuardAction,
     IntentRecognised,
     SlotChosen,
@@ -30,7 +31,7 @@ from streams.callflow.protocol import AuditOut, CallFlowError, DropReason, Outpu
 from streams.callflow.registration import register_again
 from streams.callflow.replies import reply
 from streams.callflow.review_queue import queued_reason
-from streams.callflow.state import CallPhase, CallState, CallerIdentity, PendingIntent
+from streams.callflow.state import CallerIdentity, CallPhase, CallState, PendingIntent
 from streams.callflow.turn import decide_turn
 from streams.callflow.work import SearchPatient, WriteAppointment
 
@@ -158,7 +159,7 @@ def _on_intent(state: CallState, event_id: str, payload: IntentRecognised, pract
 
 def _on_slot_chosen(state: CallState, payload: SlotChosen, practice: Practice, now: datetime) -> Step:
     offer = state.offer
-    refused = booking.refuse_choice(None if offer is None else [slot.slot_id for slot in offer.slots], payload.slot_id)
+    refused = refuse_choice(None if offer is None else [slot.slot_id for slot in offer.slots], payload.slot_id)
     if refused is not None:
         refusal = AuditOut(
             action=AuditAction.GUARD_HIT,

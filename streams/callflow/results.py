@@ -8,6 +8,7 @@ from datetime import datetime
 
 from callstream.tenants import Practice
 from guards import Command, MatchKind, ReplyTemplate
+from guards.booking import change_needing_ownership
 from schemas.models import AuditAction, AuditOutcome, CommandKind, CommandRoute
 from streams.callflow.audits import intake_audit, read_audit, transition, write_audit
 from streams.callflow.booking import (
@@ -26,6 +27,7 @@ from streams.callflow.state import CallPhase, CallState, remember
 from streams.callflow.tasks import queue_task, task_settled
 from streams.callflow.turn import continue_turn, decide_turn, finish_turn, hand_off
 from streams.callflow.work import (
+    WRITE_COMMAND_KINDS,
     AppointmentChecked,
     AppointmentWritten,
     ChartFlagsRead,
@@ -98,10 +100,9 @@ def _on_appointment_checked(state: CallState, result: AppointmentChecked, practi
     turn = state.turn
     assert turn is not None
     if result.owned:
+        change = change_needing_ownership(turn.decision) or Command.CANCEL_APPOINTMENT
         audit = read_audit("Appointment", (result.appointment_id,), result.route, result.latency_ms,
-                           CommandKind.RESCHEDULE_APPOINTMENT if Command.RESCHEDULE_APPOINTMENT in turn.decision.commands
-                           or Command.RESCHEDULE_APPOINTMENT in turn.decision.queued_commands
-                           else CommandKind.CANCEL_APPOINTMENT, operation="ownership_proved")
+                           WRITE_COMMAND_KINDS[change], operation="ownership_proved")
         state = state.model_copy(update={"turn": turn.model_copy(update={"appointment_check": "owned"})})
         step = continue_turn(state, practice, now)
         return Step(step.state, step.work, (audit, *step.outputs))

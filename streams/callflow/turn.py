@@ -28,6 +28,7 @@ from guards import (
     VisitReason,
     decide,
 )
+from guards.booking import change_needing_ownership
 from guards.hours import is_after_hours as office_closed
 from guards.replies import adapt_reply
 from schemas.models import AuditAction, AuditOutcome, CommandKind
@@ -39,12 +40,12 @@ from streams.callflow.review_queue import CS_REQUEST_PARAM, identity_params, que
 from streams.callflow.state import CallPhase, CallState, Turn, earlier_cs_requests, remember
 from streams.callflow.tasks import queue_task, task_note, task_settled
 from streams.callflow.work import (
+    WRITE_COMMAND_KINDS,
     CancelAppointment,
     CheckAppointment,
     CreateTask,
     ReadChartFlags,
     SearchSlots,
-    WRITE_COMMAND_KINDS,
 )
 
 _PHASE_OF_OUTCOME: dict[Outcome, CallPhase] = {
@@ -157,20 +158,15 @@ def continue_turn(state: CallState, practice: Practice, now: datetime) -> Step:
     return finish_turn(state, practice, now)
 
 
-_CHANGES = (Command.RESCHEDULE_APPOINTMENT, Command.CANCEL_APPOINTMENT)
-
-
 def _ownership_check(state: CallState) -> CheckAppointment | None:
-    """Ownership before words: an appointment the caller names (the id comes from the voice agent) is read and
-    proved the caller's before a slot is offered, a change promised or anything queued with its id."""
+    """The read that proves an appointment the caller names (the id comes from the voice agent) theirs, once their
+    chart is known and before the turn goes on, when the decision changes it (``guards.booking``)."""
     turn, pending = state.turn, state.pending
     assert turn is not None and pending is not None
     if turn.appointment_check != "no" or pending.appointment_id is None or state.patient_id is None:
         return None
-    wanted = [c for c in _CHANGES if c in turn.decision.commands or c in turn.decision.queued_commands]
-    if not wanted:
-        return None
-    return CheckAppointment(state.patient_id, pending.appointment_id, wanted[0])
+    change = change_needing_ownership(turn.decision)
+    return None if change is None else CheckAppointment(state.patient_id, pending.appointment_id, change)
 
 
 def finish_turn(state: CallState, practice: Practice, now: datetime, template: ReplyTemplate | None = None, *,
