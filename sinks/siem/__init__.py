@@ -32,5 +32,5 @@ or record contents.
 Modules, lowest first: `outcomes` (what is reported), `policy` (the knobs), `endpoints` (who receives
 a practice's events, the signed request), `offsets` (when an offset may be committed), `courier`
 (send, report, dead-letter: shared by both delivery paths), `parking` (parked practices and their
-backlog tasks), `firehose` (the consumer and the live per-practice chains).
+backlog tasks), `alarms` (the SIEM_DELIVERY alarm), `firehose` (the consumer and the live chains).
 """

@@ -3,8 +3,8 @@
 It routes each audit event to its practice's chain (or the dead-letter topic when the key names
 another practice or the event is undecodable), delivers with a few retries, and hands a practice
 whose endpoint keeps failing to sinks/siem/parking.py. Offsets are committed only past settled events
-(sinks/siem/offsets.py); too many pending events pause the partitions; the SIEM_DELIVERY alarm fires
-on a parked practice's oldest owed event. The guarantees are listed in sinks/siem/__init__.py.
+(sinks/siem/offsets.py); too many pending events pause the partitions; once a second it has the
+SIEM_DELIVERY alarm checked (sinks/siem/alarms.py). The guarantees are listed in sinks/siem/__init__.py.
 """
 
 from __future__ import annotations
@@ -14,11 +14,9 @@ import logging
 import random
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 
 import httpx
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -28,14 +26,13 @@ from callstream.errors import ServiceUnavailableError
 from callstream.siem_delivery import SiemOutcome
 from callstream.tenants import TenantDirectory
 from schemas.errors import SchemaError, SchemaRegistryError
-from schemas.models import Alarm, AlarmKind, AlarmState
-from schemas.serde import AvroSerde
 from schemas.topics import ALARMS, AUDIT, SIEM_DEAD_LETTER
 from sinks.backlog import BacklogFigures, Clock, OutageAlarms, SystemClock
 from sinks.backlog_io import BacklogStore, PartitionReader, state_topic_for
 from sinks.formats import render_body
 from sinks.kafka_io import AuditDecoder, DeadLetterWriter, consumer_config, position, producer_config
 from sinks.payload import AuditRecord, audit_record
+from sinks.siem.alarms import DeliveryAlarms
 from sinks.siem.courier import Courier
 from sinks.siem.endpoints import EndpointDirectory, Undeliverable
 from sinks.siem.offsets import OffsetTracker
@@ -117,12 +114,8 @@ class SiemFirehose:
         self._tracker = OffsetTracker()
         self._chains: dict[str, _Chain] = {}
         self._paused = False
-        self.alarms = alarms or OutageAlarms()
-        self.alarm_topic = alarm_topic
-        self._alarm_serde = AvroSerde.for_topic(ALARMS)
-        self._producer = producer
-        self._on_alarm = on_alarm
-        """Told (practice id, firing) on every SIEM_DELIVERY transition: the sinks' alarm gauge."""
+        self._alarms = DeliveryAlarms(producer, self.backlog_figures, self.clock, alarms or OutageAlarms(), alarm_topic,
+                                      on_alarm)
         self._orphans: set[asyncio.Task[None]] = set()
         """Dead-letter writes of messages that never reached a chain (undecodable, key mismatch)."""
 
@@ -152,31 +145,6 @@ class SiemFirehose:
         """Parked practices now (any thread: a metrics scrape)."""
         return self._parked.figures()
 
-    def _check_alarms(self) -> None:
-        """SIEM_DELIVERY on callstream.alarms.v1: FIRING when a practice's oldest owed event waits past the
-        threshold, CLEARED once it owes nothing."""
-        now = self.clock.now()
-        ages = {figures.practice_id: figures.oldest_age_s for figures in self.backlog_figures()}
-        for practice_id in sorted(set(ages) | self.alarms.firing):
-            transition = self.alarms.observe(practice_id, ages.get(practice_id))
-            if transition is None:
-                continue
-            age = ages.get(practice_id, 0.0)
-            moment = datetime.fromtimestamp(now, UTC)
-            alarm = Alarm(alarm_id=uuid.uuid4(), practice_id=practice_id, kind=AlarmKind.SIEM_DELIVERY,
-                          state=AlarmState(transition.value), value=age, threshold=self.alarms.threshold_s,
-                          window_start=moment - timedelta(seconds=age), window_end=moment, raised_at=moment)
-            try:
-                self._producer.produce(self.alarm_topic, key=practice_id.encode(),
-                                       value=self._alarm_serde.encode(alarm.to_avro()))
-            except (KafkaException, BufferError) as exc:
-                logger.warning("SIEM_DELIVERY alarm for practice %s not published (%s)", practice_id,
-                               type(exc).__name__)
-            if self._on_alarm is not None:
-                self._on_alarm(practice_id, transition.value == "FIRING")
-            logger.warning("SIEM_DELIVERY %s for practice %s (oldest owed event %.0f s old)", transition.value,
-                           practice_id, age)
-
     async def _consume_until(self, stop: threading.Event) -> None:
         last_commit = time.monotonic()
         last_alarm_check = time.monotonic()
@@ -189,7 +157,7 @@ class SiemFirehose:
                 self._commit(synchronous=False)
                 last_commit = time.monotonic()
             if time.monotonic() - last_alarm_check >= ALARM_CHECK_INTERVAL_S:
-                self._check_alarms()
+                self._alarms.check()
                 last_alarm_check = time.monotonic()
             if rewound:
                 await asyncio.sleep(self.policy.backoff.delay(registry_retry, self._rng))
@@ -274,7 +242,8 @@ class SiemFirehose:
             if target.dead_letter:
                 if target.outcome is not None:
                     self._courier.record(delivery.practice_id, target.outcome)
-                await self._courier.dead_letter(delivery.message, delivery.practice_id, target.reason, target.error_class, 0)
+                await self._courier.dead_letter(delivery.message, delivery.practice_id, target.reason,
+                                                target.error_class, 0)
             return
         body = render_body(delivery.record, target.body_format)
         first_failure_at: float | None = None
