@@ -20,7 +20,7 @@ from connectors.fhir import ModMedClient
 from connectors.ledger import idempotency_key
 from schemas.topics import CALL_EVENTS
 from streams.app import Pipeline, WorkerOptions
-from tests.streams.callflow_helpers import practice
+from tests.streams.callflow.helpers import practice
 
 KEY = idempotency_key("call-fresh", "CREATE_TASK", "Patient/pt-1|callback")
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from streams.call_states import InMemoryCallStates, stored_state
-from tests.streams.callflow_helpers import Call, Driver
+from tests.streams.callflow.helpers import Call, Driver
 
 
 def test_a_stored_state_reads_back_as_written_and_as_restored_from_the_changelog() -> None:

@@ -34,7 +34,7 @@ from streams.processor import CallProcessor
 from streams.records import RawEvent
 from streams.work import DISPATCH_TIMEOUT_S, MAX_WORK_STEPS
 from tests.fixtures.outputs import InMemoryOutputs
-from tests.streams.callflow_helpers import NOW, Call, practice
+from tests.streams.callflow.helpers import NOW, Call, practice
 
 H = DEFAULT_HORIZON.horizon
 M = HORIZON_MARGIN

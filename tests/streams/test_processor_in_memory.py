@@ -29,7 +29,7 @@ from streams.processor import CallProcessor
 from streams.records import RawEvent
 from tests.fixtures.outputs import InMemoryOutputs
 from tests.guards.spoken_text import broken_promises
-from tests.streams.callflow_helpers import CALLER_NUMBER, NOW, Call, practice
+from tests.streams.callflow.helpers import CALLER_NUMBER, NOW, Call, practice
 
 EVENTS = AvroSerde.for_topic(CALL_EVENTS)
 FORWARDED = {template.value for template in (ReplyTemplate.MEDICATION_REQUEST_FORWARDED,

@@ -24,7 +24,7 @@ from streams.records import (
     readable_call,
     reply_record,
 )
-from tests.streams.callflow_helpers import NOW, Call
+from tests.streams.callflow.helpers import NOW, Call
 
 EVENTS = AvroSerde.for_topic(CALL_EVENTS)
 

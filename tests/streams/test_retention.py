@@ -15,7 +15,7 @@ from streams.call_states import InMemoryCallStates
 from streams.outputs import KafkaOutputs
 from streams.retention import CALL_IDLE_TTL, ENDED_MARKER_TTL, expired, expired_calls, purge_expired
 from tests.fixtures.pipeline import TopicReader
-from tests.streams.callflow_helpers import NOW, Call, Driver
+from tests.streams.callflow.helpers import NOW, Call, Driver
 
 
 def test_ttl_expiry_of_live_calls_and_ended_markers() -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from schemas.models import AuditOutcome, CommandKind, GuardAction
 from streams.callflow import CallPhase, CreateTask
-from tests.streams.callflow_helpers import (
+from tests.streams.callflow.helpers import (
     CALLER_NUMBER,
     PATIENT_ID,
     Answers,

@@ -9,7 +9,7 @@ from schemas.models import AuditAction, AuditEvent, AuditOutcome
 from sinks.payload import audit_record
 from streams import callflow
 from streams.callflow import DropReason
-from tests.streams.callflow_helpers import NOW, Call, Driver
+from tests.streams.callflow.helpers import NOW, Call, Driver
 
 
 def test_an_older_event_of_a_live_call_is_dropped_with_its_seq_and_the_sinks_keep_the_record() -> None:

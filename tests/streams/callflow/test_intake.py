@@ -7,7 +7,7 @@ from typing import Any
 from callstream.tenants import Practice
 from schemas.models import AuditAction, CommandKind
 from streams.callflow import CallPhase, IntakeSent, SendIntake, WorkFailed
-from tests.streams.callflow_helpers import (
+from tests.streams.callflow.helpers import (
     CALLER_NUMBER,
     Answers,
     Call,

@@ -21,7 +21,7 @@ from streams.callflow import (
     WorkFailed,
     WriteAppointment,
 )
-from tests.streams.callflow_helpers import (
+from tests.streams.callflow.helpers import (
     NOW,
     PATIENT_ID,
     Answers,
@@ -274,7 +274,7 @@ def test_a_task_modmed_refuses_goes_to_the_review_queue_and_still_counts_as_esca
 
 
 def test_a_new_patient_is_offered_a_consultation_then_asked_for_what_registering_needs() -> None:
-    """Issue 20: no chart is no longer a review item: the caller's details register them (test_callflow_registration)."""
+    """Issue 20: no chart is no longer a review item: the caller's details register them (test_registration)."""
     driver = Driver(answers=Answers(lookup=MatchKind.NONE, slots=(consult_slot("slot-c1", 2),)))
     call = Call()
     driver.send(call.started())

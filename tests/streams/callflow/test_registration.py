@@ -17,7 +17,7 @@ from streams.callflow import (
     WorkFailed,
     WriteAppointment,
 )
-from tests.streams.callflow_helpers import Answers, Call, Driver, audits, consult_slot, replies, reviews, works
+from tests.streams.callflow.helpers import Answers, Call, Driver, audits, consult_slot, replies, reviews, works
 
 NEW_ID = "pt-1001-000900"
 DETAILS: dict[str, Any] = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from callstream.tenants import Practice
-from tests.streams.callflow_helpers import Call, Driver, practice, replies
+from tests.streams.callflow.helpers import Call, Driver, practice, replies
 
 SATURDAY_10_NY = datetime(2026, 3, 7, 15, 0, tzinfo=UTC)
 
@@ -34,7 +34,7 @@ def test_a_holiday_closes_a_weekday() -> None:
 
 
 def test_a_practice_that_holds_after_hours_bookings_offers_then_queues_for_staff() -> None:
-    from tests.streams.callflow_helpers import reviews
+    from tests.streams.callflow.helpers import reviews
 
     held = _with_hours({"after_hours_bookings": "staff_confirm"})
     driver, call = Driver(practice=held, now=SATURDAY_10_NY), Call()

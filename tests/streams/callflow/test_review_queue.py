@@ -7,7 +7,7 @@ from guards import Intent, IntentRequest
 from schemas.models import AuditOutcome, CommandKind
 from streams import callflow
 from streams.callflow import CS_REQUEST_PARAM, GUARD_REQUEST_PARAM, WorkFailed
-from tests.streams.callflow_helpers import Answers, Call, Driver, audits, practice, reviews
+from tests.streams.callflow.helpers import Answers, Call, Driver, audits, practice, reviews
 
 
 FAILED_AS = {callflow.CreateTask: CommandKind.CREATE_TASK, callflow.WriteAppointment: CommandKind.BOOK_APPOINTMENT}

@@ -11,7 +11,7 @@ from guards.model import TaskReason, TaskSpec
 from review import core
 from schemas.models import CommandKind, CommandMessage, CommandRoute
 from streams.callflow import CreateTask, task_note
-from tests.streams.callflow_helpers import NOW, Answers, Call, Driver, practice, reviews, works
+from tests.streams.callflow.helpers import NOW, Answers, Call, Driver, practice, reviews, works
 
 UDS_DUE = ChartFlags(chronic_opioid=True, last_refill_date=date(2026, 2, 10), agreement_status=AgreementStatus.ACTIVE,
                      agreement_renewal_due=date(2026, 9, 1), uds_due=True)
@@ -118,7 +118,7 @@ async def test_the_review_queue_delivers_a_queued_task_with_every_reason_in_its_
 def test_after_hours_a_booking_kept_beside_a_refill_says_the_office_is_closed_with_or_without_openings() -> None:
     from guards import ReplyTemplate
 
-    from tests.streams.callflow_helpers import replies
+    from tests.streams.callflow.helpers import replies
 
     for slots, spoken in ((None, ReplyTemplate.OFFER_SLOTS_MEDICATION_FORWARDED_AFTER_HOURS),
                           ((), ReplyTemplate.NO_SLOTS_MEDICATION_FORWARDED_AFTER_HOURS)):
