@@ -44,12 +44,8 @@ from streams.callflow.work import (
 )
 
 DEFAULT_SEARCH_DAYS = 14
-
-
 MAX_SEARCH_DAYS = 31
 """Longest slot search (the EMA booking screen is searched day by day; FHIR allows up to 92 days)."""
-
-
 OFFERED_SLOTS = 3
 
 

@@ -16,11 +16,7 @@ GUARD_REQUEST_PARAM = "guard_request"
 """Review-queue command params: the decided request (IntentRequest JSON) and the count of controlled-substance
 requests earlier in the call, for the retry's new decision; and the controlled-substance request (intent event
 id) a queued item escalates, which the review queue counts as escalated once the item is stored."""
-
-
 EARLIER_CS_REQUESTS_PARAM = "cs_earlier"
-
-
 CS_REQUEST_PARAM = "cs_request"
 
 
@@ -31,7 +27,7 @@ def queued_reason(practice: Practice) -> str:
 
 def queue_for_review(state: CallState, kind: CommandKind, target: str, params: dict[str, str], reason: str, *,
                      resource_type: str | None = None, resource_ids: tuple[str, ...] = (), slot_id: str | None = None,
-            ) -> tuple[Output, ...]:
+                     ) -> tuple[Output, ...]:
     """A review-queue entry and its audit record, naming what the queued write is about (the appointment a
     reschedule or cancel targets, the slot chosen) so the per-call record shows it."""
     review = ReviewOut(

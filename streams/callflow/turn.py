@@ -53,8 +53,6 @@ _PHASE_OF_OUTCOME: dict[Outcome, CallPhase] = {
     Outcome.BLOCK_AND_ROUTE: CallPhase.ROUTED,
     Outcome.REVIEW_QUEUE: CallPhase.REVIEW_QUEUED,
 }
-
-
 _HANDOFF_REPLY = ReplyTemplate.ROUTED_TO_CARE_TEAM
 
 
