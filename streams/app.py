@@ -65,8 +65,9 @@ from streams.metrics import Metrics
 from streams.observers import FhirRequestMetrics
 from streams.offsets import InFlight
 from streams.outputs import KafkaOutputs
-from streams.processor import CallProcessor, CallSequencer, DriftCounts
+from streams.processor import CallProcessor, DriftCounts
 from streams.records import RawEvent
+from streams.sequencer import CallSequencer
 from streams.retention import purge_expired
 
 if TYPE_CHECKING:
@@ -261,7 +262,7 @@ class Pipeline:
 
     async def _agent(self, stream: faust.StreamT[bytes]) -> None:
         await self.runtime.ready.wait()
-        sequencer = CallSequencer(self.options.max_in_flight)
+        sequencer = CallSequencer(self.options.max_in_flight, self.metrics)
         processor = self.runtime.processor
         assert processor is not None
         async for event in stream.noack().events():  # type: ignore[attr-defined]  # Stream's, missing in the stubs

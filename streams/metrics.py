@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from enum import StrEnum
 from typing import TypeVar
 
@@ -243,6 +244,12 @@ class Metrics:
             ("topic",),
             registry=r,
         )
+        self.events_in_flight = Gauge(
+            f"{METRIC_PREFIX}_events_in_flight",
+            "Call events the worker holds, waiting behind their call's previous event or running "
+            "(bounded by --max-in-flight).",
+            registry=r,
+        )
 
     def record_command(
         self, practice_id: str, command: str, route: Route | str, error_class: str | None = None
@@ -339,6 +346,10 @@ class Metrics:
             self.alarm_state.remove(*labels)
         except KeyError:
             return
+
+    def watch_events_in_flight(self, count: Callable[[], int]) -> None:
+        """Export ``count()`` as the events in flight, read at each scrape (nothing to keep up to date)."""
+        self.events_in_flight.set_function(count)
 
     def record_event_processed(self, topic: str) -> None:
         self.events_processed.labels(_label("topic", topic)).inc()

@@ -16,8 +16,8 @@
 No input can make ``handle`` raise: bad input is dead-lettered, dispatcher failures become
 ``WorkFailed`` results the core turns into a hand-off to staff. Only a broken broker (outputs that
 cannot be delivered) propagates, so the event stays un-acked and is redelivered after a restart.
-``CallSequencer`` keeps each call's events in order while different calls (and practices) run
-concurrently.
+``streams.sequencer.CallSequencer`` keeps each call's events in order while different calls (and practices)
+run concurrently.
 """
 
 from __future__ import annotations
@@ -33,9 +33,10 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from callstream.deadline import TurnBudget, within
+from callstream.deadline import TurnBudget
 from callstream.messaging import PatientMessenger
 from callstream.tenants import Practice, TenantDirectory
+from callstream.work_scope import EventPosition, WorkScope, WriteRequests
 from connectors.dispatch import Dispatcher
 from guards.replies import ReplyTemplate
 from schemas.errors import SchemaError
@@ -52,7 +53,6 @@ from schemas.registry import SchemaRegistryClient
 from schemas.serde import AvroSerde
 from schemas.topics import CALL_EVENTS, DEAD_LETTER
 from streams import callflow
-from streams.event_scope import WriteRequests, event_scope, hold_event_ack
 from streams.callflow import AuditOut, CallFlowError, CallState, Output, ReplyOut, ReviewOut
 from streams.metrics import MetricLabelError, Metrics
 from streams.horizon import DEFAULT_HORIZON, REFUSAL_CLASS, RedeliveryHorizon
@@ -182,14 +182,17 @@ class CallProcessor:
     # ------------------------------------------------------------------------------------ ingest
 
     async def handle(self, raw: RawEvent) -> None:
-        """Process one message completely; returns once every output is acknowledged."""
-        with event_scope() as (writes, held):
-            try:
-                await self._handle(raw, writes)
-            except BaseException:
-                _settle_unawaited(held)
-                raise
-            await asyncio.gather(*held)
+        """Process one message completely; returns once every output is acknowledged. The event's scope
+        (``callstream.work_scope``) goes down explicitly to the dispatcher, the ledger and the FHIR client."""
+        writes = WriteRequests()
+        held: list[Awaitable[None]] = []
+        scope = WorkScope(event=EventPosition(raw.partition, raw.offset), writes=writes, held_acks=held)
+        try:
+            await self._handle(raw, scope, writes)
+        except BaseException:
+            _settle_unawaited(held)
+            raise
+        await asyncio.gather(*held)
 
     def queued(self, raw: RawEvent) -> None:
         """An event that waits behind its call's previous one: if the caller asked something, they hear
@@ -230,7 +233,7 @@ class CallProcessor:
                                                             practice.practice_id, event.call_id, caller_number, at)))
         return sent
 
-    async def _handle(self, raw: RawEvent, writes: WriteRequests) -> None:
+    async def _handle(self, raw: RawEvent, scope: WorkScope, writes: WriteRequests) -> None:
         received = time.perf_counter()
         now = self._clock()
         self._events_counted.inc()
@@ -267,7 +270,7 @@ class CallProcessor:
         held_already = event_id in self._held_early
         self._held_early.discard(event_id)
         if step.work is not None:
-            step = await self._turn(event, practice, step, outputs, now, held_already)
+            step = await self._turn(event, practice, step, outputs, now, scope, held_already)
         await self._publish(event, practice, step.state or state, outputs, writes, received, now)
         stored = None if step.state is None else step.state.model_dump_json().encode()
         await self.states.put(event.call_id, raw.partition, stored)
@@ -293,11 +296,11 @@ class CallProcessor:
     # ---------------------------------------------------------------------------------- dispatch
 
     async def _turn(self, event: CallEvent, practice: Practice, step: callflow.Step, outputs: list[Output],
-                    now: datetime, held_already: bool = False) -> callflow.Step:
-        """Run the turn's work under its deadline (``callstream.deadline``), telling the caller meanwhile:
-        PLEASE_HOLD once the hold threshold passes, and an honest STILL_WORKING reply if the budget passes
-        while a write is under way. Reads are cut at the deadline (the core hands the request to staff);
-        a write that left is never cut, so its outcome is known and audited (its reply follows the
+                    now: datetime, scope: WorkScope, held_already: bool = False) -> callflow.Step:
+        """Run the turn's work under its deadline (``callstream.deadline``, handed down with ``scope``), telling
+        the caller meanwhile: PLEASE_HOLD once the hold threshold passes, and an honest STILL_WORKING reply if
+        the budget passes while a write is under way. Reads are cut at the deadline (the core hands the request
+        to staff); a write that left is never cut, so its outcome is known and audited (its reply follows the
         interim ones). What is said early holds the event's acknowledgement, not the turn."""
         times = self._turns.start(event.occurred_at, now)
         progress = TurnProgress()
@@ -305,36 +308,36 @@ class CallProcessor:
         assert state is not None
         timers = [] if step.work is None or not callflow.awaits_reply(state) else [
             asyncio.ensure_future(self._say_when(times.hold.remaining(), ReplyTemplate.PLEASE_HOLD, event, practice,
-                                                 state, lambda: not held_already)),
+                                                 state, scope, lambda: not held_already)),
             asyncio.ensure_future(self._say_when(times.deadline.remaining(),
                                                  ReplyTemplate.STILL_WORKING_STAFF_WILL_FOLLOW_UP, event, practice,
-                                                 state, lambda: progress.writing)),
+                                                 state, scope, lambda: progress.writing)),
         ]
         try:
-            with within(times.deadline):
-                for _ in range(MAX_WORK_STEPS):
-                    if step.work is None:
-                        break
-                    result = await self._work.run(practice, event.call_id, step.work, times.deadline, progress)
-                    assert step.state is not None
-                    step = callflow.on_result(step.state, result, practice, now)
-                    outputs.extend(step.outputs)
-                else:
-                    log.error("practice %s call %s: the turn did not settle; left for staff", practice.practice_id,
-                              event.call_id)
+            for _ in range(MAX_WORK_STEPS):
+                if step.work is None:
+                    break
+                result = await self._work.run(practice, event.call_id, step.work, times.deadline, progress,
+                                             scope=scope)
+                assert step.state is not None
+                step = callflow.on_result(step.state, result, practice, now)
+                outputs.extend(step.outputs)
+            else:
+                log.error("practice %s call %s: the turn did not settle; left for staff", practice.practice_id,
+                          event.call_id)
         finally:
             for timer in timers:
                 timer.cancel()
         return step
 
     async def _say_when(self, delay_s: float, template: ReplyTemplate, event: CallEvent, practice: Practice,
-                        state: CallState, still_needed: Callable[[], bool]) -> None:
+                        state: CallState, scope: WorkScope, still_needed: Callable[[], bool]) -> None:
         """After ``delay_s``, send an interim reply (and its audit record) if the turn still needs it."""
         await asyncio.sleep(max(0.0, delay_s))
         if not still_needed():
             return
         for sent in self._send_interim(template, event, practice, state.caller_number):
-            hold_event_ack(lambda sent=sent: sent)
+            scope.hold_ack(lambda sent=sent: sent)
 
     # ----------------------------------------------------------------------------------- outputs
 
@@ -451,61 +454,6 @@ class CallProcessor:
             return stored_state(stored)
         except ValidationError:
             return None
-
-
-# -------------------------------------------------------------------------------------- ordering
-
-
-class CallSequencer:
-    """Runs each call's events one after another while calls run side by side.
-
-    Every submitted event chains behind the previous one of its key; ``pending`` bounds the events in
-    flight over all calls, so a stalled practice cannot make the worker buffer without limit.
-    """
-
-    def __init__(self, max_in_flight: int = 2000) -> None:
-        self._tails: dict[bytes | None, asyncio.Future[None]] = {}
-        self._slots = asyncio.Semaphore(max_in_flight)
-        self._running: set[asyncio.Task[None]] = set()
-        """The event loop keeps only weak references to tasks: these keep each event's task alive."""
-
-    async def submit(self, key: bytes | None, work: Callable[[], Awaitable[None]],
-                     on_done: Callable[[BaseException | None], None]) -> None:
-        """Queue ``work`` behind its key's previous event; waits only while the in-flight bound is reached."""
-        await self._slots.acquire()
-        previous = self._tails.get(key) if key is not None else None
-        tail: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if key is not None:
-            self._tails[key] = tail
-
-        async def run() -> None:
-            error: BaseException | None = None
-            try:
-                if previous is not None:
-                    await asyncio.shield(previous)
-                await work()
-            except asyncio.CancelledError:
-                raise
-            except BaseException as exc:  # noqa: BLE001 - handed to on_done, which decides
-                error = exc
-            finally:
-                tail.set_result(None)
-                if key is not None and self._tails.get(key) is tail:
-                    del self._tails[key]
-                self._slots.release()
-            on_done(error)
-
-        task = asyncio.ensure_future(run())
-        self._running.add(task)
-        task.add_done_callback(self._running.discard)
-
-    def busy(self, key: bytes | None) -> bool:
-        """Whether an event submitted now for ``key`` would wait behind an earlier one of its call."""
-        return key is not None and key in self._tails
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._tails)
 
 
 def _settle_unawaited(acknowledgements: list[Awaitable[None]]) -> None:

@@ -63,7 +63,6 @@ OVERSIZED: dict[str, int] = {
     "guards/rules.py": 613,
     "review/service.py": 622,
     "schemas/models.py": 665,
-    "streams/processor.py": 957,
 }
 """Production modules over the limit today, with their size: they may shrink, never grow."""
 

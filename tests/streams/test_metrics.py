@@ -31,6 +31,7 @@ DECLARED_FAMILIES = {
     "callstream_consumer_lag": "gauge",
     "callstream_alarm_state": "gauge",
     "callstream_events_processed": "counter",
+    "callstream_events_in_flight": "gauge",
 }
 
 

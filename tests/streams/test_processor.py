@@ -33,7 +33,7 @@ from streams.outputs import KafkaOutputs, OutputDeliveryError
 from streams.observers import FhirRequestMetrics
 from streams.event_scope import hold_event_ack
 from streams.call_states import InMemoryCallStates
-from streams.processor import CallProcessor, CallSequencer, DriftCounts
+from streams.processor import CallProcessor, DriftCounts
 from streams.records import RawEvent
 from tests.fixtures.pipeline import TopicReader
 from tests.guards.spoken_text import broken_promises
@@ -329,37 +329,6 @@ async def test_a_practice_modmed_refuses_hands_the_caller_to_staff_instead_of_fa
     commands = readers[COMMANDS].wait_for(lambda rs: any(r is not None and r.call_id == script.call_id for r in rs))
     [handoff] = [r for r in commands if r is not None and r.call_id == script.call_id]
     assert handoff.route.value == "REVIEW_QUEUE" and handoff.params["reason"] == "AuthError"
-
-
-async def test_the_sequencer_keeps_a_calls_order_while_other_calls_go_ahead() -> None:
-    sequencer = CallSequencer(max_in_flight=10)
-    order: list[str] = []
-    done: list[BaseException | None] = []
-    gate = asyncio.Event()
-
-    def step(label: str, wait: bool = False, fail: bool = False) -> Any:
-        async def run() -> None:
-            if wait:
-                await gate.wait()
-            if fail:
-                raise RuntimeError("broker gone")
-            order.append(label)
-        return run
-
-    await sequencer.submit(b"call-a", step("a1", wait=True), done.append)
-    await sequencer.submit(b"call-a", step("a2"), done.append)
-    await sequencer.submit(b"call-b", step("b1"), done.append)
-    await asyncio.sleep(0.05)
-    assert order == ["b1"], "call b does not wait for call a"
-    gate.set()
-    await sequencer.submit(b"call-a", step("a3", fail=True), done.append)
-    for _ in range(50):
-        if len(done) == 4:
-            break
-        await asyncio.sleep(0.01)
-    assert order == ["b1", "a1", "a2"]
-    assert [type(error).__name__ for error in done if error is not None] == ["RuntimeError"]
-    assert sequencer.in_flight == 0
 
 
 def test_drift_counts_take_fhir_write_requests_from_the_tally_and_the_rest_off_the_audit() -> None:
