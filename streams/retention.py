@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from streams import callflow
 from streams.callflow import CallState
 from streams.call_states import CallStateStore, stored_state
+from streams.outputs import Outputs
 from streams.records import audit_record
 
 CALL_IDLE_TTL = timedelta(hours=2)
@@ -35,7 +36,7 @@ def expired(state: CallState, now: datetime) -> bool:
     return now - state.updated_at >= (ENDED_MARKER_TTL if state.ended else CALL_IDLE_TTL)
 
 
-async def purge_expired(states: CallStateStore, owned_partitions: set[int], outputs: Any, now: datetime) -> int:
+async def purge_expired(states: CallStateStore, owned_partitions: set[int], outputs: Outputs, now: datetime) -> int:
     """The TTL sweep: delete abandoned calls (their PHI) and old ended markers of the owned partitions, and
     audit each abandoned call's purge; returns once every deletion and audit record is acknowledged."""
     pending: list[Awaitable[None]] = []
