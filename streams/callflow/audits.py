@@ -27,6 +27,7 @@ def dialogue_path(intent: Intent | str, visit_reason: VisitReason | None = None)
 
 
 def transition(state: CallState, phase: CallPhase) -> tuple[CallState, tuple[Output, ...]]:
+    """Move the call to ``phase`` with its CALL_STATE_TRANSITION record; staying in the same phase records nothing."""
     if state.phase is phase:
         return state, ()
     audit = AuditOut(
@@ -62,6 +63,7 @@ def expiry_audit(state: CallState) -> AuditOut:
 
 def read_audit(resource_type: str, ids: Iterable[str], route: CommandRoute, latency_ms: float, command: CommandKind,
                deep_link: str | None = None, **detail: str) -> AuditOut:
+    """A successful ModMed (FHIR) or EMA read: what was read (at most 100 ids), the route and its latency."""
     return AuditOut(
         action=AuditAction.EMA_READ if route is CommandRoute.EMA else AuditAction.FHIR_READ,
         outcome=AuditOutcome.SUCCESS,
@@ -138,6 +140,7 @@ def write_audit(route: CommandRoute, outcome: AuditOutcome, command: CommandKind
                 ids: tuple[str, ...], latency_ms: float, deep_link: str | None = None,
                 error_class: str | None = None, task_refs: tuple[str, ...] = (), slot_id: str | None = None,
                 transcript_ref: str | None = None, **detail: str) -> AuditOut:
+    """A ModMed (FHIR) or EMA write, succeeded or failed: what it wrote, the link staff open it with, its route."""
     return AuditOut(
         action=AuditAction.EMA_WRITE if route is CommandRoute.EMA else AuditAction.FHIR_WRITE,
         outcome=outcome,

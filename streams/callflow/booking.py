@@ -50,6 +50,7 @@ OFFERED_SLOTS = 3
 
 
 def book_chosen(state: CallState) -> WriteAppointment:
+    """The write of the slot the caller chose: a booking, or the reschedule of the appointment they named."""
     offer = state.offer
     assert offer is not None and offer.chosen is not None and state.patient_id is not None
     return WriteAppointment(command=offer.write, patient_id=state.patient_id, slot=offer.chosen,
@@ -57,6 +58,8 @@ def book_chosen(state: CallState) -> WriteAppointment:
 
 
 def search_window(requested: DateRange | None, practice: Practice, now: datetime) -> tuple[date, date] | None:
+    """The days to search, in the practice's zone: the caller's dates from today on, at most MAX_SEARCH_DAYS
+    (DEFAULT_SEARCH_DAYS from today when they named none); None when their dates are all past."""
     today = now.astimezone(ZoneInfo(practice.timezone)).date()
     if requested is None:
         return today, today + timedelta(days=DEFAULT_SEARCH_DAYS)
@@ -78,6 +81,8 @@ def _preferred_practitioner(hint: str | None, slots: Sequence[FoundSlot]) -> str
 
 
 def on_slots(state: CallState, result: SlotsFound, practice: Practice, now: datetime) -> Step:
+    """Rank the free slots by the guards' rules and offer the best OFFERED_SLOTS (after a slot was taken, none of
+    those offered before); the read's record names the slots offered."""
     turn = state.turn
     pending = state.pending
     assert turn is not None and pending is not None and turn.decision.visit_reason is not None
@@ -147,6 +152,8 @@ def offer_slots(state: CallState, choices: tuple[SlotChoice, ...], practice: Pra
 
 
 def on_appointment_written(state: CallState, result: AppointmentWritten, practice: Practice, now: datetime) -> Step:
+    """The booking or reschedule is in ModMed: the caller hears it confirmed, unless the confirmation with the
+    intake link goes out first (a new booking, a form for the visit and a channel to the caller)."""
     offer = state.offer
     assert offer is not None
     # A reschedule names the appointment it moved as well as the one it wrote (the same id when moved in place).
@@ -185,6 +192,7 @@ def _intake_push(state: CallState, practice: Practice, offer: Offer, booked: App
 
 
 def on_intake_sent(state: CallState, result: IntakeSent, practice: Practice, now: datetime) -> Step:
+    """The confirmation with the intake link went out: the caller hears that it did."""
     sent = state.confirming
     assert sent is not None
     audit = intake_audit(sent, AuditOutcome.SUCCESS, result.latency_ms)
@@ -193,6 +201,7 @@ def on_intake_sent(state: CallState, result: IntakeSent, practice: Practice, now
 
 def confirm_booking(state: CallState, practice: Practice, now: datetime, template: ReplyTemplate,
                     outputs: tuple[Output, ...]) -> Step:
+    """End a booking whose confirmation was being sent: the reply with the visit's time, and the BOOKED phase."""
     sent = state.confirming
     assert sent is not None
     state, replies = reply(state, template, practice, now, visit_reason=sent.visit_reason,

@@ -54,8 +54,9 @@ def on_recheck(state: CallState, result: PatientLookedUp, practice: Practice, no
 
 
 def on_registered(state: CallState, result: PatientRegistered) -> Step:
+    """The new chart exists: its insurance card next when the caller gave one, else the chosen slot is booked."""
     audit = write_audit(result.route, AuditOutcome.SUCCESS, CommandKind.REGISTER_PATIENT, "Patient",
-                         (result.patient_id,), result.latency_ms, result.deep_link, operation="register_patient")
+                        (result.patient_id,), result.latency_ms, result.deep_link, operation="register_patient")
     state = state.model_copy(update={"patient_id": result.patient_id, "registered": True})
     insurance = state.registration.insurance if state.registration is not None else None
     work: Work = CreateCoverage(result.patient_id, insurance) if insurance is not None else book_chosen(state)
@@ -63,8 +64,9 @@ def on_registered(state: CallState, result: PatientRegistered) -> Step:
 
 
 def on_coverage(state: CallState, result: CoverageCreated) -> Step:
+    """The insurance card is on the new chart: book the chosen slot."""
     audit = write_audit(CommandRoute.FHIR, AuditOutcome.SUCCESS, CommandKind.CREATE_COVERAGE, "Coverage",
-                         (result.coverage_id,), result.latency_ms, operation="create_coverage")
+                        (result.coverage_id,), result.latency_ms, operation="create_coverage")
     return Step(state, work=book_chosen(state), outputs=(audit,))
 
 
@@ -87,6 +89,6 @@ def registration_failed(state: CallState, failure: WorkFailed, practice: Practic
         return Step(step.state, step.work, (audit, *step.outputs))
     assert state.patient_id is not None
     queued = queue_for_review(state, CommandKind.CREATE_COVERAGE, state.patient_id,
-                     {"patient_id": state.patient_id, **registration_params(state, insurance_only=True)},
+                              {"patient_id": state.patient_id, **registration_params(state, insurance_only=True)},
                               error_class, resource_type="Patient", resource_ids=(state.patient_id,))
     return Step(state, work=book_chosen(state), outputs=(audit, *queued))

@@ -129,7 +129,7 @@ def _on_task_written(state: CallState, result: TaskWritten, practice: Practice, 
     ref = f"{result.resource_type}/{result.resource_id}"
     audits = (
         write_audit(result.route, AuditOutcome.SUCCESS, CommandKind.CREATE_TASK, result.resource_type,
-                     (result.resource_id,), result.latency_ms, result.deep_link, task_refs=(ref,),
+                    (result.resource_id,), result.latency_ms, result.deep_link, task_refs=(ref,),
                     transcript_ref=state.transcript_ref),
         AuditOut(
             action=AuditAction.ESCALATION,
@@ -150,7 +150,7 @@ def _on_task_written(state: CallState, result: TaskWritten, practice: Practice, 
 
 def _on_cancelled(state: CallState, result: AppointmentWritten, practice: Practice, now: datetime) -> Step:
     audit = write_audit(result.route, AuditOutcome.SUCCESS, CommandKind.CANCEL_APPOINTMENT, "Appointment",
-                         (result.appointment_id,), result.latency_ms, result.deep_link)
+                        (result.appointment_id,), result.latency_ms, result.deep_link)
     step = finish_turn(state, practice, now, visit_reason=result.visit_reason, appointment_time=result.start)
     return Step(step.state, step.work, (audit, *step.outputs))
 
@@ -163,7 +163,8 @@ def _on_failure(state: CallState, failure: WorkFailed, practice: Practice, now: 
         sent = state.confirming
         audit = intake_audit(sent, AuditOutcome.FAILURE, failure.latency_ms, failure.error_class)
         queued = queue_for_review(state, CommandKind.CREATE_DOCUMENT_REFERENCE, sent.appointment_id,
-                         {"patient_id": sent.patient_id, "appointment_id": sent.appointment_id, "channel": sent.channel},
+                                  {"patient_id": sent.patient_id, "appointment_id": sent.appointment_id,
+                                   "channel": sent.channel},
                                   failure.error_class, resource_type="Appointment", resource_ids=(sent.appointment_id,))
         return confirm_booking(state, practice, now, ReplyTemplate.BOOKING_CONFIRMED, (audit, *queued))
     if failure.command in (CommandKind.REGISTER_PATIENT, CommandKind.CREATE_COVERAGE) or (
@@ -189,7 +190,7 @@ def _on_failure(state: CallState, failure: WorkFailed, practice: Practice, now: 
     if failure.command in (CommandKind.BOOK_APPOINTMENT, CommandKind.RESCHEDULE_APPOINTMENT):
         offer = state.offer
         audit = write_audit(route, AuditOutcome.FAILURE, failure.command, "Appointment",
-                             (offer.appointment_id,) if offer and offer.appointment_id else (), failure.latency_ms,
+                            (offer.appointment_id,) if offer and offer.appointment_id else (), failure.latency_ms,
                             error_class=failure.error_class, slot_id=offer.chosen_slot_id if offer else None)
         step = slot_taken(state, practice, now) if failure.slot_taken else booking_to_staff(
             state, failure.error_class, practice, now)
@@ -201,7 +202,7 @@ def _on_failure(state: CallState, failure: WorkFailed, practice: Practice, now: 
         audit = write_audit(route, AuditOutcome.FAILURE, CommandKind.CANCEL_APPOINTMENT, "Appointment", target,
                             failure.latency_ms, error_class=failure.error_class)
         queued = queue_for_review(state, CommandKind.CANCEL_APPOINTMENT, pending.event_id,
-                         {"appointment_id": pending.appointment_id or "", **identity_params(state)},
+                                  {"appointment_id": pending.appointment_id or "", **identity_params(state)},
                                   failure.error_class, resource_type="Appointment", resource_ids=target)
         step = finish_turn(state, practice, now, ReplyTemplate.CHANGE_STAFF_WILL_CONFIRM)
         return Step(step.state, step.work, (audit, *queued, *step.outputs))

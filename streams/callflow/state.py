@@ -209,6 +209,7 @@ class CallState(FrozenModel):
 
 
 def remember(ids: tuple[str, ...], new: str) -> tuple[str, ...]:
+    """``ids`` with ``new`` added once, keeping the last MAX_REMEMBERED (the state must stay small)."""
     return (ids + (new,))[-MAX_REMEMBERED:] if new not in ids else ids
 
 
@@ -227,4 +228,5 @@ def new_state(event: CallEvent, practice: Practice, partition: int, now: datetim
 
 
 def earlier_cs_requests(state: CallState, intent_event_id: str) -> int:
+    """Controlled-substance requests earlier in the call than this intent (what the guards weigh a repeat by)."""
     return min(sum(1 for event_id in state.cs_requests if event_id != intent_event_id), 1000)

@@ -34,6 +34,8 @@ def task_note(task: TaskSpec) -> str:
 
 
 def queue_task(state: CallState, task: TaskSpec, reason: str) -> tuple[Output, ...]:
+    """The task as a review-queue item (staff create it): what it is, for whom, the patient or the caller's
+    identity, and the decided request for the queue's retry."""
     pending, turn = state.pending, state.turn
     # The request's escalation counts once its item is stored (the review queue counts it): named on the
     # turn's last provider task, and only while none was written (a written one is counted by the worker).
@@ -55,6 +57,8 @@ def queue_task(state: CallState, task: TaskSpec, reason: str) -> tuple[Output, .
 
 
 def task_settled(state: CallState, task: TaskSpec, how: Literal["done", "queued"]) -> CallState:
+    """Mark the turn's task created (``done``) or queued, so the call never repeats it and the escalation
+    record knows where the provider task went."""
     turn = state.turn
     assert turn is not None
     escalated = turn.provider_escalated

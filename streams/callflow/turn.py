@@ -183,14 +183,14 @@ def finish_turn(state: CallState, practice: Practice, now: datetime, template: R
     for command in decision.queued_commands:
         if command is not Command.CREATE_TASK:
             outputs.extend(queue_for_review(state, WRITE_COMMAND_KINDS[command], pending.event_id,
-                                   {"intent": pending.intent.value, **dict(zip(("appointment_id",), target)),
-                                    **identity_params(state)},
+                                            {"intent": pending.intent.value, **dict(zip(("appointment_id",), target)),
+                                             **identity_params(state)},
                                             queued_reason(practice), resource_type="Appointment", resource_ids=target))
     if Command.CREATE_DOCUMENT_REFERENCE in decision.commands:
         # Asked for outside a booking: a link is signed for an appointment this call has not made, so staff send
         # it, and the reply says so (a booking's confirmation carries the link itself: booking._intake_push).
         outputs.extend(queue_for_review(state, CommandKind.CREATE_DOCUMENT_REFERENCE, pending.event_id,
-                               {"patient_id": state.patient_id or ""}, "intake_link_by_staff"))
+                                        {"patient_id": state.patient_id or ""}, "intake_link_by_staff"))
         template = ReplyTemplate.INTAKE_STAFF_WILL_SEND
     state, replies = reply(state, template, practice, now, visit_reason=visit_reason or decision.visit_reason,
                            appointment_time=appointment_time, escalated=decision.escalated)
