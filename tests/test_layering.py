@@ -62,7 +62,6 @@ MAX_MODULE_LINES = 600
 OVERSIZED: dict[str, int] = {
     "guards/rules.py": 613,
     "review/service.py": 622,
-    "schemas/models.py": 665,
 }
 """Production modules over the limit today, with their size: they may shrink, never grow."""
 

@@ -13,7 +13,7 @@ import schemas.models as models
 from schemas.models import CallEvent
 from schemas.privacy import REDACTED, phi_fields, phi_redacted
 
-AVRO = Path(models.__file__).parent / "avro"
+AVRO = Path(models.__file__).parents[1] / "avro"
 
 
 def _records(schema: Any, found: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
