@@ -18,9 +18,9 @@ from typing import Any
 from callstream.tenants import Practice, TenantDirectory
 from golive.callers import CallerPool, Chart
 from golive.catalogue import CallerKind, ChooseStep, IdentifyStep, IntentStep, Phase, Scenario
+from guards.draft import BOOKING_INTENTS
 from guards.hours import WEEKDAYS
 from guards.model import Intent, VisitReason
-from guards.rules import BOOKING_INTENTS
 from guards.scheduling import procedure_rule
 from sandbox.world import SandboxWorld, Tenant
 from devkit.cast import Script

@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 
 from guards.decision import Decision
+from guards.draft import Draft, gather_facts
 from guards.errors import GuardInputError
 from guards.model import CallContext, ChartFlags, GoLivePhase, IntentRequest
-from guards.rules import RULES, Draft, gather_facts
+from guards.rules import RULES
 
 
 def decide(
