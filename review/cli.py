@@ -43,8 +43,9 @@ from connectors.fhir import ModMedClient
 from connectors.ledger import InMemoryLedger
 from connectors.operations import ModMedConnector
 from connectors.ratelimit import RateLimiterRegistry
+from review.command_log import CommandLog
 from review.core import ATTEMPT_LEASE, RETRY_BACKOFF, STALE_AFTER
-from review.service import DEFAULT_API_PORT, CommandLog, QueueOptions, ReviewQueue, serve
+from review.service import DEFAULT_API_PORT, QueueOptions, ReviewQueue, serve
 from review.store import ReviewStore
 from schemas.registry import SchemaRegistryClient
 from schemas.topics import ALARMS, AUDIT, COMMANDS, topic_named

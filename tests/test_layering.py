@@ -60,7 +60,6 @@ OUR_PACKAGES = frozenset(LAYER_OF) | {SANDBOX, DEVKIT}
 
 MAX_MODULE_LINES = 600
 OVERSIZED: dict[str, int] = {
-    "review/service.py": 622,
 }
 """Production modules over the limit today, with their size: they may shrink, never grow."""
 

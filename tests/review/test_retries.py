@@ -28,8 +28,9 @@ from connectors.slot_offers import SlotOffer
 from connectors.vocabulary import CALL_REFERENCE_SYSTEM
 from guards import Intent, IntentRequest, VisitReason, filter_and_rank
 from review import core
+from review.command_log import CommandLog
 from review.core import ItemState, Reason
-from review.service import CommandLog, ReviewQueue
+from review.service import ReviewQueue
 from review.store import ReviewStore, StoredAlarm
 from schemas.models import Alarm, AlarmKind, AlarmState, CommandMessage, CommandRoute
 from schemas.serde import AvroSerde
