@@ -70,10 +70,9 @@ def application_additions(settings: Settings, tenants: TenantDirectory | None) -
     """The review items and, with a tenant directory, the digest's parts, for the audit store's database."""
     def add(database: str) -> Additions:
         reviews = review_reader(settings, database)
-        service = _digest_service(settings, database, tenants)
-        if service is None:
+        digests = _digest_service(settings, database, tenants)
+        if digests is None:
             return Additions(reviews=reviews)
-        digests: DigestService = service
 
         def figures(practice_id: str, day: date) -> dict[str, Any]:
             return digests.figures(practice_id, day).to_json_dict()
