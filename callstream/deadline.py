@@ -1,22 +1,18 @@
 """The caller's turn deadline: one value from the call event to every wait on its behalf.
 
-A caller on the line waits for each turn. The processor sets the turn's deadline when it starts the
-work (``within``); the connectors read it (``current``) before every wait they control — the rate
-limiter's pacing and 429 pause, back-off between retries, the token fetch, the HTTP exchange — and fail
-fast with a typed error when the wait cannot end in time, instead of sleeping past the caller's patience.
-Work without a caller (review-queue retries, exports, pollers) runs without a deadline, and the rate
-limiter serves it after every live call waiting on the same practice.
-
-The value rides in a context variable because asyncio copies the context into every task the work
-spawns (the dispatcher's sub-tasks included): the connectors read it, they never call back up.
+A caller on the line waits for each turn. The processor computes the turn's deadline when it starts the
+work and hands it down in the work's scope (``callstream.work_scope.WorkScope``); the connectors check it
+before every wait they control — the rate limiter's pacing and 429 pause, back-off between retries, the
+token fetch, the HTTP exchange — and fail fast with a typed error when the wait cannot end in time,
+instead of sleeping past the caller's patience. Work without a caller (review-queue retries, exports,
+pollers) runs without a deadline, and the rate limiter serves it after every live call waiting on the
+same practice.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -75,21 +71,3 @@ class TurnBudget:
         transit = min(max((now - produced_at).total_seconds(), 0.0), self.hold_after_s)
         started = clock() - transit
         return TurnTimes(Deadline(started + self.hold_after_s, clock), Deadline(started + self.budget_s, clock))
-
-
-_current: ContextVar[Deadline | None] = ContextVar("callstream_turn_deadline", default=None)
-
-
-def current() -> Deadline | None:
-    """The deadline of the work being done, or None for background work."""
-    return _current.get()
-
-
-@contextmanager
-def within(deadline: Deadline | None) -> Iterator[None]:
-    """Run the block (and every task it starts) under ``deadline``."""
-    token = _current.set(deadline)
-    try:
-        yield
-    finally:
-        _current.reset(token)

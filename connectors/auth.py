@@ -22,6 +22,7 @@ from typing import Any
 import jwt
 from pydantic import SecretStr
 
+from callstream.deadline import Deadline
 from callstream.tenants import AuthMethod, Credentials, Practice
 from connectors.errors import AuthError, InvalidResponseError, ModMedError
 
@@ -179,8 +180,9 @@ def _refresh_refused(error: ModMedError) -> bool:
     return isinstance(error, AuthError) or (error.status is not None and 400 <= error.status < 500 and error.status != 429)
 
 
-TokenFetcher = Callable[[dict[str, str]], Awaitable[AccessToken]]
-"""Sends one token-request form and returns the parsed token (the client's transport)."""
+TokenFetcher = Callable[[dict[str, str], Deadline | None], Awaitable[AccessToken]]
+"""Sends one token-request form within the caller's deadline (None: no caller waits) and returns the parsed
+token (the client's transport)."""
 
 
 class TokenCache:
@@ -191,7 +193,7 @@ class TokenCache:
     """
 
     def __init__(
-        self, grant: TokenGrant, token_url: Callable[[], Awaitable[str]], fetch: TokenFetcher,
+        self, grant: TokenGrant, token_url: Callable[[Deadline | None], Awaitable[str]], fetch: TokenFetcher,
         *, clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._grant = grant
@@ -206,34 +208,36 @@ class TokenCache:
     def api_key(self) -> str | None:
         return self._grant.api_key
 
-    async def bearer(self) -> str:
-        """A valid access token value, fetching or refreshing as needed."""
+    async def bearer(self, deadline: Deadline | None = None) -> str:
+        """A valid access token value, fetching or refreshing as needed within the caller's ``deadline``
+        (a refresh ahead of expiry runs in the background under it too)."""
         token = self._token
         now = self._clock()
         if token is not None and now < token.expires_at:
             if now >= token.refresh_after and self._background is None:
-                self._background = asyncio.create_task(self._refresh_in_background(token))
+                self._background = asyncio.create_task(self._refresh_in_background(token, deadline))
             return token.value.get_secret_value()
-        return (await self._renew(token)).value.get_secret_value()
+        return (await self._renew(token, deadline)).value.get_secret_value()
 
-    async def reauthenticate(self, rejected: str) -> str:
+    async def reauthenticate(self, rejected: str, deadline: Deadline | None = None) -> str:
         """ModMed answered 401 to ``rejected``: renew once (unless another caller already did)."""
         token = self._token
         if token is not None and token.value.get_secret_value() != rejected:
             return token.value.get_secret_value()
-        return (await self._renew(token, force=True)).value.get_secret_value()
+        return (await self._renew(token, deadline, force=True)).value.get_secret_value()
 
-    async def _renew(self, seen: AccessToken | None, *, force: bool = False) -> AccessToken:
+    async def _renew(self, seen: AccessToken | None, deadline: Deadline | None, *,
+                     force: bool = False) -> AccessToken:
         async with self._lock:
             current = self._token
             if current is not None and current is not seen and self._clock() < current.expires_at:
                 return current  # another coroutine renewed while we waited for the lock
             if current is not None and not force and self._clock() < current.expires_at:
                 return current
-            self._token = await self._obtain(current)
+            self._token = await self._obtain(current, deadline)
             return self._token
 
-    async def _obtain(self, previous: AccessToken | None) -> AccessToken:
+    async def _obtain(self, previous: AccessToken | None, deadline: Deadline | None) -> AccessToken:
         """Refresh with the refresh token when there is one; a refused refresh falls back to one fresh grant.
 
         A refused refresh token is dropped before the fresh grant is tried, so even when that grant
@@ -244,7 +248,7 @@ class TokenCache:
             form = self._grant.refresh_form(previous.refresh_token)
             if form is not None:
                 try:
-                    return await self._fetch(form)
+                    return await self._fetch(form, deadline)
                 except ModMedError as exc:
                     if not _refresh_refused(exc):
                         raise
@@ -253,11 +257,11 @@ class TokenCache:
                         "practice %s: refresh token refused (%s); using a fresh grant",
                         self._grant.practice_id, exc.status,
                     )
-        return await self._fetch(self._grant.grant_form(await self._token_url()))
+        return await self._fetch(self._grant.grant_form(await self._token_url(deadline)), deadline)
 
-    async def _refresh_in_background(self, seen: AccessToken) -> None:
+    async def _refresh_in_background(self, seen: AccessToken, deadline: Deadline | None) -> None:
         try:
-            await self._renew(seen, force=True)
+            await self._renew(seen, deadline, force=True)
         except ModMedError as exc:
             log.warning("practice %s: background token refresh failed: %s", self._grant.practice_id, type(exc).__name__)
         finally:

@@ -12,6 +12,10 @@ It decides the route of every command per practice (docs/CONTRACTS.md, the EMA c
 EMA results come back in the same shape as FHIR ones (resource id visible over FHIR afterwards plus
 the chart deep link), so replies and audit records do not care which route ran.
 
+Every operation takes the work's ``scope`` (``callstream.work_scope``: the caller's deadline, the call event,
+its write tally) and hands it to the connector, the ledger and the EMA directory reads; work without a
+caller (review retries) passes none and runs as background work.
+
 Every operation of one practice waits for that practice's semaphore, so one slow practice (or a
 locked EMA account) holds only its own calls, never the others'. Writes on the EMA route are wrapped
 in the same idempotency ledger as FHIR writes: a redelivered event never queues a second task or
@@ -29,6 +33,7 @@ from typing import Generic, Protocol, TypeVar
 from fhir.resources.R4B.appointment import Appointment
 
 from callstream.tenants import ApiTrack, Practice
+from callstream.work_scope import BACKGROUND, WorkScope
 from connectors.compliance import ComplianceFlags
 from connectors.errors import CapabilityMissing, NotFoundError, TerminalError
 from connectors.ledger import IdempotencyLedger, LedgerState, idempotency_key
@@ -73,7 +78,7 @@ class EmaPort(Protocol):
 
     async def search_template_slots(
         self, practice: Practice, *, visit_reason: VisitReason, date_from: date, date_to: date,
-        patient_id: str | None = None,
+        patient_id: str | None = None, scope: WorkScope = BACKGROUND,
     ) -> list[SlotOffer]: ...  # patient_id: EMA booking screens that list slots only for a chosen chart
 
     async def book_template(self, practice: Practice, *, call_id: str, patient_id: str, slot_id: str) -> EmaWriteResult: ...
@@ -151,15 +156,18 @@ class Dispatcher:
     # -------------------------------------------------------------------------------------- reads
 
     async def search_patient(
-        self, practice: Practice, *, family: str, given: str, birth_date: date, phone: str | None
+        self, practice: Practice, *, family: str, given: str, birth_date: date, phone: str | None,
+        scope: WorkScope = BACKGROUND,
     ) -> PatientMatch:
         return await self._gated(practice, lambda: self.connector.search_patients(
-            practice, family=family, given=given, birthdate=birth_date, phone=phone))
+            practice, family=family, given=given, birthdate=birth_date, phone=phone, scope=scope))
 
-    async def read_flags(self, practice: Practice, patient_id: str) -> Routed[ComplianceFlags]:
+    async def read_flags(self, practice: Practice, patient_id: str, *,
+                         scope: WorkScope = BACKGROUND) -> Routed[ComplianceFlags]:
         route = self.flags_route(practice)
         if route is CommandRoute.FHIR:
-            flags = await self._gated(practice, lambda: self.connector.read_compliance_flags(practice, patient_id))
+            flags = await self._gated(practice, lambda: self.connector.read_compliance_flags(
+                practice, patient_id, scope=scope))
         else:
             ema = self._ema(practice, "compliance flags")
             flags = await self._gated(practice, lambda: ema.read_compliance(practice, patient_id))
@@ -167,73 +175,80 @@ class Dispatcher:
 
     async def search_slots(
         self, practice: Practice, *, visit_reason: VisitReason, date_from: date, date_to: date,
-        patient_id: str | None = None,
+        patient_id: str | None = None, scope: WorkScope = BACKGROUND,
     ) -> Routed[list[SlotOffer]]:
         route = self.slots_route(practice, visit_reason)
         if route is CommandRoute.FHIR:
             offers = await self._gated(practice, lambda: self.connector.search_slots(
-                practice, visit_reason=visit_reason, date_from=date_from, date_to=date_to))
+                practice, visit_reason=visit_reason, date_from=date_from, date_to=date_to, scope=scope))
         else:
             ema = self._ema(practice, f"{VisitReason(visit_reason).value} templates")
             offers = await self._gated(practice, lambda: ema.search_template_slots(
-                practice, visit_reason=visit_reason, date_from=date_from, date_to=date_to, patient_id=patient_id))
+                practice, visit_reason=visit_reason, date_from=date_from, date_to=date_to, patient_id=patient_id,
+                scope=scope))
         return Routed(offers, route)
 
     # ------------------------------------------------------------------------------------- writes
 
     async def book(
-        self, practice: Practice, *, call_id: str, patient_id: str, slot_id: str, found_on: CommandRoute
+        self, practice: Practice, *, call_id: str, patient_id: str, slot_id: str, found_on: CommandRoute,
+        scope: WorkScope = BACKGROUND,
     ) -> Written:
         """Book a slot the guard ranked and the caller chose, on the route it was found on."""
         if self.booking_route(practice, found_on) is CommandRoute.FHIR:
             appointment = await self._gated(practice, lambda: self.connector.book_appointment(
-                practice, call_id=call_id, patient_id=patient_id, slot_id=slot_id))
+                practice, call_id=call_id, patient_id=patient_id, slot_id=slot_id, scope=scope))
             return _appointment_written(practice, appointment, patient_id)
         ema = self._ema(practice, "template booking")
         key = idempotency_key(call_id, Command.BOOK_APPOINTMENT, f"Patient/{patient_id}|Slot/{slot_id}|EMA")
         return await self._gated(practice, lambda: self._ema_write(
             practice, key, Command.BOOK_APPOINTMENT, patient_id,
-            lambda: ema.book_template(practice, call_id=call_id, patient_id=patient_id, slot_id=slot_id)))
+            lambda: ema.book_template(practice, call_id=call_id, patient_id=patient_id, slot_id=slot_id), scope))
 
     async def reschedule(
-        self, practice: Practice, *, call_id: str, patient_id: str, appointment_id: str, slot_id: str
+        self, practice: Practice, *, call_id: str, patient_id: str, appointment_id: str, slot_id: str,
+        scope: WorkScope = BACKGROUND,
     ) -> Written:
         async def run() -> Written:
-            await self._require_patients_appointment(practice, patient_id, appointment_id)
+            await self._require_patients_appointment(practice, patient_id, appointment_id, scope)
             moved = await self.connector.reschedule_appointment(
-                practice, call_id=call_id, appointment_id=appointment_id, new_slot_id=slot_id)
+                practice, call_id=call_id, appointment_id=appointment_id, new_slot_id=slot_id, scope=scope)
             return _appointment_written(practice, moved, patient_id)
 
         return await self._gated(practice, run)
 
-    async def cancel(self, practice: Practice, *, call_id: str, patient_id: str, appointment_id: str) -> Written:
+    async def cancel(self, practice: Practice, *, call_id: str, patient_id: str, appointment_id: str,
+                     scope: WorkScope = BACKGROUND) -> Written:
         async def run() -> Written:
-            await self._require_patients_appointment(practice, patient_id, appointment_id)
-            cancelled = await self.connector.cancel_appointment(practice, call_id=call_id, appointment_id=appointment_id)
+            await self._require_patients_appointment(practice, patient_id, appointment_id, scope)
+            cancelled = await self.connector.cancel_appointment(
+                practice, call_id=call_id, appointment_id=appointment_id, scope=scope)
             return _appointment_written(practice, cancelled, patient_id)
 
         return await self._gated(practice, run)
 
     async def register_patient(
         self, practice: Practice, *, call_id: str, family: str, given: str, birth_date: date,
-        details: NewPatientDetails, phone: str | None, email: str | None,
+        details: NewPatientDetails, phone: str | None, email: str | None, scope: WorkScope = BACKGROUND,
     ) -> Written:
         """A new patient's chart, over FHIR (the proprietary API's Patient create; no EMA path)."""
         patient = await self._gated(practice, lambda: self.connector.register_patient(
             practice, call_id=call_id, family=family, given=given, birthdate=birth_date, details=details,
-            phone=phone, email=email))
+            phone=phone, email=email, scope=scope))
         assert patient.id is not None
         return Written("Patient", patient.id, CommandRoute.FHIR, practice.chart_deep_link(patient.id))
 
     async def create_coverage(
-        self, practice: Practice, *, call_id: str, patient_id: str, insurance: InsuranceDetails
+        self, practice: Practice, *, call_id: str, patient_id: str, insurance: InsuranceDetails,
+        scope: WorkScope = BACKGROUND,
     ) -> Written:
         coverage = await self._gated(practice, lambda: self.connector.create_coverage(
-            practice, call_id=call_id, patient_id=patient_id, insurance=insurance))
+            practice, call_id=call_id, patient_id=patient_id, insurance=insurance, scope=scope))
         assert coverage.id is not None
         return Written("Coverage", coverage.id, CommandRoute.FHIR, practice.chart_deep_link(patient_id))
 
-    async def create_task(self, practice: Practice, *, call_id: str, task: TaskSpec, note: str) -> Written:
+    async def create_task(self, practice: Practice, *, call_id: str, task: TaskSpec, note: str,
+                          scope: WorkScope = BACKGROUND) -> Written:
         """A task from the guard's decision, in the practice's FHIR Task store or its PM task queue."""
         if task.patient_id is None:
             raise CapabilityMissing("a task needs the caller's chart", practice_id=practice.practice_id,
@@ -248,6 +263,7 @@ class Dispatcher:
                 description=note,
                 pdmp_last_checked=task.pdmp_last_checked if task.audience is TaskAudience.PROVIDER else None,
                 transcript_ref=task.transcript_ref,
+                scope=scope,
             ))
             assert created.id is not None
             return Written("Task", created.id, CommandRoute.FHIR, practice.chart_deep_link(patient_id))
@@ -258,7 +274,7 @@ class Dispatcher:
         key = idempotency_key(call_id, Command.CREATE_TASK, f"{task.idempotency_key}|EMA")
         return await self._gated(practice, lambda: self._ema_write(
             practice, key, Command.CREATE_TASK, patient_id,
-            lambda: ema.create_staff_task(practice, call_id=call_id, task=task, note=note)))
+            lambda: ema.create_staff_task(practice, call_id=call_id, task=task, note=note), scope))
 
     # ---------------------------------------------------------------------------------- internals
 
@@ -277,34 +293,37 @@ class Dispatcher:
 
     async def _ema_write(
         self, practice: Practice, key: str, command: Command, patient_id: str,
-        write: Callable[[], Awaitable[EmaWriteResult]],
+        write: Callable[[], Awaitable[EmaWriteResult]], scope: WorkScope,
     ) -> Written:
         """Ledger around a screen write: DONE returns the recorded resource instead of writing again."""
-        entry = self._ledger.get(key)
+        entry = self._ledger.get(key, scope=scope)
         if entry is not None and entry.state is LedgerState.DONE and entry.resource_id and entry.resource_type:
             return Written(entry.resource_type, entry.resource_id, CommandRoute.EMA,
                            practice.chart_deep_link(patient_id))
-        await self._ledger.begin(key, command.value)
+        await self._ledger.begin(key, command.value, scope=scope)
         try:
             result = await write()
         except Exception as exc:
-            await self._ledger.fail(key, type(exc).__name__)
+            await self._ledger.fail(key, type(exc).__name__, scope=scope)
             raise
-        await self._ledger.complete(key, result.resource_type, result.resource_id)
+        await self._ledger.complete(key, result.resource_type, result.resource_id, scope=scope)
         return Written(result.resource_type, result.resource_id, CommandRoute.EMA, result.deep_link)
 
-    async def owns_appointment(self, practice: Practice, *, patient_id: str, appointment_id: str) -> bool:
+    async def owns_appointment(self, practice: Practice, *, patient_id: str, appointment_id: str,
+                               scope: WorkScope = BACKGROUND) -> bool:
         """Whether the appointment the caller named is this patient's at this practice; an id the practice does
         not know (404) is not theirs either. Other failures raise: whose it is stays unknown."""
         try:
-            await self._gated(practice, lambda: self._require_patients_appointment(practice, patient_id, appointment_id))
+            await self._gated(practice, lambda: self._require_patients_appointment(
+                practice, patient_id, appointment_id, scope))
         except (AppointmentNotForPatient, NotFoundError):
             return False
         return True
 
-    async def _require_patients_appointment(self, practice: Practice, patient_id: str, appointment_id: str) -> None:
+    async def _require_patients_appointment(self, practice: Practice, patient_id: str, appointment_id: str,
+                                            scope: WorkScope) -> None:
         """A caller may only move or cancel their own appointment (the id came from the voice agent)."""
-        appointment = await self.connector.client.read(practice, Appointment, appointment_id)
+        appointment = await self.connector.client.read(practice, Appointment, appointment_id, scope=scope)
         patients = {
             participant.actor.reference.rsplit("/", 1)[-1]
             for participant in appointment.participant or ()

@@ -27,11 +27,11 @@ from urllib.parse import urlsplit
 import httpx
 from fhir.resources.R4B.resource import Resource
 
-from callstream import deadline as turn_deadline
 from callstream.deadline import Deadline
 from callstream.errors import ConfigError, TenantDirectoryError
 from callstream.retry import Backoff, retry_after_seconds
 from callstream.tenants import ApiTrack, Credentials, Practice
+from callstream.work_scope import BACKGROUND, WorkScope
 from connectors.allow_lists import (
     WRITE_ALLOW_LIST,
     WritableResource,
@@ -145,11 +145,12 @@ class PracticeSession:
     def practice_id(self) -> str:
         return self.practice.practice_id
 
-    async def token_url(self) -> str:
+    async def token_url(self, deadline: Deadline | None = None) -> str:
         """The token endpoint: configured, the proprietary grant URL, or SMART discovery (certified)."""
         if self.known_token_url is None:
             response = await self._client._call(
-                self, "GET", f"{self.practice.fhir_base}/.well-known/smart-configuration", authenticated=False
+                self, "GET", f"{self.practice.fhir_base}/.well-known/smart-configuration", authenticated=False,
+                scope=BACKGROUND.under(deadline),
             )
             endpoint = response.body.get("token_endpoint") if isinstance(response.body, Mapping) else None
             if not isinstance(endpoint, str) or not _acceptable_token_endpoint(endpoint, self.practice.fhir_base):
@@ -159,11 +160,12 @@ class PracticeSession:
             self.known_token_url = endpoint
         return self.known_token_url
 
-    async def _fetch_token(self, form: dict[str, str]) -> AccessToken:
+    async def _fetch_token(self, form: dict[str, str], deadline: Deadline | None) -> AccessToken:
         """One token request; a 4xx refusal (RFC 6749 answers ``400 invalid_grant`` for a bad password or
         refresh token) is an AuthError: the credentials need an operator, retrying cannot help."""
         try:
-            response = await self._client._call(self, "POST", await self.token_url(), form=form, authenticated=False)
+            response = await self._client._call(self, "POST", await self.token_url(deadline), form=form,
+                                                authenticated=False, scope=BACKGROUND.under(deadline))
         except (TerminalError, NotFoundError, ConflictError) as exc:
             if exc.status is None or not 400 <= exc.status < 500:
                 raise
@@ -236,11 +238,11 @@ class ModMedClient:
 
     # ----------------------------------------------------------------------------------- reads
 
-    async def read(self, practice: Practice, model: type[R], resource_id: str) -> R:
+    async def read(self, practice: Practice, model: type[R], resource_id: str, *, scope: WorkScope = BACKGROUND) -> R:
         """GET {Type}/{id} as the model; NotFoundError when absent."""
         resource_type = model.get_resource_type()
         url = resource_url(practice, resource_type, resource_id)
-        response = await self._call(self.session(practice), "GET", url)
+        response = await self._call(self.session(practice), "GET", url, scope=scope)
         resource = parse_resource(response.body, model, practice.practice_id)
         if resource.id != resource_id:
             raise InvalidResponseError(
@@ -256,17 +258,20 @@ class ModMedClient:
         params: Mapping[str, str | Sequence[str]],
         *,
         max_pages: int | None = None,
+        scope: WorkScope = BACKGROUND,
     ) -> SearchResult[R]:
         """GET {Type}?params as models, following ``next`` links (same practice only) up to the page budget."""
         resource_type = model.get_resource_type()
         matches: list[R] = []
         more = False
-        async for bundle, more in self._pages(practice, resource_type, params, max_pages or self.config.max_search_pages):
+        async for bundle, more in self._pages(practice, resource_type, params,
+                                              max_pages or self.config.max_search_pages, scope):
             matches.extend(bundle_matches(bundle, model, practice.practice_id))
         return SearchResult(matches, truncated=more)
 
     async def search_json(
-        self, practice: Practice, resource_type: str, params: Mapping[str, str | Sequence[str]]
+        self, practice: Practice, resource_type: str, params: Mapping[str, str | Sequence[str]], *,
+        scope: WorkScope = BACKGROUND,
     ) -> list[Mapping[str, Any]]:
         """Raw entry resources of every page, for callers that must not even build a full model.
 
@@ -275,7 +280,7 @@ class ModMedClient:
         """
         found: list[Mapping[str, Any]] = []
         more = False
-        async for bundle, more in self._pages(practice, resource_type, params, self.config.max_search_pages):
+        async for bundle, more in self._pages(practice, resource_type, params, self.config.max_search_pages, scope):
             found.extend(entry_resources(bundle, resource_type, practice.practice_id))
         if more:
             raise InvalidResponseError(
@@ -285,7 +290,8 @@ class ModMedClient:
         return found
 
     async def _pages(
-        self, practice: Practice, resource_type: str, params: Mapping[str, str | Sequence[str]], max_pages: int
+        self, practice: Practice, resource_type: str, params: Mapping[str, str | Sequence[str]], max_pages: int,
+        scope: WorkScope,
     ) -> AsyncIterator[tuple[Mapping[str, Any], bool]]:
         """Each searchset Bundle body, and whether a ``next`` page follows (unread once the budget is spent).
 
@@ -295,7 +301,7 @@ class ModMedClient:
         url = resource_url(practice, resource_type)
         query: Mapping[str, str | Sequence[str]] | None = params
         for _ in range(max_pages):
-            body = (await self._call(session, "GET", url, params=query)).body
+            body = (await self._call(session, "GET", url, params=query, scope=scope)).body
             bundle, next_url = searchset_page(body, practice.practice_id, resource_type)
             yield bundle, next_url is not None
             if next_url is None:
@@ -304,7 +310,8 @@ class ModMedClient:
 
     # ---------------------------------------------------------------------------------- writes
 
-    async def write(self, practice: Practice, method: Literal["POST", "PUT"], resource: WritableResource) -> WritableResource:
+    async def write(self, practice: Practice, method: Literal["POST", "PUT"], resource: WritableResource, *,
+                    scope: WorkScope = BACKGROUND) -> WritableResource:
         """The only write entry: POST (create) or PUT (update) of an allow-listed resource type.
 
         Not idempotent by itself: use ModMedConnector, which wraps every write in the ledger and the
@@ -331,7 +338,8 @@ class ModMedClient:
         version = resource.meta.versionId if method == "PUT" and resource.meta else None
         if_match = {"If-Match": f'W/"{version}"'} if version else None
         try:
-            response = await self._call(self.session(practice), method, url, json_body=payload, if_match=if_match)
+            response = await self._call(self.session(practice), method, url, json_body=payload, if_match=if_match,
+                                        scope=scope)
         except TerminalError as exc:
             if exc.status == 412 and if_match:  # the resource changed since it was read
                 raise ConflictError(
@@ -348,7 +356,7 @@ class ModMedClient:
                 "write answered with neither the resource nor its Location", practice_id=practice.practice_id,
                 resource_type=resource_type, method=method, status=response.status,
             )
-        return await self.read(practice, type(resource), created_id)
+        return await self.read(practice, type(resource), created_id, scope=scope)
 
     # ----------------------------------------------------------------------- bulk (certified)
 
@@ -383,12 +391,13 @@ class ModMedClient:
         extra_headers: Mapping[str, str] | None = None,
         if_match: Mapping[str, str] | None = None,
         authenticated: bool = True,
+        scope: WorkScope = BACKGROUND,
     ) -> FhirResponse:
-        """Send one logical request with the retry, auth, breaker and rate-limit rules above."""
+        """Send one logical request with the retry, auth, breaker and rate-limit rules above, within ``scope``."""
         label = self._authorize(session, method, url, params)
         practice_id = session.practice_id
         idempotent = method in ("GET", "PUT", "DELETE") or form is not None
-        turn = turn_deadline.current()  # a caller's turn (None: background work)
+        turn = scope.deadline  # a caller's turn (None: background work)
         deadline = time.monotonic() + self.config.request_budget_s
         if turn is not None:
             deadline = min(deadline, turn.at)
@@ -402,14 +411,14 @@ class ModMedClient:
                 headers["x-api-key"] = api_key
             bearer = None
             if authenticated:  # token requests are calls of their own: own retries, own breaker check
-                bearer = await session.tokens.bearer()
+                bearer = await session.tokens.bearer(turn)
                 headers["Authorization"] = f"Bearer {bearer}"
             if not session.breaker.allow():
                 raise CircuitOpenError(
                     "circuit open after repeated failures", practice_id=practice_id, resource_type=label, method=method
                 )
             try:
-                response = await self._attempt(session, method, url, label, params, json_body, form, headers, turn)
+                response = await self._attempt(session, method, url, label, params, json_body, form, headers, scope)
             except RetryableError as exc:
                 session.breaker.on_failure()
                 if not (idempotent or isinstance(exc, RequestNotSentError)):
@@ -452,7 +461,7 @@ class ModMedClient:
             if status == 401 and authenticated and bearer is not None and not reauthenticated:
                 reauthenticated = True
                 log.info("practice %s: ModMed answered 401; re-authenticating once", practice_id)
-                await session.tokens.reauthenticate(bearer)
+                await session.tokens.reauthenticate(bearer, turn)
                 continue
             error = error_for_status(
                 status, practice_id=practice_id, resource_type=label, method=method,
@@ -483,7 +492,7 @@ class ModMedClient:
         json_body: Mapping[str, Any] | None,
         form: Mapping[str, str] | None,
         headers: dict[str, str],
-        turn: Deadline | None,
+        scope: WorkScope,
     ) -> _Received:
         """One HTTP exchange under the practice's in-flight cap and rate limiter; body size is capped.
 
@@ -496,7 +505,7 @@ class ModMedClient:
             content = json.dumps(json_body, separators=(",", ":")).encode("utf-8")
             headers["Content-Type"] = FHIR_JSON
         request = self._http.build_request(method, url, params=params, content=content, data=form, headers=headers)
-        async with session.in_flight, _rate_slot(session, turn, label, method):
+        async with session.in_flight, _rate_slot(session, scope.deadline, label, method):
             status: int | None = None
             started = time.monotonic()
             try:
@@ -525,6 +534,8 @@ class ModMedClient:
                 ) from None
             finally:
                 self._observe(practice_id, label, method, status, time.monotonic() - started)
+                if scope.writes is not None and method in ("POST", "PUT") and label != TOKEN_REQUEST_LABEL:
+                    scope.writes.record(status)  # the event's write tally (write-success drift)
         return _Received(response.status_code, response.headers, body)
 
     async def _back_off_or_raise(self, error: ModMedError, attempt: int, deadline: float) -> None:

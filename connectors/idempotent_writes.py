@@ -21,6 +21,7 @@ from fhir.resources.R4B.patient import Patient
 from fhir.resources.R4B.task import Task
 
 from callstream.tenants import Practice
+from callstream.work_scope import WorkScope
 from connectors.errors import ConflictError, InvalidResponseError, ModMedError, RequestNotSentError, RetryableError
 from connectors.fhir import ModMedClient
 from connectors.ledger import IdempotencyLedger, LedgerState
@@ -40,12 +41,12 @@ class IdempotentWriter:
         self._client = client
         self._ledger = ledger
 
-    async def already_done(self, practice: Practice, key: str, model: type[W]) -> W | None:
+    async def already_done(self, practice: Practice, key: str, model: type[W], scope: WorkScope) -> W | None:
         """The resource the ledger says this key wrote, read back from ModMed; None when not done."""
-        entry = self._ledger.get(key)
+        entry = self._ledger.get(key, scope=scope)
         if entry is None or entry.state is not LedgerState.DONE or entry.resource_id is None:
             return None
-        return await self._client.read(practice, model, entry.resource_id)
+        return await self._client.read(practice, model, entry.resource_id, scope=scope)
 
     async def write(
         self,
@@ -57,6 +58,7 @@ class IdempotentWriter:
         landed: Callable[[], Awaitable[W | None]],
         *,
         ask_first: bool,
+        scope: WorkScope,
     ) -> W:
         """Ledger + practice check around one write; resend only once the check proved it did not land.
 
@@ -69,19 +71,19 @@ class IdempotentWriter:
         if ask_first:
             found = await landed()
             if found is not None:
-                return await self._done(key, found)
-        await self._ledger.begin(key, command.value)
+                return await self._done(key, found, scope)
+        await self._ledger.begin(key, command.value, scope=scope)
         for attempt in (1, 2):
             try:
-                written = await self._client.write(practice, method, resource)
+                written = await self._client.write(practice, method, resource, scope=scope)
             except RequestNotSentError as exc:
-                await self._ledger.fail(key, type(exc).__name__)
+                await self._ledger.fail(key, type(exc).__name__, scope=scope)
                 raise
             except ConflictError:
                 found = await landed()  # our own earlier attempt may hold the slot
                 if found is not None:
-                    return await self._done(key, found)
-                await self._ledger.fail(key, "ConflictError")
+                    return await self._done(key, found, scope)
+                await self._ledger.fail(key, "ConflictError", scope=scope)
                 raise
             except (RetryableError, InvalidResponseError) as exc:  # outcome unknown: ask the practice
                 log.warning(
@@ -90,24 +92,24 @@ class IdempotentWriter:
                 )
                 found = await landed()
                 if found is not None:
-                    return await self._done(key, found)
+                    return await self._done(key, found, scope)
                 if attempt == 2:
                     raise
-                await self._ledger.begin(key, command.value)
+                await self._ledger.begin(key, command.value, scope=scope)
                 continue
             except ModMedError as exc:
-                await self._ledger.fail(key, type(exc).__name__)
+                await self._ledger.fail(key, type(exc).__name__, scope=scope)
                 raise
-            return await self._done(key, written)  # type: ignore[arg-type]
+            return await self._done(key, written, scope)  # type: ignore[arg-type]
         raise AssertionError("unreachable: the loop returns or raises")
 
-    async def _done(self, key: str, resource: W) -> W:
+    async def _done(self, key: str, resource: W, scope: WorkScope) -> W:
         assert resource.id is not None
-        await self._ledger.complete(key, resource.get_resource_type(), resource.id)
+        await self._ledger.complete(key, resource.get_resource_type(), resource.id, scope=scope)
         return resource
 
     def carrying_key(
-        self, practice: Practice, model: type[K], key: str, search: Mapping[str, str] | None = None
+        self, practice: Practice, model: type[K], key: str, scope: WorkScope, search: Mapping[str, str] | None = None
     ) -> Callable[[], Awaitable[K | None]]:
         """The check for a write whose resource carries ``key`` as an identifier: the resource, once it landed.
 
@@ -117,7 +119,7 @@ class IdempotentWriter:
         params = search or {"identifier": f"{IDEMPOTENCY_KEY_SYSTEM}|{key}"}
 
         async def landed() -> K | None:
-            found = await self._client.search(practice, model, params)
+            found = await self._client.search(practice, model, params, scope=scope)
             return next((r for r in found.matches if any(
                 i.system == IDEMPOTENCY_KEY_SYSTEM and i.value == key for i in r.identifier or ())), None)
 

@@ -7,6 +7,10 @@ entry means "the write may or may not have landed": the connector asks the pract
 again. Entries are stored as their JSON bytes in a ``MutableMapping[str, bytes]``, so the pipeline can
 back the ledger with a changelogged Faust table and survive worker restarts.
 
+Every method takes the work's ``scope`` (``callstream.work_scope``): the pipeline's changelog ledger
+writes on the partition of the event it names and holds that event's acknowledgement on outcomes; a
+plain mapping ledger ignores it.
+
 A *write-ahead* ledger makes ``begin`` durable before it returns (the pipeline's changelog ledger awaits
 the broker's acknowledgement). Only such a ledger can prove that a key was never attempted: no entry
 then means no earlier write left, so a connector may skip asking the practice before the first write.
@@ -25,6 +29,8 @@ from enum import StrEnum
 from typing import Protocol
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+
+from callstream.work_scope import BACKGROUND, WorkScope
 
 KEY_PREFIX = "cs1-"
 
@@ -85,17 +91,18 @@ def idempotency_key(call_id: str, command: str, target: str) -> str:
 class IdempotencyLedger(Protocol):
     """What the connector needs from a ledger; implementations may be local or changelog-backed."""
 
-    def get(self, key: str) -> LedgerEntry | None: ...
+    def get(self, key: str, *, scope: WorkScope = BACKGROUND) -> LedgerEntry | None: ...
 
-    def proves_unattempted(self, key: str) -> bool:
+    def proves_unattempted(self, key: str, *, scope: WorkScope = BACKGROUND) -> bool:
         """True only if no write under ``key`` can have left: a write-ahead ledger without an entry."""
         ...
 
-    async def begin(self, key: str, command: str) -> LedgerEntry: ...
+    async def begin(self, key: str, command: str, *, scope: WorkScope = BACKGROUND) -> LedgerEntry: ...
 
-    async def complete(self, key: str, resource_type: str, resource_id: str) -> LedgerEntry: ...
+    async def complete(self, key: str, resource_type: str, resource_id: str, *,
+                       scope: WorkScope = BACKGROUND) -> LedgerEntry: ...
 
-    async def fail(self, key: str, failure: str) -> LedgerEntry: ...
+    async def fail(self, key: str, failure: str, *, scope: WorkScope = BACKGROUND) -> LedgerEntry: ...
 
 
 class MappingLedger:
@@ -111,7 +118,7 @@ class MappingLedger:
     def __init__(self, store: MutableMapping[str, bytes]) -> None:
         self._store = store
 
-    def get(self, key: str) -> LedgerEntry | None:
+    def get(self, key: str, *, scope: WorkScope = BACKGROUND) -> LedgerEntry | None:
         raw = self._store.get(key)
         if raw is None:
             return None
@@ -123,17 +130,19 @@ class MappingLedger:
             return LedgerEntry(key=key, command=entry.command, state=LedgerState.PENDING, attempts=1, updated_at=_now())
         return entry
 
-    def proves_unattempted(self, key: str) -> bool:
+    def proves_unattempted(self, key: str, *, scope: WorkScope = BACKGROUND) -> bool:
         return self.write_ahead and self._store.get(key) is None
 
-    async def begin(self, key: str, command: str) -> LedgerEntry:
+    async def begin(self, key: str, command: str, *, scope: WorkScope = BACKGROUND) -> LedgerEntry:
         """Record (another) attempt before the write is sent."""
-        previous = self.get(key)
+        previous = self.get(key, scope=scope)
         attempts = previous.attempts + 1 if previous else 1
-        return await self._put(LedgerEntry(key=key, command=command, state=LedgerState.PENDING, attempts=attempts, updated_at=_now()))
+        return await self._put(LedgerEntry(key=key, command=command, state=LedgerState.PENDING, attempts=attempts,
+                                           updated_at=_now()), scope)
 
-    async def complete(self, key: str, resource_type: str, resource_id: str) -> LedgerEntry:
-        previous = self.get(key)
+    async def complete(self, key: str, resource_type: str, resource_id: str, *,
+                       scope: WorkScope = BACKGROUND) -> LedgerEntry:
+        previous = self.get(key, scope=scope)
         return await self._put(
             LedgerEntry(
                 key=key,
@@ -143,12 +152,13 @@ class MappingLedger:
                 resource_type=resource_type,
                 resource_id=resource_id,
                 updated_at=_now(),
-            )
+            ),
+            scope,
         )
 
-    async def fail(self, key: str, failure: str) -> LedgerEntry:
+    async def fail(self, key: str, failure: str, *, scope: WorkScope = BACKGROUND) -> LedgerEntry:
         """Record a write ModMed definitely refused; ``failure`` is an error class name, never a message."""
-        previous = self.get(key)
+        previous = self.get(key, scope=scope)
         return await self._put(
             LedgerEntry(
                 key=key,
@@ -157,10 +167,11 @@ class MappingLedger:
                 attempts=previous.attempts if previous else 1,
                 failure=failure[:200],
                 updated_at=_now(),
-            )
+            ),
+            scope,
         )
 
-    async def _put(self, entry: LedgerEntry) -> LedgerEntry:
+    async def _put(self, entry: LedgerEntry, scope: WorkScope) -> LedgerEntry:
         self._store[entry.key] = entry.model_dump_json().encode()
         return entry
 

@@ -18,6 +18,7 @@ from fhir.resources.R4B.schedule import Schedule
 from fhir.resources.R4B.slot import Slot
 
 from callstream.tenants import Practice
+from callstream.work_scope import BACKGROUND, WorkScope
 from connectors.allow_lists import FHIR_ID
 from connectors.errors import InvalidResponseError
 from connectors.fhir import ModMedClient
@@ -132,15 +133,17 @@ class SlotDirectory:
         self._client = client
         self._directory = _DirectoryCache()
 
-    async def offer(self, practice: Practice, slot: Slot, visit_reason: VisitReason) -> SlotOffer:
+    async def offer(self, practice: Practice, slot: Slot, visit_reason: VisitReason, *,
+                    scope: WorkScope = BACKGROUND) -> SlotOffer:
+        """The slot with its provider and room; a directory entry not cached yet is read within ``scope``."""
         schedule_ref = slot.schedule.reference if slot.schedule else None
         schedule_id = reference_id(schedule_ref, "Schedule")
         if schedule_id is None:
             raise InvalidResponseError(
                 "Slot does not reference its Schedule", practice_id=practice.practice_id, resource_type="Slot"
             )
-        schedule = await self._schedule(practice, schedule_id)
-        room = await self._room(practice, schedule.location_id)
+        schedule = await self._schedule(practice, schedule_id, scope)
+        room = await self._room(practice, schedule.location_id, scope)
         return SlotOffer(
             practice_id=practice.practice_id,
             slot=slot,
@@ -154,9 +157,9 @@ class SlotDirectory:
             equipment=room.equipment,
         )
 
-    async def _schedule(self, practice: Practice, schedule_id: str) -> _ScheduleInfo:
+    async def _schedule(self, practice: Practice, schedule_id: str, scope: WorkScope) -> _ScheduleInfo:
         async def load() -> _ScheduleInfo:
-            schedule = await self._client.read(practice, Schedule, schedule_id)
+            schedule = await self._client.read(practice, Schedule, schedule_id, scope=scope)
             practitioner = location = None
             for actor in schedule.actor or ():
                 practitioner = practitioner or _actor(actor, "Practitioner")
@@ -172,9 +175,9 @@ class SlotDirectory:
         assert isinstance(info, _ScheduleInfo)
         return info
 
-    async def _room(self, practice: Practice, location_id: str) -> _RoomInfo:
+    async def _room(self, practice: Practice, location_id: str, scope: WorkScope) -> _RoomInfo:
         async def load() -> _RoomInfo:
-            location = await self._client.read(practice, Location, location_id)
+            location = await self._client.read(practice, Location, location_id, scope=scope)
             kind = next(
                 (c.code for t in location.type or () for c in t.coding or () if c.system == ROOM_KIND_SYSTEM), None
             )

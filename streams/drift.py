@@ -12,7 +12,7 @@ Alarms and thresholds (defaults of `DriftThresholds`):
 
 WRITE_SUCCESS_DRIFT - write-success rate per practice against its own baseline. An attempt is
   one write request ModMed answered (or failed to answer), resends included: see
-  streams.event_scope.WriteRequests for why requests, not commands, are counted.
+  callstream.work_scope.WriteRequests for why requests, not commands, are counted.
   * Baseline: an EWMA of the practice's window success rate, each window weighted by its
     attempts (memory about 5,000 attempts, so a window of n attempts moves it by about
     n / 5,000), seeded at the seeds' healthy level of 99.6 % and bounded to [95 %, 99.9 %]

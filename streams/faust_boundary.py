@@ -34,8 +34,8 @@ from aiokafka.structs import TopicPartition as KafkaTopicPartition
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
+from callstream.work_scope import BACKGROUND, WorkScope
 from connectors.ledger import LedgerEntry, LedgerState, MappingLedger
-from streams.event_scope import hold_event_ack
 from streams.horizon import SWEEP_CHUNK, RedeliveryHorizon, past_horizon
 from streams.offsets import OffsetTracker
 from streams.outputs import KafkaOutputs
@@ -259,8 +259,8 @@ class ChangelogCallStates:
 
 class ChangelogLedger(MappingLedger):
     """The ``ledger`` table as a write-ahead idempotency ledger: each entry is written to the table's store
-    and to its changelog, on the partition of the event being handled (where Faust's own table writes go,
-    so the worker that owns the call restores it).
+    and to its changelog, on the partition of the event being handled (the ``scope`` each call passes; where
+    Faust's own table writes go, so the worker that owns the call restores it).
 
     A ``pending`` entry is acknowledged before the write it announces leaves. So for an event that reached
     the partition after this worker took it over, no entry means no worker ever attempted the write, and
@@ -287,18 +287,18 @@ class ChangelogLedger(MappingLedger):
         self._fresh_from: dict[int, int] = {}
         self._unsettled: dict[str, asyncio.Future[None]] = {}
 
-    def get(self, key: str) -> LedgerEntry | None:
-        """The entry; read while an event is handled and older than the horizon's margin, it is written again
-        with the time of reading (the event's acknowledgement waits for it), so copies of this event find it
-        for as long as the horizon lets them through."""
+    def get(self, key: str, *, scope: WorkScope = BACKGROUND) -> LedgerEntry | None:
+        """The entry; read while an event is handled (``scope``) and older than the horizon's margin, it is
+        written again with the time of reading (the event's acknowledgement waits for it), so copies of this
+        event find it for as long as the horizon lets them through."""
         entry = super().get(key)
-        event = faust.current_event()
+        event = scope.event
         now = datetime.now(UTC)
         if entry is None or event is None or not self._horizon.refresh_due(entry.updated_at, now):
             return entry
         value = entry.model_copy(update={"updated_at": now}).model_dump_json().encode()
-        partition = event.message.partition
-        hold_event_ack(lambda: self._settling(key, self._changelog.write(key, partition, value)))
+        partition = event.partition
+        scope.hold_ack(lambda: self._settling(key, self._changelog.write(key, partition, value)))
         return entry
 
     async def forget_past_horizon(self, owned: set[int], now: datetime, *, chunk: int = SWEEP_CHUNK) -> int:
@@ -323,26 +323,26 @@ class ChangelogLedger(MappingLedger):
     def partitions_revoked(self) -> None:
         self._fresh_from = {}
 
-    def proves_unattempted(self, key: str) -> bool:
-        event = faust.current_event()
+    def proves_unattempted(self, key: str, *, scope: WorkScope = BACKGROUND) -> bool:
+        event = scope.event
         if event is None:
             return False
-        fresh_from = self._fresh_from.get(event.message.partition)
-        return fresh_from is not None and event.message.offset >= fresh_from and super().proves_unattempted(key)
+        fresh_from = self._fresh_from.get(event.partition)
+        return fresh_from is not None and event.offset >= fresh_from and super().proves_unattempted(key)
 
-    async def _put(self, entry: LedgerEntry) -> LedgerEntry:
-        event = faust.current_event()
+    async def _put(self, entry: LedgerEntry, scope: WorkScope) -> LedgerEntry:
+        event = scope.event
         if event is None:
             raise RuntimeError("ledger entries are written while a call event is handled")
         previous = self._unsettled.pop(entry.key, None)
         if previous is not None:
             await asyncio.shield(previous)
         value = entry.model_dump_json().encode()
-        partition = event.message.partition
+        partition = event.partition
         if entry.state is LedgerState.PENDING:
             await self._changelog.write(entry.key, partition, value, on_callers_clock=True)
         else:
-            hold_event_ack(lambda: self._settling(entry.key, self._changelog.write(entry.key, partition, value)))
+            scope.hold_ack(lambda: self._settling(entry.key, self._changelog.write(entry.key, partition, value)))
         return entry
 
     def _settling(self, key: str, acknowledged: asyncio.Future[None]) -> asyncio.Future[None]:

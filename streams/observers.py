@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 from streams.metrics import MetricLabelError, Metrics, Outcome
-from streams.event_scope import tally_write_request
 
 log = logging.getLogger(__name__)
 
@@ -13,14 +12,13 @@ _INTERACTIONS = {"GET": "read", "POST": "create", "PUT": "update", "DELETE": "de
 
 
 class FhirRequestMetrics:
-    """connectors.fhir.RequestObserver → callstream_fhir_request_seconds (no practice label: see metrics),
-    and each write request into the drift tally of the event that sent it."""
+    """connectors.fhir.RequestObserver → callstream_fhir_request_seconds (no practice label: see metrics).
+    Each event's write requests are tallied by the FHIR client itself, into the event's ``WorkScope``."""
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
 
     def on_request(self, practice_id: str, resource: str, method: str, status: int | None, seconds: float) -> None:
-        tally_write_request(resource, method, status)
         outcome = Outcome.SUCCESS if status is not None and status < 400 else Outcome.FAILURE
         try:
             self._metrics.observe_fhir_request(resource, _INTERACTIONS.get(method, "other"), outcome, max(0.0, seconds))

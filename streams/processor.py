@@ -33,9 +33,10 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from callstream.deadline import TurnBudget, within
+from callstream.deadline import TurnBudget
 from callstream.messaging import PatientMessenger
 from callstream.tenants import Practice, TenantDirectory
+from callstream.work_scope import WorkScope, WriteRequests
 from connectors.dispatch import Dispatcher
 from guards.replies import ReplyTemplate
 from schemas.errors import SchemaError
@@ -52,7 +53,6 @@ from schemas.registry import SchemaRegistryClient
 from schemas.serde import AvroSerde
 from schemas.topics import CALL_EVENTS, DEAD_LETTER
 from streams import callflow
-from streams.event_scope import WriteRequests, event_scope, hold_event_ack
 from streams.callflow import AuditOut, CallFlowError, CallState, Output, ReplyOut, ReviewOut
 from streams.metrics import MetricLabelError, Metrics
 from streams.horizon import DEFAULT_HORIZON, REFUSAL_CLASS, RedeliveryHorizon
@@ -182,14 +182,17 @@ class CallProcessor:
     # ------------------------------------------------------------------------------------ ingest
 
     async def handle(self, raw: RawEvent) -> None:
-        """Process one message completely; returns once every output is acknowledged."""
-        with event_scope() as (writes, held):
-            try:
-                await self._handle(raw, writes)
-            except BaseException:
-                _settle_unawaited(held)
-                raise
-            await asyncio.gather(*held)
+        """Process one message completely; returns once every output is acknowledged. The event's scope
+        (``callstream.work_scope``) goes down explicitly to the dispatcher, the ledger and the FHIR client."""
+        scope = WorkScope.for_event(raw.partition, raw.offset)
+        writes, held = scope.writes, scope.held_acks
+        assert writes is not None and held is not None  # for_event starts both
+        try:
+            await self._handle(raw, scope, writes)
+        except BaseException:
+            _settle_unawaited(held)
+            raise
+        await asyncio.gather(*held)
 
     def queued(self, raw: RawEvent) -> None:
         """An event that waits behind its call's previous one: if the caller asked something, they hear
@@ -230,7 +233,7 @@ class CallProcessor:
                                                             practice.practice_id, event.call_id, caller_number, at)))
         return sent
 
-    async def _handle(self, raw: RawEvent, writes: WriteRequests) -> None:
+    async def _handle(self, raw: RawEvent, scope: WorkScope, writes: WriteRequests) -> None:
         received = time.perf_counter()
         now = self._clock()
         self._events_counted.inc()
@@ -267,7 +270,7 @@ class CallProcessor:
         held_already = event_id in self._held_early
         self._held_early.discard(event_id)
         if step.work is not None:
-            step = await self._turn(event, practice, step, outputs, now, held_already)
+            step = await self._turn(event, practice, step, outputs, now, scope, held_already)
         await self._publish(event, practice, step.state or state, outputs, writes, received, now)
         stored = None if step.state is None else step.state.model_dump_json().encode()
         await self.states.put(event.call_id, raw.partition, stored)
@@ -293,11 +296,11 @@ class CallProcessor:
     # ---------------------------------------------------------------------------------- dispatch
 
     async def _turn(self, event: CallEvent, practice: Practice, step: callflow.Step, outputs: list[Output],
-                    now: datetime, held_already: bool = False) -> callflow.Step:
-        """Run the turn's work under its deadline (``callstream.deadline``), telling the caller meanwhile:
-        PLEASE_HOLD once the hold threshold passes, and an honest STILL_WORKING reply if the budget passes
-        while a write is under way. Reads are cut at the deadline (the core hands the request to staff);
-        a write that left is never cut, so its outcome is known and audited (its reply follows the
+                    now: datetime, scope: WorkScope, held_already: bool = False) -> callflow.Step:
+        """Run the turn's work under its deadline (``callstream.deadline``, handed down with ``scope``), telling
+        the caller meanwhile: PLEASE_HOLD once the hold threshold passes, and an honest STILL_WORKING reply if
+        the budget passes while a write is under way. Reads are cut at the deadline (the core hands the request
+        to staff); a write that left is never cut, so its outcome is known and audited (its reply follows the
         interim ones). What is said early holds the event's acknowledgement, not the turn."""
         times = self._turns.start(event.occurred_at, now)
         progress = TurnProgress()
@@ -305,36 +308,36 @@ class CallProcessor:
         assert state is not None
         timers = [] if step.work is None or not callflow.awaits_reply(state) else [
             asyncio.ensure_future(self._say_when(times.hold.remaining(), ReplyTemplate.PLEASE_HOLD, event, practice,
-                                                 state, lambda: not held_already)),
+                                                 state, scope, lambda: not held_already)),
             asyncio.ensure_future(self._say_when(times.deadline.remaining(),
                                                  ReplyTemplate.STILL_WORKING_STAFF_WILL_FOLLOW_UP, event, practice,
-                                                 state, lambda: progress.writing)),
+                                                 state, scope, lambda: progress.writing)),
         ]
         try:
-            with within(times.deadline):
-                for _ in range(MAX_WORK_STEPS):
-                    if step.work is None:
-                        break
-                    result = await self._work.run(practice, event.call_id, step.work, times.deadline, progress)
-                    assert step.state is not None
-                    step = callflow.on_result(step.state, result, practice, now)
-                    outputs.extend(step.outputs)
-                else:
-                    log.error("practice %s call %s: the turn did not settle; left for staff", practice.practice_id,
-                              event.call_id)
+            for _ in range(MAX_WORK_STEPS):
+                if step.work is None:
+                    break
+                result = await self._work.run(practice, event.call_id, step.work, times.deadline, progress,
+                                             scope=scope)
+                assert step.state is not None
+                step = callflow.on_result(step.state, result, practice, now)
+                outputs.extend(step.outputs)
+            else:
+                log.error("practice %s call %s: the turn did not settle; left for staff", practice.practice_id,
+                          event.call_id)
         finally:
             for timer in timers:
                 timer.cancel()
         return step
 
     async def _say_when(self, delay_s: float, template: ReplyTemplate, event: CallEvent, practice: Practice,
-                        state: CallState, still_needed: Callable[[], bool]) -> None:
+                        state: CallState, scope: WorkScope, still_needed: Callable[[], bool]) -> None:
         """After ``delay_s``, send an interim reply (and its audit record) if the turn still needs it."""
         await asyncio.sleep(max(0.0, delay_s))
         if not still_needed():
             return
         for sent in self._send_interim(template, event, practice, state.caller_number):
-            hold_event_ack(lambda sent=sent: sent)
+            scope.hold_ack(lambda sent=sent: sent)
 
     # ----------------------------------------------------------------------------------- outputs
 

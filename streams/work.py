@@ -16,9 +16,10 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from callstream.deadline import Deadline, within
+from callstream.deadline import Deadline
 from callstream.messaging import PatientMessenger, send_booking_confirmation
 from callstream.tenants import Practice
+from callstream.work_scope import BACKGROUND, WorkScope
 from connectors.dispatch import Dispatcher
 from connectors.errors import CapabilityMissing, ConflictError, InvalidResponseError
 from guards.model import Command, MatchKind
@@ -88,13 +89,14 @@ class WorkRunner:
         """Sends the booking confirmation with the intake link (None: staff send it, via the review queue)."""
 
     async def run(self, practice: Practice, call_id: str, work: Work, deadline: Deadline,
-                  progress: TurnProgress) -> WorkResult:
+                  progress: TurnProgress, *, scope: WorkScope = BACKGROUND) -> WorkResult:
         """One piece of work through the dispatcher; every failure becomes a WorkFailed the core handles.
 
         A read gets what is left of the turn's deadline (none left: it fails at once, unsent). A write gets a
         deadline of its own, ``DISPATCH_TIMEOUT_S`` (the client's retry budget applies inside it): cutting one
         that left would leave its outcome unknown, and one that starts late (after a paused broker, a slow
-        lookup) still deserves its retries; the caller has had the honest answer meanwhile."""
+        lookup) still deserves its retries; the caller has had the honest answer meanwhile. ``scope`` is the call
+        event's (``callstream.work_scope``); the dispatcher gets it with the deadline of this piece of work."""
         command = _command_of(work)
         started = time.perf_counter()
         writing = isinstance(work, WRITE_WORK)
@@ -103,8 +105,8 @@ class WorkRunner:
             return WorkFailed(command, "TimeoutError", latency_ms=0.0)
         progress.writing = writing
         try:
-            with within(Deadline.after(DISPATCH_TIMEOUT_S) if writing else deadline):
-                result = await asyncio.wait_for(self._dispatch(practice, call_id, work, started), timeout_s)
+            dispatched = scope.under(Deadline.after(DISPATCH_TIMEOUT_S) if writing else deadline)
+            result = await asyncio.wait_for(self._dispatch(practice, call_id, work, started, dispatched), timeout_s)
         except ConflictError as exc:
             return WorkFailed(command, type(exc).__name__, slot_taken=True, latency_ms=_ms(started))
         except OutputDeliveryError:
@@ -117,19 +119,21 @@ class WorkRunner:
             progress.writing = False
         return result
 
-    async def _dispatch(self, practice: Practice, call_id: str, work: Work, started: float) -> WorkResult:
+    async def _dispatch(self, practice: Practice, call_id: str, work: Work, started: float,
+                        scope: WorkScope) -> WorkResult:
         dispatcher = self.dispatcher
         if isinstance(work, SearchPatient):
             match = await dispatcher.search_patient(practice, family=work.family_name, given=work.given_name,
-                                                    birth_date=work.birth_date, phone=work.phone)
+                                                    birth_date=work.birth_date, phone=work.phone, scope=scope)
             patient_id = match.patient.id if match.kind is MatchKind.UNIQUE else None
             return PatientLookedUp(match.kind, patient_id, latency_ms=_ms(started))
         if isinstance(work, ReadChartFlags):
-            flags = await dispatcher.read_flags(practice, work.patient_id)
+            flags = await dispatcher.read_flags(practice, work.patient_id, scope=scope)
             return ChartFlagsRead(flags.value.to_chart_flags(), flags.route, _ms(started))
         if isinstance(work, SearchSlots):
             found = await dispatcher.search_slots(practice, visit_reason=work.visit_reason, date_from=work.date_from,
-                                                  date_to=work.date_to, patient_id=work.patient_id)
+                                                  date_to=work.date_to, patient_id=work.patient_id,
+                                                  scope=scope)
             slots = []
             for offer in found.value:
                 try:
@@ -142,20 +146,21 @@ class WorkRunner:
         if isinstance(work, WriteAppointment):
             if work.command is Command.RESCHEDULE_APPOINTMENT and work.appointment_id is not None:
                 written = await dispatcher.reschedule(practice, call_id=call_id, patient_id=work.patient_id,
-                                                      appointment_id=work.appointment_id, slot_id=work.slot.slot_id)
+                                                      appointment_id=work.appointment_id, slot_id=work.slot.slot_id,
+                                                      scope=scope)
             else:
                 written = await dispatcher.book(practice, call_id=call_id, patient_id=work.patient_id,
-                                                slot_id=work.slot.slot_id, found_on=work.slot.route)
+                                                slot_id=work.slot.slot_id, found_on=work.slot.route, scope=scope)
             return AppointmentWritten(work.command, written.resource_id, written.start or work.slot.start,
                                       written.visit_reason or work.slot.visit_reason, written.route,
                                       written.deep_link, _ms(started))
         if isinstance(work, CheckAppointment):
             owned = await dispatcher.owns_appointment(practice, patient_id=work.patient_id,
-                                                      appointment_id=work.appointment_id)
+                                                      appointment_id=work.appointment_id, scope=scope)
             return AppointmentChecked(owned, work.appointment_id, latency_ms=_ms(started))
         if isinstance(work, CancelAppointment):
             written = await dispatcher.cancel(practice, call_id=call_id, patient_id=work.patient_id,
-                                              appointment_id=work.appointment_id)
+                                              appointment_id=work.appointment_id, scope=scope)
             if written.start is None or written.visit_reason is None:
                 raise InvalidResponseError("cancelled appointment lacks start or visit reason",
                                            practice_id=practice.practice_id, resource_type="Appointment")
@@ -164,7 +169,7 @@ class WorkRunner:
         if isinstance(work, RegisterPatient):
             patient = await dispatcher.register_patient(
                 practice, call_id=call_id, family=work.family_name, given=work.given_name, birth_date=work.birth_date,
-                details=work.details, phone=work.phone, email=work.email)
+                details=work.details, phone=work.phone, email=work.email, scope=scope)
             return PatientRegistered(patient.resource_id, patient.route, patient.deep_link, _ms(started))
         if isinstance(work, SendIntake):
             if self.messenger is None:
@@ -175,9 +180,9 @@ class WorkRunner:
             return IntakeSent(work.channel, _ms(started))
         if isinstance(work, CreateCoverage):
             coverage = await dispatcher.create_coverage(practice, call_id=call_id, patient_id=work.patient_id,
-                                                        insurance=work.insurance)
+                                                        insurance=work.insurance, scope=scope)
             return CoverageCreated(coverage.resource_id, _ms(started))
-        written = await dispatcher.create_task(practice, call_id=call_id, task=work.task, note=work.note)
+        written = await dispatcher.create_task(practice, call_id=call_id, task=work.task, note=work.note, scope=scope)
         return TaskWritten(written.resource_type, written.resource_id, written.route, written.deep_link, _ms(started))
 
 

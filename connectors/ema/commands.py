@@ -30,6 +30,7 @@ from fhir.resources.R4B.slot import Slot
 
 from callstream.references import clean_reference
 from callstream.tenants import Practice
+from callstream.work_scope import BACKGROUND, WorkScope
 from connectors.compliance import ComplianceFlags
 from connectors.ema.directory import EmaDirectory, EmaRoom
 from connectors.ema.errors import (
@@ -136,26 +137,21 @@ class EmaCommands:
     # ------------------------------------------------------------------------------ booking
 
     async def search_template_slots(
-        self,
-        practice: Practice,
-        *,
-        visit_reason: VisitReason,
-        date_from: date,
-        date_to: date,
-        patient_id: str | None = None,
+        self, practice: Practice, *, visit_reason: VisitReason, date_from: date, date_to: date,
+        patient_id: str | None = None, scope: WorkScope = BACKGROUND,
     ) -> list[SlotOffer]:
         """Free slots of a procedure template, day by day from the EMA booking screen.
 
         ``patient_id`` is the chart the booking is for; EMA screens that only list slots for a chosen
-        patient (the sandbox's) need it.
+        patient (the sandbox's) need it. ``scope`` bounds the FHIR reads that name providers and rooms.
         """
         reason = _visit_reason(practice, visit_reason)
         days = _days(practice, date_from, date_to)
         if patient_id is not None:
             _screen_id(practice, patient_id, "Patient")
         zone = _zone(practice)
-        providers = await self._directory.providers(practice)
-        rooms = await self._directory.rooms(practice)
+        providers = await self._directory.providers(practice, scope=scope)
+        rooms = await self._directory.rooms(practice, scope=scope)
 
         async def search(keeper: EmaSessionKeeper, page: EmaPage) -> list[SlotOffer]:
             await self._open_booking(keeper, page, reason)

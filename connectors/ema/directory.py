@@ -19,6 +19,7 @@ from fhir.resources.R4B.location import Location
 from fhir.resources.R4B.practitioner import Practitioner
 
 from callstream.tenants import Practice
+from callstream.work_scope import BACKGROUND, WorkScope
 from connectors.fhir import ModMedClient
 from connectors.vocabulary import EQUIPMENT_SYSTEM, EXT_ROOM_EQUIPMENT, ROOM_KIND_SYSTEM
 
@@ -38,11 +39,11 @@ class EmaRoom:
 class EmaDirectory(Protocol):
     """Screen names → ModMed ids for one practice."""
 
-    async def providers(self, practice: Practice) -> Mapping[str, str | None]:
+    async def providers(self, practice: Practice, *, scope: WorkScope = BACKGROUND) -> Mapping[str, str | None]:
         """Provider label as EMA shows it → Practitioner id (None when the label is ambiguous)."""
         ...
 
-    async def rooms(self, practice: Practice) -> Mapping[str, EmaRoom | None]:
+    async def rooms(self, practice: Practice, *, scope: WorkScope = BACKGROUND) -> Mapping[str, EmaRoom | None]:
         """Room name → room (None when the name is ambiguous)."""
         ...
 
@@ -56,11 +57,11 @@ class FhirEmaDirectory:
         self._providers: dict[str, tuple[float, dict[str, str | None]]] = {}
         self._rooms: dict[str, tuple[float, dict[str, EmaRoom | None]]] = {}
 
-    async def providers(self, practice: Practice) -> Mapping[str, str | None]:
+    async def providers(self, practice: Practice, *, scope: WorkScope = BACKGROUND) -> Mapping[str, str | None]:
         cached = self._providers.get(practice.practice_id)
         if cached is not None and time.monotonic() - cached[0] < self._ttl_s:
             return cached[1]
-        found = await self._client.search(practice, Practitioner, {"_count": "50"})
+        found = await self._client.search(practice, Practitioner, {"_count": "50"}, scope=scope)
         labels: dict[str, str | None] = {}
         for practitioner in found.matches:
             label = provider_label(practitioner)
@@ -70,11 +71,11 @@ class FhirEmaDirectory:
         self._providers[practice.practice_id] = (time.monotonic(), labels)
         return labels
 
-    async def rooms(self, practice: Practice) -> Mapping[str, EmaRoom | None]:
+    async def rooms(self, practice: Practice, *, scope: WorkScope = BACKGROUND) -> Mapping[str, EmaRoom | None]:
         cached = self._rooms.get(practice.practice_id)
         if cached is not None and time.monotonic() - cached[0] < self._ttl_s:
             return cached[1]
-        found = await self._client.search(practice, Location, {"_count": "50"})
+        found = await self._client.search(practice, Location, {"_count": "50"}, scope=scope)
         rooms: dict[str, EmaRoom | None] = {}
         for location in found.matches:
             room = _room(location)

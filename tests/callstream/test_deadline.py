@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from callstream.deadline import Deadline, TurnBudget, current, within
+from callstream.deadline import Deadline, TurnBudget
 
 NOW = datetime(2026, 12, 7, 15, 0, tzinfo=UTC)
 
@@ -55,16 +54,3 @@ def test_a_deadline_allows_only_waits_that_end_before_it() -> None:
 def test_a_budget_whose_hold_is_not_inside_it_is_refused(hold: float, budget: float) -> None:
     with pytest.raises(ValueError):
         TurnBudget(hold_after_s=hold, budget_s=budget)
-
-
-async def test_the_deadline_reaches_every_task_the_turn_starts_and_nothing_outside_it() -> None:
-    deadline = Deadline.after(4.0)
-    seen: list[Deadline | None] = []
-
-    async def sub_task() -> None:
-        seen.append(current())
-
-    with within(deadline):
-        await asyncio.gather(sub_task(), asyncio.ensure_future(sub_task()))
-    await sub_task()
-    assert seen == [deadline, deadline, None]

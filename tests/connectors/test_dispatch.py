@@ -13,10 +13,11 @@ import pytest
 from fhir.resources.R4B.appointment import Appointment
 
 from callstream.tenants import TenantDirectory
+from callstream.work_scope import EventPosition, WorkScope, WriteRequests
 from connectors.dispatch import AppointmentNotForPatient, Dispatcher, task_code
 from connectors.errors import CapabilityMissing
 from connectors.fhir import ModMedClient
-from connectors.ledger import InMemoryLedger
+from connectors.ledger import InMemoryLedger, LedgerEntry
 from connectors.operations import ModMedConnector
 from guards.model import TaskAudience, TaskKind, TaskReason, TaskSpec, VisitReason
 from schemas.models import CommandRoute
@@ -64,6 +65,44 @@ async def test_a_fhir_task_is_created_once_for_a_call(
     assert again.resource_id == first.resource_id
     assert first.deep_link == practice.chart_deep_link(patient)
     assert task_code(task) == "refill-review-refill-requested"
+
+
+class ScopeRecordingLedger(InMemoryLedger):
+    """Notes the event of the scope each entry is written under."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: dict[str, set[EventPosition | None]] = {}
+
+    async def _put(self, entry: LedgerEntry, scope: WorkScope) -> LedgerEntry:
+        self.events.setdefault(entry.key, set()).add(scope.event)
+        return await super()._put(entry, scope)
+
+
+async def test_each_calls_scope_reaches_the_ledger_and_the_client_and_only_its_writes_are_tallied(
+    pipeline_tenants: tuple[Path, TenantDirectory], pipeline_cast: dict[str, PracticeCast],
+) -> None:
+    """Three calls at once on a fresh client: the one writing a Task counts that one POST in its tally (the
+    token request and the landed check are no writes), the one reading chart flags counts nothing, the
+    background write counts nowhere; each ledger entry is written under its own call's event."""
+    practice = pipeline_tenants[1]["pain-1002"]
+    patients = pipeline_cast["pain-1002"].plain
+    writing, reading = WorkScope.for_event(3, 41), WorkScope.for_event(5, 77)
+    task = provider_task("pain-1002", patients[7].patient_id, f"call-{uuid.uuid4().hex[:8]}")
+    background = provider_task("pain-1002", patients[9].patient_id, f"call-{uuid.uuid4().hex[:8]}")
+    async with ModMedClient() as client:
+        ledger = ScopeRecordingLedger()
+        dispatcher = Dispatcher(ModMedConnector(client, ledger), ledger)
+        written, _, _ = await asyncio.gather(
+            dispatcher.create_task(practice, call_id=task.call_id, task=task, note="n", scope=writing),
+            dispatcher.read_flags(practice, patients[8].patient_id, scope=reading),
+            dispatcher.create_task(practice, call_id=background.call_id, task=background, note="n"),
+        )
+    assert written.resource_type == "Task"
+    assert writing.writes == WriteRequests(sent=1, succeeded=1)
+    assert reading.writes == WriteRequests()
+    assert sorted(ledger.events.values(), key=lambda events: None in events) == [{EventPosition(3, 41)}, {None}], \
+        "the call's entries under its event, the background ones under none"
 
 
 async def test_tasks_of_one_call_with_different_reasons_stay_apart(

@@ -22,8 +22,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from callstream.deadline import Deadline, within
+from callstream.deadline import Deadline
 from callstream.tenants import Practice
+from callstream.work_scope import WorkScope
 from connectors.errors import (
     AuthError,
     InvalidResponseError,
@@ -247,11 +248,11 @@ async def test_a_429_pause_past_the_callers_deadline_fails_fast_and_sends_nothin
     state.fhir = answer
     async with make_client() as client:
         started = time.monotonic()
-        with within(Deadline.after(4.0)):
-            with pytest.raises(RateLimitedError) as answered:
-                await client.read(practice, Patient, "pt-1")
-            with pytest.raises(RateLimitedError) as refused:
-                await client.read(practice, Patient, "pt-2")
+        turn = WorkScope(deadline=Deadline.after(4.0))
+        with pytest.raises(RateLimitedError) as answered:
+            await client.read(practice, Patient, "pt-1", scope=turn)
+        with pytest.raises(RateLimitedError) as refused:
+            await client.read(practice, Patient, "pt-2", scope=turn)
         elapsed = time.monotonic() - started
     assert answered.value.status == 429 and refused.value.status is None
     assert refused.value.retry_after is not None and refused.value.retry_after > 30

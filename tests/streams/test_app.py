@@ -4,18 +4,14 @@ runs the keeper of the EMA sessions it owns."""
 from __future__ import annotations
 
 import asyncio
-import weakref
-from collections.abc import Iterator
 from pathlib import Path
 
-import faust
 import pytest
-from faust.streams import _current_event
 from faust.types import TP
-from faust.types.tuples import Message
 
 from callstream.settings import load_settings
 from callstream.tenants import parse_tenant_directory
+from callstream.work_scope import BACKGROUND, WorkScope
 from connectors.fhir import ModMedClient
 from connectors.ledger import idempotency_key
 from schemas.topics import CALL_EVENTS
@@ -32,45 +28,45 @@ def pipeline(tmp_path: Path) -> Pipeline:
                     WorkerOptions(data_dir=str(tmp_path / "var")))
 
 
-@pytest.fixture
-def handling(pipeline: Pipeline) -> Iterator[object]:
-    """Makes each call's event at (partition, offset) the one being handled, as Faust's stream does."""
-    events: list[faust.Event] = []  # Faust holds the current event by weak reference
-
-    def at(partition: int, offset: int) -> None:
-        message = Message(CALL_EVENTS, partition, offset, 0.0, 0, {}, b"call-fresh", b"", None)
-        events.append(faust.Event(pipeline.app, b"call-fresh", b"", {}, message))
-        _current_event.set(weakref.ref(events[-1]))
-
-    yield at
-    _current_event.set(None)
+def handling(partition: int, offset: int) -> WorkScope:
+    """The scope CallProcessor.handle passes down for the call event at (partition, offset)."""
+    return WorkScope.for_event(partition, offset)
 
 
-def test_only_an_event_that_arrived_after_the_assignment_gets_the_proof(pipeline: Pipeline, handling) -> None:  # noqa: ANN001
+def test_only_an_event_that_arrived_after_the_assignment_gets_the_proof(pipeline: Pipeline) -> None:
     ledger = pipeline.write_ledger
-    handling(4, 120)
-    assert not ledger.proves_unattempted(KEY), "before the assignment's end offsets are known: no proof"
+    assert not ledger.proves_unattempted(KEY, scope=handling(4, 120)), \
+        "before the assignment's end offsets are known: no proof"
     ledger.partitions_assigned({4: 100})
-    assert ledger.proves_unattempted(KEY)
-    handling(4, 99)
-    assert not ledger.proves_unattempted(KEY), "in the partition before this worker took it: ask the practice"
-    handling(5, 500)
-    assert not ledger.proves_unattempted(KEY), "a partition without a recorded assignment"
-    handling(4, 100)
-    assert ledger.proves_unattempted(KEY)
+    assert ledger.proves_unattempted(KEY, scope=handling(4, 120))
+    assert not ledger.proves_unattempted(KEY, scope=handling(4, 99)), \
+        "in the partition before this worker took it: ask the practice"
+    assert not ledger.proves_unattempted(KEY, scope=handling(5, 500)), "a partition without a recorded assignment"
+    assert ledger.proves_unattempted(KEY, scope=handling(4, 100))
     ledger.partitions_revoked()
-    assert not ledger.proves_unattempted(KEY), "during a rebalance"
-    _current_event.set(None)
+    assert not ledger.proves_unattempted(KEY, scope=handling(4, 100)), "during a rebalance"
     ledger.partitions_assigned({4: 100})
-    assert not ledger.proves_unattempted(KEY), "outside an event"
+    assert not ledger.proves_unattempted(KEY, scope=BACKGROUND), "outside an event"
+    assert not ledger.proves_unattempted(KEY), "no scope is background work"
 
 
-def test_an_entry_takes_the_proof_away(pipeline: Pipeline, handling) -> None:  # noqa: ANN001
+async def test_the_ledger_refuses_a_write_outside_a_call_event_and_stores_nothing(pipeline: Pipeline) -> None:
+    """Its entries live on the partition of the event that wrote them: without one (background work) there
+    is no partition to write on, so the write is refused before anything is stored or sent."""
+    ledger = pipeline.write_ledger
+    with pytest.raises(RuntimeError):
+        await ledger.begin(KEY, "CREATE_TASK")
+    with pytest.raises(RuntimeError):
+        await ledger.complete(KEY, "Task", "task-1", scope=BACKGROUND)
+    assert KEY not in pipeline.ledger.data
+    assert ledger.get(KEY, scope=handling(4, 1)) is None
+
+
+def test_an_entry_takes_the_proof_away(pipeline: Pipeline) -> None:
     ledger = pipeline.write_ledger
     ledger.partitions_assigned({4: 0})
-    handling(4, 7)
     pipeline.ledger.data[KEY] = b"{}"  # even an unreadable entry is an attempt
-    assert not ledger.proves_unattempted(KEY)
+    assert not ledger.proves_unattempted(KEY, scope=handling(4, 7))
 
 
 def test_the_consumer_commits_only_the_finished_prefix_of_call_events(pipeline: Pipeline) -> None:

@@ -17,6 +17,7 @@ from faust.types.tuples import Message
 from callstream.devstack import ensure_topics
 from callstream.settings import load_settings
 from callstream.tenants import parse_tenant_directory
+from callstream.work_scope import WorkScope
 from connectors.ledger import LedgerEntry, LedgerState, idempotency_key, stored_updated_at
 from schemas.topics import CALL_EVENTS, topic_named
 from streams.app import Pipeline, WorkerOptions
@@ -24,8 +25,7 @@ from streams.faust_boundary import RawTableChangelog
 from streams.horizon import HORIZON_MARGIN
 from devkit.bench_ledger import read_log
 from streams.outputs import KafkaOutputs
-from streams.event_scope import _held_acks
-from tests.streams.test_app import handling  # noqa: F401  (fixture: the event being handled)
+from tests.streams.test_app import handling
 
 pytestmark = pytest.mark.broker
 PARTITIONS = topic_named(CALL_EVENTS).partitions
@@ -103,22 +103,18 @@ async def test_the_sweep_tombstones_entries_past_the_horizon_on_their_own_partit
 
 
 async def test_an_entry_an_event_reads_after_the_margin_is_written_again_and_outlives_the_sweep(
-    pipeline: Pipeline, pipeline_broker: str, handling,  # noqa: ANN001
+    pipeline: Pipeline, pipeline_broker: str,
 ) -> None:
     now = datetime.now(UTC)
     writer = RawTableChangelog(pipeline.ledger, pipeline.runtime)
     (old_key, old_value), (recent_key, recent_value) = entry("asked-earlier", now - 2 * HORIZON_MARGIN), entry(
         "asked-just-now", now - timedelta(minutes=1))
     await asyncio.gather(writer.write(old_key, 4, old_value), writer.write(recent_key, 4, recent_value))
-    handling(4, 500)
-    held: list[asyncio.Future[None]] = []
-    token = _held_acks.set(held)  # as CallProcessor.handle does for each event
-    try:
-        assert pipeline.write_ledger.get(old_key) == LedgerEntry.model_validate_json(old_value)
-        assert pipeline.write_ledger.get(recent_key) == LedgerEntry.model_validate_json(recent_value)
-    finally:
-        _held_acks.reset(token)
-    assert len(held) == 1, "only the entry older than the margin is written again, and the event waits for it"
+    scope = handling(4, 500)
+    assert pipeline.write_ledger.get(old_key, scope=scope) == LedgerEntry.model_validate_json(old_value)
+    assert pipeline.write_ledger.get(recent_key, scope=scope) == LedgerEntry.model_validate_json(recent_value)
+    held = scope.held_acks
+    assert held is not None and len(held) == 1, "only the entry older than the margin is written again, and the event waits for it"
     await asyncio.gather(*held)
 
     refreshed = stored_updated_at(pipeline.ledger.data[old_key])
@@ -128,6 +124,29 @@ async def test_an_entry_an_event_reads_after_the_margin_is_written_again_and_out
     later = now + pipeline.horizon.horizon + 3 * HORIZON_MARGIN - timedelta(seconds=30)  # cutoff: now - 30 s
     assert await pipeline.write_ledger.forget_past_horizon({4}, later) == 1, "the entry not read since goes"
     assert set(pipeline.ledger.data) == {old_key}
+
+
+async def test_two_events_in_flight_write_on_their_own_partitions_and_hold_only_their_own_acks(
+    pipeline: Pipeline, pipeline_broker: str,
+) -> None:
+    """Each write passes its event's scope: the pending entry is on the broker before ``begin`` returns, the
+    outcome holds that event's acknowledgement and no other's, and each lands on its event's partition."""
+    ledger = pipeline.write_ledger
+    first, second = handling(3, 40), handling(8, 90)
+    one, two = (entry(name, datetime.now(UTC))[0] for name in ("scoped-first", "scoped-second"))
+
+    async def write(key: str, scope: WorkScope) -> None:
+        await ledger.begin(key, "CREATE_TASK", scope=scope)
+        assert scope.held_acks == [], "a pending entry is awaited, never held"
+        await ledger.complete(key, "Task", "task-1", scope=scope)
+
+    await asyncio.gather(write(one, first), write(two, second))
+    assert first.held_acks is not None and second.held_acks is not None
+    assert len(first.held_acks) == 1 and len(second.held_acks) == 1
+    await asyncio.gather(*first.held_acks, *second.held_acks)
+    table = restored(pipeline_broker, pipeline.ledger.changelog_topic.get_topic_name())
+    assert (table[one][0], table[two][0]) == (3, 8)
+    assert {LedgerEntry.model_validate_json(table[key][1]).state for key in (one, two)} == {LedgerState.DONE}
 
 
 def test_the_sweep_knows_the_partition_of_an_entry_faust_restored(tmp_path: Path) -> None:

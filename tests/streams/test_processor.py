@@ -18,6 +18,7 @@ import pytest
 from fhir.resources.R4B.task import Task
 
 from callstream.tenants import TenantDirectory, parse_tenant_directory
+from callstream.work_scope import BACKGROUND, WorkScope, WriteRequests
 from connectors.dispatch import Dispatcher
 from connectors.fhir import ModMedClient
 from connectors.ledger import InMemoryLedger, LedgerEntry, LedgerState
@@ -31,7 +32,6 @@ from devkit.cast import PracticeCast, Script, booking
 from streams.metrics import Metrics
 from streams.outputs import KafkaOutputs, OutputDeliveryError
 from streams.observers import FhirRequestMetrics
-from streams.event_scope import hold_event_ack
 from streams.call_states import InMemoryCallStates
 from streams.processor import CallProcessor, DriftCounts
 from streams.records import RawEvent
@@ -253,10 +253,10 @@ class OutcomesHeldLedger(InMemoryLedger):
         super().__init__()
         self.acknowledged: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-    async def _put(self, entry: LedgerEntry) -> LedgerEntry:
+    async def _put(self, entry: LedgerEntry, scope: WorkScope) -> LedgerEntry:
         if entry.state is not LedgerState.PENDING:
-            hold_event_ack(lambda: self.acknowledged)
-        return await super()._put(entry)
+            scope.hold_ack(lambda: self.acknowledged)
+        return await super()._put(entry, scope)
 
 
 async def test_a_write_outcome_record_holds_the_events_ack_but_not_its_reply(
@@ -277,14 +277,14 @@ async def test_a_write_outcome_record_holds_the_events_ack_but_not_its_reply(
         await asyncio.wait_for(handling, 10)
     published: list[str] = []
     with pytest.raises(RuntimeError):  # outside an event nothing could wait for it: nothing is published
-        hold_event_ack(lambda: published.append("record"))  # type: ignore[arg-type, func-returns-value]
+        BACKGROUND.hold_ack(lambda: published.append("record"))  # type: ignore[arg-type, func-returns-value]
     assert published == []
 
 
 class BrokerRefusingLedger(InMemoryLedger):
     """A write-ahead record the broker does not take, as KafkaOutputs reports it."""
 
-    async def _put(self, entry: LedgerEntry) -> LedgerEntry:
+    async def _put(self, entry: LedgerEntry, scope: WorkScope) -> LedgerEntry:
         raise OutputDeliveryError("callstream-worker-ledger-changelog: _MSG_TIMED_OUT")
 
 
@@ -333,7 +333,6 @@ async def test_a_practice_modmed_refuses_hands_the_caller_to_staff_instead_of_fa
 
 def test_drift_counts_take_fhir_write_requests_from_the_tally_and_the_rest_off_the_audit() -> None:
     from schemas.models import AuditOutcome
-    from streams.event_scope import WriteRequests
     from streams.processor import drift_counts
 
     audit = callflow.AuditOut

@@ -23,6 +23,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from callstream.tenants import Practice
+from callstream.work_scope import BACKGROUND, WorkScope
 from connectors.ema.commands import EmaCommands
 from connectors.ema.directory import EmaRoom
 from connectors.ema.errors import (
@@ -167,10 +168,10 @@ def fake_ema_app(state: FakeEma) -> Starlette:
 class FixedDirectory:
     """An EmaDirectory that knows nobody: the hostile booking tests never get as far as reading slots."""
 
-    async def providers(self, practice: Practice) -> dict[str, str | None]:
+    async def providers(self, practice: Practice, *, scope: WorkScope = BACKGROUND) -> dict[str, str | None]:
         return {}
 
-    async def rooms(self, practice: Practice) -> dict[str, EmaRoom | None]:
+    async def rooms(self, practice: Practice, *, scope: WorkScope = BACKGROUND) -> dict[str, EmaRoom | None]:
         return {}
 
 
