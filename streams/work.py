@@ -105,8 +105,8 @@ class WorkRunner:
             return WorkFailed(command, "TimeoutError", latency_ms=0.0)
         progress.writing = writing
         try:
-            dispatched = scope.under(Deadline.after(DISPATCH_TIMEOUT_S) if writing else deadline)
-            result = await asyncio.wait_for(self._dispatch(practice, call_id, work, started, dispatched), timeout_s)
+            scope = scope.under(Deadline.after(DISPATCH_TIMEOUT_S) if writing else deadline)
+            result = await asyncio.wait_for(self._dispatch(practice, call_id, work, started, scope), timeout_s)
         except ConflictError as exc:
             return WorkFailed(command, type(exc).__name__, slot_taken=True, latency_ms=_ms(started))
         except OutputDeliveryError:

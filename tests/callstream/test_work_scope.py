@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
+from pathlib import Path
 
 import pytest
 
@@ -46,3 +48,61 @@ def test_a_write_counts_as_succeeded_only_on_a_2xx_answer(status: int | None, su
     tally = WriteRequests()
     tally.record(status)
     assert tally == WriteRequests(sent=1, succeeded=succeeded)
+
+
+# ------------------------------------------------------------------ handed on at every layer
+
+ROOT = Path(__file__).resolve().parents[2]
+CHAIN = ("streams/work.py", "connectors/dispatch.py", "connectors/operations.py", "connectors/idempotent_writes.py",
+         "connectors/slot_offers.py", "connectors/fhir.py", "connectors/ema/commands.py", "connectors/ema/directory.py")
+"""The modules between the processor and the ledger / FHIR client that take a scope and pass it on."""
+
+
+def scope_dropped(sources: dict[str, str]) -> list[str]:
+    """Method calls, inside a function that has a ``scope``, to a method of the chain that takes one, without it.
+
+    The chain's parameters default to BACKGROUND, so a call that forgot the scope would still run, only without
+    the caller's deadline, event and tally: this finds such calls by name. ``get`` is only the ledger's."""
+    trees = {path: ast.parse(source) for path, source in sources.items()}
+    takes_scope = {node.name for tree in trees.values() for node in ast.walk(tree)
+                   if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+                   and any(arg.arg == "scope" for arg in [*node.args.args, *node.args.kwonlyargs])} - {"get"}
+    dropped = []
+    for path, tree in trees.items():
+        for function in ast.walk(tree):
+            if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef) or not any(
+                    arg.arg == "scope" for arg in [*function.args.args, *function.args.kwonlyargs]):
+                continue
+            for call in ast.walk(function):
+                if not isinstance(call, ast.Call) or not isinstance(call.func, ast.Attribute):
+                    continue  # a bare name is a callable handed in, or a module helper: not a layer of the chain
+                name = call.func.attr
+                ledger_get = name == "get" and isinstance(call.func.value, ast.Attribute) \
+                    and call.func.value.attr == "_ledger"
+                if name not in takes_scope and not ledger_get:
+                    continue
+                passed = [*call.args, *(keyword.value for keyword in call.keywords)]
+                if not any(isinstance(node, ast.Name) and node.id == "scope" for arg in passed for node in ast.walk(arg)):
+                    dropped.append(f"{path}:{call.lineno} {name}()")
+    return dropped
+
+
+def test_every_layer_hands_the_scope_on() -> None:
+    assert scope_dropped({path: (ROOT / path).read_text() for path in CHAIN}) == []
+
+
+def test_the_check_finds_a_call_that_drops_the_scope() -> None:
+    source = '''
+class Connector:
+    async def read_flags(self, practice, *, scope=BACKGROUND):
+        return await self.client.search_json(practice, "Flag", {})
+
+    async def book(self, practice, key, *, scope=BACKGROUND):
+        entry = self._ledger.get(key)
+        await self._ledger.begin(key, "BOOK", scope=scope.under(None))
+        return self._cache.get(key)
+
+class Client:
+    async def search_json(self, practice, resource_type, params, *, scope=BACKGROUND): ...
+'''
+    assert scope_dropped({"made_up.py": source}) == ["made_up.py:4 search_json()", "made_up.py:7 get()"]
