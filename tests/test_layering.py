@@ -11,9 +11,11 @@ Layers, lowest first; a package may import only packages in a lower layer:
 connectors and sinks sit side by side and never import each other; the applications on top may use
 each other, golive excepted (see below). processes holds the composition roots of commands whose process
 assembles several applications (`callstream sinks run`, `callstream audit`): lower packages take the
-applications' parts as small interfaces handed in from there (sinks.process.Additions), never by import. sandbox (the ModMed emulator) is isolated: no production module imports it, and it
-imports nothing of ours but callstream (settings, CLI flags, ports), so it stays an
-independent stand-in for ModMed rather than a mirror of our own guards and schemas.
+applications' parts as small interfaces handed in from there (sinks.process.Additions), never by import.
+
+sandbox (the ModMed emulator) is isolated: no production module imports it, and it imports nothing of ours
+but callstream (settings, CLI flags, ports), so it stays an independent stand-in for ModMed rather than a
+mirror of our own guards and schemas.
 
 Dev tooling (devkit: the demo, benchmarks, replay scripting, scripted callers, child-process helpers, the
 embedded broker) may import anything, sandbox included; no production module imports it (the CLI reaches
