@@ -1,7 +1,7 @@
 """What a practice's digest says about one local day, read from the audit store (and the review queue).
 
 Counts only, with call ids: the audit records hold a caller number and chart ids too, and none of that goes
-into an e-mail. The rules of what counts are the pipeline's own (streams/processor.py `drift_counts`):
+into an e-mail. The rules of what counts are the pipeline's own (streams/drift_counts.py `drift_counts`):
 a controlled-substance request is an ESCALATION record with ``detail.trigger = controlled_substance``,
 escalated when SUCCESS (a provider task exists) or QUEUED (a review item waits for staff); a block is a
 GUARD_HIT whose outcome is BLOCKED; write success is SUCCESS over SUCCESS + FAILURE of FHIR_WRITE and

@@ -59,13 +59,14 @@ from schemas.models import Alarm, AlarmState
 from schemas.registry import SchemaRegistryClient
 from schemas.topics import CALL_EVENTS, topic_named
 from streams.drift import DriftInputError, DriftMonitor, PracticeDriftState, WindowStats
+from streams.drift_counts import DriftCounts
 from streams.faust_boundary import FAUST_MACHINERY_LOG, ChangelogCallStates, ChangelogLedger, PipelineFaustApp
 from streams.horizon import RedeliveryHorizon
 from streams.metrics import Metrics
 from streams.observers import FhirRequestMetrics
 from streams.offsets import InFlight
 from streams.outputs import KafkaOutputs
-from streams.processor import CallProcessor, DriftCounts
+from streams.processor import CallProcessor
 from streams.records import RawEvent
 from streams.sequencer import CallSequencer
 from streams.retention import purge_expired
