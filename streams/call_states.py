@@ -1,7 +1,8 @@
 """Where a call's state lives between its events: the store the processor reads and writes, and reading
 a stored value back into a ``CallState``.
 
-The worker's store is the changelogged ``calls`` table (``streams.app``); tests and tools use the dict.
+The worker's store is the changelogged ``calls`` table (``streams.faust_boundary.ChangelogCallStates``); tests
+and tools use the dict.
 """
 
 from __future__ import annotations
