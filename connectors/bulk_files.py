@@ -9,15 +9,11 @@ token only for a file on the practice's own origin (a storage link elsewhere get
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
-
 import httpx
 
 from connectors.allow_lists import origin, relative_path
 from connectors.errors import CircuitOpenError, RetryableError, error_for_status
-
-if TYPE_CHECKING:
-    from connectors.fhir import PracticeSession
+from connectors.practice_session import PracticeSession
 
 
 class BulkFileStream:

@@ -8,7 +8,9 @@ Every request of the connector (token grants included) leaves through ``ModMedCl
   * retries reads with exponential backoff and full jitter inside a time budget, and writes only when the
     failure proves the request never reached ModMed (connection refused, 429);
   * maps ModMed's status codes onto connectors.errors and reports latency to an optional observer.
-Resources go in and out as fhir.resources R4B models.
+Resources go in and out as fhir.resources R4B models. Per-practice state (tokens, limiter, breaker) is
+connectors.practice_session; reading an answer (size cap, JSON, resources, search pages) is
+connectors.fhir_responses; bulk-export files stream through connectors.bulk_files.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
-from urllib.parse import urlsplit
 
 import httpx
 from fhir.resources.R4B.resource import Resource
@@ -30,7 +31,7 @@ from fhir.resources.R4B.resource import Resource
 from callstream.deadline import Deadline
 from callstream.errors import ConfigError, TenantDirectoryError
 from callstream.retry import Backoff, retry_after_seconds
-from callstream.tenants import ApiTrack, Credentials, Practice
+from callstream.tenants import Practice
 from callstream.work_scope import BACKGROUND, WorkScope
 from connectors.allow_lists import (
     WRITE_ALLOW_LIST,
@@ -39,8 +40,6 @@ from connectors.allow_lists import (
     origin,
     resource_url,
 )
-from connectors.auth import AccessToken, TokenCache, grant_for, parse_token_response
-from connectors.breaker import CircuitBreaker
 from connectors.bulk_files import BulkFileStream
 from connectors.errors import (
     AuthError,
@@ -70,6 +69,7 @@ from connectors.fhir_responses import (
     searchset_page,
 )
 from connectors.http_transport import AiohttpTransport
+from connectors.practice_session import TOKEN_REQUEST_LABEL, PracticeSession
 from connectors.ratelimit import RateLimiter, RateLimiterRegistry, WaitPastDeadline
 
 log = logging.getLogger(__name__)
@@ -79,10 +79,6 @@ FHIR_JSON = "application/fhir+json"
 
 _READ = httpx.ByteStream(b"")
 """Stands in for a response's consumed body stream (see ModMedClient._attempt)."""
-
-TOKEN_REQUEST_LABEL = "token"
-"""The resource label of token-endpoint requests (errors and RequestObserver calls): not a FHIR resource."""
-
 
 class RequestObserver(Protocol):
     """Metrics hook (the pipeline wires prometheus); called once per HTTP attempt, never with PHI."""
@@ -119,66 +115,6 @@ class ClientConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
                 raise ConfigError(f"connector setting {name} must be a positive number")
-
-
-class PracticeSession:
-    """Everything per practice: credentials-derived token cache, limiter, breaker, in-flight cap."""
-
-    def __init__(
-        self, practice: Practice, credentials: Credentials, client: ModMedClient, limiter: RateLimiter
-    ) -> None:
-        self.practice = practice
-        self.limiter = limiter
-        config = client.config
-        self.breaker = CircuitBreaker(
-            failure_threshold=config.breaker_failure_threshold, reset_after_s=config.breaker_reset_s,
-            clock=client.clock,
-        )
-        self.in_flight = asyncio.Semaphore(config.max_in_flight_per_practice)
-        self._client = client
-        self.known_token_url: str | None = practice.auth.token_url or (
-            practice.token_url if practice.track is ApiTrack.PROPRIETARY else None
-        )
-        self.tokens = TokenCache(grant_for(practice, credentials), self.token_url, self._fetch_token, clock=client.clock)
-
-    @property
-    def practice_id(self) -> str:
-        return self.practice.practice_id
-
-    async def token_url(self, deadline: Deadline | None = None) -> str:
-        """The token endpoint: configured, the proprietary grant URL, or SMART discovery (certified)."""
-        if self.known_token_url is None:
-            response = await self._client._call(
-                self, "GET", f"{self.practice.fhir_base}/.well-known/smart-configuration", authenticated=False,
-                scope=BACKGROUND.under(deadline),
-            )
-            endpoint = response.body.get("token_endpoint") if isinstance(response.body, Mapping) else None
-            if not isinstance(endpoint, str) or not _acceptable_token_endpoint(endpoint, self.practice.fhir_base):
-                raise InvalidResponseError(
-                    "SMART configuration lacks a usable token_endpoint", practice_id=self.practice_id
-                )
-            self.known_token_url = endpoint
-        return self.known_token_url
-
-    async def _fetch_token(self, form: dict[str, str], deadline: Deadline | None) -> AccessToken:
-        """One token request; a 4xx refusal (RFC 6749 answers ``400 invalid_grant`` for a bad password or
-        refresh token) is an AuthError: the credentials need an operator, retrying cannot help."""
-        try:
-            response = await self._client._call(self, "POST", await self.token_url(deadline), form=form,
-                                                authenticated=False, scope=BACKGROUND.under(deadline))
-        except (TerminalError, NotFoundError, ConflictError) as exc:
-            if exc.status is None or not 400 <= exc.status < 500:
-                raise
-            raise AuthError(
-                "the token endpoint refused the grant", practice_id=self.practice_id,
-                resource_type=TOKEN_REQUEST_LABEL, method="POST", status=exc.status, issue_codes=exc.issue_codes,
-            ) from None
-        return parse_token_response(
-            response.body,
-            practice_id=self.practice_id,
-            now=self._client.clock(),
-            refresh_margin_s=self._client.config.token_refresh_margin_s,
-        )
 
 
 class ModMedClient:
@@ -575,12 +511,6 @@ async def _rate_slot(session: PracticeSession, turn: Deadline | None, label: str
                 practice_id=session.practice_id, resource_type=label, method=method,
             ) from None
         yield
-
-
-def _acceptable_token_endpoint(endpoint: str, fhir_base: str) -> bool:
-    """SMART discovery may point elsewhere, but never to plain http on another host (assertion leak)."""
-    parts = urlsplit(endpoint)
-    return parts.scheme == "https" or (parts.scheme == "http" and origin(endpoint) == origin(fhir_base))
 
 
 class _QueryRedaction(logging.Filter):
