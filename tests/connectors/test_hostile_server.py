@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 from fhir.resources.R4B.appointment import Appointment
+from fhir.resources.R4B.coverage import Coverage
 from fhir.resources.R4B.patient import Patient
+from fhir.resources.R4B.task import Task
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -24,7 +26,7 @@ from starlette.routing import Route
 
 from callstream.deadline import Deadline
 from callstream.tenants import Practice
-from callstream.work_scope import WorkScope
+from callstream.work_scope import BACKGROUND, WorkScope
 from connectors.errors import (
     AuthError,
     InvalidResponseError,
@@ -35,7 +37,10 @@ from connectors.errors import (
     TerminalError,
 )
 from connectors.fhir import ClientConfig, ModMedClient
+from connectors.idempotent_writes import IdempotentWriter
+from connectors.ledger import InMemoryLedger
 from connectors.ratelimit import RateLimiterRegistry
+from connectors.vocabulary import IDEMPOTENCY_KEY_SYSTEM
 from tests.connectors.helpers import Recorder, serve
 from tests.fixtures.sandbox import MovableTime
 
@@ -257,3 +262,36 @@ async def test_a_429_pause_past_the_callers_deadline_fails_fast_and_sends_nothin
     assert answered.value.status == 429 and refused.value.status is None
     assert refused.value.retry_after is not None and refused.value.retry_after > 30
     assert sent == ["GET"] and elapsed < 2.0
+
+
+async def test_a_write_looks_landed_only_when_a_found_resource_carries_its_key(evil: tuple[Hostile, Practice]) -> None:
+    """A ModMed that ignores the identifier search answers with somebody else's Task: taking it for ours would
+    record a write that never happened. Only a resource carrying the key counts; Coverage is searched by patient."""
+    state, practice = evil
+    key = "call-77|CREATE_TASK|Patient/pt-1|refill-review"
+    other = {"resourceType": "Task", "id": "t-other", "status": "requested", "intent": "order",
+             "identifier": [{"system": IDEMPOTENCY_KEY_SYSTEM, "value": "call-12|CREATE_TASK|Patient/pt-1|x"}]}
+    ours = {**other, "id": "t-ours", "identifier": [{"system": IDEMPOTENCY_KEY_SYSTEM, "value": key}]}
+    queries: list[dict[str, list[str]]] = []
+    entries: list[dict[str, object]] = [other]
+
+    def answer(request: Request) -> Response:
+        queries.append(parse_qs(request.url.query))
+        return JSONResponse({"resourceType": "Bundle", "type": "searchset",
+                             "entry": [{"resource": entry} for entry in entries]})
+
+    state.fhir = answer
+    async with make_client() as client:
+        writes = IdempotentWriter(client, InMemoryLedger())
+        task_landed = writes.carrying_key(practice, Task, key, BACKGROUND)
+        assert await task_landed() is None
+        entries.append(ours)
+        found = await task_landed()
+        assert found is not None and found.id == "t-ours"
+        entries[:] = [{"resourceType": "Coverage", "id": "cov-1", "status": "active",
+                       "beneficiary": {"reference": "Patient/pt-1"}, "payor": [{"display": "Acme"}],
+                       "identifier": [{"system": IDEMPOTENCY_KEY_SYSTEM, "value": key}]}]
+        coverage = await writes.carrying_key(practice, Coverage, key, BACKGROUND, {"patient": "pt-1"})()
+        assert coverage is not None and coverage.id == "cov-1"
+    assert queries[0] == {"identifier": [f"{IDEMPOTENCY_KEY_SYSTEM}|{key}"]}
+    assert queries[-1] == {"patient": ["pt-1"]}
