@@ -30,6 +30,7 @@ from schemas.models import (
     OfferedSlot,
     Reply,
 )
+from schemas.models.commands import LONG_PARAM_CHARS, PARAM_CHARS
 from schemas.serde import AvroSerde
 from streams import callflow
 from streams.callflow import AuditOut, ReviewOut, SentReply
@@ -196,9 +197,9 @@ def dead_letter_reply(call_id: str, in_reply_to: str, practice_id: str | None, n
     )
 
 
-COMMAND_PARAM_CHARS = {callflow.GUARD_REQUEST_PARAM: 8192}
-"""Params that may run past 1,024 characters: the decided request holds a transcript snippet of up to 4,000
-(JSON-escaped), which the review queue's retry must decide on whole."""
+COMMAND_PARAM_CHARS = {callflow.GUARD_REQUEST_PARAM: LONG_PARAM_CHARS}
+"""Params that may run past PARAM_CHARS: the decided request holds a transcript snippet of up to 4,000 characters
+(JSON-escaped), which the review queue's retry must decide on whole; LONG_PARAM_CHARS bounds it by construction."""
 
 
 def command_record(review: ReviewOut, call_id: str, practice_id: str, now: datetime) -> CommandMessage:
@@ -209,6 +210,6 @@ def command_record(review: ReviewOut, call_id: str, practice_id: str, now: datet
         kind=review.kind,
         route=CommandRoute.REVIEW_QUEUE,
         idempotency_key=review.idempotency_key,
-        params={key: value[:COMMAND_PARAM_CHARS.get(key, 1024)] for key, value in review.params.items()},
+        params={key: value[:COMMAND_PARAM_CHARS.get(key, PARAM_CHARS)] for key, value in review.params.items()},
         issued_at=now,
     )

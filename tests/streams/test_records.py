@@ -12,7 +12,7 @@ from guards.model import VisitReason
 from guards.replies import ReplyTemplate
 from schemas.models import AuditAction, AuditOutcome, CommandKind, CommandRoute
 from schemas.serde import AvroSerde
-from schemas.topics import CALL_EVENTS
+from schemas.topics import CALL_EVENTS, COMMANDS
 from streams import callflow
 from streams.records import (
     DEAD_LETTER_REPLY,
@@ -115,3 +115,20 @@ def test_an_undecodable_event_names_its_call_only_through_a_key_that_passes_the_
 ) -> None:
     readable = readable_call(RawEvent(CALL_EVENTS, 0, 1, key, b"\xc3\x01garbage"), EVENTS)
     assert (readable.call_id, readable.event_id, readable.called_number) == (call_id, None, None)
+
+
+def test_a_decided_request_with_the_longest_hostile_snippet_reaches_the_review_queue_whole() -> None:
+    """A refill whose 4,000-character snippet JSON-escapes to six times its length: the command record takes it
+    whole (it once failed validation and the event's review command was lost), and the retry's parse reads it."""
+    from guards.model import Intent, IntentRequest
+    from schemas.models import CommandMessage
+
+    request = IntentRequest(intent=Intent.REFILL_REQUEST, medication_mentioned=True,
+                            controlled_substance_mentioned=True, transcript_snippet="\x01" * 3999 + '"')
+    decided = request.model_dump_json(exclude_none=True)
+    assert len(decided) > 20_000
+    review = callflow.ReviewOut(CommandKind.CREATE_TASK, "call-1:task", {callflow.GUARD_REQUEST_PARAM: decided})
+    record = command_record(review, "call-1", "pain-1001", NOW)
+    assert IntentRequest.model_validate_json(record.params[callflow.GUARD_REQUEST_PARAM]) == request
+    wire = AvroSerde.for_topic(COMMANDS)
+    assert CommandMessage.from_avro(wire.decode(wire.encode(record.to_avro()))) == record
