@@ -31,6 +31,7 @@ LONG_PARAM_CHARS = 32_768
 characters, each escaped to at most six) goes to the review queue whole, because its retry decides on it again
 and a cut would not parse."""
 
+
 class CommandMessage(AvroModel):
     """A command the guard allowed (topic callstream.commands.v1, key call_id; Avro record Command)."""
 
