@@ -34,7 +34,7 @@ SENDING_ATTRIBUTES = {"post", "put", "patch", "delete", "request", "send", "stre
 SENDING_FUNCTIONS = {("fhir.py", "_attempt"), ("bulk_files.py", "__aenter__")}
 """Where httpx requests are built and sent: the chokepoint and the bulk-file stream (GET only)."""
 NOT_MODMED_TRAFFIC = {
-    ("session.py", "_alert", "self._alerts.send"),  # the EMA lockout alert goes to the operators' chat webhook
+    ("keeper.py", "_alert", "self._alerts.send"),  # the EMA lockout alert goes to the operators' chat webhook
 }
 WIRE = {("http_transport.py", "handle_async_request", "self._open().request")}
 """The transport under httpx: it sends only what httpx hands it, and only the chokepoint hands it requests."""
@@ -178,9 +178,9 @@ def test_the_browser_only_ever_goes_to_the_closed_set_of_screens() -> None:
                     ):
                         navigations.add((path.name, function.name, ast.unparse(node)))
     assert navigations == {
-        ("session.py", "_goto", "self._page.goto(url, wait_until='load')"),
-        ("session.py", "open", "self._goto(url)"),
-        ("session.py", "_checkin", "page.goto('about:blank')"),
+        ("page.py", "_goto", "self._page.goto(url, wait_until='load')"),
+        ("page.py", "open", "self._goto(url)"),
+        ("keeper.py", "_checkin", "page.goto('about:blank')"),
     }
     assert not [screen for screen in Screen if any(word in screen.value for word in MEDICATION_SCREEN_WORDS)]
 
