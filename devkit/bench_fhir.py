@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 from fhir.resources.R4B.patient import Patient
 
-from callstream.devstack import free_port
+from callstream.backends import free_port
 from callstream.errors import ConfigError, ServiceUnavailableError
 from callstream.tenants import Practice
 from connectors.fhir import ModMedClient

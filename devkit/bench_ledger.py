@@ -51,7 +51,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
-from callstream.devstack import ensure_topics, free_port
+from callstream.backends import ensure_topics, free_port
 from callstream.errors import ConfigError, ServiceUnavailableError
 from callstream.cli_options import add_service_options, settings_from
 from callstream.settings import Settings

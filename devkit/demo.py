@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from callstream.cli_options import add_service_options, settings_from
-from callstream.devstack import ensure_topics, free_port, wait_for_broker
+from callstream.backends import ensure_topics, free_port, wait_for_broker
 from callstream.errors import ServiceUnavailableError
 from callstream.invocation import command_line
 from callstream.settings import Settings, redact_dsn

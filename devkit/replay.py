@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from callstream.backends import ensure_topics, wait_for_broker
 from callstream.cli_options import add_logging_options, add_service_options, configure_logging_from, settings_from
-from callstream.devstack import ensure_topics, wait_for_broker
 from connectors.bulk import ProgressBar
 from schemas.models import AuditAction, AuditEvent, AuditOutcome, CommandKind, UNRESOLVED_PRACTICE_ID
 from schemas.registry import SchemaRegistryClient

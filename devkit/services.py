@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from callstream.devstack import free_port
+from callstream.backends import free_port
 from callstream.errors import ServiceUnavailableError
 
 SERVICE_TIMEOUT_S = 60.0
@@ -97,7 +97,7 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 def private_broker(run_dir: Path) -> Iterator[str]:
     """An embedded Tansu broker of its own on a free port, with every catalogue topic: a worker reading the
     call-events topic from its start then sees no one else's calls. Yields the bootstrap address."""
-    from callstream.devstack import ensure_topics
+    from callstream.backends import ensure_topics
     from devkit.broker import TansuBroker
     from schemas.topics import TOPICS
 

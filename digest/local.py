@@ -15,7 +15,7 @@ from types import TracebackType
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from callstream.devstack import free_port
+from callstream.backends import free_port
 from callstream.errors import ConfigError
 from callstream.tenants import TenantDirectory
 from digest.log import DigestLog

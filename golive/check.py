@@ -26,7 +26,7 @@ from zoneinfo import ZoneInfo
 import httpx
 import yaml
 
-from callstream.devstack import free_port
+from callstream.backends import free_port
 from callstream.errors import ConfigError
 from callstream.settings import Settings
 from callstream.tenants import load_tenant_directory

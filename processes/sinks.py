@@ -15,8 +15,8 @@ import threading
 from datetime import date
 from typing import Any
 
+from callstream.backends import ensure_port_free
 from callstream.cli_options import add_logging_options, add_service_options, configure_logging_from, settings_from
-from callstream.devstack import ensure_port_free
 from callstream.errors import ConfigError
 from callstream.settings import Settings
 from callstream.tenants import TenantDirectory, load_tenant_directory

@@ -29,7 +29,7 @@ from callstream.cli_options import (
     require_tenants_file,
     settings_from,
 )
-from callstream.devstack import ensure_port_free
+from callstream.backends import ensure_port_free
 from callstream.errors import ConfigError, ServiceUnavailableError
 from callstream.secrets import read_secret
 from callstream.settings import Settings

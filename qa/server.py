@@ -10,7 +10,7 @@ from types import TracebackType
 
 import uvicorn
 
-from callstream.devstack import free_port
+from callstream.backends import free_port
 from callstream.errors import ServiceUnavailableError
 from qa.app import QaConfig, build_app
 

@@ -32,7 +32,7 @@ from callstream.cli_options import (
     require_tenants_file,
     settings_from,
 )
-from callstream.devstack import ensure_port_free, ensure_topics, wait_for_broker
+from callstream.backends import ensure_port_free, ensure_topics, wait_for_broker
 from callstream.errors import ConfigError, ServiceUnavailableError
 from callstream.metrics_server import serve_metrics
 from callstream.retry import Backoff

@@ -17,7 +17,7 @@ import time
 
 import httpx
 
-from callstream.devstack import free_port
+from callstream.backends import free_port
 from sandbox.generator import build_tenant, generate_profile
 
 

@@ -21,8 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from callstream.backends import ensure_port_free
 from callstream.cli_options import add_logging_options, configure_logging_from, settings_from
-from callstream.devstack import ensure_port_free
 from callstream.errors import CallstreamError, ConfigError
 from sandbox.faults import FaultError, PracticeFaults, load_fault_file, merge_assignments
 from sandbox.gateway import ACCESS_LOG

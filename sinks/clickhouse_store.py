@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
-from callstream.devstack import open_clickhouse
+from callstream.backends import open_clickhouse
 from callstream.errors import CallstreamError, ConfigError
 from callstream.settings import redact_dsn
 from sinks.audit_rows import INSERT_COLUMNS, AuditRow

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from callstream.devstack import ensure_topics, wait_for_broker
+from callstream.backends import ensure_topics, wait_for_broker
 from callstream.errors import CallstreamError, ConfigError
 from callstream.metrics_server import serve_metrics
 from callstream.settings import Settings, redact_dsn

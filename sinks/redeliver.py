@@ -35,7 +35,7 @@ from callstream.cli_options import (
     require_tenants_file,
     settings_from,
 )
-from callstream.devstack import wait_for_broker
+from callstream.backends import wait_for_broker
 from callstream.errors import ConfigError
 from callstream.retry import Backoff
 from callstream.tenants import TenantDirectory, load_tenant_directory

@@ -12,7 +12,7 @@ from callstream.cli_options import (
     require_tenants_file,
     settings_from,
 )
-from callstream.devstack import ensure_port_free, ensure_topics, wait_for_broker
+from callstream.backends import ensure_port_free, ensure_topics, wait_for_broker
 from callstream.errors import ConfigError
 from callstream.settings import Settings
 from callstream.tenants import TenantDirectory, load_tenant_directory

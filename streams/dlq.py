@@ -46,7 +46,7 @@ from callstream.cli_options import (
     iso_time,
     settings_from,
 )
-from callstream.devstack import wait_for_broker
+from callstream.backends import wait_for_broker
 from callstream.errors import ConfigError, ServiceUnavailableError
 from callstream.references import clean_reference
 from callstream.settings import Settings

@@ -16,7 +16,7 @@ import httpx
 
 from callstream.cli_options import (add_logging_options, add_service_options, configure_logging_from,
                                     require_tenants_file, settings_from)
-from callstream.devstack import ensure_port_free, ensure_topics, wait_for_broker
+from callstream.backends import ensure_port_free, ensure_topics, wait_for_broker
 from callstream.errors import ConfigError
 from callstream.metrics_server import serve_metrics
 from callstream.retry import Backoff

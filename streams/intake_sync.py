@@ -20,7 +20,7 @@ from callstream.cli_options import (
     require_tenants_file,
     settings_from,
 )
-from callstream.devstack import wait_for_broker
+from callstream.backends import wait_for_broker
 from callstream.errors import ConfigError
 from callstream.tenants import Practice, load_tenant_directory
 from connectors.fhir import ModMedClient

@@ -155,7 +155,7 @@ def test_the_contract_catches_what_it_is_meant_to_catch() -> None:
     assert verdict("sandbox.app", "guards.model") is not None
     assert verdict("streams.processor", "connectors.fhir") is None
     assert verdict("qa.app", "review.reader") is None
-    assert verdict("sandbox.cli", "callstream.devstack") is None
+    assert verdict("sandbox.cli", "callstream.backends") is None
     assert verdict("devkit.demo", "sandbox.generator") is None
     assert verdict("devkit.bench_pipeline", "streams.processor") is None
     assert verdict("golive.check", "sandbox.mirror") is None

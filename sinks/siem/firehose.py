@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import httpx
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from callstream.devstack import ensure_topics
+from callstream.backends import ensure_topics
 from callstream.errors import ServiceUnavailableError
 from callstream.siem_delivery import SiemOutcome
 from callstream.tenants import TenantDirectory

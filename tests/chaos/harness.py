@@ -40,7 +40,7 @@ from typing import Any
 import httpx
 from confluent_kafka import Consumer, TopicPartition
 
-from callstream.devstack import ensure_topics, free_port
+from callstream.backends import ensure_topics, free_port
 from connectors.vocabulary import CALL_REFERENCE_SYSTEM, TASK_KIND_SYSTEM
 from devkit.broker import TansuBroker
 from guards.replies import INTERIM_TEMPLATES

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import uvicorn
 
-from callstream.devstack import free_port
+from callstream.backends import free_port
 from callstream.tenants import Practice
 from tests.fixtures.sandbox import SandboxServer
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from callstream.devstack import free_port, wait_for_broker
+from callstream.backends import free_port, wait_for_broker
 from callstream.errors import ServiceUnavailableError
-from tests.callstream.test_devstack import run_cli
+from tests.callstream.test_backends import run_cli
 
 
 def test_cli_dev_up_and_down(tmp_path: Path) -> None:

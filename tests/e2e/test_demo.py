@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from callstream.devstack import free_port
+from callstream.backends import free_port
 from qa.cli import DEFAULT_PORT as QA_PORT
 from tests.fixtures.pipeline import REPO
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from callstream.devstack import ensure_topics, free_port
+from callstream.backends import ensure_topics, free_port
 from devkit.broker import TansuBroker
 from schemas.topics import TOPICS
 from sandbox.generator import build_world

@@ -13,8 +13,8 @@ import pytest
 import yaml
 from confluent_kafka import Producer
 
+from callstream.backends import ensure_topics
 from callstream.tenants import GoLivePhase, load_tenant_directory
-from callstream.devstack import ensure_topics
 from golive import cli as golive_cli
 from golive.gate import (
     DEFAULT_RULES,

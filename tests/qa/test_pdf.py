@@ -11,7 +11,7 @@ import pypdf
 import httpx
 import pytest
 
-from callstream.devstack import free_port
+from callstream.backends import free_port
 from processes.audit import main as audit_main
 from qa.pdf import record_sha256
 from tests.qa.conftest import PASSWORDS, PRACTICE_A, QaWorld

@@ -16,7 +16,7 @@ import httpx
 import pypdf
 import pytest
 
-from callstream.devstack import free_port
+from callstream.backends import free_port
 from schemas.models import AuditAction
 from schemas.topics import AUDIT
 from tests.fixtures.pipeline import REPO

@@ -25,7 +25,7 @@ import httpx
 import pytest
 from fhir.resources.R4B.task import Task
 
-from callstream.devstack import free_port
+from callstream.backends import free_port
 from callstream.tenants import TenantDirectory
 from connectors.fhir import ModMedClient
 from connectors.vocabulary import CALL_REFERENCE_SYSTEM

@@ -11,7 +11,7 @@ from collections import Counter
 
 import httpx
 
-from callstream.devstack import free_port
+from callstream.backends import free_port
 from sandbox.generator import build_world, generate_profile
 from schemas.phone import is_e164
 from tests.sandbox.helpers import proprietary_headers

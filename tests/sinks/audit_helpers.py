@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from callstream.devstack import free_port
+from callstream.backends import free_port
 from callstream.tenants import TenantDirectory, parse_tenant_directory
 from callstream.webhooks import WebhookSecret, WebhookVerificationError, verify
 from devkit.broker import TansuBroker

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from callstream.devstack import ensure_topics, free_port, open_clickhouse
+from callstream.backends import ensure_topics, free_port, open_clickhouse
 from callstream.retry import Backoff
 from devkit.broker import TansuBroker
 from sinks.clickhouse_store import AuditStore

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from callstream.devstack import free_port
+from callstream.backends import free_port
 from callstream.errors import ConfigError, ServiceUnavailableError
 from callstream.settings import load_settings
 from devkit.broker import TansuBroker

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 
-from callstream.devstack import free_port
+from callstream.backends import free_port
 from callstream.errors import ConfigError
 from callstream.settings import redact_dsn
 from devkit.broker import TansuBroker

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from callstream.devstack import ensure_topics
+from callstream.backends import ensure_topics
 from callstream.errors import ConfigError
 from schemas.models import AuditAction, AuditEvent, AuditOutcome, CallEvent, DeadLetter
 from schemas.serde import AvroSerde

@@ -21,7 +21,7 @@ import httpx
 import pytest
 from fhir.resources.R4B.documentreference import DocumentReference
 
-from callstream.devstack import free_port
+from callstream.backends import free_port
 from callstream.messaging import intake_reference
 from callstream.metrics_server import serve_metrics
 from callstream.retry import Backoff

@@ -14,7 +14,7 @@ import faust
 import pytest
 from faust.types.tuples import Message
 
-from callstream.devstack import ensure_topics
+from callstream.backends import ensure_topics
 from callstream.settings import load_settings
 from callstream.tenants import parse_tenant_directory
 from callstream.work_scope import WorkScope

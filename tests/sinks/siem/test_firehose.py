@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from callstream.devstack import ensure_topics
+from callstream.backends import ensure_topics
 from callstream.retry import Backoff
 from callstream.siem_delivery import SiemOutcome
 from sinks.backlog import DeliverySchedule

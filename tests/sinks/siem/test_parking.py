@@ -16,7 +16,7 @@ from datetime import timedelta
 
 import pytest
 
-from callstream.devstack import ensure_topics
+from callstream.backends import ensure_topics
 from callstream.retry import Backoff
 from callstream.siem_delivery import SiemOutcome
 from sinks.backlog import DeliverySchedule

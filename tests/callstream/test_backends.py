@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, Producer
 
-from callstream.devstack import ensure_topics, free_port, open_clickhouse, wait_for_broker
+from callstream.backends import ensure_topics, free_port, open_clickhouse, wait_for_broker
 from callstream.errors import ConfigError, PortInUseError, ServiceUnavailableError
 from callstream.settings import load_settings
 
@@ -105,7 +105,7 @@ def test_cli_unreachable_external_broker_is_one_line(tmp_path: Path) -> None:
 
 
 def test_port_check_names_the_port() -> None:
-    from callstream.devstack import ensure_port_free
+    from callstream.backends import ensure_port_free
 
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
