@@ -50,7 +50,6 @@ FAUST_MACHINERY_LOG = logging.getLogger("faust.callstream")
 (callstream.logs), as Faust's own services' is; mode would name the logger after this module."""
 
 
-
 @dataclass(frozen=True, slots=True)
 class PrivateDependency:
     """A private attribute or method of faust-streaming, aiokafka or aiohttp that an override relies on.
