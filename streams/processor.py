@@ -192,6 +192,8 @@ class CallProcessor:
             await self._dead_letter(raw, str(exc), type(exc).__name__, practice.practice_id, event.call_id, now)
             return
         if step.dropped is not None:  # recorded apart from the ids the event's own processing used
+            log.info("practice %s call %s: event seq %d %s[%d]@%d dropped (%s)", practice.practice_id, event.call_id,
+                     event.seq, raw.topic, raw.partition, raw.offset, step.dropped.value)
             dropped = callflow.dropped_audit(state, event.seq, step.dropped)
             await self.outputs.audit(audit_record(dropped, f"{event.event_id}:dropped", practice.practice_id,
                                                   event.call_id, None, now))

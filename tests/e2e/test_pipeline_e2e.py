@@ -377,7 +377,11 @@ async def test_a_worker_killed_mid_call_resumes_the_call_and_books_once(
     replies: list[Reply] = await asyncio.to_thread(
         telephony.replies_for, [script.call_id], until=lambda found: any(final_reply_to(chosen, r) for r in found),
         timeout_s=60)
-    [confirmation] = {r.reply_id: r for r in replies if final_reply_to(chosen, r)}.values()
+    answers = {r.reply_id: r for r in replies if final_reply_to(chosen, r)}
+    # Seen once in a full run (no answer within 60 s, not reproduced in 11 runs under load): say what was there.
+    assert len(answers) == 1, (f"replies to the call: {[(r.template, r.in_reply_to == chosen.event_id) for r in replies]}"
+                               f"\nworker log:\n{pipeline_worker.log_text()[-3000:]}")
+    [confirmation] = answers.values()
     assert confirmation.template == "BOOKING_CONFIRMED"
     booked = await appointments_of(modmed, pipeline_tenants[1], "pain-1002", script.call_id, caller.patient_id)
     assert len(booked) == 1 and booked[0].start == offer.offered_slots[0].start
