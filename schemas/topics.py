@@ -198,11 +198,11 @@ TOPICS: tuple[Topic, ...] = (
         partitions=6,
         cleanup_policy="delete",
         retention_ms=7 * _DAY_MS,
-        producer="connectors appointment poller (_lastUpdated)",
-        consumers=("streams state mirror",),
+        producer="none (retired with its _lastUpdated poller, which had no reader)",
+        consumers=("none (retired)",),
         description=(
-            "Appointment changes seen in ModMed by polling _lastUpdated (day granularity, so "
-            "polls overlap and consumers de-duplicate)."
+            "Retired: appointment changes seen in ModMed by polling _lastUpdated. Nothing read them, so the "
+            "poller was removed; the topic and its schema stay because a released schema is never dropped."
         ),
         compatibility=Compatibility.BACKWARD,
     ),

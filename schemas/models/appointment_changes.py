@@ -31,7 +31,9 @@ class AppointmentStatus(StrEnum):
 
 
 class AppointmentChange(AvroModel):
-    """An appointment change seen in ModMed (topic callstream.appointment-changes.v1, key practice_id)."""
+    """An appointment change seen in ModMed (topic callstream.appointment-changes.v1, key practice_id).
+
+    Retired: nothing writes or reads the topic (docs/events.md); the model stays with its released schema."""
 
     AVRO_NAME: ClassVar[str] = f"{NAMESPACE}.AppointmentChange"
     practice_id: Identifier
