@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -15,11 +13,7 @@ from confluent_kafka import Consumer, Producer
 from callstream.backends import ensure_topics, free_port, open_clickhouse, wait_for_broker
 from callstream.errors import ConfigError, PortInUseError, ServiceUnavailableError
 from callstream.settings import load_settings
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "callstream.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+from tests.fixtures.cli import run_cli
 
 
 def assert_one_error_line(result: subprocess.CompletedProcess[str], expected: str) -> None:

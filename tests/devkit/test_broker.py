@@ -9,7 +9,7 @@ import pytest
 
 from callstream.backends import free_port, wait_for_broker
 from callstream.errors import ServiceUnavailableError
-from tests.callstream.test_backends import run_cli
+from tests.fixtures.cli import run_cli
 
 
 def test_cli_dev_up_and_down(tmp_path: Path) -> None:
