@@ -34,7 +34,6 @@ from callstream.errors import ServiceUnavailableError
 from callstream.invocation import command_line
 from callstream.settings import Settings, redact_dsn
 from callstream.tenants import load_tenant_directory
-from devkit.broker import TansuBroker
 from digest.local import demo_digests
 from qa.demo import DemoView, prepare_demo_view
 from sandbox.generator import build_world
@@ -43,7 +42,7 @@ from sinks.clickhouse_schema import AUDIT_TABLE
 from sinks.clickhouse_store import AuditStore
 from devkit.cast import PracticeCast, Script, booking, cast_of, controlled_visit, refill, reschedule
 from devkit.sandbox_tenants import write_sandbox_directory
-from devkit.services import sandbox_process, worker_process
+from devkit.services import private_broker, sandbox_process, worker_process
 from devkit.telephony import ReplayReport, Telephony
 
 log = logging.getLogger(__name__)
@@ -154,13 +153,8 @@ def _broker(settings: Settings, run_dir: Path) -> Iterator[str]:
         ensure_topics(settings.bootstrap_servers, [(t.name, t.partitions) for t in TOPICS])
         yield settings.bootstrap_servers
         return
-    broker = TansuBroker(settings.broker_host, free_port(settings.broker_host), log_path=run_dir / "tansu.log")
-    broker.start()
-    try:
-        ensure_topics(broker.bootstrap, [(t.name, t.partitions) for t in TOPICS])
-        yield broker.bootstrap
-    finally:
-        broker.stop()
+    with private_broker(run_dir, settings.broker_host) as bootstrap:
+        yield bootstrap
 
 
 @contextlib.contextmanager

@@ -94,14 +94,15 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def private_broker(run_dir: Path) -> Iterator[str]:
-    """An embedded Tansu broker of its own on a free port, with every catalogue topic: a worker reading the
-    call-events topic from its start then sees no one else's calls. Yields the bootstrap address."""
+def private_broker(run_dir: Path, host: str = "127.0.0.1") -> Iterator[str]:
+    """An embedded Tansu broker of its own on a free port of ``host``, with every catalogue topic: a worker
+    reading the call-events topic from its start then sees no one else's calls, and it never clashes with
+    `callstream dev up`. Yields the bootstrap address."""
     from callstream.backends import ensure_topics
     from devkit.broker import TansuBroker
     from schemas.topics import TOPICS
 
-    broker = TansuBroker(port=free_port(), log_path=run_dir / "tansu.log")
+    broker = TansuBroker(host, free_port(host), log_path=run_dir / "tansu.log")
     broker.start()
     try:
         ensure_topics(broker.bootstrap, [(topic.name, topic.partitions) for topic in TOPICS])
