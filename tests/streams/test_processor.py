@@ -45,16 +45,6 @@ EVENTS = AvroSerde.for_topic(CALL_EVENTS)
 
 
 @pytest.fixture
-async def outputs(pipeline_broker: str) -> AsyncIterator[KafkaOutputs]:
-    producer = KafkaOutputs(pipeline_broker)
-    producer.start(asyncio.get_running_loop())
-    try:
-        yield producer
-    finally:
-        await producer.close()
-
-
-@pytest.fixture
 def readers(pipeline_broker: str) -> Iterator[dict[str, TopicReader]]:
     opened = {
         REPLIES: TopicReader(pipeline_broker, REPLIES, Reply),

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
@@ -53,16 +51,6 @@ async def test_the_ttl_sweep_picks_abandoned_calls_and_old_markers_of_owned_part
     assert soon == {ended.call_id}
     later = {call_id for call_id, _ in await expired_calls(states, owned, NOW + CALL_IDLE_TTL, chunk=2)}
     assert later == {live.call_id, ended.call_id}
-
-
-@pytest.fixture
-async def outputs(pipeline_broker: str) -> AsyncIterator[KafkaOutputs]:
-    producer = KafkaOutputs(pipeline_broker)
-    producer.start(asyncio.get_running_loop())
-    try:
-        yield producer
-    finally:
-        await producer.close()
 
 
 @pytest.mark.broker
